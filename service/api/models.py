@@ -1,0 +1,24 @@
+"""`GET /v1/models` and `GET /v1/models/{model}`: the models a key may use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.api.deps import Caller, Registry
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+async def list_models(caller: Caller, registry: Registry) -> dict[str, Any]:
+    visible = [e.describe() for e in registry.list() if caller.models is None or e.name in caller.models]
+    return {"object": "list", "data": visible}
+
+
+@router.get("/{model}")
+async def get_model(model: str, caller: Caller, registry: Registry) -> dict[str, Any]:
+    entry = registry.get(model)
+    caller.require_model(model)
+    return entry.describe()

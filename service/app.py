@@ -1,0 +1,92 @@
+"""`create_app(settings)`: the FastAPI gateway, and its lifespan that builds the pool and registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.api import health, inference, models
+from service.auth import AdminKeyStore, bootstrap_admin_key
+from service.db import check_connection, create_db_engine
+from service.devices import DevicePool
+from service.errors import GatewayError, error_response, install_error_handlers
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.requests import RequestIdMiddleware
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway for `settings`. Nothing heavy happens until the app starts (its lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        admin = bootstrap_admin_key(
+            settings.admin_key.get_secret_value() if settings.admin_key else None, settings.data_dir
+        )
+        if admin.generated:
+            # Shown once, on purpose outside the logs: keys never go into log lines.
+            print(
+                f"maas: generated an admin key (also saved to {admin.path}):\n{admin.key}",
+                flush=True,
+            )
+        app.state.keys = AdminKeyStore(admin.key)
+
+        engine = create_db_engine(settings.resolved_database_url)
+        check_connection(engine)
+        app.state.engine = engine
+
+        registry = ModelRegistry(
+            settings.models_dir,
+            DevicePool.from_spec(settings.devices),
+            app.state.metrics,
+            hub_timeout_s=settings.hub_probe_timeout_s,
+        )
+        registry.discover()
+        app.state.registry = registry
+        app.state.draining = False
+        preload = asyncio.create_task(registry.preload(), name="maas-preload")
+        log.info(
+            "maas gateway starting: %d model manifest(s) in %s",
+            len(registry.entries),
+            settings.models_dir,
+        )
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            preload.cancel()
+            await asyncio.gather(preload, return_exceptions=True)
+            await asyncio.to_thread(registry.close)
+            engine.dispose()
+
+    app = FastAPI(
+        title="maas-gateway",
+        version="0.1.0",
+        description="Model-as-a-Service inference gateway for transformers pipelines.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            request, GatewayError("internal error; the request id identifies it in the logs")
+        )
+
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(inference.router)
+    return app

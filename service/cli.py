@@ -1,0 +1,71 @@
+"""The `maas` command: `maas serve` starts the gateway. Flags override `MAAS_*` variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maas", description="maas-gateway: models as a service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the gateway")
+    serve.add_argument("--host", help="address to bind (MAAS_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (MAAS_PORT, default 8000)")
+    serve.add_argument("--models-dir", type=Path, help="manifests folder (MAAS_MODELS_DIR)")
+    serve.add_argument("--data-dir", type=Path, help="state folder (MAAS_DATA_DIR, default ./var)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (MAAS_DATABASE_URL)")
+    serve.add_argument("--devices", help="auto, cpu, or cuda:0,cuda:1,… (MAAS_DEVICES)")
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="MAAS_LOG_LEVEL, default info",
+    )
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Flags first, then MAAS_* variables, then defaults."""
+    overrides: dict[str, Any] = {
+        key: value for key, value in vars(args).items() if key != "command" and value is not None
+    }
+    return Settings(**overrides)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        sys.exit(f"maas: invalid setting: {exc}")
+    if args.command == "serve":
+        serve(settings)
+
+
+if __name__ == "__main__":
+    main()

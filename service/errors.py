@@ -1,0 +1,121 @@
+"""One error hierarchy, rendered as one JSON shape: {"error": {"type", "message", "request_id"}}."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.requests import request_id_of
+
+
+class GatewayError(Exception):
+    """An error the client caused or should know about; carries its HTTP status and type."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request"
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+    error_type = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class InvalidInput(GatewayError):
+    status_code = 422
+    error_type = "invalid_input"
+
+
+class ModelUnavailable(GatewayError):
+    status_code = 503
+    error_type = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 30) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+_BY_STATUS: dict[int, type[GatewayError]] = {
+    cls.status_code: cls
+    for cls in (InvalidRequest, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType)
+}
+
+
+def error_response(request: Request, exc: GatewayError) -> JSONResponse:
+    """Render `exc` in the gateway's one error shape."""
+    body: dict[str, Any] = {
+        "error": {
+            "type": exc.error_type,
+            "message": exc.message,
+            "request_id": request_id_of(request),
+        }
+    }
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error, ours or the framework's, answer in the same JSON shape."""
+
+    async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        return error_response(request, exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        cls = _BY_STATUS.get(exc.status_code, InvalidRequest)
+        err = cls(str(exc.detail))
+        err.headers = dict(exc.headers or {})
+        response = error_response(request, err)
+        response.status_code = exc.status_code
+        return response
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return error_response(request, InvalidInput(problems or "invalid request"))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)

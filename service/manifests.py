@@ -1,0 +1,116 @@
+"""Model manifests: one YAML file per model in the models directory, validated into `ModelManifest`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+Task = Literal["image-classification", "feature-extraction"]
+Adapter = Literal["transformers", "torch"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_delay_ms: float = Field(5.0, ge=0, le=10_000)
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_image: float = Field(0.0, ge=0)
+
+
+class Preprocess(BaseModel):
+    """Image preprocessing for the torch adapter (transformers models bring their own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resize: int = Field(256, ge=1, le=4096)  # shorter side, before the centre crop
+    crop_size: int = Field(224, ge=1, le=4096)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+
+
+class ModelManifest(BaseModel):
+    """What `models/<name>.yaml` may say; see the contract's "Model manifests"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    task: Task
+    adapter: Adapter = "transformers"
+    source: str
+    dtype: DType = "auto"
+    batching: Batching = Batching()
+    replicas: int = Field(1, ge=1, le=64)
+    preload: bool = True
+    price: Price = Price()
+    description: str = ""
+    # torch adapter: `file.py:function` in the source folder, returning a torch.nn.Module
+    entrypoint: str | None = None
+    labels: str | None = None  # torch adapter: a text file of class names, one per line
+    preprocess: Preprocess = Preprocess()
+    # feature-extraction: how token vectors become one vector per input
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _url_safe_name(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError("must be 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
+        return value
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """A manifest as read from disk: the parsed manifest, or why it could not be parsed."""
+
+    path: Path
+    manifest: ModelManifest | None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.path.stem
+
+
+def read_manifest(path: Path) -> ModelManifest:
+    """Parse one manifest file; raises ValueError saying what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {path.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: a manifest is a YAML mapping")
+    try:
+        return ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{path.name}: {problems}") from exc
+
+
+def discover_manifests(models_dir: Path) -> list[ManifestFile]:
+    """Every `*.yaml`/`*.yml` file in `models_dir`, sorted by name; bad files are kept with their error."""
+    if not models_dir.is_dir():
+        return []
+    found: list[ManifestFile] = []
+    for path in sorted([*models_dir.glob("*.yaml"), *models_dir.glob("*.yml")]):
+        try:
+            found.append(ManifestFile(path, read_manifest(path)))
+        except ValueError as exc:
+            found.append(ManifestFile(path, None, str(exc)))
+    return found

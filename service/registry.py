@@ -1,0 +1,217 @@
+"""The model registry: manifests -> models with a status, loaded onto the device pool.
+
+Every manifest file becomes a listed model. One that cannot be parsed or loaded stays listed
+as `unavailable` with the reason; the gateway starts regardless. Models marked `preload`
+load at start-up (in the background: `/readyz` says when they are done); the others load on
+their first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.devices import DevicePool, dtype_name, resolve_dtype
+from service.errors import ModelUnavailable, NotFound
+from service.manifests import ManifestFile, ModelManifest, discover_manifests
+from service.metrics import Metrics
+from service.runtime import ModelAdapter, Output, SourceError, load_adapter
+from service.runtime.base import InputKind
+
+log = logging.getLogger(__name__)
+
+INPUT_KIND: dict[str, InputKind] = {"image-classification": "image", "feature-extraction": "text"}
+
+
+class ModelStatus(StrEnum):
+    NOT_LOADED = "not_loaded"
+    LOADING = "loading"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class Replica:
+    """One copy of a model on one device, with its own single worker thread for forward passes."""
+
+    adapter: ModelAdapter
+    device: torch.device
+    executor: ThreadPoolExecutor
+    in_flight: int = 0
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    manifest_path: Path
+    manifest: ModelManifest | None
+    status: ModelStatus = ModelStatus.NOT_LOADED
+    reason: str | None = None
+    replicas: list[Replica] = field(default_factory=list)
+    load_seconds: float | None = None
+    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def input_kind(self) -> InputKind:
+        assert self.manifest is not None
+        return INPUT_KIND[self.manifest.task]
+
+    @property
+    def num_labels(self) -> int | None:
+        return self.replicas[0].adapter.num_labels if self.replicas else None
+
+    def describe(self) -> dict[str, Any]:
+        """The public view of this model (models list and detail)."""
+        m = self.manifest
+        return {
+            "id": self.name,
+            "object": "model",
+            "task": m.task if m else None,
+            "adapter": m.adapter if m else None,
+            "status": self.status.value,
+            "reason": self.reason,
+            "dtype": (
+                dtype_name(self.replicas[0].adapter.dtype) if self.replicas else (m.dtype if m else None)
+            ),
+            "devices": [str(r.device) for r in self.replicas],
+            "replicas": m.replicas if m else 0,
+            "batching": m.batching.model_dump() if m else None,
+            "preload": m.preload if m else False,
+            "description": m.description if m else "",
+            "labels": self.num_labels,
+            "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+        }
+
+    async def run(self, features: list[Any], *, top_k: int) -> list[Output]:
+        """One forward pass over `features` on the least-loaded replica."""
+        replica = min(self.replicas, key=lambda r: r.in_flight)
+        replica.in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(
+                replica.executor, lambda: replica.adapter.predict(features, top_k=top_k)
+            )
+        finally:
+            replica.in_flight -= 1
+        if len(outputs) != len(features):
+            raise RuntimeError(f"{self.name}: {len(outputs)} outputs for {len(features)} inputs")
+        return outputs
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """An adapter for preprocessing (the same on every replica; tensors stay on the CPU)."""
+        return self.replicas[0].adapter
+
+
+class ModelRegistry:
+    """All models the gateway knows, by name."""
+
+    def __init__(
+        self, models_dir: Path, pool: DevicePool, metrics: Metrics, *, hub_timeout_s: float = 3.0
+    ) -> None:
+        self.models_dir = models_dir
+        self.pool = pool
+        self.metrics = metrics
+        self.hub_timeout_s = hub_timeout_s
+        self.entries: dict[str, ModelEntry] = {}
+        self.preload_done = asyncio.Event()
+
+    def discover(self) -> None:
+        """Read every manifest in the models directory (does not load anything)."""
+        for found in discover_manifests(self.models_dir):
+            self._add(found)
+
+    def _add(self, found: ManifestFile) -> None:
+        name = found.name
+        if name in self.entries:
+            other = self.entries[name].manifest_path.name
+            log.warning("model %s: %s repeats the name used by %s; ignored", name, found.path.name, other)
+            return
+        entry = ModelEntry(name, found.path, found.manifest)
+        if found.error:
+            entry.status, entry.reason = ModelStatus.UNAVAILABLE, found.error
+            log.warning("model %s unavailable: %s", name, found.error)
+        self.entries[name] = entry
+        self.metrics.model_ready.labels(name).set(0)
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"model {name!r} not found")
+        return entry
+
+    def list(self) -> list[ModelEntry]:
+        return list(self.entries.values())
+
+    async def preload(self) -> None:
+        """Load every `preload` model, one after another, then mark the registry ready."""
+        try:
+            for entry in self.list():
+                if entry.manifest and entry.manifest.preload:
+                    with contextlib.suppress(ModelUnavailable):  # listed as unavailable, with its reason
+                        await self.ensure_loaded(entry)
+        finally:
+            self.preload_done.set()
+
+    async def ensure_loaded(self, entry: ModelEntry) -> ModelEntry:
+        """Load `entry` if it is not loaded yet; raise 503 if it cannot be."""
+        if entry.status is not ModelStatus.READY:
+            async with entry.load_lock:
+                if entry.status is ModelStatus.NOT_LOADED:
+                    entry.status = ModelStatus.LOADING
+                    await asyncio.to_thread(self._load, entry)
+        if entry.status is not ModelStatus.READY:
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
+        return entry
+
+    def _load(self, entry: ModelEntry) -> None:
+        assert entry.manifest is not None
+        manifest = entry.manifest
+        started = time.perf_counter()
+        replicas: list[Replica] = []
+        try:
+            for device in self.pool.place(manifest.replicas):
+                dtype = resolve_dtype(manifest.dtype, device)
+                adapter = load_adapter(
+                    manifest,
+                    entry.manifest_path.parent,
+                    device,
+                    dtype,
+                    hub_timeout_s=self.hub_timeout_s,
+                )
+                adapter.warmup()
+                executor = ThreadPoolExecutor(1, thread_name_prefix=f"maas-{entry.name}")
+                replicas.append(Replica(adapter, device, executor))
+        except Exception as exc:  # any load failure leaves the model listed, with its reason
+            for replica in replicas:
+                replica.executor.shutdown(wait=False)
+            expected = isinstance(exc, (SourceError, ValueError, OSError))
+            entry.status = ModelStatus.UNAVAILABLE
+            entry.reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            log.warning("model %s unavailable: %s", entry.name, entry.reason)
+            return
+        entry.replicas = replicas
+        entry.load_seconds = time.perf_counter() - started
+        entry.status, entry.reason = ModelStatus.READY, None
+        self.metrics.model_load_seconds.labels(entry.name).set(entry.load_seconds)
+        self.metrics.model_ready.labels(entry.name).set(1)
+        log.info(
+            "model %s ready on %s in %.2fs",
+            entry.name,
+            ", ".join(str(r.device) for r in replicas),
+            entry.load_seconds,
+        )
+
+    def close(self) -> None:
+        for entry in self.entries.values():
+            for replica in entry.replicas:
+                replica.executor.shutdown(wait=True)

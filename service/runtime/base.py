@@ -1,0 +1,70 @@
+"""The model-adapter interface: load on a device once, then preprocess -> batched predict.
+
+An adapter turns one decoded input (a PIL image or a string) into model-ready features on a
+worker thread (`preprocess`), runs ONE forward pass over a list of features (`predict`), and
+returns one JSON-ready output per input, in order. The engine never looks inside features.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+InputKind = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    score: float
+
+
+# One input's output: a ranked list of classes, or one embedding vector.
+Output = list[Classification] | list[float]
+
+
+class ModelAdapter(abc.ABC):
+    """The lifecycle of one loaded model replica on one device."""
+
+    input_kind: ClassVar[InputKind]
+    output_key: ClassVar[Literal["predictions", "embeddings"]]
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        self.dtype = dtype
+
+    @abc.abstractmethod
+    def preprocess(self, item: Any) -> Any:
+        """Turn one decoded input into features (runs on a worker thread, off the event loop)."""
+
+    @abc.abstractmethod
+    def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
+        """One forward pass over the batch; one output per feature, in order."""
+
+    @abc.abstractmethod
+    def warmup_input(self) -> Any:
+        """A representative decoded input, run once at load so the first real request is fast."""
+
+    def warmup(self) -> None:
+        self.predict([self.preprocess(self.warmup_input())], top_k=1)
+
+    @property
+    def num_labels(self) -> int | None:
+        """How many classes a classifier has (None for other tasks)."""
+        return None
+
+
+def top_k_classes(
+    logits: torch.Tensor, labels: list[str], *, top_k: int, multi_label: bool = False
+) -> list[list[Classification]]:
+    """Scores (softmax, or sigmoid for multi-label models) and the top-k classes of each row."""
+    scores = logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
+    k = min(top_k, scores.shape[-1])
+    values, indices = scores.topk(k, dim=-1)
+    return [
+        [Classification(labels[i], round(float(v), 6)) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
+    ]

@@ -1,0 +1,112 @@
+"""The main adapter: a `transformers` pipeline, loaded once per replica, run one batch per forward pass.
+
+The pipeline does the loading (from a folder or the hub, with the dtype asked for) and owns
+the preprocessing components; batching is ours, so that requests from many clients share one
+forward pass instead of the pipeline's per-call loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from service.manifests import ModelManifest
+from service.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.runtime.sources import ResolvedSource
+
+
+def load_pipeline(
+    manifest: ModelManifest, source: ResolvedSource, device: torch.device, dtype: torch.dtype
+) -> Any:
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # bars would flood the log
+
+    model_kwargs = {"local_files_only": True} if source.local_files_only else {}
+    return pipeline(
+        manifest.task,
+        model=source.location,
+        device=device,
+        dtype=dtype,
+        model_kwargs=model_kwargs,
+    )
+
+
+class ImageClassificationAdapter(ModelAdapter):
+    input_kind: ClassVar[InputKind] = "image"
+    output_key = "predictions"
+
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(device, dtype)
+        self.pipe = pipe
+        config = pipe.model.config
+        self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def preprocess(self, item: Image.Image) -> torch.Tensor:
+        pixels: torch.Tensor = self.pipe.image_processor(images=item, return_tensors="pt")["pixel_values"]
+        return pixels
+
+    @torch.inference_mode()
+    def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
+        batch = torch.cat(features).to(self.device, self.dtype, non_blocking=True)
+        logits = self.pipe.model(pixel_values=batch).logits
+        return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
+
+    def warmup_input(self) -> Image.Image:
+        return Image.new("RGB", (224, 224), (127, 127, 127))
+
+
+class FeatureExtractionAdapter(ModelAdapter):
+    """Sentence embeddings: token vectors pooled (mean over real tokens, or CLS), optionally L2-normed."""
+
+    input_kind: ClassVar[InputKind] = "text"
+    output_key = "embeddings"
+
+    def __init__(
+        self, pipe: Any, device: torch.device, dtype: torch.dtype, *, pooling: str, normalize: bool
+    ) -> None:
+        super().__init__(device, dtype)
+        self.pipe = pipe
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def preprocess(self, item: str) -> str:
+        return item  # tokenised per batch, so that padding fits the batch's longest input
+
+    @torch.inference_mode()
+    def predict(self, features: list[str], *, top_k: int) -> list[Output]:
+        encoded = self.pipe.tokenizer(features, padding=True, truncation=True, return_tensors="pt").to(
+            self.device
+        )
+        hidden = self.pipe.model(**encoded).last_hidden_state.float()
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return [[round(v, 7) for v in row] for row in vectors.tolist()]
+
+    def warmup_input(self) -> str:
+        return "warm-up"
+
+
+def load_transformers_adapter(
+    manifest: ModelManifest, source: ResolvedSource, device: torch.device, dtype: torch.dtype
+) -> ModelAdapter:
+    pipe = load_pipeline(manifest, source, device, dtype)
+    pipe.model.eval()
+    if manifest.task == "image-classification":
+        return ImageClassificationAdapter(pipe, device, dtype)
+    return FeatureExtractionAdapter(
+        pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
+    )

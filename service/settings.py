@@ -1,0 +1,41 @@
+"""The gateway's settings: one typed object, built from flags, then `MAAS_*` variables, then defaults.
+
+Nothing here is read at import time: `Settings()` reads the environment when it is built
+(by the CLI or by a test), and the object is passed to `create_app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway. The README's settings table documents each one."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    models_dir: Path = Path("models")
+    devices: str = "auto"
+    admin_key: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_inputs_per_request: int = Field(64, gt=0)
+    max_text_chars: int = Field(10_000, gt=0)
+    hub_probe_timeout_s: float = Field(3.0, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'maas.db').resolve()}"

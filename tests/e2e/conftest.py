@@ -1,0 +1,125 @@
+"""A real `maas serve` process on a free port, talked to over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, write_manifest
+
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    base_url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None) -> Server:
+    """Start `python -m service serve` and return once /readyz answers 200."""
+    port = free_port()
+    log_path = data_dir.parent / f"server-{port}.log"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    child_env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--port",
+                str(port),
+                "--models-dir",
+                str(models_dir),
+                "--data-dir",
+                str(data_dir),
+                "--devices",
+                "cpu",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=data_dir.parent,
+            env=child_env,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", data_dir, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(base_url=server.base_url, timeout=5) as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"maas serve exited with {process.returncode}:\n{server.log()}")
+            try:
+                if http.get("/readyz").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)  # polling for readiness, not waiting on timing
+    server.stop()
+    raise RuntimeError(f"maas serve not ready in {START_TIMEOUT_S}s:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def e2e_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Path:
+    """The tiny test ViT plus the shipped models (their manifests point at the repo's folders)."""
+    folder = tmp_path_factory.mktemp("e2e-models")
+    write_manifest(
+        folder,
+        "tiny-vit",
+        f"""
+        name: tiny-vit
+        task: image-classification
+        source: {tiny_vit_dir}
+    """,
+    )
+    shipped = REPO / "models"
+    for manifest in shipped.glob("*.yaml"):
+        text = manifest.read_text(encoding="utf-8")
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            value = value.split("#", 1)[0].strip()
+            if key == "source" and (shipped / value).exists():
+                text = text.replace(line, f"source: {shipped / value}")
+        (folder / manifest.name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, e2e_models_dir: Path) -> Iterator[Server]:
+    """One gateway process for the module, with no MAAS_ADMIN_KEY: it generates one."""
+    running = start_server(e2e_models_dir, tmp_path_factory.mktemp("e2e") / "var")
+    yield running
+    running.stop()

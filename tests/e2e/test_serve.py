@@ -1,0 +1,147 @@
+"""End to end: `maas serve` as a real process, real HTTP, the shipped models giving right answers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import signal
+import stat
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY_LABELS, image_bytes
+from tests.e2e.conftest import Server
+from tests.shipped import digit_images
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def admin_key(server: Server) -> str:
+    return (server.data_dir / "admin.key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def http(server: Server, admin_key: str) -> httpx.Client:
+    with httpx.Client(
+        base_url=server.base_url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}
+    ) as client:
+        yield client
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_first_start_prints_the_generated_admin_key_once_and_keeps_it_private(
+    server: Server, admin_key: str
+) -> None:
+    assert admin_key.startswith("mk_") and len(admin_key) > 40
+    assert stat.S_IMODE((server.data_dir / "admin.key").stat().st_mode) == 0o600
+    assert server.log().count(admin_key) == 1
+
+
+def test_health_readiness_and_metrics_need_no_key(server: Server) -> None:
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+    ready = httpx.get(f"{server.base_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["models"]["tiny-vit"] == "ready"
+    assert "maas_model_ready" in httpx.get(f"{server.base_url}/metrics").text
+    assert httpx.get(f"{server.base_url}/v1/models").status_code == 401
+
+
+def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
+    http: httpx.Client,
+) -> None:
+    models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert models["tiny-vit"]["status"] == "ready"
+    assert models["tiny-vit"]["dtype"] == "float32" and models["tiny-vit"]["devices"] == ["cpu"]
+    assert models["tiny-vit"]["batching"] == {"max_batch_size": 32, "max_delay_ms": 5.0}
+    hub = models["vit-base"]
+    assert hub["status"] == "unavailable" and "hub" in hub["reason"]
+    assert http.get("/v1/models/vit-base").json()["status"] == "unavailable"
+
+
+def test_the_pretrained_imagenet_classifier_sees_a_cat(http: httpx.Client) -> None:
+    from skimage import data
+
+    photo = jpeg(Image.fromarray(data.chelsea()))
+    response = http.post(
+        "/v1/models/efficientnet-lite0/predict?top_k=3", content=photo, headers={"Content-Type": "image/jpeg"}
+    )
+    assert response.status_code == 200, response.text
+    top = response.json()["predictions"][0]
+    assert "cat" in top[0]["label"], top
+    assert sum(p["score"] for p in top if "cat" in p["label"]) > 0.8
+
+
+def test_the_shipped_digits_vit_reads_held_out_digits(http: httpx.Client) -> None:
+    images, labels = digit_images(count=24)
+    files = [("file", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
+    response = http.post("/v1/models/digits-vit/predict?top_k=1", files=files)
+    assert response.status_code == 200, response.text
+    predicted = [p[0]["label"] for p in response.json()["predictions"]]
+    correct = sum(p == str(y) for p, y in zip(predicted, labels, strict=True))
+    assert correct >= 22, (predicted, labels)
+
+
+def test_the_text_model_returns_normalised_sentence_embeddings(http: httpx.Client) -> None:
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply."]
+    response = http.post("/v1/models/all-minilm-l6-v2/predict", json={"inputs": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "predictions" not in body and body["usage"] == {"inputs": 3}
+    vectors = body["embeddings"]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert all(math.isclose(cosine(v, v), 1.0, abs_tol=1e-4) for v in vectors)
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+
+
+def test_all_three_body_shapes_over_real_http(http: httpx.Client) -> None:
+    png = image_bytes()
+    raw = http.post("/v1/models/tiny-vit/predict", content=png, headers={"Content-Type": "image/png"})
+    multi = http.post("/v1/models/tiny-vit/predict", files=[("file", ("a.png", png, "image/png"))])
+    as_json = http.post("/v1/models/tiny-vit/predict", json={"inputs": [base64.b64encode(png).decode()]})
+    answers = [r.json()["predictions"] for r in (raw, multi, as_json)]
+    assert answers[0] == answers[1] == answers[2]
+    assert {p["label"] for p in answers[0][0]} == set(TINY_LABELS)
+
+
+def test_a_bad_image_gets_a_4xx_and_the_server_keeps_serving(http: httpx.Client) -> None:
+    truncated = image_bytes("JPEG", size=(64, 64))[:200]
+    response = http.post(
+        "/v1/models/tiny-vit/predict", content=truncated, headers={"Content-Type": "image/jpeg"}
+    )
+    assert response.status_code == 422 and "input 0" in response.json()["error"]["message"]
+    again = http.post(
+        "/v1/models/tiny-vit/predict", content=image_bytes(), headers={"Content-Type": "image/png"}
+    )
+    assert again.status_code == 200
+
+
+def test_sigterm_stops_the_server_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, e2e_models_dir: object
+) -> None:
+    from tests.e2e.conftest import start_server
+
+    folder = tmp_path_factory.mktemp("sigterm-models")
+    (folder / "tiny-vit.yaml").write_text(
+        (e2e_models_dir / "tiny-vit.yaml").read_text()  # type: ignore[operator]
+    )
+    running = start_server(
+        folder,
+        tmp_path_factory.mktemp("sigterm") / "var",
+        env={"MAAS_ADMIN_KEY": "mk_sigterm_test_key_0000000000000000"},
+    )
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see why it stopped
+    assert running.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in running.log()
+    assert "mk_sigterm_test_key" not in running.log()

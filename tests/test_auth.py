@@ -1,0 +1,86 @@
+"""API keys: their format, their hash, verification, and the admin key made at first start."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from service.auth import (
+    AdminKeyStore,
+    Principal,
+    bootstrap_admin_key,
+    generate_key,
+    hash_key,
+)
+from service.errors import PermissionDenied
+
+URLSAFE = re.compile(r"^mk_[A-Za-z0-9_-]+$")
+
+
+def test_generated_keys_are_prefixed_random_and_distinct() -> None:
+    keys = [generate_key() for _ in range(200)]
+    assert all(URLSAFE.match(key) for key in keys)
+    # each URL-safe character carries 6 bits
+    assert min(len(key) - len("mk_") for key in keys) * math.log2(64) >= 128
+    assert len(set(keys)) == len(keys)
+
+
+def test_hash_is_sha256_hex_and_not_the_key() -> None:
+    key = generate_key()
+    digest = hash_key(key)
+    assert digest == hashlib.sha256(key.encode()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest) and key not in digest
+    assert hash_key(key) == digest and hash_key(key + "x") != digest
+
+
+def test_admin_store_accepts_only_its_key() -> None:
+    key = generate_key()
+    store = AdminKeyStore(key)
+    principal = store.verify(key)
+    assert principal is not None and principal.is_admin
+    assert {"inference", "fine_tune", "admin"} <= principal.scopes
+    for other in (generate_key(), key[:-1], key + " ", key.upper(), ""):
+        assert store.verify(other) is None
+
+
+def test_principal_scopes_and_model_limits() -> None:
+    caller = Principal("key_1", "acme", frozenset({"inference"}), frozenset({"vit-base"}))
+    caller.require_scope("inference")
+    caller.require_model("vit-base")
+    with pytest.raises(PermissionDenied, match="'fine_tune' scope"):
+        caller.require_scope("fine_tune")
+    with pytest.raises(PermissionDenied, match="'other'"):
+        caller.require_model("other")
+    admin = Principal("key_2", "acme", frozenset({"admin"}))
+    admin.require_scope("fine_tune")  # admin implies every scope
+    admin.require_model("anything")  # no model list: every model
+
+
+def test_configured_admin_key_is_used_as_is_and_not_written(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    admin = bootstrap_admin_key("mk_configured", data_dir)
+    assert (admin.key, admin.path, admin.generated) == ("mk_configured", None, False)
+    assert not data_dir.exists()
+
+
+def test_first_start_generates_a_private_key_file_and_reuses_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "nested" / "var"
+    first = bootstrap_admin_key(None, data_dir)
+    assert first.generated and URLSAFE.match(first.key)
+    assert first.path == data_dir / "admin.key"
+    assert first.path.read_text(encoding="utf-8").strip() == first.key
+    assert stat.S_IMODE(first.path.stat().st_mode) == 0o600
+
+    second = bootstrap_admin_key("", data_dir)  # an empty setting counts as none
+    assert (second.key, second.path, second.generated) == (first.key, first.path, False)
+
+
+def test_empty_key_file_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "admin.key").write_text("\n")
+    admin = bootstrap_admin_key(None, tmp_path)
+    assert admin.generated and (tmp_path / "admin.key").read_text().strip() == admin.key

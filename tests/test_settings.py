@@ -1,0 +1,80 @@
+"""Settings: flags, then `MAAS_*` variables, then defaults, read when built and never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.cli import _parser, build_settings, main
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MAAS_* variable from the calling shell leaks into these tests."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"MAAS_{name.upper()}", raising=False)
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port, settings.devices) == ("127.0.0.1", 8000, "auto")
+    assert settings.models_dir == Path("models") and settings.data_dir == Path("var")
+    assert settings.database_url is None and settings.admin_key is None
+
+
+def test_environment_is_read_when_built_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = Settings()
+    monkeypatch.setenv("MAAS_PORT", "9100")
+    monkeypatch.setenv("MAAS_MODELS_DIR", "/srv/models")
+    monkeypatch.setenv("MAAS_DEVICES", "cuda:0,cuda:1")
+    monkeypatch.setenv("MAAS_DATABASE_URL", "postgresql+psycopg://db/maas")
+    monkeypatch.setenv("MAAS_ADMIN_KEY", "mk_from_env")
+    after = Settings()
+    assert before.port == 8000 and after.port == 9100
+    assert after.models_dir == Path("/srv/models") and after.devices == "cuda:0,cuda:1"
+    assert after.resolved_database_url == "postgresql+psycopg://db/maas"
+    assert after.admin_key is not None and after.admin_key.get_secret_value() == "mk_from_env"
+    assert "mk_from_env" not in repr(after)  # the key stays out of logs and tracebacks
+
+
+def test_keyword_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_PORT", "9100")
+    monkeypatch.setenv("MAAS_HOST", "0.0.0.0")
+    settings = Settings(port=9)
+    assert settings.port == 9 and settings.host == "0.0.0.0"
+
+
+def test_bad_environment_value_is_a_validation_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_PORT", "eighty")
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_database_defaults_to_sqlite_under_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()  # data_dir "var", relative to where the gateway starts
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'var' / 'maas.db'}"
+    elsewhere = Settings(data_dir=tmp_path / "state")
+    assert elsewhere.resolved_database_url.endswith(f"{tmp_path.resolve()}/state/maas.db")
+
+
+def test_serve_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_PORT", "9100")
+    monkeypatch.setenv("MAAS_DEVICES", "cpu")
+    args = _parser().parse_args(["serve", "--port", "9", "--models-dir", "x"])
+    settings = build_settings(args)
+    assert settings.port == 9  # the flag beats MAAS_PORT
+    assert settings.models_dir == Path("x")
+    assert settings.devices == "cpu"  # no flag: the variable
+    assert settings.host == "127.0.0.1"  # neither: the default
+
+
+def test_serve_rejects_a_bad_setting_without_starting() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--port", "70000"])
+    assert "maas: invalid setting" in str(caught.value) and "port" in str(caught.value)
