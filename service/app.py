@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from service.api import health, inference, models
 from service.auth import AdminKeyStore, bootstrap_admin_key
 from service.db import check_connection, create_db_engine
-from service.devices import DevicePool
+from service.devices import DevicePool, used_bytes
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -44,13 +44,13 @@ def create_app(settings: Settings) -> FastAPI:
         check_connection(engine)
         app.state.engine = engine
 
+        pool = DevicePool.from_spec(settings.devices)
         registry = ModelRegistry(
-            settings.models_dir,
-            DevicePool.from_spec(settings.devices),
-            app.state.metrics,
-            hub_timeout_s=settings.hub_probe_timeout_s,
+            settings.models_dir, pool, app.state.metrics, hub_timeout_s=settings.hub_probe_timeout_s
         )
         registry.discover()
+        app.state.metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
+        app.state.metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
         app.state.registry = registry
         app.state.draining = False
         preload = asyncio.create_task(registry.preload(), name="maas-preload")
@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.draining = True
             preload.cancel()
             await asyncio.gather(preload, return_exceptions=True)
-            await asyncio.to_thread(registry.close)
+            await registry.close()  # finishes every queued input first
             engine.dispose()
 
     app = FastAPI(

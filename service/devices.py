@@ -5,8 +5,10 @@ Inference replicas are placed here; the fine-tuning runner will lease devices fr
 
 from __future__ import annotations
 
-import itertools
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -58,20 +60,83 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for a new model on `device` (CUDA: the driver's count; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def used_bytes(device: torch.device) -> int | None:
+    """Memory in use on `device`: CUDA tensors allocated by this process; on CPU, its resident set."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Worker(Protocol):
+    """Anything that serves on a device and may have work waiting (a model replica's batcher)."""
+
+    @property
+    def load(self) -> int: ...
+
+
 @dataclass
 class DevicePool:
-    """The devices this gateway serves on. Placement is round-robin for now."""
+    """The devices this gateway serves on, and who works on each.
+
+    Replicas go to the device with the most free memory that fits them (ties: the one holding
+    fewer replicas). Training (later) asks `pending(device)` to yield to inference.
+    """
 
     devices: list[torch.device]
-    _next: itertools.cycle[torch.device] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._next = itertools.cycle(self.devices)
+    workers: dict[torch.device, list[Worker]] = field(default_factory=dict)
+    free_memory: Callable[[torch.device], int | None] = free_bytes
 
     @classmethod
     def from_spec(cls, spec: str) -> DevicePool:
         return cls(parse_devices(spec))
 
-    def place(self, replicas: int) -> list[torch.device]:
-        """Pick a device for each of `replicas` copies of a model."""
-        return [next(self._next) for _ in range(replicas)]
+    def place(self, replicas: int, need_bytes: int | None = None) -> list[torch.device]:
+        """Pick a device for each of `replicas` copies of a model needing about `need_bytes` each."""
+        free = {d: self.free_memory(d) for d in self.devices}
+        placed = {d: len(self.workers.get(d, [])) for d in self.devices}
+        chosen: list[torch.device] = []
+        for replica in range(replicas):
+            fitting = [
+                d
+                for d in self.devices
+                if need_bytes is None or free[d] is None or (free[d] or 0) >= need_bytes
+            ]
+            if not fitting:
+                mib = (need_bytes or 0) // 2**20
+                raise ValueError(f"replica {replica + 1} of {replicas}: no device has {mib} MiB free")
+            device = max(fitting, key=lambda d: ((free[d] or 0), -placed[d]))
+            chosen.append(device)
+            placed[device] += 1
+            if need_bytes is not None and free[device] is not None:
+                free[device] = (free[device] or 0) - need_bytes
+        return chosen
+
+    def attach(self, device: torch.device, worker: Worker) -> None:
+        self.workers.setdefault(device, []).append(worker)
+
+    def detach(self, device: torch.device, worker: Worker) -> None:
+        if worker in self.workers.get(device, []):
+            self.workers[device].remove(worker)
+
+    def pending(self, device: torch.device) -> int:
+        """Inputs queued or running on `device`: the fine-tuning runner yields while this is > 0."""
+        return sum(w.load for w in self.workers.get(device, []))

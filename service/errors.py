@@ -67,6 +67,21 @@ class InvalidInput(GatewayError):
     error_type = "invalid_input"
 
 
+class Overloaded(GatewayError):
+    """The model's queue is full; `Retry-After` says when it should have room."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class DeadlineExceeded(GatewayError):
+    status_code = 504
+    error_type = "timeout"
+
+
 class ModelUnavailable(GatewayError):
     status_code = 503
     error_type = "model_unavailable"

@@ -22,6 +22,7 @@ class Batching(BaseModel):
 
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue: int = Field(256, ge=1, le=100_000)  # inputs waiting, over all replicas; more -> 503
 
 
 class Price(BaseModel):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,12 +21,14 @@ from typing import Any
 
 import torch
 
+from service.batching import Batcher
 from service.devices import DevicePool, dtype_name, resolve_dtype
 from service.errors import ModelUnavailable, NotFound
 from service.manifests import ManifestFile, ModelManifest, discover_manifests
 from service.metrics import Metrics
 from service.runtime import ModelAdapter, Output, SourceError, load_adapter
 from service.runtime.base import InputKind
+from service.runtime.sources import resolve_local_folder
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,12 @@ class ModelStatus(StrEnum):
 
 @dataclass
 class Replica:
-    """One copy of a model on one device, with its own single worker thread for forward passes."""
+    """One copy of a model on one device: its own worker thread for forward passes, fed by its batcher."""
 
     adapter: ModelAdapter
     device: torch.device
     executor: ThreadPoolExecutor
-    in_flight: int = 0
+    batcher: Batcher | None = None  # started once the model is loaded, on the event loop
 
 
 @dataclass
@@ -91,20 +94,13 @@ class ModelEntry:
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
         }
 
-    async def run(self, features: list[Any], *, top_k: int) -> list[Output]:
-        """One forward pass over `features` on the least-loaded replica."""
-        replica = min(self.replicas, key=lambda r: r.in_flight)
-        replica.in_flight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(
-                replica.executor, lambda: replica.adapter.predict(features, top_k=top_k)
-            )
-        finally:
-            replica.in_flight -= 1
-        if len(outputs) != len(features):
-            raise RuntimeError(f"{self.name}: {len(outputs)} outputs for {len(features)} inputs")
-        return outputs
+    @property
+    def batchers(self) -> list[Batcher]:
+        return [r.batcher for r in self.replicas if r.batcher is not None]
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(b.queue) for b in self.batchers)
 
     @property
     def adapter(self) -> ModelAdapter:
@@ -169,6 +165,8 @@ class ModelRegistry:
                 if entry.status is ModelStatus.NOT_LOADED:
                     entry.status = ModelStatus.LOADING
                     await asyncio.to_thread(self._load, entry)
+                    if entry.status is ModelStatus.READY:
+                        self._start_batchers(entry)
         if entry.status is not ModelStatus.READY:
             raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
         return entry
@@ -179,7 +177,8 @@ class ModelRegistry:
         started = time.perf_counter()
         replicas: list[Replica] = []
         try:
-            for device in self.pool.place(manifest.replicas):
+            need = estimate_bytes(manifest, entry.manifest_path.parent)
+            for device in self.pool.place(manifest.replicas, need):
                 dtype = resolve_dtype(manifest.dtype, device)
                 adapter = load_adapter(
                     manifest,
@@ -211,7 +210,53 @@ class ModelRegistry:
             entry.load_seconds,
         )
 
-    def close(self) -> None:
+    def _start_batchers(self, entry: ModelEntry) -> None:
+        assert entry.manifest is not None
+        batching = entry.manifest.batching
+        for replica in entry.replicas:
+            replica.batcher = Batcher(
+                run_batch=_predictor(replica.adapter),
+                executor=replica.executor,
+                max_batch_size=batching.max_batch_size,
+                max_delay_s=batching.max_delay_ms / 1000,
+                on_batch=self.metrics.batch_observer(entry.name),
+                name=f"{entry.name}@{replica.device}",
+            )
+            replica.batcher.start()
+            self.pool.attach(replica.device, replica.batcher)
+
+    async def close(self) -> None:
+        """Finish every queued input, then release the replicas' threads."""
         for entry in self.entries.values():
             for replica in entry.replicas:
+                if replica.batcher is not None:
+                    await replica.batcher.close()
+                    self.pool.detach(replica.device, replica.batcher)
                 replica.executor.shutdown(wait=True)
+
+
+def _predictor(adapter: ModelAdapter) -> Callable[[list[Any], int], list[Output]]:
+    def run(features: list[Any], top_k: int) -> list[Output]:
+        return adapter.predict(features, top_k=top_k)
+
+    return run
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def estimate_bytes(manifest: ModelManifest, manifest_dir: Path) -> int | None:
+    """About how much memory one replica needs: its weight files, scaled to the dtype asked for
+    (weights are assumed stored in float32). None when the weights are not on disk (hub ids)."""
+    try:
+        folder = resolve_local_folder(manifest.source, manifest_dir)
+    except SourceError:
+        return None
+    if folder is None:
+        return None
+    stored = sum(p.stat().st_size for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    if not stored:
+        return None
+    per_param = DTYPE_BYTES.get(manifest.dtype, 4)  # auto: float32 on CPU, less on CUDA
+    return stored * per_param // 4

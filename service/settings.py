@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(64, gt=0)
     max_text_chars: int = Field(10_000, gt=0)
     hub_probe_timeout_s: float = Field(3.0, gt=0)
+    request_timeout_ms: int = Field(30_000, gt=0)  # default deadline; X-Request-Timeout-Ms overrides
+    max_request_timeout_ms: int = Field(600_000, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
 
     @property
     def resolved_database_url(self) -> str:

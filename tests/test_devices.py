@@ -80,13 +80,48 @@ def test_unknown_dtype_is_refused() -> None:
         resolve_dtype("int8", CPU)
 
 
-def test_place_spreads_replicas_round_robin_across_calls() -> None:
-    # Devices are only named here, never used, so this needs no GPU.
+GIB = 2**30
+
+
+class Busy:
+    """A worker with `load` inputs waiting (stands in for a replica's batcher)."""
+
+    def __init__(self, load: int) -> None:
+        self.load = load
+
+
+def test_replicas_go_where_memory_is_free_and_spread_on_ties() -> None:
+    # Devices are only named here, never used, so this needs no GPU; free memory is injected.
     gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
-    pool = DevicePool(gpus)
-    assert pool.place(3) == [gpus[0], gpus[1], gpus[0]]
-    assert pool.place(1) == [gpus[1]]  # the next model starts where the last one stopped
+    free = {gpus[0]: 10 * GIB, gpus[1]: 10 * GIB}
+    pool = DevicePool(gpus, free_memory=free.__getitem__)
+    assert pool.place(3, need_bytes=2 * GIB) == [gpus[0], gpus[1], gpus[0]]
+    free[gpus[0]] = 3 * GIB
+    assert pool.place(2, need_bytes=2 * GIB) == [gpus[1], gpus[1]]  # most free memory first
     assert pool.place(0) == []
+
+
+def test_a_model_that_fits_nowhere_is_refused_with_the_size() -> None:
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    pool = DevicePool(gpus, free_memory=lambda _d: 1 * GIB)
+    with pytest.raises(ValueError, match="replica 1 of 1: no device has 2048 MiB free"):
+        pool.place(1, need_bytes=2 * GIB)
+    # two replicas of 600 MiB fit one per device, a third does not
+    with pytest.raises(ValueError, match="replica 3 of 3"):
+        pool.place(3, need_bytes=600 * 2**20)
+
+
+def test_pending_counts_the_work_waiting_on_each_device() -> None:
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    pool = DevicePool(gpus, free_memory=lambda _d: None)
+    busy, idle = Busy(3), Busy(0)
+    pool.attach(gpus[0], busy)
+    pool.attach(gpus[0], idle)
+    assert pool.pending(gpus[0]) == 3 and pool.pending(gpus[1]) == 0
+    pool.detach(gpus[0], busy)
+    assert pool.pending(gpus[0]) == 0
+    # a device holding replicas is picked after an empty one with the same free memory
+    assert pool.place(1) == [gpus[1]]
 
 
 def test_pool_from_spec() -> None:

@@ -72,15 +72,22 @@ def _cached_on_disk(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+def resolve_local_folder(source: str, manifest_dir: Path) -> Path | None:
+    """The folder `source` names on this disk, or None for a hub id (never touches the network)."""
+    if source.startswith(PACKAGE_SCHEME):
+        return package_folder(source)
+    local = (manifest_dir / Path(source).expanduser()).resolve()
+    return local if local.is_dir() else None
+
+
 def resolve_source(source: str, manifest_dir: Path, *, hub_timeout_s: float = 3.0) -> ResolvedSource:
     """Find what `source` names, or raise SourceError saying why it cannot be loaded here."""
-    if source.startswith(PACKAGE_SCHEME):
-        return ResolvedSource(str(package_folder(source)), is_local=True)
-    local = (manifest_dir / Path(source).expanduser()).resolve()
-    if local.exists():
-        return ResolvedSource(str(local), is_local=True)
+    folder = resolve_local_folder(source, manifest_dir)
+    if folder is not None:
+        return ResolvedSource(str(folder), is_local=True)
     if _looks_like_path(source):
-        raise SourceError(f"folder {source!r} not found (looked in {local})")
+        looked = (manifest_dir / Path(source).expanduser()).resolve()
+        raise SourceError(f"folder {source!r} not found (looked in {looked})")
     if not HUB_ID.match(source) or ".." in source:
         raise SourceError(f"{source!r} is neither a folder next to the manifest nor a hub id")
     if hub_reachable(hub_timeout_s):

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.registry import ModelEntry
 from service.runtime.base import Output
+from service.runtime.transformers_adapter import ImageClassificationAdapter
 from tests.conftest import ADMIN_KEY, image_bytes
 
 pytestmark = pytest.mark.anyio
@@ -31,15 +31,17 @@ MAX_INPUTS = 8
 
 @pytest.fixture
 def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many inputs each forward pass got: a spy on the model entry, which still runs it."""
+    """How many inputs each forward pass got: a spy on the image classifier, which still runs it."""
     calls: list[int] = []
-    run = ModelEntry.run
+    predict = ImageClassificationAdapter.predict
 
-    async def counting_run(self: ModelEntry, features: list[Any], *, top_k: int) -> list[Output]:
+    def counting_predict(
+        self: ImageClassificationAdapter, features: list[Any], *, top_k: int
+    ) -> list[Output]:
         calls.append(len(features))
-        return await run(self, features, top_k=top_k)
+        return predict(self, features, top_k=top_k)
 
-    monkeypatch.setattr(ModelEntry, "run", counting_run)
+    monkeypatch.setattr(ImageClassificationAdapter, "predict", counting_predict)
     return calls
 
 

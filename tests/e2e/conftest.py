@@ -105,6 +105,16 @@ def e2e_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path)
         source: {tiny_vit_dir}
     """,
     )
+    write_manifest(
+        folder,
+        "tiny-vit-batched",
+        f"""
+        name: tiny-vit-batched
+        task: image-classification
+        source: {tiny_vit_dir}
+        batching: {{max_batch_size: 8, max_delay_ms: 200}}
+    """,
+    )
     shipped = REPO / "models"
     for manifest in shipped.glob("*.yaml"):
         text = manifest.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import math
@@ -60,7 +61,11 @@ def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
     models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     assert models["tiny-vit"]["status"] == "ready"
     assert models["tiny-vit"]["dtype"] == "float32" and models["tiny-vit"]["devices"] == ["cpu"]
-    assert models["tiny-vit"]["batching"] == {"max_batch_size": 32, "max_delay_ms": 5.0}
+    assert models["tiny-vit"]["batching"] == {
+        "max_batch_size": 32,
+        "max_delay_ms": 5.0,
+        "max_queue": 256,
+    }
     hub = models["vit-base"]
     assert hub["status"] == "unavailable" and "hub" in hub["reason"]
     assert http.get("/v1/models/vit-base").json()["status"] == "unavailable"
@@ -145,3 +150,38 @@ def test_sigterm_stops_the_server_cleanly(
     assert running.stop() in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in running.log()
     assert "mk_sigterm_test_key" not in running.log()
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(
+    server: Server, admin_key: str
+) -> None:
+    colours = [(i * 10 % 256, 255 - i * 7 % 256, i * 37 % 256) for i in range(24)]
+    images = [image_bytes(color=c) for c in colours]
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "image/png"}
+    url = "/v1/models/tiny-vit-batched/predict?top_k=3"
+
+    async def fire() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60, headers=headers) as http:
+            alone = [await http.post(url, content=image) for image in images]
+            together = await asyncio.gather(*(http.post(url, content=image) for image in images))
+            return alone, list(together)
+
+    def batches() -> tuple[float, float]:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        count = sum_ = 0.0
+        for line in text.splitlines():
+            if line.startswith('maas_batch_size_count{model="tiny-vit-batched"}'):
+                count = float(line.split()[-1])
+            if line.startswith('maas_batch_size_sum{model="tiny-vit-batched"}'):
+                sum_ = float(line.split()[-1])
+        return count, sum_
+
+    alone, together = asyncio.run(fire())
+    count, inputs = batches()
+    assert inputs == 48  # every input went through exactly one forward pass
+    assert count < 24 + 24 / 2, "concurrent requests should have shared forward passes"
+    for single, batched in zip(alone, together, strict=True):
+        assert batched.status_code == 200
+        a, b = single.json()["predictions"][0], batched.json()["predictions"][0]
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        assert [p["score"] for p in a] == pytest.approx([p["score"] for p in b], abs=1e-4)

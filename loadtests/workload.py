@@ -1,0 +1,162 @@
+"""What the benchmark serves and sends: three ViT classifiers built from `ViTConfig`, real JPEG
+bodies, and the raw limit of a model measured in-process on this machine.
+
+Random weights are fine: speed does not depend on what the weights say. The models are saved with
+`save_pretrained` (plus a `ViTImageProcessor`) exactly like a hub model, into a cache folder
+(`~/.cache/maas-bench` by default) so that later runs skip the build.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A ViT image classifier, by its shape."""
+
+    name: str
+    image_size: int
+    patch_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    num_labels: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    # overhead-bound: the forward pass is well under a millisecond
+    "tiny": ModelSpec("tiny", 32, 8, 32, 2, 2, 64, 10),
+    # DeiT-tiny-sized: hidden 192, 12 layers, 3 heads, patch 16, 224
+    "deit-tiny": ModelSpec("deit-tiny", 224, 16, 192, 12, 3, 768, 1000),
+    # ViT-B/16 at 224
+    "vit-base": ModelSpec("vit-base", 224, 16, 768, 12, 12, 3072, 1000),
+}
+
+
+def build_model(spec: ModelSpec, cache_dir: Path) -> Path:
+    """The saved model folder for `spec`, built (seed 0) on first use and reused afterwards."""
+    folder = cache_dir / spec.name
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    labels = [f"class_{i}" for i in range(spec.num_labels)]
+    config = ViTConfig(
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.intermediate_size,
+        num_labels=spec.num_labels,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    partial = folder.with_name(folder.name + ".partial")
+    ViTForImageClassification(config).save_pretrained(partial)
+    ViTImageProcessor(size={"height": spec.image_size, "width": spec.image_size}).save_pretrained(partial)
+    partial.replace(folder)  # a half-written folder is never taken for a model
+    return folder
+
+
+def weights_bytes(folder: Path) -> int:
+    """Size of the model's safetensors on disk (float32)."""
+    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+
+
+def jpeg_bodies(count: int = 12, seed: int = 0) -> list[bytes]:
+    """Real photos (scikit-image's chelsea, astronaut, coffee) cropped and resized to 224-512 px, q90."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(data.chelsea()), Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())]
+    bodies: list[bytes] = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        width, height = photo.size
+        crop_w, crop_h = int(width * rng.uniform(0.6, 1.0)), int(height * rng.uniform(0.6, 1.0))
+        left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+        side = int(rng.integers(224, 513))
+        scale = side / max(crop_w, crop_h)
+        image = photo.crop((left, top, left + crop_w, top + crop_h)).resize(
+            (max(1, round(crop_w * scale)), max(1, round(crop_h * scale))), Image.Resampling.BILINEAR
+        )
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+@dataclass(frozen=True)
+class RawLimit:
+    """The most images per second this machine can push through the model, without any serving."""
+
+    preprocess_ms: float  # per image: JPEG decode + RGB + the model's image processor
+    forward_ms: float  # per image, at the best batch size
+    best_batch_size: int
+    forward_ms_by_batch: dict[int, float]
+    threads: int
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 / (self.preprocess_ms + self.forward_ms)
+
+
+def _timed_loop(step: Any, min_s: float, min_iterations: int) -> float:
+    """Mean seconds per call of `step`, over at least `min_iterations` calls and `min_s` seconds."""
+    iterations, start = 0, time.perf_counter()
+    while iterations < min_iterations or time.perf_counter() - start < min_s:
+        step()
+        iterations += 1
+    return (time.perf_counter() - start) / iterations
+
+
+def measure_raw_limit(
+    folder: Path, bodies: list[bytes], *, batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32), min_s: float = 1.0
+) -> RawLimit:
+    """Preprocess time per image plus forward time per image at the best batch size, float32, in-process.
+
+    Uses the same code path as the gateway's transformers adapter (PIL decode and `.convert("RGB")`,
+    the saved image processor, the model under `torch.inference_mode`, softmax and top-5) and
+    torch's default thread count, which is what a server process gets.
+    """
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    cursor = iter(range(1 << 62))
+
+    def preprocess_one() -> torch.Tensor:
+        image = Image.open(io.BytesIO(bodies[next(cursor) % len(bodies)]))
+        image.load()
+        pixels: torch.Tensor = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        return pixels
+
+    for _ in range(len(bodies)):
+        preprocess_one()
+    preprocess_s = _timed_loop(preprocess_one, min_s, 2 * len(bodies))
+    sample = preprocess_one()
+    by_batch: dict[int, float] = {}
+    with torch.inference_mode():
+        for size in batch_sizes:
+            batch = sample.repeat(size, 1, 1, 1)
+
+            def forward(batch: torch.Tensor = batch) -> None:
+                model(pixel_values=batch).logits.softmax(dim=-1).topk(5, dim=-1)
+
+            forward()  # warm-up
+            by_batch[size] = _timed_loop(forward, min_s, 2) / size * 1000
+    best = min(by_batch, key=lambda size: by_batch[size])
+    return RawLimit(preprocess_s * 1000, by_batch[best], best, by_batch, torch.get_num_threads())

@@ -1,0 +1,212 @@
+"""The dynamic batcher: one queue and one worker per model replica.
+
+Each input owns a future. A batch closes when it is full (`max_batch_size`) or when its oldest
+input has waited `max_delay_ms`; the worker waits on an event or that deadline, never polls.
+Inputs whose request was cancelled (client gone) or whose deadline passed are dropped before
+the device is used. The forward pass runs on the replica's own thread, so the event loop
+(and the preprocessing of the next requests) goes on meanwhile. If a batch fails, its inputs
+are retried one by one, so that one bad input fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+# (features of a batch, largest top_k in it) -> one output per feature
+RunBatch = Callable[[list[Any], int], Sequence[Any]]
+Clock = Callable[[], float]
+
+
+@dataclass
+class WorkItem:
+    """One input waiting for its batch."""
+
+    features: Any
+    top_k: int
+    future: asyncio.Future[Any]
+    enqueued_at: float
+    deadline: float | None = None  # on the batcher's clock; None = no deadline
+
+
+@dataclass
+class BatchStats:
+    """What the batcher reports after each batch (for metrics and the service-rate estimate)."""
+
+    size: int
+    queue_wait_s: list[float]
+    forward_s: float
+    dropped_expired: int
+    dropped_cancelled: int
+
+
+@dataclass
+class ServiceRate:
+    """An exponentially weighted estimate of inputs served per second, for Retry-After."""
+
+    alpha: float = 0.2
+    inputs_per_s: float | None = None
+
+    def observe(self, inputs: int, seconds: float) -> None:
+        if inputs <= 0 or seconds <= 0:
+            return
+        rate = inputs / seconds
+        self.inputs_per_s = (
+            rate if self.inputs_per_s is None else (self.alpha * rate + (1 - self.alpha) * self.inputs_per_s)
+        )
+
+
+@dataclass
+class Batcher:
+    """Forms batches for one replica and runs them on its executor (one thread)."""
+
+    run_batch: RunBatch
+    executor: Executor
+    max_batch_size: int
+    max_delay_s: float
+    clock: Clock = time.monotonic
+    on_batch: Callable[[BatchStats], None] | None = None
+    name: str = "model"
+    queue: collections.deque[WorkItem] = field(default_factory=collections.deque)
+    in_flight: int = 0  # inputs in the batch now on the device
+    rate: ServiceRate = field(default_factory=ServiceRate)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _closing: bool = False
+
+    @property
+    def load(self) -> int:
+        """Inputs waiting or running: what 'least loaded' compares."""
+        return len(self.queue) + self.in_flight
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def submit(self, features: Any, *, top_k: int, deadline: float | None = None) -> asyncio.Future[Any]:
+        """Queue one input; its future resolves to its output (or its error)."""
+        if self._closing:
+            raise RuntimeError("batcher is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline))
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        """Finish every queued input, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_until_batch_closes()
+            batch, stats = self._take_batch()
+            if batch:
+                await self._run(batch, stats)
+            elif self.on_batch and (stats.dropped_expired or stats.dropped_cancelled):
+                self.on_batch(stats)
+
+    async def _wait_until_batch_closes(self) -> None:
+        """Return when the queue holds a full batch, or the oldest input has waited max_delay."""
+        while len(self.queue) < self.max_batch_size and not self._closing:
+            remaining = self.queue[0].enqueued_at + self.max_delay_s - self.clock()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return  # the oldest input's wait is over
+            if not self.queue:
+                return
+
+    def _take_batch(self) -> tuple[list[WorkItem], BatchStats]:
+        now = self.clock()
+        batch: list[WorkItem] = []
+        expired = cancelled = 0
+        while self.queue and len(batch) < self.max_batch_size:
+            item = self.queue.popleft()
+            if item.future.done():  # cancelled: the client went away or gave up
+                cancelled += 1
+            elif item.deadline is not None and now >= item.deadline:
+                expired += 1
+                item.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed before its batch ran")
+                )
+            else:
+                batch.append(item)
+        waits = [now - item.enqueued_at for item in batch]
+        return batch, BatchStats(len(batch), waits, 0.0, expired, cancelled)
+
+    async def _run(self, batch: list[WorkItem], stats: BatchStats) -> None:
+        loop = asyncio.get_running_loop()
+        top_k = max(item.top_k for item in batch)
+        features = [item.features for item in batch]
+        self.in_flight = len(batch)
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self.executor, self._checked_run, features, top_k)
+        except Exception as exc:
+            outputs = None
+            if len(batch) == 1:
+                _resolve(batch[0], error=exc)
+            else:
+                log.warning(
+                    "%s: batch of %d failed (%s); retrying its inputs one by one", self.name, len(batch), exc
+                )
+                await self._run_one_by_one(batch)
+        finally:
+            self.in_flight = 0
+        stats.forward_s = time.perf_counter() - started
+        self.rate.observe(len(batch), stats.forward_s)
+        if outputs is not None:
+            for item, output in zip(batch, outputs, strict=True):
+                _resolve(item, output=output)
+        if self.on_batch:
+            self.on_batch(stats)
+
+    async def _run_one_by_one(self, batch: list[WorkItem]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            if item.future.done():
+                continue
+            try:
+                [output] = await loop.run_in_executor(
+                    self.executor, self._checked_run, [item.features], item.top_k
+                )
+                _resolve(item, output=output)
+            except Exception as exc:
+                _resolve(item, error=exc)
+
+    def _checked_run(self, features: list[Any], top_k: int) -> Sequence[Any]:
+        outputs = self.run_batch(features, top_k)
+        if len(outputs) != len(features):
+            raise RuntimeError(f"{self.name}: {len(outputs)} outputs for {len(features)} inputs")
+        return outputs
+
+
+def _resolve(item: WorkItem, *, output: Any = None, error: BaseException | None = None) -> None:
+    if item.future.done():  # cancelled while on the device: nobody is waiting
+        return
+    if error is not None:
+        item.future.set_exception(error)
+    else:
+        item.future.set_result(output)
