@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> None:
+    """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
     import uvicorn
 
     from service.app import create_app
@@ -48,13 +50,21 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.draining = True  # /readyz answers 503 from now on
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
+    DrainingServer(config).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -185,3 +185,41 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(
         a, b = single.json()["predictions"][0], batched.json()["predictions"][0]
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert [p["score"] for p in a] == pytest.approx([p["score"] for p in b], abs=1e-4)
+
+
+def test_sigterm_finishes_every_queued_request_before_exiting(
+    tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: object
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import write_manifest
+    from tests.e2e.conftest import start_server
+
+    folder = tmp_path_factory.mktemp("drain-models")
+    write_manifest(
+        folder,
+        "slow-batch",
+        f"""
+        name: slow-batch
+        task: image-classification
+        source: {tiny_vit_dir}
+        batching: {{max_batch_size: 64, max_delay_ms: 1500}}
+    """,
+    )
+    key = "mk_drain_test_key_000000000000000000"
+    running = start_server(folder, tmp_path_factory.mktemp("drain") / "var", env={"MAAS_ADMIN_KEY": key})
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
+
+    def post() -> int:
+        with httpx.Client(base_url=running.base_url, timeout=60) as http:
+            return http.post(
+                "/v1/models/slow-batch/predict", content=image_bytes(), headers=headers
+            ).status_code
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(post) for _ in range(3)]
+        while 'maas_queue_depth{model="slow-batch"} 3.0' not in httpx.get(f"{running.base_url}/metrics").text:
+            pass  # poll until all three wait in the batcher's queue
+        code = running.stop()  # SIGTERM while they are queued
+        assert [a.result() for a in answers] == [200, 200, 200]
+    assert code in (0, -signal.SIGTERM)
