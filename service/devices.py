@@ -5,6 +5,8 @@ Inference replicas are placed here; the fine-tuning runner will lease devices fr
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +86,15 @@ def used_bytes(device: torch.device) -> int | None:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand back memory that warm-up passes left in caches (CUDA's allocator, glibc's arenas)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Worker(Protocol):

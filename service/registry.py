@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from service.batching import Batcher
-from service.devices import DevicePool, dtype_name, resolve_dtype
+from service.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.errors import ModelUnavailable, NotFound
 from service.manifests import ManifestFile, ModelManifest, discover_manifests
 from service.metrics import Metrics
@@ -188,6 +188,7 @@ class ModelRegistry:
                     hub_timeout_s=self.hub_timeout_s,
                 )
                 adapter.warmup()
+                release_cached_memory(device)
                 executor = ThreadPoolExecutor(1, thread_name_prefix=f"maas-{entry.name}")
                 replicas.append(Replica(adapter, device, executor))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
