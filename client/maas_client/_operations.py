@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from maas_client._core import Call, Sleep
+from maas_client._core import IDEMPOTENCY_HEADER, Call, Sleep
 from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_input
 from maas_client.types import (
     APIKey,
@@ -67,24 +67,31 @@ def _compact(**fields: Any) -> dict[str, Any]:
 # Inference and models
 
 
-def predict(model: str, images: ImageInput | Sequence[ImageInput], top_k: int | None) -> Call[Prediction]:
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {} if key is None else {IDEMPOTENCY_HEADER: key}
+
+
+def predict(
+    model: str, images: ImageInput | Sequence[ImageInput], top_k: int | None, idempotency_key: str | None
+) -> Call[Prediction]:
     uploads = image_uploads(images)
     params = {} if top_k is None else {"top_k": top_k}
     path, parse = f"/v1/models/{_seg(model)}/predict", _one(Prediction.from_json)
     if len(uploads) == 1:
         (one,) = uploads
-        headers = {"Content-Type": one.content_type}
+        headers = {"Content-Type": one.content_type, **_idempotency(idempotency_key)}
         return Call("POST", path, parse, params=params, content=one.data, headers=headers)
     files = [("file", (u.filename, u.data, u.content_type)) for u in uploads]
-    return Call("POST", path, parse, params=params, files=files)
+    return Call("POST", path, parse, params=params, files=files, headers=_idempotency(idempotency_key))
 
 
-def embed(model: str, texts: str | Sequence[str]) -> Call[Embeddings]:
+def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:
     inputs = [texts] if isinstance(texts, str) else list(texts)
     if not inputs:
         raise ValueError("no texts given")
     path = f"/v1/models/{_seg(model)}/predict"
-    return Call("POST", path, _one(Embeddings.from_json), json={"inputs": inputs})
+    body = {"inputs": inputs}
+    return Call("POST", path, _one(Embeddings.from_json), json=body, headers=_idempotency(idempotency_key))
 
 
 def list_models() -> Call[list[Model]]:

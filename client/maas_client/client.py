@@ -120,18 +120,28 @@ class Client:
             return result
 
     def predict(
-        self, model: str, images: ImageInput | Sequence[ImageInput], *, top_k: int | None = 5
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
     ) -> Prediction:
         """Classify one image or several with `model`; one ranked label list per image, in order.
 
         An image is a path, bytes, a binary file object or a PIL image. One image is sent as
         raw bytes, several as multipart `file` parts; the content type comes from the bytes.
+        Retries re-send one `Idempotency-Key` (generated, or `idempotency_key` when given, e.g. to
+        keep it across restarts of the caller) so the gateway bills the call once.
         """
-        return self._request(ops.predict(model, images, top_k))
+        return self._request(ops.predict(model, images, top_k, idempotency_key))
 
-    def embed(self, model: str, texts: str | Sequence[str]) -> Embeddings:
-        """Embed one text or several with a text (feature-extraction) model; one vector per text."""
-        return self._request(ops.embed(model, texts))
+    def embed(
+        self, model: str, texts: str | Sequence[str], *, idempotency_key: str | None = None
+    ) -> Embeddings:
+        """Embed one text or several with a text (feature-extraction) model; one vector per text
+        (`idempotency_key` as in `predict`)."""
+        return self._request(ops.embed(model, texts, idempotency_key))
 
     def ready(self) -> bool:
         """True when the gateway answers /readyz with 200 (every preloaded model is settled)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def client(gateway: Server) -> Client:
+def client(gateway: Server) -> Iterator[Client]:
     with Client(gateway.base_url, ADMIN_KEY, timeout=60) as client:
         yield client
 

@@ -5,6 +5,7 @@ read the answers. When the gateway serves them, the same calls move to test_gate
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import pytest
 from conftest import Reply, ScriptServer
@@ -13,7 +14,7 @@ from maas_client.cli import main
 
 
 @pytest.fixture
-def client(script_server: ScriptServer) -> Client:
+def client(script_server: ScriptServer) -> Iterator[Client]:
     with Client(script_server.base_url, "mk_admin", sleep=lambda s: None) as client:
         yield client
 

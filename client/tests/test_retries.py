@@ -164,3 +164,10 @@ async def test_async_client_retries_the_same_way(script_server: ScriptServer) ->
     assert result.usage.inputs == 1 and sleeps == [3.0]
     first, second = script_server.attempts("POST", PREDICT)
     assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+
+
+def test_a_caller_given_idempotency_key_is_sent_on_every_try(script_server: ScriptServer) -> None:
+    script_server.on("POST", PREDICT, error(503, "overloaded", "0"), Reply(200, ANSWER))
+    with Client(script_server.base_url, "k", sleep=lambda s: None) as client:
+        client.predict("m", [png(), png()], idempotency_key="order-42")
+    assert [a.headers["idempotency-key"] for a in script_server.attempts("POST", PREDICT)] == ["order-42"] * 2
