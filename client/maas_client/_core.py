@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from maas_client._version import __version__
-from maas_client.errors import connection_error, error_from_response, parse_retry_after
+from maas_client.errors import connection_error, error_from_response, parse_retry_after, unexpected_answer
 
 T = TypeVar("T")
 
@@ -112,7 +112,10 @@ def call_steps(
         elif outcome.status_code in RETRY_STATUSES and call.retry and retry < policy.max_retries:
             yield Sleep(policy.delay(retry, parse_retry_after(outcome.headers), rng))
         elif outcome.is_success:
-            return call.parse(outcome)
+            try:
+                return call.parse(outcome)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise unexpected_answer(outcome, exc) from exc
         else:
             raise error_from_response(outcome)
         retry += 1

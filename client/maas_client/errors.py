@@ -201,6 +201,17 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
     )
 
 
+def unexpected_answer(response: httpx.Response, cause: Exception) -> APIStatusError:
+    """A success status whose body is not what the API promises (a proxy page, a version skew)."""
+    return APIStatusError(
+        f"unexpected answer from {response.request.method} {response.request.url.path}: {cause!r}",
+        status_code=response.status_code,
+        type="invalid_response",
+        request_id=response.headers.get("x-request-id"),
+        body=response.text[:500],
+    )
+
+
 def connection_error(exc: httpx.TransportError) -> APIConnectionError:
     """The typed exception for a transport failure (no answer from the gateway)."""
     if isinstance(exc, httpx.TimeoutException):

@@ -9,6 +9,7 @@ import pytest
 from conftest import Reply, ScriptServer, png
 from maas_client import (
     APIConnectionError,
+    APIStatusError,
     AsyncClient,
     AuthenticationError,
     BadRequestError,
@@ -171,3 +172,10 @@ def test_a_caller_given_idempotency_key_is_sent_on_every_try(script_server: Scri
     with Client(script_server.base_url, "k", sleep=lambda s: None) as client:
         client.predict("m", [png(), png()], idempotency_key="order-42")
     assert [a.headers["idempotency-key"] for a in script_server.attempts("POST", PREDICT)] == ["order-42"] * 2
+
+
+def test_a_success_status_with_a_body_that_is_not_the_api_raises_typed(script_server: ScriptServer) -> None:
+    script_server.on("GET", "/v1/models/m", Reply(200, ["not", "a", "model"]))
+    with Client(script_server.base_url, "k") as client, pytest.raises(APIStatusError) as caught:
+        client.models.get("m")
+    assert caught.value.type == "invalid_response" and caught.value.status_code == 200
