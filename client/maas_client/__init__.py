@@ -1,0 +1,85 @@
+"""maas-client: the Python client of maas-gateway.
+
+from maas_client import Client
+
+with Client() as client:          # MAAS_BASE_URL, MAAS_API_KEY
+    result = client.predict("efficientnet-lite0", "cat.jpg", top_k=3)
+    print(result.predictions[0][0].label)
+"""
+
+from maas_client._core import RetryPolicy
+from maas_client._inputs import FileInput, ImageInput
+from maas_client._version import __version__
+from maas_client.async_client import AsyncClient
+from maas_client.client import Client
+from maas_client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    DeadlineExceededError,
+    InternalServerError,
+    InvalidInputError,
+    MaasError,
+    ModelUnavailableError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnsupportedMediaTypeError,
+)
+from maas_client.types import (
+    APIKey,
+    Embeddings,
+    FileObject,
+    FineTuneEvent,
+    FineTuneJob,
+    Label,
+    Model,
+    Prediction,
+    Tenant,
+    Usage,
+    UsageReport,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIKey",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "DeadlineExceededError",
+    "Embeddings",
+    "FileInput",
+    "FileObject",
+    "FineTuneEvent",
+    "FineTuneJob",
+    "ImageInput",
+    "InternalServerError",
+    "InvalidInputError",
+    "Label",
+    "MaasError",
+    "Model",
+    "ModelUnavailableError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Prediction",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "Tenant",
+    "UnsupportedMediaTypeError",
+    "Usage",
+    "UsageReport",
+    "__version__",
+]

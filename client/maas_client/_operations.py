@@ -1,0 +1,245 @@
+"""Every API call of the gateway as a `Call`: path, body and answer parser, written once for
+both clients. The paths and bodies follow the gateway's contract (shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from maas_client._core import IDEMPOTENCY_HEADER, Call, Sleep
+from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_input
+from maas_client.types import (
+    APIKey,
+    Embeddings,
+    FileObject,
+    FineTuneEvent,
+    FineTuneJob,
+    Model,
+    Prediction,
+    Tenant,
+    UsageReport,
+)
+
+T = TypeVar("T")
+ProgressCallback = Callable[[FineTuneJob, list[FineTuneEvent]], None]
+
+
+def _seg(value: str) -> str:
+    """One path segment, escaped."""
+    return quote(str(value), safe="")
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object from {response.request.url}, got {type(body).__name__}")
+    return body
+
+
+def _one(cls: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
+    return lambda response: cls(_json(response))
+
+
+def _many(cls: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], list[T]]:
+    def parse(response: httpx.Response) -> list[T]:
+        body = response.json()
+        items = body.get("data") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise ValueError(f"expected a list from {response.request.url}")
+        return [cls(item) for item in items]
+
+    return parse
+
+
+def _none(response: httpx.Response) -> None:
+    return None
+
+
+def _compact(**fields: Any) -> dict[str, Any]:
+    """A JSON body without the optional fields the caller left out."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+# Inference and models
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {} if key is None else {IDEMPOTENCY_HEADER: key}
+
+
+def predict(
+    model: str, images: ImageInput | Sequence[ImageInput], top_k: int | None, idempotency_key: str | None
+) -> Call[Prediction]:
+    uploads = image_uploads(images)
+    params = {} if top_k is None else {"top_k": top_k}
+    path, parse = f"/v1/models/{_seg(model)}/predict", _one(Prediction.from_json)
+    if len(uploads) == 1:
+        (one,) = uploads
+        headers = {"Content-Type": one.content_type, **_idempotency(idempotency_key)}
+        return Call("POST", path, parse, params=params, content=one.data, headers=headers)
+    files = [("file", (u.filename, u.data, u.content_type)) for u in uploads]
+    return Call("POST", path, parse, params=params, files=files, headers=_idempotency(idempotency_key))
+
+
+def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:
+    inputs = [texts] if isinstance(texts, str) else list(texts)
+    if not inputs:
+        raise ValueError("no texts given")
+    path = f"/v1/models/{_seg(model)}/predict"
+    body = {"inputs": inputs}
+    return Call("POST", path, _one(Embeddings.from_json), json=body, headers=_idempotency(idempotency_key))
+
+
+def list_models() -> Call[list[Model]]:
+    return Call("GET", "/v1/models", _many(Model.from_json))
+
+
+def get_model(name: str) -> Call[Model]:
+    return Call("GET", f"/v1/models/{_seg(name)}", _one(Model.from_json))
+
+
+def ready() -> Call[bool]:
+    return Call("GET", "/readyz", lambda response: response.status_code == 200, retry=False)
+
+
+# Admin: tenants and keys
+
+
+def create_tenant(
+    name: str,
+    rate_limit_rps: float | None,
+    max_concurrency: int | None,
+    monthly_quota_inputs: int | None,
+    allowed_models: Sequence[str] | None,
+) -> Call[Tenant]:
+    body = _compact(
+        name=name,
+        rate_limit_rps=rate_limit_rps,
+        max_concurrency=max_concurrency,
+        monthly_quota_inputs=monthly_quota_inputs,
+        allowed_models=None if allowed_models is None else list(allowed_models),
+    )
+    return Call("POST", "/v1/admin/tenants", _one(Tenant.from_json), json=body)
+
+
+def list_tenants() -> Call[list[Tenant]]:
+    return Call("GET", "/v1/admin/tenants", _many(Tenant.from_json))
+
+
+def suspend_tenant(tenant: str) -> Call[Tenant]:
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/suspend", _one(Tenant.from_json))
+
+
+def create_key(
+    tenant: str,
+    name: str | None,
+    scopes: Sequence[str] | None,
+    models: Sequence[str] | None,
+    expires_at: str | None,
+) -> Call[APIKey]:
+    body = _compact(
+        name=name,
+        scopes=None if scopes is None else list(scopes),
+        models=None if models is None else list(models),
+        expires_at=expires_at,
+    )
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/keys", _one(APIKey.from_json), json=body)
+
+
+def list_keys(tenant: str) -> Call[list[APIKey]]:
+    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}/keys", _many(APIKey.from_json))
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/admin/keys/{_seg(key_id)}", _none)
+
+
+# Usage
+
+
+def get_usage(start: str | None, end: str | None, group_by: str | Sequence[str] | None) -> Call[UsageReport]:
+    group = group_by if group_by is None or isinstance(group_by, str) else ",".join(group_by)
+    params = _compact(start=start, end=end, group_by=group)
+    return Call("GET", "/v1/usage", _one(UsageReport.from_json), params=params)
+
+
+# Files
+
+
+def upload_file(file: FileInput, purpose: str) -> Call[FileObject]:
+    name, data = read_file_input(file)
+    files = [("file", (name, data, "application/zip" if data[:2] == b"PK" else "application/octet-stream"))]
+    return Call("POST", "/v1/files", _one(FileObject.from_json), files=files, data={"purpose": purpose})
+
+
+def list_files() -> Call[list[FileObject]]:
+    return Call("GET", "/v1/files", _many(FileObject.from_json))
+
+
+def delete_file(file_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/files/{_seg(file_id)}", _none)
+
+
+# Fine-tunes
+
+
+def create_fine_tune(
+    base_model: str,
+    training_file: str,
+    validation_file: str | None,
+    hyperparameters: dict[str, Any] | None,
+    suffix: str | None,
+) -> Call[FineTuneJob]:
+    body = _compact(
+        base_model=base_model,
+        training_file=training_file,
+        validation_file=validation_file,
+        hyperparameters=hyperparameters,
+        suffix=suffix,
+    )
+    return Call("POST", "/v1/fine-tunes", _one(FineTuneJob.from_json), json=body)
+
+
+def get_fine_tune(job_id: str) -> Call[FineTuneJob]:
+    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}", _one(FineTuneJob.from_json))
+
+
+def list_fine_tunes() -> Call[list[FineTuneJob]]:
+    return Call("GET", "/v1/fine-tunes", _many(FineTuneJob.from_json))
+
+
+def fine_tune_events(job_id: str) -> Call[list[FineTuneEvent]]:
+    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}/events", _many(FineTuneEvent.from_json))
+
+
+def cancel_fine_tune(job_id: str) -> Call[FineTuneJob]:
+    return Call("POST", f"/v1/fine-tunes/{_seg(job_id)}/cancel", _one(FineTuneJob.from_json))
+
+
+def wait_fine_tune(
+    job_id: str,
+    poll_interval: float,
+    timeout: float | None,
+    progress: ProgressCallback | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Call[Any] | Sleep, Any, FineTuneJob]:
+    """Poll a job (and its events, when someone listens) until it is done; yields calls to make
+    and sleeps, gets back each call's result. Raises TimeoutError after `timeout` seconds."""
+    deadline = None if timeout is None else clock() + timeout
+    seen = 0
+    while True:
+        job: FineTuneJob = yield get_fine_tune(job_id)
+        if progress is not None:
+            events: list[FineTuneEvent] = yield fine_tune_events(job_id)
+            # Events come oldest first and only grow; report the ones not reported yet.
+            progress(job, events[seen:])
+            seen = max(seen, len(events))
+        if job.done:
+            return job
+        if deadline is not None and clock() >= deadline:
+            raise TimeoutError(f"fine-tune {job_id} still {job.status} after {timeout} s")
+        yield Sleep(poll_interval)

@@ -1,0 +1,297 @@
+"""`AsyncClient`: the asyncio client, one pooled `httpx.AsyncClient` per instance; the same surface
+as `Client`, every call awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from maas_client import _operations as ops
+from maas_client._core import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    Call,
+    RetryPolicy,
+    Sleep,
+    call_steps,
+    default_headers,
+    resolve_api_key,
+    resolve_base_url,
+    to_timeout,
+)
+from maas_client._inputs import FileInput, ImageInput
+from maas_client._operations import ProgressCallback
+from maas_client.errors import MaasError
+from maas_client.types import (
+    APIKey,
+    Embeddings,
+    FileObject,
+    FineTuneEvent,
+    FineTuneJob,
+    Model,
+    Prediction,
+    Tenant,
+    UsageReport,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio client of a maas-gateway (see `Client`; every method is awaited).
+
+    `base_url` defaults to MAAS_BASE_URL, then http://127.0.0.1:8000; `api_key` to MAAS_API_KEY
+    (both read when the client is built). `timeout` is in seconds (or an `httpx.Timeout`).
+    Failed calls are retried up to `max_retries` times (see `RetryPolicy`); `sleep` is how the
+    client waits between tries (tests inject their own). Use it as a context manager, or call
+    `close()`, to release its pooled connections.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.api_key = resolve_api_key(api_key)
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
+        self._rng = random.random
+        self._http = http_client or httpx.AsyncClient(base_url=self.base_url, timeout=to_timeout(timeout))
+        self._http.headers.update(default_headers(self.api_key))
+        self.models = AsyncModels(self)
+        self.admin = AsyncAdmin(self)
+        self.usage = AsyncUsageResource(self)
+        self.files = AsyncFiles(self)
+        self.fine_tunes = AsyncFineTunes(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def _request(self, call: Call[T]) -> T:
+        steps = call_steps(call, self.retry_policy, self._rng)
+        step = next(steps)
+        while True:
+            outcome: httpx.Response | httpx.TransportError | None = None
+            if isinstance(step, Sleep):
+                await self._sleep(step.seconds)
+            else:
+                try:
+                    outcome = await self._http.send(self._http.build_request(**step.request_args))
+                except httpx.TransportError as exc:
+                    outcome = exc
+            try:
+                step = steps.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+
+    async def _run(self, program: Generator[Call[Any] | Sleep, Any, T]) -> T:
+        try:
+            step = next(program)
+            while True:
+                if isinstance(step, Sleep):
+                    await self._sleep(step.seconds)
+                    step = program.send(None)
+                else:
+                    step = program.send(await self._request(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def predict(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
+    ) -> Prediction:
+        """Classify one image or several with `model`; one ranked label list per image, in order.
+
+        An image is a path, bytes, a binary file object or a PIL image. One image is sent as
+        raw bytes, several as multipart `file` parts; the content type comes from the bytes.
+        Retries re-send one `Idempotency-Key` (generated, or `idempotency_key` when given, e.g. to
+        keep it across restarts of the caller) so the gateway bills the call once.
+        """
+        return await self._request(ops.predict(model, images, top_k, idempotency_key))
+
+    async def embed(
+        self, model: str, texts: str | Sequence[str], *, idempotency_key: str | None = None
+    ) -> Embeddings:
+        """Embed one text or several with a text (feature-extraction) model; one vector per text
+        (`idempotency_key` as in `predict`)."""
+        return await self._request(ops.embed(model, texts, idempotency_key))
+
+    async def ready(self) -> bool:
+        """True when the gateway answers /readyz with 200 (every preloaded model is settled)."""
+        try:
+            return await self._request(ops.ready())
+        except MaasError:
+            return False
+
+
+class _AsyncResource:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+
+class AsyncModels(_AsyncResource):
+    """`async_client.models`: the models this key may use."""
+
+    async def list(self) -> builtins.list[Model]:
+        """Every model the key may use, with its status."""
+        return await self._client._request(ops.list_models())
+
+    async def get(self, name: str) -> Model:
+        """One model; `NotFoundError` when unknown (or another tenant's)."""
+        return await self._client._request(ops.get_model(name))
+
+
+class AsyncTenants(_AsyncResource):
+    """`async_client.admin.tenants` (admin keys only)."""
+
+    async def create(
+        self,
+        name: str,
+        *,
+        rate_limit_rps: float | None = None,
+        max_concurrency: int | None = None,
+        monthly_quota_inputs: int | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> Tenant:
+        """Create a tenant with optional limits and model allow-list."""
+        call = ops.create_tenant(name, rate_limit_rps, max_concurrency, monthly_quota_inputs, allowed_models)
+        return await self._client._request(call)
+
+    async def list(self) -> builtins.list[Tenant]:
+        """Every tenant."""
+        return await self._client._request(ops.list_tenants())
+
+    async def suspend(self, tenant: str) -> Tenant:
+        """Suspend a tenant: its keys stop working."""
+        return await self._client._request(ops.suspend_tenant(tenant))
+
+
+class AsyncKeys(_AsyncResource):
+    """`async_client.admin.keys` (admin keys only)."""
+
+    async def create(
+        self,
+        tenant: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        models: Sequence[str] | None = None,
+        expires_at: str | None = None,
+    ) -> APIKey:
+        """Create a key for `tenant`; the answer's `key` is the secret, shown this once."""
+        return await self._client._request(ops.create_key(tenant, name, scopes, models, expires_at))
+
+    async def list(self, tenant: str) -> builtins.list[APIKey]:
+        """The keys of `tenant` (without their secrets)."""
+        return await self._client._request(ops.list_keys(tenant))
+
+    async def revoke(self, key_id: str) -> None:
+        """Revoke a key; it stops working on the next request."""
+        await self._client._request(ops.revoke_key(key_id))
+
+
+class AsyncAdmin:
+    """`async_client.admin`: tenants and keys (admin keys only)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.tenants = AsyncTenants(client)
+        self.keys = AsyncKeys(client)
+
+
+class AsyncUsageResource(_AsyncResource):
+    """`async_client.usage`: the caller's tenant usage and cost."""
+
+    async def get(
+        self, *, start: str | None = None, end: str | None = None, group_by: str | Sequence[str] | None = None
+    ) -> UsageReport:
+        """Usage between `start` and `end` (ISO dates or times), grouped by e.g. `["model", "day"]`."""
+        return await self._client._request(ops.get_usage(start, end, group_by))
+
+
+class AsyncFiles(_AsyncResource):
+    """`async_client.files`: datasets for fine-tuning."""
+
+    async def upload(self, file: FileInput, *, purpose: str = "fine-tune") -> FileObject:
+        """Upload a dataset (a zip in image-folder layout) from a path, bytes or binary file."""
+        return await self._client._request(ops.upload_file(file, purpose))
+
+    async def list(self) -> builtins.list[FileObject]:
+        """The tenant's uploaded files."""
+        return await self._client._request(ops.list_files())
+
+    async def delete(self, file_id: str) -> None:
+        """Delete an uploaded file."""
+        await self._client._request(ops.delete_file(file_id))
+
+
+class AsyncFineTunes(_AsyncResource):
+    """`async_client.fine_tunes`: fine-tuning jobs."""
+
+    async def create(
+        self,
+        base_model: str,
+        training_file: str,
+        *,
+        validation_file: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        suffix: str | None = None,
+    ) -> FineTuneJob:
+        """Start fine-tuning `base_model` on an uploaded file (`file_…`)."""
+        call = ops.create_fine_tune(base_model, training_file, validation_file, hyperparameters, suffix)
+        return await self._client._request(call)
+
+    async def get(self, job_id: str) -> FineTuneJob:
+        """One job."""
+        return await self._client._request(ops.get_fine_tune(job_id))
+
+    async def list(self) -> builtins.list[FineTuneJob]:
+        """The tenant's jobs."""
+        return await self._client._request(ops.list_fine_tunes())
+
+    async def events(self, job_id: str) -> builtins.list[FineTuneEvent]:
+        """A job's events, oldest first."""
+        return await self._client._request(ops.fine_tune_events(job_id))
+
+    async def cancel(self, job_id: str) -> FineTuneJob:
+        """Cancel a queued or running job."""
+        return await self._client._request(ops.cancel_fine_tune(job_id))
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 5.0,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> FineTuneJob:
+        """Poll until the job succeeds, fails or is cancelled, and return it. `progress(job,
+        new_events)` is called after every poll; `TimeoutError` after `timeout` seconds."""
+        return await self._client._run(ops.wait_fine_tune(job_id, poll_interval, timeout, progress))

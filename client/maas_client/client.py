@@ -1,0 +1,296 @@
+"""`Client`: the synchronous client, one pooled `httpx.Client` per instance."""
+
+from __future__ import annotations
+
+import builtins
+import random
+import time
+from collections.abc import Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from maas_client import _operations as ops
+from maas_client._core import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    Call,
+    RetryPolicy,
+    Sleep,
+    call_steps,
+    default_headers,
+    resolve_api_key,
+    resolve_base_url,
+    to_timeout,
+)
+from maas_client._inputs import FileInput, ImageInput
+from maas_client._operations import ProgressCallback
+from maas_client.errors import MaasError
+from maas_client.types import (
+    APIKey,
+    Embeddings,
+    FileObject,
+    FineTuneEvent,
+    FineTuneJob,
+    Model,
+    Prediction,
+    Tenant,
+    UsageReport,
+)
+
+T = TypeVar("T")
+
+
+class Client:
+    """A client of a maas-gateway.
+
+    `base_url` defaults to MAAS_BASE_URL, then http://127.0.0.1:8000; `api_key` to MAAS_API_KEY
+    (both read when the client is built). `timeout` is in seconds (or an `httpx.Timeout`).
+    Failed calls are retried up to `max_retries` times (see `RetryPolicy`); `sleep` is how the
+    client waits between tries (tests inject their own). Use it as a context manager, or call
+    `close()`, to release its pooled connections.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.api_key = resolve_api_key(api_key)
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
+        self._rng = random.random
+        self._http = http_client or httpx.Client(base_url=self.base_url, timeout=to_timeout(timeout))
+        self._http.headers.update(default_headers(self.api_key))
+        self.models = Models(self)
+        self.admin = Admin(self)
+        self.usage = UsageResource(self)
+        self.files = Files(self)
+        self.fine_tunes = FineTunes(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def _request(self, call: Call[T]) -> T:
+        steps = call_steps(call, self.retry_policy, self._rng)
+        step = next(steps)
+        while True:
+            outcome: httpx.Response | httpx.TransportError | None = None
+            if isinstance(step, Sleep):
+                self._sleep(step.seconds)
+            else:
+                try:
+                    outcome = self._http.send(self._http.build_request(**step.request_args))
+                except httpx.TransportError as exc:
+                    outcome = exc
+            try:
+                step = steps.send(outcome)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+
+    def _run(self, program: Generator[Call[Any] | Sleep, Any, T]) -> T:
+        try:
+            step = next(program)
+            while True:
+                if isinstance(step, Sleep):
+                    self._sleep(step.seconds)
+                    step = program.send(None)
+                else:
+                    step = program.send(self._request(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def predict(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
+    ) -> Prediction:
+        """Classify one image or several with `model`; one ranked label list per image, in order.
+
+        An image is a path, bytes, a binary file object or a PIL image. One image is sent as
+        raw bytes, several as multipart `file` parts; the content type comes from the bytes.
+        Retries re-send one `Idempotency-Key` (generated, or `idempotency_key` when given, e.g. to
+        keep it across restarts of the caller) so the gateway bills the call once.
+        """
+        return self._request(ops.predict(model, images, top_k, idempotency_key))
+
+    def embed(
+        self, model: str, texts: str | Sequence[str], *, idempotency_key: str | None = None
+    ) -> Embeddings:
+        """Embed one text or several with a text (feature-extraction) model; one vector per text
+        (`idempotency_key` as in `predict`)."""
+        return self._request(ops.embed(model, texts, idempotency_key))
+
+    def ready(self) -> bool:
+        """True when the gateway answers /readyz with 200 (every preloaded model is settled)."""
+        try:
+            return self._request(ops.ready())
+        except MaasError:
+            return False
+
+
+class _Resource:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+
+class Models(_Resource):
+    """`client.models`: the models this key may use."""
+
+    def list(self) -> builtins.list[Model]:
+        """Every model the key may use, with its status."""
+        return self._client._request(ops.list_models())
+
+    def get(self, name: str) -> Model:
+        """One model; `NotFoundError` when unknown (or another tenant's)."""
+        return self._client._request(ops.get_model(name))
+
+
+class Tenants(_Resource):
+    """`client.admin.tenants` (admin keys only)."""
+
+    def create(
+        self,
+        name: str,
+        *,
+        rate_limit_rps: float | None = None,
+        max_concurrency: int | None = None,
+        monthly_quota_inputs: int | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> Tenant:
+        """Create a tenant with optional limits and model allow-list."""
+        call = ops.create_tenant(name, rate_limit_rps, max_concurrency, monthly_quota_inputs, allowed_models)
+        return self._client._request(call)
+
+    def list(self) -> builtins.list[Tenant]:
+        """Every tenant."""
+        return self._client._request(ops.list_tenants())
+
+    def suspend(self, tenant: str) -> Tenant:
+        """Suspend a tenant: its keys stop working."""
+        return self._client._request(ops.suspend_tenant(tenant))
+
+
+class Keys(_Resource):
+    """`client.admin.keys` (admin keys only)."""
+
+    def create(
+        self,
+        tenant: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        models: Sequence[str] | None = None,
+        expires_at: str | None = None,
+    ) -> APIKey:
+        """Create a key for `tenant`; the answer's `key` is the secret, shown this once."""
+        return self._client._request(ops.create_key(tenant, name, scopes, models, expires_at))
+
+    def list(self, tenant: str) -> builtins.list[APIKey]:
+        """The keys of `tenant` (without their secrets)."""
+        return self._client._request(ops.list_keys(tenant))
+
+    def revoke(self, key_id: str) -> None:
+        """Revoke a key; it stops working on the next request."""
+        self._client._request(ops.revoke_key(key_id))
+
+
+class Admin:
+    """`client.admin`: tenants and keys (admin keys only)."""
+
+    def __init__(self, client: Client) -> None:
+        self.tenants = Tenants(client)
+        self.keys = Keys(client)
+
+
+class UsageResource(_Resource):
+    """`client.usage`: the caller's tenant usage and cost."""
+
+    def get(
+        self, *, start: str | None = None, end: str | None = None, group_by: str | Sequence[str] | None = None
+    ) -> UsageReport:
+        """Usage between `start` and `end` (ISO dates or times), grouped by e.g. `["model", "day"]`."""
+        return self._client._request(ops.get_usage(start, end, group_by))
+
+
+class Files(_Resource):
+    """`client.files`: datasets for fine-tuning."""
+
+    def upload(self, file: FileInput, *, purpose: str = "fine-tune") -> FileObject:
+        """Upload a dataset (a zip in image-folder layout) from a path, bytes or binary file."""
+        return self._client._request(ops.upload_file(file, purpose))
+
+    def list(self) -> builtins.list[FileObject]:
+        """The tenant's uploaded files."""
+        return self._client._request(ops.list_files())
+
+    def delete(self, file_id: str) -> None:
+        """Delete an uploaded file."""
+        self._client._request(ops.delete_file(file_id))
+
+
+class FineTunes(_Resource):
+    """`client.fine_tunes`: fine-tuning jobs."""
+
+    def create(
+        self,
+        base_model: str,
+        training_file: str,
+        *,
+        validation_file: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        suffix: str | None = None,
+    ) -> FineTuneJob:
+        """Start fine-tuning `base_model` on an uploaded file (`file_…`)."""
+        call = ops.create_fine_tune(base_model, training_file, validation_file, hyperparameters, suffix)
+        return self._client._request(call)
+
+    def get(self, job_id: str) -> FineTuneJob:
+        """One job."""
+        return self._client._request(ops.get_fine_tune(job_id))
+
+    def list(self) -> builtins.list[FineTuneJob]:
+        """The tenant's jobs."""
+        return self._client._request(ops.list_fine_tunes())
+
+    def events(self, job_id: str) -> builtins.list[FineTuneEvent]:
+        """A job's events, oldest first."""
+        return self._client._request(ops.fine_tune_events(job_id))
+
+    def cancel(self, job_id: str) -> FineTuneJob:
+        """Cancel a queued or running job."""
+        return self._client._request(ops.cancel_fine_tune(job_id))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 5.0,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> FineTuneJob:
+        """Poll until the job succeeds, fails or is cancelled, and return it. `progress(job,
+        new_events)` is called after every poll; `TimeoutError` after `timeout` seconds."""
+        return self._client._run(ops.wait_fine_tune(job_id, poll_interval, timeout, progress))

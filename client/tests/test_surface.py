@@ -1,0 +1,50 @@
+"""The public surface: AsyncClient mirrors Client, every public method says what it promises."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import maas_client
+from maas_client import AsyncClient, Client
+
+CLIENT_MODULES = {"maas_client.client", "maas_client.async_client"}
+
+
+def _surface(client: object) -> dict[str, object]:
+    """Public methods by dotted name: `predict`, `models.list`, `admin.keys.revoke`, ..."""
+    found: dict[str, object] = {}
+
+    def walk(obj: object, prefix: str) -> None:
+        for name, value in vars(obj).items() if not inspect.isclass(obj) else []:
+            if not name.startswith("_") and type(value).__module__ in CLIENT_MODULES:
+                walk(value, f"{prefix}{name}.")
+        for name, member in inspect.getmembers(type(obj), inspect.isfunction):
+            if not name.startswith("_"):
+                found[f"{prefix}{name}"] = member
+
+    walk(client, "")
+    return found
+
+
+def test_async_client_has_the_same_methods_and_signatures_as_the_sync_one() -> None:
+    sync, asynchronous = Client("http://x", "k"), AsyncClient("http://x", "k")
+    sync_surface, async_surface = _surface(sync), _surface(asynchronous)
+    assert set(sync_surface) == set(async_surface)
+    assert {"predict", "embed", "models.list", "admin.tenants.suspend", "fine_tunes.wait"} <= set(
+        sync_surface
+    )
+    for name, method in sync_surface.items():
+        twin = async_surface[name]
+        assert inspect.iscoroutinefunction(twin), name
+        assert str(inspect.signature(method)) == str(inspect.signature(twin)), name  # type: ignore[arg-type]
+        assert inspect.getdoc(method) and inspect.getdoc(twin), f"{name} has no docstring"
+    sync.close()
+    asyncio.run(asynchronous.close())
+
+
+def test_every_exported_name_is_documented() -> None:
+    for name in maas_client.__all__:
+        value = getattr(maas_client, name)
+        if inspect.isclass(value):
+            assert inspect.getdoc(value), name
