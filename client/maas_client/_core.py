@@ -31,10 +31,10 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 class RetryPolicy:
     """Exponential backoff with full jitter, or the gateway's `Retry-After` when it sends one.
 
-    Retries happen on 429, 502, 503, 504 and on connection errors and timeouts, at most
-    `max_retries` times. Without `Retry-After`, retry n (0-based) waits a uniformly random time
-    in [0, min(max_delay, initial_delay * 2**n)]; with it, exactly `Retry-After` seconds, capped
-    at `max_retry_after`.
+    Retries happen on 429, 502, 503 (not `model_unavailable`, which lasts), 504 and on connection
+    errors and timeouts, at most `max_retries` times. Without `Retry-After`, retry n (0-based)
+    waits a uniformly random time in [0, min(max_delay, initial_delay * 2**n)]; with it, exactly
+    `Retry-After` seconds, capped at `max_retry_after`.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -95,6 +95,18 @@ class Sleep:
 Outcome = httpx.Response | httpx.TransportError | None
 
 
+def retryable(response: httpx.Response) -> bool:
+    """429/502/503/504 are worth another try, except a model that failed to load: that lasts."""
+    if response.status_code not in RETRY_STATUSES:
+        return False
+    if response.status_code == 503:
+        try:
+            return bool(response.json()["error"]["type"] != "model_unavailable")
+        except (ValueError, KeyError, TypeError):
+            return True
+    return True
+
+
 def call_steps(
     call: Call[T], policy: RetryPolicy, rng: Callable[[], float]
 ) -> Generator[Send | Sleep, Outcome, T]:
@@ -109,7 +121,7 @@ def call_steps(
             if not call.retry or retry >= policy.max_retries:
                 raise connection_error(outcome) from outcome
             yield Sleep(policy.delay(retry, None, rng))
-        elif outcome.status_code in RETRY_STATUSES and call.retry and retry < policy.max_retries:
+        elif retryable(outcome) and call.retry and retry < policy.max_retries:
             yield Sleep(policy.delay(retry, parse_retry_after(outcome.headers), rng))
         elif outcome.is_success:
             try:

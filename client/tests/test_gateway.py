@@ -125,14 +125,14 @@ def test_bytes_that_are_no_image_raise_invalid_input_naming_the_input(client: Cl
         client.predict("tiny-vit", png(), top_k=0)
 
 
-def test_an_unavailable_model_is_retried_after_retry_after_then_raises(gateway: Server) -> None:
+def test_an_unavailable_model_raises_at_once_without_retrying(gateway: Server) -> None:
     sleeps: list[float] = []
     client = Client(gateway.base_url, ADMIN_KEY, sleep=sleeps.append)
     with client, pytest.raises(ModelUnavailableError) as caught:
         client.predict("missing", png())
     error = caught.value
     assert error.status_code == 503 and error.type == "model_unavailable" and error.retry_after == 30
-    assert sleeps == [30.0, 30.0]  # max_retries=2, each honouring Retry-After
+    assert sleeps == []  # a model that failed to load stays unavailable: retrying only wastes time
 
 
 @pytest.mark.anyio
