@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(10_000, gt=0)
     hub_probe_timeout_s: float = Field(3.0, gt=0)
 
+    redis_url: SecretStr | None = None  # may carry a password
+    redis_fail_open: bool = True
+    default_rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_burst_factor: float = Field(2.0, ge=1)
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Query, Request
 
-from service.api.deps import AppMetrics, AppSettings, Caller, Registry
+from service.api.deps import Admitted, AppMetrics, AppSettings, Caller, Registry
 from service.errors import GatewayError
 from service.inputs import InputLimits, RawInput, decode_image, read_inputs
 from service.registry import ModelEntry
@@ -42,6 +42,7 @@ async def predict(
     registry: Registry,
     settings: AppSettings,
     metrics: AppMetrics,
+    admission: Admitted,
     top_k: TopK = 5,
 ) -> dict[str, Any]:
     """Classify images (or embed texts) with `model`; one result per input, in input order."""
@@ -69,6 +70,7 @@ async def predict(
         metrics.requests.labels(model, str(status)).inc()
         metrics.request_seconds.labels(model, str(status)).observe(time.perf_counter() - started)
     metrics.inputs.labels(model).inc(len(inputs))
+    await admission.charge(len(inputs))
     return {
         "id": request_id_of(request),
         "object": "prediction",
