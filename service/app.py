@@ -17,7 +17,7 @@ from service.devices import DevicePool
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.metrics import Metrics
 from service.quota import Quota
-from service.ratelimit import Limiter, build_buckets
+from service.ratelimit import Limiter, LimitMetrics, build_buckets
 from service.registry import ModelRegistry
 from service.requests import RequestIdMiddleware
 from service.settings import Settings
@@ -55,10 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
         fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
         app.state.keys = DatabaseKeyStore(sessions, fallback=fallback)
         app.state.quota = Quota(sessions)
-        buckets = build_buckets(settings, app.state.metrics.registry)
+        buckets = build_buckets(settings, limit_metrics)
         app.state.limiter = Limiter(
             buckets,
-            app.state.metrics.registry,
+            limit_metrics,
             default_rps=settings.default_rate_limit_rps,
             burst_factor=settings.rate_limit_burst_factor,
         )
@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    limit_metrics = LimitMetrics(app.state.metrics.registry)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)

@@ -199,13 +199,30 @@ class InFlight:
             return self._counts.get(tenant, 0)
 
 
+class LimitMetrics:
+    """The limiter's collectors, made once per app (a restarted lifespan reuses them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = Counter(
+            "maas_rate_limited",
+            "Requests refused with 429, by reason (rate, concurrency, quota).",
+            ["reason"],
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "maas_ratelimit_backend_errors",
+            "Rate-limit checks that could not reach Redis (answered per MAAS_REDIS_FAIL_OPEN).",
+            registry=registry,
+        )
+
+
 class Limiter:
     """Which buckets apply to a caller, and the admission check built from them."""
 
     def __init__(
         self,
         buckets: Buckets,
-        metrics_registry: CollectorRegistry,
+        metrics: LimitMetrics,
         *,
         default_rps: float | None = None,
         burst_factor: float = 2.0,
@@ -214,12 +231,7 @@ class Limiter:
         self.in_flight = InFlight()
         self._default_rps = default_rps
         self._burst_factor = burst_factor
-        self.refused = Counter(
-            "maas_rate_limited",
-            "Requests refused with 429, by reason (rate, concurrency, quota).",
-            ["reason"],
-            registry=metrics_registry,
-        )
+        self.refused = metrics.refused
 
     def burst(self, rps: float) -> float:
         return max(1.0, self._burst_factor * rps)
@@ -268,16 +280,11 @@ class Limiter:
             self.in_flight.leave(tenant)
 
 
-def build_buckets(settings: Settings, metrics_registry: CollectorRegistry) -> MemoryBuckets | RedisBuckets:
+def build_buckets(settings: Settings, metrics: LimitMetrics) -> MemoryBuckets | RedisBuckets:
     """Redis buckets when `MAAS_REDIS_URL` is set, else buckets in this process."""
     if settings.redis_url is None:
         return MemoryBuckets()
     client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=0.5, socket_connect_timeout=0.5
     )
-    errors = Counter(
-        "maas_ratelimit_backend_errors",
-        "Rate-limit checks that could not reach Redis (answered per MAAS_REDIS_FAIL_OPEN).",
-        registry=metrics_registry,
-    )
-    return RedisBuckets(client, fail_open=settings.redis_fail_open, errors=errors)
+    return RedisBuckets(client, fail_open=settings.redis_fail_open, errors=metrics.backend_errors)
