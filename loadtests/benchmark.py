@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
-from loadgen import LoadResult, build_request, run_closed_loop  # noqa: E402
-from servers import SERVERS, ServerUnavailable, start_server  # noqa: E402
-from workload import MODELS, RawLimit, build_model, jpeg_bodies, measure_raw_limit, weights_bytes  # noqa: E402
+from loadgen import LoadResult, build_request, run_closed_loop
+from servers import SERVERS, ServerUnavailable, start_server
+from workload import MODELS, RawLimit, build_model, jpeg_bodies, measure_raw_limit, weights_bytes
 
 
 @dataclass
@@ -69,7 +69,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     args.server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    unknown = [m for m in args.model_names if m not in MODELS] + [s for s in args.server_names if s not in SERVERS]
+    unknown = [m for m in args.model_names if m not in MODELS] + [
+        s for s in args.server_names if s not in SERVERS
+    ]
     if unknown:
         parser.error(f"unknown model or server: {', '.join(unknown)}")
     return args
@@ -91,7 +93,12 @@ def _row(model: str, server: str, result: LoadResult, raw: RawLimit) -> Row:
 
 
 def _print_table(rows: list[Row]) -> None:
-    print(f"  {'server':<9} {'conc':>4} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6} {'% raw':>6}")
+    heads = ("p50 ms", "p90 ms", "p99 ms")
+    print(
+        f"  {'server':<9} {'conc':>4} {'img/s':>8} "
+        + " ".join(f"{h:>8}" for h in heads)
+        + f" {'errors':>6} {'% raw':>6}"
+    )
     for r in rows:
         print(
             f"  {r.server:<9} {r.concurrency:>4} {r.throughput:>8.1f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} "
@@ -120,11 +127,22 @@ def markdown(rows: list[Row], raws: dict[str, RawLimit]) -> str:
 
 
 def _bench_server(
-    name: str, model: str, folder: Path, bodies: list[bytes], raw: RawLimit, args: argparse.Namespace, work: Path
+    name: str,
+    model: str,
+    folder: Path,
+    bodies: list[bytes],
+    raw: RawLimit,
+    args: argparse.Namespace,
+    work: Path,
 ) -> tuple[list[Row], dict[str, Any]]:
     started = time.monotonic()
     server = start_server(
-        name, folder, work / name, bodies[0], max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms
+        name,
+        folder,
+        work / name,
+        bodies[0],
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
     )
     info: dict[str, Any] = {"start_s": round(time.monotonic() - started, 1)}
     rows: list[Row] = []
@@ -133,7 +151,11 @@ def _bench_server(
         for level in args.levels:
             result = asyncio.run(
                 run_closed_loop(
-                    server.predict_url, requests, concurrency=level, duration_s=args.duration, warmup_s=args.warmup
+                    server.predict_url,
+                    requests,
+                    concurrency=level,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
                 )
             )
             rows.append(_row(model, name, result, raw))
@@ -148,6 +170,7 @@ def _bench_server(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows in logs too
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     bodies = jpeg_bodies()
     import torch
@@ -169,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = build_model(MODELS[model], args.cache_dir)
             raw = raws[model] = measure_raw_limit(folder, bodies)
             print(
-                f"\n== {model}: weights {weights_bytes(folder) / 2**20:.1f} MiB; raw limit {raw.images_per_s:.1f} img/s "
+                f"\n== {model}: weights {weights_bytes(folder) / 2**20:.1f} MiB; "
+                f"raw limit {raw.images_per_s:.1f} img/s "
                 f"= 1 / (preprocess {raw.preprocess_ms:.2f} ms + forward {raw.forward_ms:.2f} ms/img "
                 f"@ batch {raw.best_batch_size}); forward ms/img by batch: "
                 + ", ".join(f"{b}: {ms:.2f}" for b, ms in raw.forward_ms_by_batch.items())
@@ -191,11 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     if args.json:
         payload = {
-            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
             "settings": {k: v for k, v in vars(args).items() if isinstance(v, int | float | str | list)},
             "raw_limits": {m: {**asdict(r), "images_per_s": r.images_per_s} for m, r in raws.items()},
             "servers": servers_info,
-            "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows],
+            "results": [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+                for r in rows
+            ],
             "markdown": table,
         }
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")

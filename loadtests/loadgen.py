@@ -13,9 +13,9 @@ the number of requests in flight is exactly `concurrency`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -103,10 +103,8 @@ class Connection:
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
 
 
 async def send_once(url: str, raw: bytes) -> Response:
@@ -187,8 +185,3 @@ async def run_closed_loop(
 
     await asyncio.gather(*(worker(i * 7) for i in range(concurrency)))
     return result
-
-
-def wait_until(deadline: float) -> float:
-    """Seconds left until the monotonic `deadline` (never negative)."""
-    return max(0.0, deadline - time.monotonic())

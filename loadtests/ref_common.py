@@ -28,7 +28,9 @@ class ViTClassifier:
     def preprocess(self, jpeg: bytes) -> torch.Tensor:
         image = Image.open(io.BytesIO(jpeg))
         image.load()
-        pixels: torch.Tensor = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        pixels: torch.Tensor = self.processor(images=image.convert("RGB"), return_tensors="pt")[
+            "pixel_values"
+        ]
         return pixels
 
     @torch.inference_mode()

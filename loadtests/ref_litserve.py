@@ -7,15 +7,14 @@ classes as JSON. One inference worker on the CPU (`workers_per_device=1`) with L
 dynamic batching (`max_batch_size`, `batch_timeout`); one API server process.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: LitServe and FastAPI read the real annotation
+# of `decode_request` (a raw `bytes` body) at run time.
 import argparse
 from typing import Annotated, Any
 
 import litserve as ls
 import torch
 from fastapi import Body
-
 from ref_common import ViTClassifier
 
 
@@ -54,7 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     api = ViTAPI(args.model_dir, max_batch_size=args.max_batch_size, batch_timeout=args.max_delay_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
-    server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
+    server.run(
+        host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False
+    )
 
 
 if __name__ == "__main__":

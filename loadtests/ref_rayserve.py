@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 from ray import serve
+from ref_common import ViTClassifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-
-from ref_common import ViTClassifier
 
 
 def build_app(model_dir: str, max_batch_size: int, max_delay_ms: float) -> Any:

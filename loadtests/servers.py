@@ -9,6 +9,7 @@ measured request never pays for loading. Each process gets its own session, so s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -67,18 +68,16 @@ class RunningServer:
     def stop(self, grace_s: float = 30.0) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever the server spawned and left behind
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
 
-def _maas_command(model_dir: Path, work: Path, port: int, max_batch_size: int, max_delay_ms: float) -> list[str]:
+def _maas_command(
+    model_dir: Path, work: Path, port: int, max_batch_size: int, max_delay_ms: float
+) -> list[str]:
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
     (models / "bench.yaml").write_text(
@@ -129,9 +128,11 @@ def start_server(
     if name == "maas":
         command = _maas_command(model_dir, work, port, max_batch_size, max_delay_ms)
         env["MAAS_ADMIN_KEY"] = BENCH_KEY
-        url, headers, cwd = f"http://127.0.0.1:{port}/v1/models/bench/predict", {
-            "Authorization": f"Bearer {BENCH_KEY}"
-        }, REPO
+        url, headers, cwd = (
+            f"http://127.0.0.1:{port}/v1/models/bench/predict",
+            {"Authorization": f"Bearer {BENCH_KEY}"},
+            REPO,
+        )
     elif name in ("litserve", "rayserve"):
         module = {"litserve": "litserve", "rayserve": "ray.serve"}[name]
         try:

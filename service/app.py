@@ -10,15 +10,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.api import health, inference, models
-from service.auth import AdminKeyStore, bootstrap_admin_key
-from service.db import check_connection, create_db_engine
+from service.api import admin, health, inference, models
+from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key
+from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool, used_bytes
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.metrics import Metrics
+from service.quota import Quota
+from service.ratelimit import Limiter, LimitMetrics, build_buckets
 from service.registry import ModelRegistry
 from service.requests import RequestIdMiddleware
 from service.settings import Settings
+from service.tenants import DEFAULT_TENANT, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +32,36 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        admin = bootstrap_admin_key(
-            settings.admin_key.get_secret_value() if settings.admin_key else None, settings.data_dir
-        )
+        engine = create_db_engine(settings.resolved_database_url)
+        check_connection(engine)
+        upgrade(engine)
+        app.state.engine = engine
+        sessions = session_factory(engine)
+        tenants = Tenants(sessions)
+        app.state.tenants = tenants
+        default = tenants.ensure_tenant(DEFAULT_TENANT)
+
+        configured = settings.admin_key.get_secret_value() if settings.admin_key else None
+        admin = bootstrap_admin_key(configured, settings.data_dir)
+        if admin.path is not None and not tenants.has_key(admin.key):
+            # the kept admin key is a key of the default tenant: listed, revocable like any other
+            tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
         if admin.generated:
             # Shown once, on purpose outside the logs: keys never go into log lines.
             print(
                 f"maas: generated an admin key (also saved to {admin.path}):\n{admin.key}",
                 flush=True,
             )
-        app.state.keys = AdminKeyStore(admin.key)
-
-        engine = create_db_engine(settings.resolved_database_url)
-        check_connection(engine)
-        app.state.engine = engine
+        fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
+        app.state.keys = DatabaseKeyStore(sessions, fallback=fallback)
+        app.state.quota = Quota(sessions)
+        buckets = build_buckets(settings, limit_metrics)
+        app.state.limiter = Limiter(
+            buckets,
+            limit_metrics,
+            default_rps=settings.default_rate_limit_rps,
+            burst_factor=settings.rate_limit_burst_factor,
+        )
 
         pool = DevicePool.from_spec(settings.devices)
         registry = ModelRegistry(
@@ -66,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
             preload.cancel()
             await asyncio.gather(preload, return_exceptions=True)
             await registry.close()  # finishes every queued input first
+            await buckets.close()
             engine.dispose()
 
     app = FastAPI(
@@ -76,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    limit_metrics = LimitMetrics(app.state.metrics.registry)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)
@@ -89,4 +110,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(inference.router)
+    app.include_router(admin.router)
     return app

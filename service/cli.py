@@ -1,4 +1,5 @@
-"""The `maas` command: `maas serve` starts the gateway. Flags override `MAAS_*` variables."""
+"""The `maas` command: `maas serve` starts the gateway; `maas db|tenants|keys …` manage the
+database (service/cli_tenants.py). Flags override `MAAS_*` variables."""
 
 from __future__ import annotations
 
@@ -11,31 +12,34 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import cli_tenants
 from service.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maas", description="maas-gateway: models as a service")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the gateway")
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--data-dir", type=Path, help="state folder (MAAS_DATA_DIR, default ./var)")
+    database.add_argument("--database-url", help="SQLAlchemy URL (MAAS_DATABASE_URL)")
+    serve = commands.add_parser("serve", parents=[database], help="start the gateway")
     serve.add_argument("--host", help="address to bind (MAAS_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (MAAS_PORT, default 8000)")
     serve.add_argument("--models-dir", type=Path, help="manifests folder (MAAS_MODELS_DIR)")
-    serve.add_argument("--data-dir", type=Path, help="state folder (MAAS_DATA_DIR, default ./var)")
-    serve.add_argument("--database-url", help="SQLAlchemy URL (MAAS_DATABASE_URL)")
     serve.add_argument("--devices", help="auto, cpu, or cuda:0,cuda:1,… (MAAS_DEVICES)")
     serve.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="MAAS_LOG_LEVEL, default info",
     )
+    cli_tenants.add_commands(commands, database)
     return parser
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
     """Flags first, then MAAS_* variables, then defaults."""
     overrides: dict[str, Any] = {
-        key: value for key, value in vars(args).items() if key != "command" and value is not None
+        key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
     }
     return Settings(**overrides)
 
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"maas: invalid setting: {exc}")
     if args.command == "serve":
         serve(settings)
+    elif args.command in cli_tenants.COMMANDS:
+        cli_tenants.run(args, settings)
 
 
 if __name__ == "__main__":

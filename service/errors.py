@@ -47,6 +47,11 @@ class NotFound(GatewayError):
     error_type = "not_found"
 
 
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = "conflict"
+
+
 class MethodNotAllowed(GatewayError):
     status_code = 405
     error_type = "method_not_allowed"
@@ -90,6 +95,26 @@ class ModelUnavailable(GatewayError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RateLimited(GatewayError):
+    """429: a rate limit, a concurrency limit or a quota; `Retry-After` says when to come back."""
+
+    status_code = 429
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "Retry-After": str(max(1, retry_after_s))})
+
+
+class LimiterUnavailable(GatewayError):
+    """503: the shared rate limiter cannot be reached and the gateway is set to fail closed."""
+
+    status_code = 503
+    error_type = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 _BY_STATUS: dict[int, type[GatewayError]] = {
     cls.status_code: cls
     for cls in (InvalidRequest, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType)
@@ -105,7 +130,9 @@ def error_response(request: Request, exc: GatewayError) -> JSONResponse:
             "request_id": request_id_of(request),
         }
     }
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    # the rate-limit headers go on every answer of a limited route, errors included
+    headers = {**getattr(request.state, "rate_limit_headers", {}), **exc.headers}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_request_timeout_ms: int = Field(600_000, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
 
+    redis_url: SecretStr | None = None  # may carry a password
+    redis_fail_open: bool = True
+    default_rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_burst_factor: float = Field(2.0, ge=1)
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+import anyio
+from fastapi import Depends, Request, Response
 
 from service.auth import Principal, authenticate
 from service.metrics import Metrics
+from service.quota import Quota
+from service.ratelimit import Limiter
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -31,3 +36,38 @@ Caller = Annotated[Principal, Depends(authenticate)]
 Registry = Annotated[ModelRegistry, Depends(_registry)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 AppMetrics = Annotated[Metrics, Depends(_metrics)]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in by the rate limits and the quota; `charge` counts its inputs when it succeeds."""
+
+    caller: Principal
+    quota: Quota
+    headers: dict[str, str]  # RateLimit-*: for routes that build their own Response
+
+    async def charge(self, inputs: int) -> None:
+        # counted only while a quota is set: usage for billing is metering's job
+        if self.caller.tenant_id is not None and self.caller.monthly_quota_inputs is not None:
+            await anyio.to_thread.run_sync(self.quota.charge, self.caller.tenant_id, inputs)
+
+
+async def _admit(request: Request, response: Response, caller: Caller) -> AsyncIterator[Admission]:
+    """Rate buckets (429 + Retry-After), then the monthly quota, then an in-flight slot held
+    until the request ends. The RateLimit-* headers go on the answer, error or not."""
+    limiter: Limiter = request.app.state.limiter
+    quota: Quota = request.app.state.quota
+    headers = await limiter.check_rate(caller)
+    request.state.rate_limit_headers = headers
+    response.headers.update(headers)
+    if caller.monthly_quota_inputs is not None:
+        try:
+            await anyio.to_thread.run_sync(quota.check, caller)
+        except Exception:
+            limiter.refused.labels("quota").inc()
+            raise
+    async with limiter.concurrency(caller):
+        yield Admission(caller, quota, headers)
+
+
+Admitted = Annotated[Admission, Depends(_admit)]

@@ -11,7 +11,7 @@ import anyio
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from service.api.deps import AppMetrics, AppSettings, Caller, Registry
+from service.api.deps import Admitted, AppMetrics, AppSettings, Caller, Registry
 from service.errors import GatewayError, InvalidInput
 from service.inputs import InputLimits, RawInput, decode_image, read_inputs
 from service.registry import ModelEntry
@@ -86,6 +86,7 @@ async def predict(
     registry: Registry,
     settings: AppSettings,
     metrics: AppMetrics,
+    admission: Admitted,
     top_k: TopK = 5,
     timeout_ms: TimeoutMs = None,
 ) -> Response:
@@ -124,12 +125,12 @@ async def predict(
     if outputs is None:
         return Response(status_code=CLIENT_CLOSED)  # nobody is listening
     metrics.inputs.labels(model).inc(len(inputs))
-    request_id = request_id_of(request)
+    await admission.charge(len(inputs))
     body = {
-        "id": request_id,
+        "id": request_id_of(request),
         "object": "prediction",
         "model": model,
         entry.adapter.output_key: [_encode(o) for o in outputs],
         "usage": {"inputs": len(inputs)},
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(orjson.dumps(body), media_type="application/json", headers=admission.headers)

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("")
 async def list_models(caller: Caller, registry: Registry) -> dict[str, Any]:
-    visible = [e.describe() for e in registry.list() if caller.models is None or e.name in caller.models]
+    visible = [e.describe() for e in registry.list() if caller.may_use(e.name)]
     return {"object": "list", "data": visible}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def create_db_engine(url: str) -> Engine:
@@ -31,3 +32,8 @@ def check_connection(engine: Engine) -> None:
     """Fail fast at start-up when the database cannot be reached."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (they are handed back to routes)."""
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,141 @@
+"""`/v1/admin/…`: tenants and their keys, for keys with the `admin` scope (gateway operators).
+
+Routes are plain functions, which FastAPI runs on a worker thread: database calls never block
+the event loop. After a change, this process's key cache is dropped so the change holds on the
+next request; other processes sharing the database see it within a second.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.api.deps import Caller
+from service.auth import KEY_PREFIX, Principal
+from service.errors import InvalidRequest
+from service.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _admin(caller: Caller) -> Principal:
+    caller.require_scope("admin")
+    return caller
+
+
+def _tenants(request: Request) -> Tenants:
+    tenants: Tenants = request.app.state.tenants
+    return tenants
+
+
+Admin = Annotated[Principal, Depends(_admin)]
+Directory = Annotated[Tenants, Depends(_tenants)]
+
+
+def _changed(request: Request) -> None:
+    request.app.state.keys.forget()
+
+
+class TenantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    rate_limit_rps: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, gt=0)
+    monthly_quota_inputs: int | None = Field(None, ge=0)
+    allowed_models: list[str] | None = None
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=128)
+    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+    rate_limit_rps: float | None = Field(None, gt=0)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)  # a time without zone is UTC
+        if value <= datetime.now(UTC):
+            raise ValueError("must be in the future")
+        return value
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: float = Field(0, ge=0, le=timedelta(days=30).total_seconds())
+
+
+def _key_id(key_id: str) -> str:
+    # a key in a URL ends up in access logs: refuse it without repeating it
+    if key_id.startswith(KEY_PREFIX):
+        raise InvalidRequest("pass the key's id (key_…) in the URL, never the key itself")
+    return key_id
+
+
+@router.post("/tenants", status_code=201)
+def create_tenant(body: TenantIn, _: Admin, tenants: Directory) -> dict[str, Any]:
+    return describe_tenant(tenants.create_tenant(**body.model_dump()))
+
+
+@router.get("/tenants")
+def list_tenants(_: Admin, tenants: Directory) -> dict[str, Any]:
+    return {"object": "list", "data": [describe_tenant(t) for t in tenants.list_tenants()]}
+
+
+@router.get("/tenants/{tenant}")
+def get_tenant(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
+    return describe_tenant(tenants.get_tenant(tenant))
+
+
+@router.post("/tenants/{tenant}/suspend")
+def suspend_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+    found = tenants.set_status(tenant, "suspended")
+    _changed(request)
+    return describe_tenant(found)
+
+
+@router.post("/tenants/{tenant}/resume")
+def resume_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+    found = tenants.set_status(tenant, "active")
+    _changed(request)
+    return describe_tenant(found)
+
+
+@router.post("/tenants/{tenant}/keys", status_code=201)
+def create_key(tenant: str, body: KeyIn, _: Admin, tenants: Directory) -> dict[str, Any]:
+    """The new key is in `key`, this once; only its hash is kept."""
+    made = tenants.create_key(tenant, **body.model_dump())
+    return {**describe_key(made.row, made.tenant), "key": made.key}
+
+
+@router.get("/tenants/{tenant}/keys")
+def list_keys(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
+    return {"object": "list", "data": [describe_key(k, tenant) for k in tenants.list_keys(tenant)]}
+
+
+@router.delete("/keys/{key_id}")
+def revoke_key(key_id: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+    key, tenant = tenants.revoke_key(_key_id(key_id))
+    _changed(request)
+    return describe_key(key, tenant)
+
+
+@router.post("/keys/{key_id}/rotate", status_code=201)
+def rotate_key(
+    key_id: str, request: Request, _: Admin, tenants: Directory, body: RotateIn | None = None
+) -> dict[str, Any]:
+    """A new key like the old one; the old one works `grace_seconds` more, then stops."""
+    made, old = tenants.rotate_key(_key_id(key_id), grace_seconds=(body or RotateIn()).grace_seconds)
+    _changed(request)
+    replaced = describe_key(old, made.tenant)
+    return {**describe_key(made.row, made.tenant), "key": made.key, "replaces": replaced}
