@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.api import admin, health, inference, models
-from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key
+from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool
 from service.errors import GatewayError, error_response, install_error_handlers
@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_keys_in_logs()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.resolved_database_url)
         check_connection(engine)

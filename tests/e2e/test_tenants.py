@@ -128,6 +128,8 @@ def test_no_plaintext_key_in_the_database_file_or_the_logs(tiny_models: Path, tm
             keys.append(made["key"])
             rotated = admin.post(f"/v1/admin/keys/{made['id']}/rotate").json()
             keys.append(rotated["key"])
+            # a key pasted where its id belongs: refused, and redacted from the access log
+            assert admin.delete(f"/v1/admin/keys/{rotated['key']}").status_code == 400
         made_by_cli = maas("keys", "create", "--tenant", "acme", database_url=database_url, cwd=tmp_path)
         keys.append(made_by_cli.splitlines()[-1])
         for key in keys:  # used, refused, and revoked: every path a key takes through the gateway
@@ -145,3 +147,4 @@ def test_no_plaintext_key_in_the_database_file_or_the_logs(tiny_models: Path, tm
         assert key.encode() not in stored and key not in log
         assert key[3:].encode() not in stored  # not even without its prefix
     assert hashlib.sha256(keys[0].encode()).hexdigest().encode() in stored  # the hash is what is kept
+    assert "/v1/admin/keys/mk_[redacted]" in log  # the access log line is there, without the key
