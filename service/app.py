@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,10 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.api import admin, health, inference, models
-from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key
+from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool, used_bytes
-from service.errors import GatewayError, error_response, install_error_handlers
+from service.errors import Conflict, GatewayError, error_response, install_error_handlers
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter, LimitMetrics, build_buckets
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_keys_in_logs()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.resolved_database_url)
         check_connection(engine)
@@ -45,7 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
         admin = bootstrap_admin_key(configured, settings.data_dir)
         if admin.path is not None and not tenants.has_key(admin.key):
             # the kept admin key is a key of the default tenant: listed, revocable like any other
-            tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
+            with contextlib.suppress(Conflict):  # another replica sharing the database got there first
+                tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
         if admin.generated:
             # Shown once, on purpose outside the logs: keys never go into log lines.
             print(

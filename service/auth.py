@@ -8,7 +8,9 @@ error message or a metric label; only its hash is kept, in the database and in m
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -36,6 +38,34 @@ def generate_key() -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+_KEY_IN_TEXT = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{8,}")
+
+
+def redact(text: str) -> str:
+    return _KEY_IN_TEXT.sub(KEY_PREFIX + "[redacted]", text)
+
+
+class RedactKeys(logging.Filter):
+    """A safety net for log lines we do not write ourselves (a key pasted into a URL ends up in
+    the access log): anything shaped like a key is replaced. Arguments stay a tuple, as
+    uvicorn's access formatter needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_keys_in_logs() -> None:
+    """Install `RedactKeys` on the loggers that echo request lines (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,11 @@ class Verdict:
     remaining: int  # whole tokens left in it
     reset_s: float  # until it is full again
     retry_after_s: float  # until the request would be allowed (0 when it is)
+    known: bool = True  # False when the limiter could not be asked (Redis down, failing open)
 
     def headers(self) -> dict[str, str]:
+        if not self.known:
+            return {}  # better no headers than made-up ones
         return {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
@@ -164,7 +167,7 @@ class RedisBuckets:
                     "open" if self._fail_open else "closed",
                 )
             if self._fail_open:
-                return Verdict(True, 1, 1, 0.0, 0.0)
+                return Verdict(True, 0, 0, 0.0, 0.0, known=False)
             raise LimiterUnavailable("rate limiter unavailable; try again shortly") from None
         tokens = [float(t) for t in answer[1:]]
         verdict, _ = decide(buckets, tokens)

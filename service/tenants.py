@@ -162,6 +162,20 @@ class Tenants:
             tenant.status = status
         return tenant
 
+    def update_tenant(self, name: str, changes: dict[str, Any]) -> Tenant:
+        """Change a tenant's limits or model list (`None` clears one); keys see it within a second."""
+        allowed = {"rate_limit_rps", "max_concurrency", "monthly_quota_inputs", "allowed_models"}
+        assert set(changes) <= allowed, set(changes) - allowed
+        with self._sessions.begin() as session:
+            tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()
+            if tenant is None:
+                raise NotFound(f"tenant {name!r} not found")
+            for field, value in changes.items():
+                if field == "allowed_models" and value is not None:
+                    value = sorted(set(value))
+                setattr(tenant, field, value)
+        return tenant
+
     # keys
 
     def create_key(

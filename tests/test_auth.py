@@ -84,3 +84,18 @@ def test_empty_key_file_is_replaced(tmp_path: Path) -> None:
     (tmp_path / "admin.key").write_text("\n")
     admin = bootstrap_admin_key(None, tmp_path)
     assert admin.generated and (tmp_path / "admin.key").read_text().strip() == admin.key
+
+
+def test_keys_are_redacted_from_log_records() -> None:
+    import logging
+
+    from service.auth import RedactKeys
+
+    key = generate_key()
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', ("1.2.3.4", "DELETE",
+        f"/v1/admin/keys/{key}", "1.1", 400), None,
+    )  # fmt: skip
+    assert RedactKeys().filter(record)
+    assert key not in record.getMessage() and "/v1/admin/keys/mk_[redacted]" in record.getMessage()
+    assert isinstance(record.args, tuple) and len(record.args) == 5

@@ -135,7 +135,8 @@ async def test_an_unreachable_redis_fails_open_or_closed_as_set(fail_open: bool)
     errors = _errors()
     buckets = RedisBuckets(client, fail_open=fail_open, errors=errors)
     if fail_open:
-        assert (await buckets.take([Bucket("tenant:t", 1, 1)])).allowed
+        verdict = await buckets.take([Bucket("tenant:t", 1, 1)])
+        assert verdict.allowed and verdict.headers() == {}
     else:
         with pytest.raises(LimiterUnavailable):
             await buckets.take([Bucket("tenant:t", 1, 1)])

@@ -78,3 +78,17 @@ def test_serve_rejects_a_bad_setting_without_starting() -> None:
     with pytest.raises(SystemExit) as caught:
         main(["serve", "--port", "70000"])
     assert "maas: invalid setting" in str(caught.value) and "port" in str(caught.value)
+
+
+def test_rate_limit_settings_and_the_redis_url_stays_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert defaults.redis_url is None and defaults.redis_fail_open is True
+    assert defaults.default_rate_limit_rps is None and defaults.rate_limit_burst_factor == 2
+    monkeypatch.setenv("MAAS_REDIS_URL", "redis://:hunter2@cache:6379/0")
+    monkeypatch.setenv("MAAS_REDIS_FAIL_OPEN", "false")
+    monkeypatch.setenv("MAAS_DEFAULT_RATE_LIMIT_RPS", "7.5")
+    settings = Settings()
+    assert settings.redis_url is not None and "hunter2" not in repr(settings)
+    assert settings.redis_fail_open is False and settings.default_rate_limit_rps == 7.5
+    with pytest.raises(ValidationError, match="rate_limit_burst_factor"):
+        Settings(rate_limit_burst_factor=0.5)

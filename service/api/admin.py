@@ -49,6 +49,17 @@ class TenantIn(BaseModel):
     allowed_models: list[str] | None = None
 
 
+class TenantChanges(BaseModel):
+    """Only the fields sent change; `null` clears a limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_rps: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, gt=0)
+    monthly_quota_inputs: int | None = Field(None, ge=0)
+    allowed_models: list[str] | None = None
+
+
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +106,15 @@ def list_tenants(_: Admin, tenants: Directory) -> dict[str, Any]:
 @router.get("/tenants/{tenant}")
 def get_tenant(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
     return describe_tenant(tenants.get_tenant(tenant))
+
+
+@router.patch("/tenants/{tenant}")
+def update_tenant(
+    tenant: str, body: TenantChanges, request: Request, _: Admin, tenants: Directory
+) -> dict[str, Any]:
+    found = tenants.update_tenant(tenant, body.model_dump(include=body.model_fields_set))
+    _changed(request)
+    return describe_tenant(found)
 
 
 @router.post("/tenants/{tenant}/suspend")

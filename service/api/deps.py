@@ -10,6 +10,7 @@ import anyio
 from fastapi import Depends, Request, Response
 
 from service.auth import Principal, authenticate
+from service.errors import RateLimited
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter
@@ -63,7 +64,7 @@ async def _admit(request: Request, response: Response, caller: Caller) -> AsyncI
     if caller.monthly_quota_inputs is not None:
         try:
             await anyio.to_thread.run_sync(quota.check, caller)
-        except Exception:
+        except RateLimited:
             limiter.refused.labels("quota").inc()
             raise
     async with limiter.concurrency(caller):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from service.settings import Settings
 from tests.conftest import Gateway, image_bytes
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +95,37 @@ async def test_failed_requests_do_not_count_against_the_quota(gateway: Gateway) 
         bad = await tenant.post("/v1/models/tiny-vit/predict", content=b"junk", headers=PNG["headers"])
         assert bad.status_code == 422
         assert (await tenant.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 200
+
+
+async def test_a_tenant_over_its_in_flight_cap_gets_429(gateway: Gateway) -> None:
+    key = await _key(gateway, "acme", {"max_concurrency": 1})
+    caller = gateway.app.state.keys.verify(key)
+    async with gateway.client(key) as tenant:
+        async with gateway.app.state.limiter.concurrency(caller):  # one request of acme's in flight
+            refused = await tenant.post("/v1/models/tiny-vit/predict", **PNG)
+            assert refused.status_code == 429 and "in flight" in refused.json()["error"]["message"]
+            assert refused.headers["retry-after"] == "1"
+            async with gateway.client() as admin:  # another tenant is not held up
+                assert (await admin.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 200
+        assert (await tenant.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 200
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_an_unreachable_redis_fails_open_or_closed(settings: Settings, fail_open: bool) -> None:
+    from service.app import create_app
+
+    unreachable = {"redis_url": SecretStr("redis://127.0.0.1:1/0"), "redis_fail_open": fail_open}
+    app = create_app(settings.model_copy(update=unreachable))
+    async with app.router.lifespan_context(app):
+        await app.state.registry.preload_done.wait()
+        gateway = Gateway(app)
+        key = await _key(gateway, "acme", {"rate_limit_rps": 1})
+        async with gateway.client(key) as tenant:
+            answer = await tenant.post("/v1/models/tiny-vit/predict", **PNG)
+        if fail_open:
+            assert answer.status_code == 200 and "ratelimit-limit" not in answer.headers
+        else:
+            assert answer.status_code == 503 and answer.json()["error"]["type"] == "unavailable"
+            assert answer.headers["retry-after"] == "1"
+        async with gateway.client() as admin:
+            assert "maas_ratelimit_backend_errors_total 1.0" in (await admin.get("/metrics")).text

@@ -74,6 +74,7 @@ ADMIN_ROUTES = [
     ("POST", "/v1/admin/tenants", {"name": "evil"}),
     ("GET", "/v1/admin/tenants", None),
     ("GET", "/v1/admin/tenants/globex", None),
+    ("PATCH", "/v1/admin/tenants/globex", {"rate_limit_rps": 1000}),
     ("POST", "/v1/admin/tenants/globex/suspend", None),
     ("POST", "/v1/admin/tenants/globex/resume", None),
     ("POST", "/v1/admin/tenants/globex/keys", {}),
@@ -174,3 +175,25 @@ async def test_the_generated_admin_key_is_a_revocable_key_of_the_default_tenant(
     # a restart does not add it twice
     async with app.router.lifespan_context(app), Gateway(app).client(key) as admin:
         assert len((await admin.get("/v1/admin/tenants/default/keys")).json()["data"]) == 1
+
+
+async def test_a_tenants_limits_change_with_patch(gateway: Gateway) -> None:
+    await _tenant(gateway, "acme", rate_limit_rps=5, monthly_quota_inputs=10)
+    made = await _key(gateway, "acme")
+    async with gateway.client() as admin:
+        changed = await admin.patch(
+            "/v1/admin/tenants/acme", json={"rate_limit_rps": 0.01, "allowed_models": ["x"]}
+        )
+        assert changed.status_code == 200, changed.text
+        body = changed.json()
+        assert (body["rate_limit_rps"], body["monthly_quota_inputs"], body["allowed_models"]) == (
+            0.01,
+            10,
+            ["x"],
+        )
+        cleared = (await admin.patch("/v1/admin/tenants/acme", json={"monthly_quota_inputs": None})).json()
+        assert cleared["monthly_quota_inputs"] is None and cleared["rate_limit_rps"] == 0.01
+        assert (await admin.patch("/v1/admin/tenants/acme", json={"name": "evil"})).status_code == 422
+        assert (await admin.patch("/v1/admin/tenants/nope", json={})).status_code == 404
+    async with gateway.client(made["key"]) as tenant:  # the next request sees the new model list
+        assert [m["id"] for m in (await tenant.get("/v1/models")).json()["data"]] == []
