@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from service.access_log import AccessLogMiddleware
 from service.api import admin, health, inference, models
 from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key
 from service.db import check_connection, create_db_engine, session_factory, upgrade
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
             request, GatewayError("internal error; the request id identifies it in the logs")
         )
 
+    app.add_middleware(AccessLogMiddleware)  # inside RequestIdMiddleware: sees the request id
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(models.router)
