@@ -23,6 +23,7 @@ from service.registry import ModelRegistry
 from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
+from service.tracing import instrument
 
 log = logging.getLogger(__name__)
 
@@ -113,4 +114,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(admin.router)
+    instrument(app)  # OpenTelemetry traces, only where the package is installed
     return app
