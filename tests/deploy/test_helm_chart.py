@@ -362,3 +362,18 @@ def test_the_grafana_dashboard_covers_the_gateways_metrics(defaults: list[dict[s
         base = next((used.removesuffix(s) for s in suffixes if used.endswith(s)), used)
         # maas_usage_inputs_total{tenant,model} comes with usage metering
         assert base in known or used == "maas_usage_inputs_total", used
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"replicas": 3}, "replicas"),  # a typo of replicaCount
+        ({"gpu": {"count": "two"}}, "/gpu/count"),
+        ({"gateway": {"logFormat": "xml"}}, "/gateway/logFormat"),
+        ({"externalDatabase": {"url": "mysql://db/maas"}}, "/externalDatabase/url"),
+        ({"gateway": {"settings": {"max_body_bytes": 1}}}, "max_body_bytes"),  # variable names only
+    ],
+)
+def test_values_schema_refuses_typos_and_wrong_types(values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(where)):
+        render(values)
