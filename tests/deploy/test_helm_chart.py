@@ -17,11 +17,10 @@ import yaml
 from service.manifests import read_manifest
 from service.metrics import Metrics
 from tests.conftest import REPO
-from tests.deploy.conftest import CHART
+from tests.deploy.conftest import CHART, import_or_skip
 
-INSTALL = "pip install -e '.[deploy]' (./run.sh does)"
-helm = pytest.importorskip("helm_python", reason=f"helm-python-sdk is not installed: {INSTALL}")
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=f"no kubernetes-validate: {INSTALL}")
+helm = import_or_skip("helm_python", "helm-python-sdk")
+kubernetes_validate = import_or_skip("kubernetes_validate", "kubernetes-validate")
 
 KUBERNETES = "1.37.0"
 DRAIN = 30
