@@ -56,8 +56,8 @@ case "$command" in
         ;;
     lint)
         setup test
-        "$VENV/bin/ruff" check service tests scripts client
-        "$VENV/bin/ruff" format --check service tests scripts client
+        "$VENV/bin/ruff" check service tests scripts client loadtests
+        "$VENV/bin/ruff" format --check service tests scripts client loadtests
         "$VENV/bin/mypy"
         "$VENV/bin/mypy" --config-file client/pyproject.toml client/maas_client
         "$VENV/bin/hadolint" Dockerfile

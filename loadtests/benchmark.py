@@ -97,12 +97,12 @@ def _print_table(rows: list[Row]) -> None:
     print(
         f"  {'server':<9} {'conc':>4} {'img/s':>8} "
         + " ".join(f"{h:>8}" for h in heads)
-        + f" {'errors':>6} {'% raw':>6}"
+        + f" {'reqs':>6} {'errors':>6} {'% raw':>6}"
     )
     for r in rows:
         print(
             f"  {r.server:<9} {r.concurrency:>4} {r.throughput:>8.1f} {r.p50_ms:>8.2f} {r.p90_ms:>8.2f} "
-            f"{r.p99_ms:>8.2f} {r.errors:>6} {r.pct_of_raw:>5.1f}%"
+            f"{r.p99_ms:>8.2f} {r.requests:>6} {r.errors:>6} {r.pct_of_raw:>5.1f}%"
         )
 
 
@@ -115,7 +115,8 @@ def markdown(rows: list[Row], raws: dict[str, RawLimit]) -> str:
     for model, raw in raws.items():
         lines.append(
             f"| {model} | raw limit (pre {raw.preprocess_ms:.2f} ms + fwd {raw.forward_ms:.2f} ms/img "
-            f"@ batch {raw.best_batch_size}) | | {raw.images_per_s:.1f} | | | | | 100 % |"
+            f"@ batch {raw.best_batch_size}, {raw.best_threads} thr) | | {raw.images_per_s:.1f} "
+            "| | | | | 100 % |"
         )
         for r in rows:
             if r.model == model:
@@ -149,13 +150,16 @@ def _bench_server(
     try:
         requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
         for level in args.levels:
+            # A slow model at high concurrency needs a longer window: at least one full round of the
+            # closed loop to warm up and three to measure, at the raw rate (else nothing completes).
+            round_s = level / raw.images_per_s
             result = asyncio.run(
                 run_closed_loop(
                     server.predict_url,
                     requests,
                     concurrency=level,
-                    duration_s=args.duration,
-                    warmup_s=args.warmup,
+                    duration_s=max(args.duration, 3 * round_s),
+                    warmup_s=max(args.warmup, round_s),
                 )
             )
             rows.append(_row(model, name, result, raw))
@@ -195,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n== {model}: weights {weights_bytes(folder) / 2**20:.1f} MiB; "
                 f"raw limit {raw.images_per_s:.1f} img/s "
                 f"= 1 / (preprocess {raw.preprocess_ms:.2f} ms + forward {raw.forward_ms:.2f} ms/img "
-                f"@ batch {raw.best_batch_size}); forward ms/img by batch: "
-                + ", ".join(f"{b}: {ms:.2f}" for b, ms in raw.forward_ms_by_batch.items())
+                f"@ batch {raw.best_batch_size}, {raw.best_threads} thread(s)); forward ms/img by batch: "
+                + "; ".join(
+                    f"{t} thread(s) " + ", ".join(f"{b}: {ms:.2f}" for b, ms in row.items())
+                    for t, row in raw.forward_ms_by_threads.items()
+                )
             )
             model_rows: list[Row] = []
             for name in args.server_names:

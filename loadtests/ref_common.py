@@ -20,7 +20,7 @@ class ViTClassifier:
     def __init__(self, folder: str | Path) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        self.processor = AutoImageProcessor.from_pretrained(folder)
+        self.processor = AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
         self.model = AutoModelForImageClassification.from_pretrained(folder).eval()
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]

@@ -56,7 +56,7 @@ def main() -> None:
     serve.run(build_app(args.model_dir, args.max_batch_size, args.max_delay_ms), route_prefix="/predict")
     print("ready", flush=True)
     stop.wait()
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
 
 
