@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -68,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
             burst_factor=settings.rate_limit_burst_factor,
         )
 
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         pool = DevicePool.from_spec(settings.devices)
         registry = ModelRegistry(
             settings.models_dir, pool, app.state.metrics, hub_timeout_s=settings.hub_probe_timeout_s

@@ -1,7 +1,9 @@
 """The dynamic batcher: one queue and one worker per model replica.
 
-Each input owns a future. A batch closes when it is full (`max_batch_size`) or when its oldest
-input has waited `max_delay_ms`; the worker waits on an event or that deadline, never polls.
+Each input owns a future. A batch closes when it is full (`max_batch_size`), when its oldest
+input has waited `max_delay_ms`, or as soon as no other request for the model is on its way
+(being read or decoded): then waiting could only add latency. The worker waits on an event or
+that deadline, never polls.
 Inputs whose request was cancelled (client gone) or whose deadline passed are dropped before
 the device is used. The forward pass runs on the replica's own thread, so the event loop
 (and the preprocessing of the next requests) goes on meanwhile. If a batch fails, its inputs
@@ -77,6 +79,8 @@ class Batcher:
     clock: Clock = time.monotonic
     on_batch: Callable[[BatchStats], None] | None = None
     name: str = "model"
+    # requests for this model being read or decoded right now; None: unknown, always wait
+    arriving: Callable[[], int] | None = None
     queue: collections.deque[WorkItem] = field(default_factory=collections.deque)
     in_flight: int = 0  # inputs in the batch now on the device
     rate: ServiceRate = field(default_factory=ServiceRate)
@@ -101,6 +105,10 @@ class Batcher:
         self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline))
         self._wakeup.set()
         return future
+
+    def poke(self) -> None:
+        """Re-check whether the open batch should close (e.g. a request stopped arriving)."""
+        self._wakeup.set()
 
     async def close(self) -> None:
         """Finish every queued input, then stop the worker."""
@@ -127,6 +135,8 @@ class Batcher:
     async def _wait_until_batch_closes(self) -> None:
         """Return when the queue holds a full batch, or the oldest input has waited max_delay."""
         while len(self.queue) < self.max_batch_size and not self._closing:
+            if self.arriving is not None and self.arriving() == 0:
+                return  # nobody else is coming: do not hold the batch for company
             remaining = self.queue[0].enqueued_at + self.max_delay_s - self.clock()
             if remaining <= 0:
                 return

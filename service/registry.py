@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +62,19 @@ class ModelEntry:
     replicas: list[Replica] = field(default_factory=list)
     load_seconds: float | None = None
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    arriving: int = 0  # requests being read and decoded, not yet queued
+
+    @contextlib.contextmanager
+    def arriving_request(self) -> Iterator[None]:
+        """Mark a request as on its way to the queue while its inputs are read and decoded."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            if self.arriving == 0:
+                for batcher in self.batchers:
+                    batcher.poke()
 
     @property
     def input_kind(self) -> InputKind:
@@ -222,6 +235,7 @@ class ModelRegistry:
                 max_delay_s=batching.max_delay_ms / 1000,
                 on_batch=self.metrics.batch_observer(entry.name),
                 name=f"{entry.name}@{replica.device}",
+                arriving=lambda: entry.arriving,
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)

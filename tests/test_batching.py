@@ -187,3 +187,24 @@ async def test_close_finishes_every_queued_input(executor: ThreadPoolExecutor) -
     assert [f.result() for f in futures] == [f"D{i}" for i in range(6)]
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit("after", top_k=1)
+
+
+async def test_a_batch_closes_at_once_when_no_other_request_is_on_its_way(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model, clock = FakeModel(), FakeClock()
+    on_the_way = [1]
+    batcher = Batcher(
+        model, executor, max_batch_size=4, max_delay_s=3600, clock=clock, arriving=lambda: on_the_way[0]
+    )
+    batcher.start()
+    first = batcher.submit("a", top_k=1)  # one more request is still being decoded: wait for it
+    await asyncio.sleep(0)
+    assert not first.done() and model.batches == []
+    on_the_way[0] = 0
+    second = batcher.submit("b", top_k=1)  # it arrived, and nobody else is coming
+    assert await asyncio.wait_for(asyncio.gather(first, second), 10) == ["A", "B"]
+    assert model.batches == [["a", "b"]]
+    alone = batcher.submit("c", top_k=1)  # an idle gateway runs a lone request without delay
+    assert await asyncio.wait_for(alone, 10) == "C"
+    await batcher.close()

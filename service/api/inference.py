@@ -106,8 +106,9 @@ async def predict(
             max_inputs=settings.max_inputs_per_request,
             max_text_chars=settings.max_text_chars,
         )
-        inputs = await read_inputs(request, entry.input_kind, limits)
-        features = await anyio.to_thread.run_sync(_prepare, entry, inputs, settings.max_image_pixels)
+        with entry.arriving_request():
+            inputs = await read_inputs(request, entry.input_kind, limits)
+            features = await anyio.to_thread.run_sync(_prepare, entry, inputs, settings.max_image_pixels)
         assert entry.manifest is not None
         outputs = await _unless_client_leaves(
             request,

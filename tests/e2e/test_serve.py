@@ -187,23 +187,46 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(
         assert [p["score"] for p in a] == pytest.approx([p["score"] for p in b], abs=1e-4)
 
 
+SLOW_MODEL = """
+import time
+import torch
+
+class Slow(torch.nn.Module):
+    # a user model whose forward pass takes a second, so that requests queue up behind it
+    def forward(self, x):
+        time.sleep(1.0)
+        return torch.zeros(x.shape[0], 2)
+
+def build():
+    return Slow()
+"""
+
+
 def test_sigterm_finishes_every_queued_request_before_exiting(
-    tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: object
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.conftest import write_manifest
     from tests.e2e.conftest import start_server
 
     folder = tmp_path_factory.mktemp("drain-models")
+    (folder / "slow").mkdir()
+    (folder / "slow" / "build.py").write_text(SLOW_MODEL)
+    (folder / "slow" / "labels.txt").write_text("yes\nno\n")
     write_manifest(
         folder,
-        "slow-batch",
-        f"""
-        name: slow-batch
+        "slow",
+        """
+        name: slow
         task: image-classification
-        source: {tiny_vit_dir}
-        batching: {{max_batch_size: 64, max_delay_ms: 1500}}
+        adapter: torch
+        source: slow
+        entrypoint: build.py:build
+        labels: labels.txt
+        preprocess: {resize: 8, crop_size: 8}
+        batching: {max_batch_size: 1, max_delay_ms: 1}
     """,
     )
     key = "mk_drain_test_key_000000000000000000"
@@ -212,14 +235,13 @@ def test_sigterm_finishes_every_queued_request_before_exiting(
 
     def post() -> int:
         with httpx.Client(base_url=running.base_url, timeout=60) as http:
-            return http.post(
-                "/v1/models/slow-batch/predict", content=image_bytes(), headers=headers
-            ).status_code
+            return http.post("/v1/models/slow/predict", content=image_bytes(), headers=headers).status_code
 
     with ThreadPoolExecutor(3) as pool:
         answers = [pool.submit(post) for _ in range(3)]
-        while 'maas_queue_depth{model="slow-batch"} 3.0' not in httpx.get(f"{running.base_url}/metrics").text:
-            pass  # poll until all three wait in the batcher's queue
-        code = running.stop()  # SIGTERM while they are queued
+        deadline = time.monotonic() + 30
+        while 'maas_queue_depth{model="slow"} 2.0' not in httpx.get(f"{running.base_url}/metrics").text:
+            assert time.monotonic() < deadline, "two requests never queued behind the first"
+        code = running.stop()  # SIGTERM: one request on the model, two in its queue
         assert [a.result() for a in answers] == [200, 200, 200]
     assert code in (0, -signal.SIGTERM)
