@@ -29,6 +29,16 @@ Clock = Callable[[], float]
 
 
 @dataclass
+class Tally:
+    """What one request's inputs cost (for metering): its share of each batch's forward time
+    (forward time / batch size, per input) and the longest queue wait among its inputs."""
+
+    compute_s: float = 0.0
+    queue_s: float = 0.0
+    inputs: int = 0  # set by the route once the body is parsed
+
+
+@dataclass
 class WorkItem:
     """One input waiting for its batch."""
 
@@ -37,6 +47,7 @@ class WorkItem:
     future: asyncio.Future[Any]
     enqueued_at: float
     deadline: float | None = None  # on the batcher's clock; None = no deadline
+    tally: Tally | None = None  # the request's, shared by its inputs
 
 
 @dataclass
@@ -93,12 +104,15 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
-    def submit(self, features: Any, *, top_k: int, deadline: float | None = None) -> asyncio.Future[Any]:
-        """Queue one input; its future resolves to its output (or its error)."""
+    def submit(
+        self, features: Any, *, top_k: int, deadline: float | None = None, tally: Tally | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one input; its future resolves to its output (or its error). `tally`, if given,
+        is charged the input's share of its batch's forward time and its queue wait."""
         if self._closing:
             raise RuntimeError("batcher is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline))
+        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline, tally))
         self._wakeup.set()
         return future
 
@@ -177,6 +191,11 @@ class Batcher:
             self.in_flight = 0
         stats.forward_s = time.perf_counter() - started
         self.rate.observe(len(batch), stats.forward_s)
+        share = stats.forward_s / len(batch)
+        for item, waited in zip(batch, stats.queue_wait_s, strict=True):
+            if item.tally is not None:  # before resolving: the request reads it once woken
+                item.tally.compute_s += share
+                item.tally.queue_s = max(item.tally.queue_s, waited)
         if outputs is not None:
             for item, output in zip(batch, outputs, strict=True):
                 _resolve(item, output=output)
