@@ -142,3 +142,21 @@ async def test_a_price_change_applies_from_then_on_and_old_usage_keeps_its_price
     assert export["total_micro"] == export["events"][0]
     new = next(line for line in export["lines"] if line["unit_price_micro"] == 2500)
     assert new["amount_micro"] >= 2500  # 2500 per input plus its compute time at 0.5 per second
+
+
+async def test_a_rate_limited_request_is_recorded_free_with_its_429(gateway: Gateway) -> None:
+    async with gateway.client() as admin:
+        assert (
+            await admin.post("/v1/admin/tenants", json={"name": "slow", "rate_limit_rps": 0.01})
+        ).status_code == 201
+        key = (await admin.post("/v1/admin/tenants/slow/keys", json={})).json()["key"]
+    async with gateway.client(key) as tenant:
+        assert (await tenant.post(PREDICT, files=files(1))).status_code == 200
+        refused = await tenant.post(PREDICT, files=files(1))
+        assert refused.status_code == 429
+        usage = (await tenant.get("/v1/usage")).json()["data"]
+    assert usage[0]["requests"] == 2 and usage[0]["errors"] == 1 and usage[0]["cost_micro"] == 1000
+    sessions: sessionmaker[Session] = gateway.app.state.sessions
+    with sessions() as session:
+        event = session.get(UsageEvent, refused.headers["x-request-id"])
+    assert event is not None and (event.status, event.amount_micro, event.model) == (429, 0, "tiny-vit")
