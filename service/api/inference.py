@@ -111,6 +111,8 @@ async def _claim(
     digest = request_hash(model, request.url.query, request.headers.get("content-type", ""), body)
     assert caller.tenant_id is not None
     claim = await meter.claim(caller.tenant_id, key, digest, request_id_of(request))
+    if claim.state in (ClaimState.MISMATCH, ClaimState.RUNNING):
+        meter.metrics.replays.labels(claim.state.value).inc()
     if claim.state is ClaimState.MISMATCH:
         raise InvalidInput("this Idempotency-Key was used for a different request; use a new key")
     if claim.state is ClaimState.RUNNING:

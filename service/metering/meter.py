@@ -53,7 +53,8 @@ class UsageMetrics:
         )
         self.replays = Counter(
             "maas_idempotent_replays",
-            "Requests answered from a stored answer (same Idempotency-Key), by outcome.",
+            "Requests with an Idempotency-Key already seen, by outcome: replayed (the stored answer), "
+            "running (409) or mismatch (422).",
             ["outcome"],
             registry=registry,
         )

@@ -168,6 +168,7 @@ async def test_a_retry_while_the_first_runs_is_409(
     await asyncio.to_thread(gate.entered.wait, 30)
     retry = await client.post(PREDICT, content=body, headers=headers)
     assert retry.status_code == 409 and retry.json()["error"]["type"] == "conflict"
+    assert 'maas_idempotent_replays_total{outcome="running"} 1.0' in (await client.get("/metrics")).text
     gate.open.set()
     done = await first
     assert done.status_code == 200
