@@ -7,17 +7,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.access_log import AccessLogMiddleware
-from service.api import admin, health, inference, models
+from service.api import admin, health, inference, models, usage
 from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
+from service.metering import Idempotency, Meter, PriceBook, UnitPrice, UsageMetrics, UsageWriter, to_micro
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter, LimitMetrics, build_buckets
@@ -79,6 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
         app.state.metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
         app.state.registry = registry
+        app.state.sessions = sessions
+        writer = UsageWriter(
+            sessions,
+            flush_s=settings.usage_flush_ms / 1000,
+            max_group=settings.usage_max_group,
+            on_commit=usage_metrics.observe_group,
+        )
+        app.state.meter = _meter(settings, sessions, registry, writer, usage_metrics)
+        writer.start()
         app.state.draining = False
         preload = asyncio.create_task(registry.preload(), name="maas-preload")
         log.info(
@@ -93,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
             preload.cancel()
             await asyncio.gather(preload, return_exceptions=True)
             await registry.close()  # finishes every queued input first
+            await writer.close()  # then commits their usage
             await buckets.close()
             engine.dispose()
 
@@ -105,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     limit_metrics = LimitMetrics(app.state.metrics.registry)
+    usage_metrics = UsageMetrics(app.state.metrics.registry)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)
@@ -120,5 +134,36 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(admin.router)
+    app.include_router(usage.router)
     instrument(app)  # OpenTelemetry traces, only where the package is installed
     return app
+
+
+def _meter(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    registry: ModelRegistry,
+    writer: UsageWriter,
+    metrics: UsageMetrics,
+) -> Meter:
+    """The meter, with the manifests' prices made current in the price book."""
+    prices = PriceBook(sessions)
+    changed = prices.sync(
+        (
+            entry.name,
+            UnitPrice(
+                to_micro(entry.manifest.price.per_image), to_micro(entry.manifest.price.per_compute_second)
+            ),
+        )
+        for entry in registry.list()
+        if entry.manifest is not None
+    )
+    if changed:
+        log.info("price book: new prices for %s", ", ".join(changed))
+    idempotency = Idempotency(
+        sessions,
+        ttl=timedelta(hours=settings.idempotency_ttl_h),
+        # an in-progress key older than the longest deadline belongs to a process that died
+        stale_after=timedelta(milliseconds=settings.max_request_timeout_ms) + timedelta(minutes=1),
+    )
+    return Meter(writer, prices, idempotency, metrics, enabled=settings.metering)

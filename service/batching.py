@@ -31,6 +31,16 @@ Clock = Callable[[], float]
 
 
 @dataclass
+class Tally:
+    """What one request's inputs cost (for metering): its share of each batch's forward time
+    (forward time / batch size, per input) and the longest queue wait among its inputs."""
+
+    compute_s: float = 0.0
+    queue_s: float = 0.0
+    inputs: int = 0  # set by the route once the body is parsed
+
+
+@dataclass
 class WorkItem:
     """One input waiting for its batch."""
 
@@ -39,6 +49,7 @@ class WorkItem:
     future: asyncio.Future[Any]
     enqueued_at: float
     deadline: float | None = None  # on the batcher's clock; None = no deadline
+    tally: Tally | None = None  # the request's, shared by its inputs
 
 
 @dataclass
@@ -97,12 +108,15 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
-    def submit(self, features: Any, *, top_k: int, deadline: float | None = None) -> asyncio.Future[Any]:
-        """Queue one input; its future resolves to its output (or its error)."""
+    def submit(
+        self, features: Any, *, top_k: int, deadline: float | None = None, tally: Tally | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one input; its future resolves to its output (or its error). `tally`, if given,
+        is charged the input's share of its batch's forward time and its queue wait."""
         if self._closing:
             raise RuntimeError("batcher is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline))
+        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline, tally))
         self._wakeup.set()
         return future
 
@@ -170,8 +184,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         top_k = max(item.top_k for item in batch)
         features = [item.features for item in batch]
+        for item, waited in zip(batch, stats.queue_wait_s, strict=True):
+            if item.tally is not None:
+                item.tally.queue_s = max(item.tally.queue_s, waited)
         self.in_flight = len(batch)
         started = time.perf_counter()
+        one_by_one = False
         try:
             outputs = await loop.run_in_executor(self.executor, self._checked_run, features, top_k)
         except Exception as exc:
@@ -182,35 +200,49 @@ class Batcher:
                 log.warning(
                     "%s: batch of %d failed (%s); retrying its inputs one by one", self.name, len(batch), exc
                 )
-                await self._run_one_by_one(batch)
+                one_by_one = True
+                await self._run_one_by_one(batch, failed_s=time.perf_counter() - started)
         finally:
             self.in_flight = 0
         stats.forward_s = time.perf_counter() - started
         self.rate.observe(len(batch), stats.forward_s)
+        if not one_by_one:  # charged before resolving: the request reads its tally once woken
+            _charge(batch, stats.forward_s / len(batch))
         if outputs is not None:
             for item, output in zip(batch, outputs, strict=True):
                 _resolve(item, output=output)
         if self.on_batch:
             self.on_batch(stats)
 
-    async def _run_one_by_one(self, batch: list[WorkItem]) -> None:
+    async def _run_one_by_one(self, batch: list[WorkItem], *, failed_s: float) -> None:
+        """Each input alone; each is charged its share of the failed batch plus its own run."""
         loop = asyncio.get_running_loop()
         for item in batch:
             if item.future.done():
                 continue
+            started = time.perf_counter()
+            output: Any = None
+            error: Exception | None = None
             try:
                 [output] = await loop.run_in_executor(
                     self.executor, self._checked_run, [item.features], item.top_k
                 )
-                _resolve(item, output=output)
             except Exception as exc:
-                _resolve(item, error=exc)
+                error = exc
+            _charge([item], failed_s / len(batch) + time.perf_counter() - started)
+            _resolve(item, output=output, error=error)
 
     def _checked_run(self, features: list[Any], top_k: int) -> Sequence[Any]:
         outputs = self.run_batch(features, top_k)
         if len(outputs) != len(features):
             raise RuntimeError(f"{self.name}: {len(outputs)} outputs for {len(features)} inputs")
         return outputs
+
+
+def _charge(items: list[WorkItem], seconds_each: float) -> None:
+    for item in items:
+        if item.tally is not None:
+            item.tally.compute_s += seconds_each
 
 
 def _resolve(item: WorkItem, *, output: Any = None, error: BaseException | None = None) -> None:

@@ -147,10 +147,14 @@ def _decode_base64(index: int, text: str) -> tuple[bytes, str]:
         raise InvalidInput(f"input {index}: not valid base64 ({exc})") from exc
 
 
-async def read_inputs(request: Request, kind: InputKind, limits: InputLimits) -> list[RawInput]:
-    """Parse the predict body into raw inputs; checks sizes and counts, not image contents."""
+async def read_inputs(
+    request: Request, kind: InputKind, limits: InputLimits, body: bytes | None = None
+) -> list[RawInput]:
+    """Parse the predict body (`body` if it was read already) into raw inputs; checks sizes and
+    counts, not image contents."""
     content_type = _media_type(request.headers.get("content-type"))
-    body = await read_body(request, limits.max_body_bytes)
+    if body is None:
+        body = await read_body(request, limits.max_body_bytes)
     if not body:
         raise InvalidRequest("request body is empty: send an image, multipart files or JSON inputs")
     if content_type == "multipart/form-data":

@@ -28,7 +28,8 @@ class Batching(BaseModel):
 class Price(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    per_image: float = Field(0.0, ge=0)
+    per_image: float = Field(0.0, ge=0)  # per input (image or text); metering keeps micro-units
+    per_compute_second: float = Field(0.0, ge=0)  # per second of the request's share of forward time
 
 
 class Preprocess(BaseModel):

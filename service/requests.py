@@ -32,11 +32,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = new_request_id()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # read at send time: an idempotent replay answers with the first request's id
+                request_id = str(state["request_id"])
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
                 message["headers"] = headers

@@ -8,7 +8,7 @@ import asyncio
 import math
 from typing import Any
 
-from service.batching import Batcher
+from service.batching import Batcher, Tally
 from service.errors import DeadlineExceeded, Overloaded
 from service.registry import ModelEntry
 from service.runtime import Output
@@ -30,12 +30,19 @@ def pick_replica(entry: ModelEntry) -> Batcher:
 
 
 async def infer(
-    entry: ModelEntry, features: list[Any], *, top_k: int, max_queue: int, deadline: float | None
+    entry: ModelEntry,
+    features: list[Any],
+    *,
+    top_k: int,
+    max_queue: int,
+    deadline: float | None,
+    tally: Tally | None = None,
 ) -> list[Output]:
     """Queue `features` (one request's inputs) on one replica and wait for their outputs.
 
     `deadline` is on the batchers' clock (time.monotonic). If the caller is cancelled (client
-    gone), the inputs still queued are dropped before they reach the device.
+    gone), the inputs still queued are dropped before they reach the device. `tally` collects
+    the request's compute and queue time for metering.
     """
     batchers = entry.batchers
     queued = sum(b.load for b in batchers)
@@ -45,7 +52,7 @@ async def infer(
             retry_after_s=retry_after_s(queued, batchers),
         )
     batcher = pick_replica(entry)
-    futures = [batcher.submit(f, top_k=top_k, deadline=deadline) for f in features]
+    futures = [batcher.submit(f, top_k=top_k, deadline=deadline, tally=tally) for f in features]
     timeout = None if deadline is None else max(0.0, deadline - batcher.clock())
     try:
         async with asyncio.timeout(timeout):

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     default_rate_limit_rps: float | None = Field(None, gt=0)
     rate_limit_burst_factor: float = Field(2.0, ge=1)
 
+    metering: bool = True  # false only for benchmarks: no usage events, no idempotency
+    usage_flush_ms: float = Field(0.0, ge=0, le=1000)  # extra group-commit window; 0: none
+    usage_max_group: int = Field(256, ge=1, le=100_000)  # most events in one transaction
+    idempotency_ttl_h: float = Field(24.0, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.batching import Batcher, BatchStats
+from service.batching import Batcher, BatchStats, Tally
 from service.errors import DeadlineExceeded
 
 pytestmark = pytest.mark.anyio
@@ -208,3 +208,41 @@ async def test_a_batch_closes_at_once_when_no_other_request_is_on_its_way(
     alone = batcher.submit("c", top_k=1)  # an idle gateway runs a lone request without delay
     assert await asyncio.wait_for(alone, 10) == "C"
     await batcher.close()
+
+
+async def test_each_request_is_charged_its_share_of_each_batch_it_rode_in(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model, clock, stats = FakeModel(), FakeClock(), []
+    batcher = make(model, executor, clock, size=4, delay_s=3600, stats=stats)
+    first, second = Tally(), Tally()
+    clock.now = 1.0
+    futures = [batcher.submit(f, top_k=1, tally=first) for f in ("a", "b", "c")]
+    clock.now = 1.5
+    futures += [batcher.submit(f, top_k=1, tally=second) for f in ("d", "e", "f", "g", "h")]
+    clock.now = 2.0
+    batcher.start()
+    await asyncio.gather(*futures)
+    assert [s.size for s in stats] == [4, 4]
+    one, two = (s.forward_s / 4 for s in stats)
+    assert first.compute_s == pytest.approx(3 * one)
+    assert second.compute_s == pytest.approx(one + 4 * two)
+    assert first.compute_s + second.compute_s == pytest.approx(sum(s.forward_s for s in stats))
+    assert first.queue_s == 1.0  # its longest wait, on the injected clock
+    assert second.queue_s == 0.5
+
+
+async def test_after_a_failed_batch_each_input_is_charged_before_its_request_wakes(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model, clock = FakeModel(), FakeClock()
+    batcher = make(model, executor, clock, size=3, delay_s=3600)
+    tallies = [Tally(), Tally(), Tally()]
+    futures = [
+        batcher.submit(f, top_k=1, tally=t) for f, t in zip(("ok1", "bad", "ok2"), tallies, strict=True)
+    ]
+    batcher.start()
+    for future, tally in zip(futures, tallies, strict=True):
+        await asyncio.wait([future])
+        assert tally.compute_s > 0  # set when the future resolves, not after the whole batch
+    assert futures[0].result() == "OK1" and isinstance(futures[1].exception(), ValueError)

@@ -10,11 +10,13 @@ import anyio
 from fastapi import Depends, Request, Response
 
 from service.auth import Principal, authenticate
-from service.errors import RateLimited
+from service.errors import GatewayError, RateLimited
+from service.metering import Meter
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter
 from service.registry import ModelRegistry
+from service.requests import request_id_of
 from service.settings import Settings
 
 
@@ -33,7 +35,13 @@ def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+def _meter(request: Request) -> Meter:
+    meter: Meter = request.app.state.meter
+    return meter
+
+
 Caller = Annotated[Principal, Depends(authenticate)]
+AppMeter = Annotated[Meter, Depends(_meter)]
 Registry = Annotated[ModelRegistry, Depends(_registry)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 AppMetrics = Annotated[Metrics, Depends(_metrics)]
@@ -58,17 +66,40 @@ async def _admit(request: Request, response: Response, caller: Caller) -> AsyncI
     until the request ends. The RateLimit-* headers go on the answer, error or not."""
     limiter: Limiter = request.app.state.limiter
     quota: Quota = request.app.state.quota
-    headers = await limiter.check_rate(caller)
-    request.state.rate_limit_headers = headers
-    response.headers.update(headers)
-    if caller.monthly_quota_inputs is not None:
-        try:
-            await anyio.to_thread.run_sync(quota.check, caller)
-        except RateLimited:
-            limiter.refused.labels("quota").inc()
-            raise
-    async with limiter.concurrency(caller):
-        yield Admission(caller, quota, headers)
+    admitted = False
+    try:
+        headers = await limiter.check_rate(caller)
+        request.state.rate_limit_headers = headers
+        response.headers.update(headers)
+        if caller.monthly_quota_inputs is not None:
+            try:
+                await anyio.to_thread.run_sync(quota.check, caller)
+            except RateLimited:
+                limiter.refused.labels("quota").inc()
+                raise
+        async with limiter.concurrency(caller):
+            admitted = True
+            yield Admission(caller, quota, headers)
+    except GatewayError as exc:
+        if not admitted:  # the route meters what it answers itself
+            await _meter_refusal(request, caller, exc.status_code)
+        raise
+
+
+async def _meter_refusal(request: Request, caller: Principal, status: int) -> None:
+    """A request refused before it ran (429, 503) is answered, so it gets its event (free)."""
+    meter: Meter = request.app.state.meter
+    if not meter.enabled or caller.tenant_id is None:
+        return
+    usage = meter.usage(
+        request_id=request_id_of(request),
+        tenant_id=caller.tenant_id,
+        key_id=caller.key_id,
+        model=str(request.path_params.get("model", "")),
+        inputs=0,
+        status=status,
+    )
+    await meter.record(usage)
 
 
 Admitted = Annotated[Admission, Depends(_admit)]

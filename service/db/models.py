@@ -1,4 +1,5 @@
-"""The tables: tenants, their API keys, and the monthly input counts that enforce quotas.
+"""The tables: tenants, their API keys, the monthly input counts that enforce quotas, and
+metering's usage events, idempotency records and price book.
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 """
@@ -8,7 +9,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,3 +92,51 @@ class QuotaUsage(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
     inputs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageEvent(Base):
+    """One answered inference request, written before its answer is sent. Money in micro-units
+    (1e-6 of the currency), never floats; the unit prices applied are kept on the event."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),)
+
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))  # no foreign key: usage outlives a tenant row
+    key_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(128))
+    inputs: Mapped[int] = mapped_column(Integer)
+    compute_us: Mapped[int] = mapped_column(BigInteger)  # this request's share of its batches' forward time
+    queue_us: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    per_input_micro: Mapped[int] = mapped_column(BigInteger)
+    per_compute_second_micro: Mapped[int] = mapped_column(BigInteger)
+    amount_micro: Mapped[int] = mapped_column(BigInteger)  # 0 unless status is 200
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class IdempotencyRecord(Base):
+    """An `Idempotency-Key` seen from a tenant: in progress, or done with the answer to replay."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # in_progress | done
+    request_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PriceRow(Base):
+    """A model's price from `effective_from` on, until the next row for that model."""
+
+    __tablename__ = "prices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    per_input_micro: Mapped[int] = mapped_column(BigInteger)
+    per_compute_second_micro: Mapped[int] = mapped_column(BigInteger)

@@ -21,7 +21,8 @@ async def test_raw_image_bytes_get_one_ranked_list(client: httpx.AsyncClient) ->
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["id"].startswith("req_") and response.headers["x-request-id"] == body["id"]
-    assert body["model"] == "tiny-vit" and body["usage"] == {"inputs": 1}
+    assert body["model"] == "tiny-vit" and body["usage"]["inputs"] == 1
+    assert body["usage"]["cost_micro"] == 1000 and body["usage"]["cost"] == "0.001000"
     [ranked] = body["predictions"]
     assert {p["label"] for p in ranked} == set(TINY_LABELS)
     scores = [p["score"] for p in ranked]
@@ -34,7 +35,7 @@ async def test_multipart_files_answer_in_input_order(client: httpx.AsyncClient) 
     response = await client.post("/v1/models/tiny-vit/predict?top_k=1", files=files)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["usage"] == {"inputs": 3} and [len(p) for p in body["predictions"]] == [1, 1, 1]
+    assert body["usage"]["inputs"] == 3 and [len(p) for p in body["predictions"]] == [1, 1, 1]
     # each answer is the one that image alone gets
     for data, batched in zip(images, body["predictions"], strict=True):
         alone = await client.post(

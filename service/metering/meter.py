@@ -1,0 +1,126 @@
+"""The meter: what the predict route calls. Prices a request, writes its usage event through the
+group-commit writer (with its idempotency outcome), and answers idempotency claims."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from service.batching import Tally
+from service.errors import GatewayError
+from service.metering.idempotency import Claim, Idempotency
+from service.metering.prices import PriceBook
+from service.metering.writer import GroupStats, Outcome, Usage, UsageWriter
+
+WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class UsageUnavailable(GatewayError):
+    """503: the usage event could not be committed, so the answer is not sent (it would be free)."""
+
+    status_code = 503
+    error_type = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class UsageMetrics:
+    """Metering's collectors, on the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "maas_usage_events", "Usage events committed, by status.", ["status"], registry=registry
+        )
+        self.write_seconds = Histogram(
+            "maas_usage_write_seconds",
+            "Time of one group-commit transaction of usage events.",
+            buckets=WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.group_size = Histogram(
+            "maas_usage_group_size",
+            "Usage events per group-commit transaction.",
+            buckets=GROUP_BUCKETS,
+            registry=registry,
+        )
+        self.write_failures = Counter(
+            "maas_usage_write_failures", "Usage events that could not be committed.", registry=registry
+        )
+        self.replays = Counter(
+            "maas_idempotent_replays",
+            "Requests with an Idempotency-Key already seen, by outcome: replayed (the stored answer), "
+            "running (409) or mismatch (422).",
+            ["outcome"],
+            registry=registry,
+        )
+
+    def observe_group(self, stats: GroupStats) -> None:
+        self.write_seconds.observe(stats.seconds)
+        self.group_size.observe(stats.events)
+
+
+class Meter:
+    """Usage events, prices and idempotency for one app. With `enabled` false (benchmarks only)
+    nothing is recorded and Idempotency-Key is ignored."""
+
+    def __init__(
+        self,
+        writer: UsageWriter,
+        prices: PriceBook,
+        idempotency: Idempotency,
+        metrics: UsageMetrics,
+        *,
+        enabled: bool = True,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.writer = writer
+        self.prices = prices
+        self.idempotency = idempotency
+        self.metrics = metrics
+        self.enabled = enabled
+        self._now = now
+
+    def usage(
+        self,
+        *,
+        request_id: str,
+        tenant_id: str,
+        key_id: str,
+        model: str,
+        inputs: int,
+        status: int,
+        tally: Tally | None = None,
+    ) -> Usage:
+        """The event for a request, priced now (a 200 only is charged)."""
+        return Usage(
+            request_id=request_id,
+            tenant_id=tenant_id,
+            key_id=key_id,
+            model=model,
+            inputs=inputs,
+            compute_us=round(tally.compute_s * 1_000_000) if tally else 0,
+            queue_us=round(tally.queue_s * 1_000_000) if tally else 0,
+            status=status,
+            price=self.prices.current(model),
+            created_at=self._now(),
+        )
+
+    async def record(self, usage: Usage | None, outcome: Outcome | None = None) -> None:
+        """Commit `usage` (and `outcome`) with the next group; 503 if that fails."""
+        if not self.enabled:
+            return
+        try:
+            await self.writer.record(usage, outcome)
+        except Exception as exc:
+            self.metrics.write_failures.inc()
+            raise UsageUnavailable("usage could not be recorded; the request was not billed") from exc
+        if usage is not None:
+            self.metrics.events.labels(str(usage.status)).inc()
+
+    async def claim(self, tenant_id: str, key: str, digest: str, request_id: str) -> Claim:
+        return await anyio.to_thread.run_sync(self.idempotency.claim, tenant_id, key, digest, request_id)

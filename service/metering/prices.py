@@ -1,0 +1,101 @@
+"""The price book: manifest prices as integer micro-units (1e-6 of the currency), versioned.
+
+At start-up each model's manifest price is compared with its newest row in `prices`; when it
+differs a new row, effective now, is added. An event stores the unit prices it was charged, so
+old usage keeps its old price whatever the book says later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import PriceRow
+
+MICRO = 1_000_000
+
+
+def to_micro(amount: float | str | Decimal) -> int:
+    """A currency amount as integer micro-units; exact for any decimal written with <= 6 places
+    (a float goes through its shortest repr, so 0.0002 is 200, not 199)."""
+    try:
+        value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
+    except InvalidOperation as exc:
+        raise ValueError(f"not a price: {amount!r}") from exc
+    if value < 0:
+        raise ValueError(f"a price cannot be negative: {amount!r}")
+    return int((value * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def format_micro(micro: int) -> str:
+    """Micro-units as a decimal string with six places, for display: 1234 -> '0.001234'."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True)
+class UnitPrice:
+    per_input_micro: int = 0
+    per_compute_second_micro: int = 0
+
+    def amount(self, inputs: int, compute_us: int) -> int:
+        """What a request costs, in micro-units: inputs times unit price plus its compute time times the
+        per-second price, the latter rounded half up to a whole micro-unit. Integers only."""
+        compute = (self.per_compute_second_micro * compute_us + MICRO // 2) // MICRO
+        return self.per_input_micro * inputs + compute
+
+
+FREE = UnitPrice()
+
+
+class PriceBook:
+    """The current price of each model (kept in memory: pricing a request reads no database)."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._sessions = sessions
+        self._now = now
+        self._current: dict[str, UnitPrice] = {}
+
+    def sync(self, prices: Iterable[tuple[str, UnitPrice]]) -> list[str]:
+        """Make `prices` the current ones; adds a row, effective now, for each model whose price
+        changed (or is new). Returns the models that got a new row."""
+        changed: list[str] = []
+        with self._sessions.begin() as session:
+            for model, price in prices:
+                latest = _latest(session, model)
+                if latest is None or (latest.per_input_micro, latest.per_compute_second_micro) != (
+                    price.per_input_micro,
+                    price.per_compute_second_micro,
+                ):
+                    session.add(
+                        PriceRow(
+                            model=model,
+                            effective_from=self._now(),
+                            per_input_micro=price.per_input_micro,
+                            per_compute_second_micro=price.per_compute_second_micro,
+                        )
+                    )
+                    changed.append(model)
+                self._current[model] = price
+        return changed
+
+    def current(self, model: str) -> UnitPrice:
+        return self._current.get(model, FREE)
+
+    def history(self, model: str) -> list[PriceRow]:
+        with self._sessions() as session:
+            query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id)
+            return list(session.scalars(query))
+
+
+def _latest(session: Session, model: str) -> PriceRow | None:
+    query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id.desc()).limit(1)
+    return session.scalars(query).first()

@@ -1,0 +1,68 @@
+"""The price book: money as integer micro-units, and price versions that never rewrite the past."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.metering import PriceBook, UnitPrice, format_micro, to_micro
+
+
+@pytest.mark.parametrize(
+    ("amount", "micro"),
+    [
+        (0.0002, 200),
+        (0.001, 1000),
+        (0.1, 100_000),
+        (1.5, 1_500_000),
+        ("0.0000005", 1),
+        (0, 0),
+        (Decimal("3"), 3_000_000),
+    ],
+)
+def test_prices_become_exact_micro_units(amount: float | str | Decimal, micro: int) -> None:
+    assert to_micro(amount) == micro
+
+
+def test_a_negative_or_garbage_price_is_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        to_micro(-1)
+    with pytest.raises(ValueError, match="not a price"):
+        to_micro("abc")
+
+
+@pytest.mark.parametrize(
+    ("micro", "text"), [(0, "0.000000"), (1, "0.000001"), (1_234_567, "1.234567"), (-5, "-0.000005")]
+)
+def test_micro_units_display_as_six_place_decimals(micro: int, text: str) -> None:
+    assert format_micro(micro) == text
+
+
+def test_an_amount_is_inputs_times_price_plus_compute_rounded_half_up() -> None:
+    price = UnitPrice(per_input_micro=200, per_compute_second_micro=3)
+    assert price.amount(3, 0) == 600
+    assert price.amount(1, 500_000) == 200 + 2  # 1.5 micro -> 2
+    assert price.amount(1, 499_999) == 200 + 1  # 1.499997 -> 1
+    assert isinstance(price.amount(7, 123_456), int)
+
+
+def test_a_changed_manifest_price_adds_a_version_and_keeps_the_old_one(
+    sessions: sessionmaker[Session],
+) -> None:
+    clock = [datetime(2026, 10, 1, tzinfo=UTC)]
+    book = PriceBook(sessions, now=lambda: clock[0])
+    assert book.sync([("vit", UnitPrice(200)), ("bert", UnitPrice(0, 5))]) == ["vit", "bert"]
+    clock[0] += timedelta(days=1)
+    assert PriceBook(sessions, now=lambda: clock[0]).sync([("vit", UnitPrice(200))]) == []  # restart, same
+    clock[0] += timedelta(days=30)
+    book = PriceBook(sessions, now=lambda: clock[0])
+    assert book.sync([("vit", UnitPrice(300))]) == ["vit"]
+    history = book.history("vit")
+    assert [(r.per_input_micro, r.effective_from) for r in history] == [
+        (200, datetime(2026, 10, 1, tzinfo=UTC)),
+        (300, datetime(2026, 11, 1, tzinfo=UTC)),
+    ]
+    assert book.current("vit") == UnitPrice(300) and book.current("unknown") == UnitPrice()
