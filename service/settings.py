@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     default_rate_limit_rps: float | None = Field(None, gt=0)
     rate_limit_burst_factor: float = Field(2.0, ge=1)
 
+    # fine-tuning: dataset uploads and the job runner
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)  # one dataset zip, as uploaded
+    max_dataset_files: int = Field(20_000, gt=0)  # entries in one zip
+    max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # zip bombs stop here
+    min_images_per_label: int = Field(5, ge=1)
+    fine_tune_runner: bool = True  # run jobs in this process (off: an API-only replica)
+    fine_tune_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""

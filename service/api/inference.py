@@ -93,8 +93,7 @@ async def predict(
     """Classify images (or embed texts) with `model`; one result per input, in input order."""
     started = time.perf_counter()
     caller.require_scope("inference")
-    entry = registry.get(model)
-    caller.require_model(model)
+    entry = registry.get_for(caller, model)
     status = 500
     inputs: list[RawInput] = []
     try:
