@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     max_dataset_files: int = Field(20_000, gt=0)  # entries in one zip
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # zip bombs stop here
     min_images_per_label: int = Field(5, ge=1)
+    fine_tune_threads: int = Field(1, ge=1, le=256)  # torch CPU threads of the training thread
     fine_tune_runner: bool = True  # run jobs in this process (off: an API-only replica)
     fine_tune_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
 

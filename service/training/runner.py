@@ -117,7 +117,9 @@ class JobRunner:
 
     async def _run(self, job: FineTuneJob) -> None:
         device = self._device()
-        control = Control(pending=lambda: self.pool.pending(device))
+        control = Control(
+            pending=lambda: self.pool.pending(device), cpu_threads=self.settings.fine_tune_threads
+        )
         self.controls[job.id] = control
         if self._stopping:
             control.stop("stopping")

@@ -1,9 +1,10 @@
 """The trainer: full fine-tuning of a transformers image classifier with a plain torch loop.
 
-AdamW, shuffled mini-batches (seeded per epoch, so a resumed run sees the same order), an
-evaluation on the validation set after every epoch, and a checkpoint (model, optimizer,
-epoch, step) after every epoch. Between steps it yields to inference (`Control.pending`)
-and stops at once when interrupted (cancel, or the gateway shutting down).
+AdamW with transformers' linear warm-up/decay schedule; shuffled mini-batches, seeded per
+epoch so that a resumed run sees the same order; an evaluation on the validation set and a
+checkpoint (model, optimizer, schedule, epoch, step) after every epoch. Between steps it
+yields to inference (`Control.pending`) and stops at once when interrupted (cancel, or the
+gateway shutting down).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import get_linear_schedule_with_warmup
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_BATCH = 64
+WARMUP = 0.05  # of all steps: the learning rate rises linearly, then decays linearly to 0
 
 
 class Interrupted(Exception):
@@ -37,6 +40,7 @@ class Control:
     """How the runner steers a training thread: inference first, cancel, stop."""
 
     pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
+    cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
     interrupt: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     steps_done: int = 0
@@ -103,7 +107,6 @@ def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
 
     model = AutoModelForImageClassification.from_pretrained(
         base_folder,
-        num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,  # the head is new: its shape follows the new label set
@@ -150,6 +153,9 @@ def train(
     Resumes from `work_dir/checkpoint.pt` when there is one. Raises `Interrupted` when stopped.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        # OpenMP's thread count is per calling thread: the inference workers' threads keep theirs
+        torch.set_num_threads(control.cpu_threads)
     model, processor = load_base(base_folder, data.labels)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
@@ -158,6 +164,9 @@ def train(
     val_x = _pixels(processor, data.validation_images)
     val_y = torch.tensor(data.validation_labels, dtype=torch.long)
     steps_per_epoch = math.ceil(len(train_y) / params.batch_size)
+    total_steps = steps_per_epoch * params.epochs
+    warmup = math.ceil(total_steps * WARMUP)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)  # type: ignore[no-untyped-call]
 
     checkpoint_path = work_dir / CHECKPOINT
     start_epoch, history = 0, []
@@ -165,6 +174,7 @@ def train(
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         control.steps_done = int(state["steps_done"])
         control.samples = int(state["samples"])
@@ -172,6 +182,8 @@ def train(
 
     for epoch in range(start_epoch, params.epochs):
         model.train()
+        # dropout draws from torch's global generator: seed it per epoch so a run (and its resume) repeats
+        torch.manual_seed(params.seed + epoch)
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(params.seed + epoch))
         loss_sum = 0.0
         for step in range(steps_per_epoch):
@@ -185,6 +197,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             loss_sum += float(loss.detach()) * len(index)
             control.steps_done += 1
             control.samples += len(index)
@@ -199,6 +212,7 @@ def train(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "steps_done": control.steps_done,
                 "samples": control.samples,
