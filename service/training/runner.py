@@ -146,8 +146,10 @@ class JobRunner:
         except Interrupted as stopped:
             if stopped.reason == "cancelled":
                 await asyncio.to_thread(self.store.finish, job.id, "cancelled", "job cancelled")
-            else:
+            elif stopped.reason == "stopping":
                 await asyncio.to_thread(self.store.release, job.id, self.owner)
+            else:  # lost: another replica resumed it from the checkpoint; leave it be
+                log.warning("fine-tuning job %s: lease lost to another replica; stopped here", job.id)
         except Exception as exc:
             log.exception("fine-tuning job %s failed", job.id)
             message = str(exc) or type(exc).__name__
@@ -158,7 +160,7 @@ class JobRunner:
             self.controls.pop(job.id, None)
 
     async def _heartbeat(self, job: FineTuneJob, control: Control) -> None:
-        keep = await asyncio.to_thread(
+        state = await asyncio.to_thread(
             self.store.heartbeat,
             job.id,
             self.owner,
@@ -167,8 +169,8 @@ class JobRunner:
             trained_samples=control.samples,
             device_seconds=control.device_seconds,
         )
-        if not keep:  # cancelled through another replica, or the lease was lost
-            control.stop("cancelled")
+        if state != "ok":  # cancelled (maybe through another replica), or the lease was lost
+            control.stop(state)
 
     # -- on the training thread ---------------------------------------------------------------
 

@@ -290,9 +290,9 @@ class FineTuneStore:
                 session.add(_event(job.id, "status", "job running", {"status": "running"}))
         return self.get_job(None, job.id)
 
-    def heartbeat(self, job_id: str, owner: str, lease_s: float, **progress: Any) -> bool:
-        """Extend the lease and record progress; False if the job is no longer this owner's or
-        a cancel was requested (the trainer should stop)."""
+    def heartbeat(self, job_id: str, owner: str, lease_s: float, **progress: Any) -> str:
+        """Extend the lease and record progress. Answers `ok`, `cancelled` (a cancel was requested)
+        or `lost` (the lease expired and another replica took the job): the trainer stops on either."""
         now = datetime.now(UTC)
         with self.sessions.begin() as session:
             session.execute(
@@ -301,7 +301,9 @@ class FineTuneStore:
                 .values(lease_expires_at=now + timedelta(seconds=lease_s), **progress)
             )
             job = session.get(FineTuneJob, job_id)
-            return job is not None and job.lease_owner == owner and not job.cancel_requested
+            if job is None or job.lease_owner != owner:
+                return "lost"
+            return "cancelled" if job.cancel_requested else "ok"
 
     def release(self, job_id: str, owner: str) -> None:
         """Give a running job up (this replica stops): any replica may resume it at once."""
