@@ -17,6 +17,7 @@ from service.training.store import FineTuneStore, describe_file
 
 router = APIRouter(prefix="/v1/files", tags=["fine-tuning"])
 PURPOSES = ("fine-tune",)
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field, on top of the file itself
 
 
 def _store(request: Request) -> FineTuneStore:
@@ -56,6 +57,9 @@ def upload_file(
     if purpose not in PURPOSES:
         raise InvalidInput(f"purpose must be one of {list(PURPOSES)}; got {purpose!r}")
     limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} bytes")
     data = file.file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"the file exceeds the upload limit of {limit} bytes")

@@ -202,3 +202,12 @@ async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings:
             headers={"Content-Type": "image/png"},
         )
         assert served.status_code == 200
+
+
+async def test_an_upload_over_the_limit_is_refused_with_413(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"max_upload_bytes": 2000}))
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        refused = await upload(http, colour_dataset(per_label=10))
+        assert refused.status_code == 413
+        assert refused.json()["error"]["message"] == "the file exceeds the upload limit of 2000 bytes"
+        assert (await http.get("/v1/files")).json()["data"] == []
