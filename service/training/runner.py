@@ -65,6 +65,7 @@ class JobRunner:
         self.checkpoint_listeners: list[Callable[[str, int], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
     def register_finished_models(self) -> None:
@@ -76,11 +77,14 @@ class JobRunner:
                 self.registry.add_fine_tuned(job.fine_tuned_model, folder, job.tenant_id, job.base_model)
 
     def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._loop(), name="maas-fine-tune-runner")
 
     def notify(self) -> None:
-        """A job was queued here: look at once instead of at the next poll."""
-        self._wake.set()
+        """A job was queued here: look at once instead of at the next poll. Safe from any thread
+        (the routes that queue jobs run on worker threads)."""
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     def cancel(self, job_id: str) -> None:
         """Stop a job this replica runs at its next step (others learn of it on their heartbeat)."""
