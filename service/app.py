@@ -1,4 +1,4 @@
-"""`create_app(settings)`: the FastAPI gateway, and its lifespan that builds the pool and registry."""
+"""`create_app(settings)`: the FastAPI gateway, and its lifespan (pool, registry, job runner)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.access_log import AccessLogMiddleware
-from service.api import admin, health, inference, models, usage
+from service.api import admin, files, fine_tunes, health, inference, models, usage
 from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool, used_bytes
@@ -29,6 +29,8 @@ from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
 from service.tracing import instrument
+from service.training.runner import JobRunner
+from service.training.store import FineTuneStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ def create_app(settings: Settings) -> FastAPI:
             settings.models_dir, pool, app.state.metrics, hub_timeout_s=settings.hub_probe_timeout_s
         )
         registry.discover()
+        app.state.fine_tunes = FineTuneStore(sessions, settings.data_dir)
+        runner = JobRunner(app.state.fine_tunes, registry, pool, settings)
+        runner.register_finished_models()  # fine-tuned models survive restarts
+        app.state.runner = runner if settings.fine_tune_runner else None
         app.state.metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
         app.state.metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
         app.state.registry = registry
@@ -93,6 +99,8 @@ def create_app(settings: Settings) -> FastAPI:
         writer.start()
         app.state.draining = False
         preload = asyncio.create_task(registry.preload(), name="maas-preload")
+        if settings.fine_tune_runner:
+            runner.start()
         log.info(
             "maas gateway starting: %d model manifest(s) in %s",
             len(registry.entries),
@@ -102,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            await runner.stop()  # the running job stops after its step; another start resumes it
             preload.cancel()
             await asyncio.gather(preload, return_exceptions=True)
             await registry.close()  # finishes every queued input first
@@ -135,6 +144,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(admin.router)
     app.include_router(usage.router)
+    app.include_router(files.router)
+    app.include_router(fine_tunes.router)
     instrument(app)  # OpenTelemetry traces, only where the package is installed
     return app
 

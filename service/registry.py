@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from service.auth import Principal
 from service.batching import Batcher
 from service.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.errors import ModelUnavailable, NotFound
-from service.manifests import ManifestFile, ModelManifest, discover_manifests
+from service.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.metrics import Metrics
 from service.runtime import ModelAdapter, Output, SourceError, load_adapter
 from service.runtime.base import InputKind
@@ -62,6 +63,7 @@ class ModelEntry:
     replicas: list[Replica] = field(default_factory=list)
     load_seconds: float | None = None
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    owner: str | None = None  # the tenant id of a fine-tuned model; None: public
     arriving: int = 0  # requests being read and decoded, not yet queued
 
     @contextlib.contextmanager
@@ -105,6 +107,7 @@ class ModelEntry:
             "description": m.description if m else "",
             "labels": self.num_labels,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+            "owned_by": "tenant" if self.owner else "system",  # fine-tuned models are their tenant's
         }
 
     @property
@@ -156,6 +159,35 @@ class ModelRegistry:
         entry = self.entries.get(name)
         if entry is None:
             raise NotFound(f"model {name!r} not found")
+        return entry
+
+    def get_for(self, caller: Principal, name: str) -> ModelEntry:
+        """The model `caller` may use: 404 for unknown ones and other tenants' private ones, 403 for
+        ones its key is not allowed. The one owner check of the models and predict routes."""
+        entry = self.get(name)
+        caller.require_model(name, entry.owner)
+        return entry
+
+    def add_fine_tuned(self, name: str, folder: Path, owner: str, base_model: str) -> ModelEntry:
+        """Register a fine-tuned model saved in `folder` as `owner`'s private model (not loaded yet).
+        It is served like its base: same batching, dtype and price."""
+        base = self.entries.get(base_model)
+        inherited = base.manifest if base is not None and base.manifest is not None else None
+        manifest = ModelManifest(
+            name=name,
+            task="image-classification",
+            adapter="transformers",
+            source=str(folder.resolve()),
+            dtype=inherited.dtype if inherited else "auto",
+            batching=inherited.batching if inherited else Batching(),
+            price=inherited.price if inherited else Price(),
+            replicas=1,
+            preload=True,
+            description=f"fine-tuned from {base_model}",
+        )
+        entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner)
+        self.entries[name] = entry
+        self.metrics.model_ready.labels(name).set(0)
         return entry
 
     def list(self) -> list[ModelEntry]:

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     usage_flush_ms: float = Field(0.0, ge=0, le=1000)  # extra group-commit window; 0: none
     usage_max_group: int = Field(256, ge=1, le=100_000)  # most events in one transaction
     idempotency_ttl_h: float = Field(24.0, gt=0)
+    # fine-tuning: dataset uploads and the job runner
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)  # one dataset zip, as uploaded
+    max_dataset_files: int = Field(20_000, gt=0)  # entries in one zip
+    max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # zip bombs stop here
+    min_images_per_label: int = Field(5, ge=1)
+    fine_tune_threads: int = Field(1, ge=1, le=256)  # torch CPU threads of the training thread
+    fine_tune_runner: bool = True  # run jobs in this process (off: an API-only replica)
+    fine_tune_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
 
     @property
     def resolved_database_url(self) -> str:

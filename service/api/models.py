@@ -13,12 +13,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("")
 async def list_models(caller: Caller, registry: Registry) -> dict[str, Any]:
-    visible = [e.describe() for e in registry.list() if caller.may_use(e.name)]
+    visible = [e.describe() for e in registry.list() if caller.may_use(e.name, e.owner)]
     return {"object": "list", "data": visible}
 
 
 @router.get("/{model}")
 async def get_model(model: str, caller: Caller, registry: Registry) -> dict[str, Any]:
-    entry = registry.get(model)
-    caller.require_model(model)
-    return entry.describe()
+    return registry.get_for(caller, model).describe()

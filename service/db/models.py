@@ -1,5 +1,6 @@
 """The tables: tenants, their API keys, the monthly input counts that enforce quotas, and
-metering's usage events, idempotency records and price book.
+metering's usage events, idempotency records and price book; fine-tuning (uploaded dataset
+files, jobs and their events).
 
 Times are stored as naive UTC (SQLite has no time zones) and read back as aware UTC.
 """
@@ -20,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -140,3 +142,65 @@ class PriceRow(Base):
     effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
     per_input_micro: Mapped[int] = mapped_column(BigInteger)
     per_compute_second_micro: Mapped[int] = mapped_column(BigInteger)
+
+
+class DatasetFile(Base):
+    """An uploaded dataset (a zip in image-folder layout), kept under the data directory per tenant."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # processed (only valid files are kept)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)  # labels, counts per split and label
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the data directory
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FineTuneJob(Base):
+    """One fine-tuning job: what to train, its progress, its lease (which replica runs it), its result."""
+
+    __tablename__ = "fine_tune_jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_fine_tune_jobs_idempotency"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    base_model: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|succeeded|failed|cancelled
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    steps_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # metered: time on the device
+    trained_samples: Mapped[int] = mapped_column(BigInteger, default=0)  # metered: samples seen
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class FineTuneEvent(Base):
+    """What happened to a job, in order: status changes, per-epoch metrics, resumes, errors."""
+
+    __tablename__ = "fine_tune_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tune_jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(16))  # info | error
+    type: Mapped[str] = mapped_column(String(32))  # status | epoch | resume | error | message
+    message: Mapped[str] = mapped_column(String(2000))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

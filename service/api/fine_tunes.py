@@ -1,0 +1,114 @@
+"""`/v1/fine-tunes`: create, list, show, follow (events) and cancel the caller's fine-tuning jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.deps import Registry
+from service.api.files import FineTuner, Store, tenant_of
+from service.errors import InvalidInput
+from service.runtime.sources import SourceError, resolve_local_folder
+from service.training.store import JobSpec, describe_event, describe_job
+
+router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tuning"])
+SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+
+
+class HyperparametersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(3, ge=1, le=1000)
+    learning_rate: float = Field(5e-4, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+    seed: int = Field(0, ge=0)
+
+
+class FineTuneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: HyperparametersIn = HyperparametersIn()
+    method: Literal["full", "lora"] = "full"
+    suffix: str | None = Field(None, description="1-20 of a-z 0-9 -, put in the model's name")
+
+
+def _runner_notify(request: Request, job_id: str | None = None, cancel: bool = False) -> None:
+    runner = getattr(request.app.state, "runner", None)
+    if runner is None:
+        return
+    if cancel and job_id:
+        runner.cancel(job_id)
+    else:
+        runner.notify()
+
+
+@router.post("", status_code=201)
+def create_job(
+    body: FineTuneIn,
+    request: Request,
+    caller: FineTuner,
+    store: Store,
+    registry: Registry,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> dict[str, Any]:
+    tenant = tenant_of(caller)
+    base = registry.get_for(caller, body.base_model)
+    if base.manifest is None or base.manifest.task != "image-classification":
+        raise InvalidInput(f"base model {body.base_model!r} is not an image-classification model")
+    try:
+        local = base.manifest.adapter == "transformers" and resolve_local_folder(
+            base.manifest.source, base.manifest_path.parent
+        )
+    except SourceError:
+        local = None
+    if not local:
+        raise InvalidInput(
+            f"base model {body.base_model!r} cannot be fine-tuned: only transformers models in a local folder"
+        )
+    if body.method == "lora":
+        raise InvalidInput("method 'lora' is not supported yet; use 'full'")
+    if body.suffix is not None and not SUFFIX.match(body.suffix):
+        raise InvalidInput("suffix must be 1-20 of a-z, 0-9 and '-', starting with a letter or digit")
+    store.get_file(tenant, body.training_file)
+    if body.validation_file is not None:
+        store.get_file(tenant, body.validation_file)
+    spec = JobSpec(
+        base_model=body.base_model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=body.hyperparameters.model_dump(),
+        method=body.method,
+        suffix=body.suffix,
+    )
+    job = store.create_job(tenant, spec, idempotency_key)
+    _runner_notify(request)
+    return describe_job(job)
+
+
+@router.get("")
+def list_jobs(caller: FineTuner, store: Store) -> dict[str, Any]:
+    return {"object": "list", "data": [describe_job(j) for j in store.list_jobs(tenant_of(caller))]}
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
+    return describe_job(store.get_job(tenant_of(caller), job_id))
+
+
+@router.get("/{job_id}/events")
+def list_events(job_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
+    events = store.events(tenant_of(caller), job_id)
+    return {"object": "list", "data": [describe_event(e) for e in events]}
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request, caller: FineTuner, store: Store) -> dict[str, Any]:
+    job = store.cancel(tenant_of(caller), job_id)
+    _runner_notify(request, job_id, cancel=True)
+    return describe_job(job)

@@ -1,0 +1,1 @@
+"""Fine-tuning: dataset files, the job store, the trainer and the job runner."""

@@ -1,0 +1,193 @@
+"""Dataset zips in image-folder layout: checked once at upload, read again by the trainer.
+
+Layout: `<label>/<image>`, or `train/<label>/<image>` plus `validation/<label>/<image>`.
+Nothing is ever extracted to disk: images are read from the zip by entry name, so a hostile
+name cannot write anywhere; such names are refused anyway (zip-slip `..`, absolute paths,
+drive letters, backslashes, symlink entries), as are zip bombs (entry count, uncompressed
+total). Every refusal is an `InvalidInput` (422) naming the entry and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import stat
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from service.errors import GatewayError, InvalidInput
+from service.inputs import RawInput, decode_image
+
+SPLITS = ("train", "validation")
+IGNORED = re.compile(r"(^|/)(__MACOSX/|\.)")  # macOS resource forks, .DS_Store and other dot files
+DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_LABEL_CHARS = 64
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    max_files: int
+    max_uncompressed_bytes: int
+    max_image_pixels: int
+    min_images_per_label: int
+
+
+@dataclass
+class Example:
+    entry: str  # the zip entry name
+    label: str
+
+
+@dataclass
+class Dataset:
+    """The entries of a checked zip, by split; `validation` is empty when the zip has no split."""
+
+    train: list[Example] = field(default_factory=list)
+    validation: list[Example] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({e.label for e in self.train})
+
+    def summary(self) -> dict[str, Any]:
+        def counts(examples: list[Example]) -> dict[str, int]:
+            return dict(sorted(Counter(e.label for e in examples).items()))
+
+        return {
+            "labels": self.labels,
+            "train": counts(self.train),
+            "validation": counts(self.validation),
+            "images": len(self.train) + len(self.validation),
+        }
+
+
+def _check_name(info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    where = f"entry {name!r}"
+    if "\\" in name:
+        raise InvalidInput(f"{where}: backslashes are not allowed in names (use '/')")
+    if name.startswith("/") or DRIVE.match(name):
+        raise InvalidInput(f"{where}: absolute paths are not allowed")
+    if any(part == ".." for part in name.split("/")):
+        raise InvalidInput(f"{where}: '..' would escape the dataset folder (zip-slip)")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise InvalidInput(f"{where}: symbolic links are not allowed")
+    if "\x00" in name:
+        raise InvalidInput(f"{where}: NUL in name")
+
+
+def _place(name: str, split_layout: bool) -> tuple[str, str]:
+    """(split, label) of an image entry, or 422 if it is not where the layout says images go."""
+    parts = name.split("/")
+    expected = "train|validation/<label>/<image>" if split_layout else "<label>/<image>"
+    if split_layout and len(parts) == 3 and parts[0] in SPLITS:
+        split, label = parts[0], parts[1]
+    elif not split_layout and len(parts) == 2:
+        split, label = "train", parts[0]
+    else:
+        raise InvalidInput(f"entry {name!r}: not in the image-folder layout (expected {expected})")
+    if not label.strip() or len(label) > MAX_LABEL_CHARS:
+        raise InvalidInput(f"entry {name!r}: a label must be 1-{MAX_LABEL_CHARS} characters")
+    return split, label
+
+
+def open_zip(data: bytes | Path) -> zipfile.ZipFile:
+    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        return zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise InvalidInput(f"not a zip archive ({exc})") from exc
+
+
+def read_image(archive: zipfile.ZipFile, entry: str, max_pixels: int) -> Image.Image:
+    """One image of the zip, decoded with the inference path's checks (format, pixel limit) as RGB."""
+    try:
+        data = archive.read(entry)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise InvalidInput(f"entry {entry!r}: cannot be read from the zip ({exc})") from exc
+    try:
+        return decode_image(RawInput(0, data), max_pixels)
+    except GatewayError as exc:
+        raise InvalidInput(f"entry {entry!r}: {exc.message.removeprefix('input 0: ')}") from exc
+
+
+def check_dataset(data: bytes | Path, limits: DatasetLimits) -> Dataset:
+    """Check a dataset zip completely (names, layout, sizes, every image decodes); 422 on a problem."""
+    with open_zip(data) as archive:
+        everything = archive.infolist()
+        if len(everything) > limits.max_files:
+            raise InvalidInput(f"the zip has {len(everything)} entries; the limit is {limits.max_files}")
+        for info in everything:  # hidden and ignored entries too: nothing may point outside
+            _check_name(info)
+        infos = [i for i in everything if not IGNORED.search(i.filename)]
+        files = [i for i in infos if not i.is_dir()]
+        total = sum(i.file_size for i in files)
+        if total > limits.max_uncompressed_bytes:
+            raise InvalidInput(
+                f"the zip unpacks to {total} bytes; the limit is {limits.max_uncompressed_bytes}"
+            )
+        if not files:
+            raise InvalidInput("the zip holds no images")
+        split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
+        dataset = Dataset()
+        for info in files:
+            split, label = _place(info.filename, split_layout)
+            read_image(archive, info.filename, limits.max_image_pixels)
+            target = dataset.train if split == "train" else dataset.validation
+            target.append(Example(info.filename, label))
+    _check_counts(dataset, limits.min_images_per_label)
+    return dataset
+
+
+def _check_counts(dataset: Dataset, min_per_label: int) -> None:
+    labels = dataset.labels
+    if len(labels) < 2:
+        found = f"only {labels[0]!r}" if labels else "none"
+        raise InvalidInput(f"a classifier needs at least two labels (folders); found {found}")
+    counts = Counter(e.label for e in dataset.train)
+    few = {label: n for label, n in sorted(counts.items()) if n < min_per_label}
+    if few:
+        listed = ", ".join(f"{label!r} has {n}" for label, n in few.items())
+        raise InvalidInput(f"every label needs at least {min_per_label} training images: {listed}")
+    unknown = sorted({e.label for e in dataset.validation} - set(labels))
+    if unknown:
+        raise InvalidInput(f"validation labels not in the training set: {', '.join(map(repr, unknown))}")
+
+
+def load_dataset(path: Path) -> Dataset:
+    """The examples of a zip already checked at upload (layout only: the images are read later)."""
+    with open_zip(path) as archive:
+        files = [i for i in archive.infolist() if not IGNORED.search(i.filename) and not i.is_dir()]
+    split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
+    dataset = Dataset()
+    for info in files:
+        split, label = _place(info.filename, split_layout)
+        (dataset.train if split == "train" else dataset.validation).append(Example(info.filename, label))
+    return dataset
+
+
+def split_validation(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(train, validation): `fraction` of each label (at least one image) held out, chosen by `seed`."""
+
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for example in sorted(examples, key=lambda e: e.entry):
+        by_label.setdefault(example.label, []).append(example)
+    train: list[Example] = []
+    validation: list[Example] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        held = max(1, round(len(group) * fraction))
+        validation.extend(group[:held])
+        train.extend(group[held:])
+    return train, validation

@@ -1,0 +1,262 @@
+"""The job runner: claims queued jobs from the database, one at a time, and trains each on a
+device of the shared pool (in a thread), heartbeating its lease, then registers the result.
+
+Started in the app's lifespan. On shutdown it interrupts the running job after its current
+step and gives its lease up: the next gateway (or another replica) resumes it from its last
+checkpoint. A replica that dies without doing so loses its lease after `fine_tune_lease_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import socket
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.db.models import FineTuneJob
+from service.devices import DevicePool
+from service.registry import ModelRegistry
+from service.runtime.sources import resolve_local_folder
+from service.settings import Settings
+from service.training.datasets import Example, load_dataset, read_image, split_validation
+from service.training.store import FineTuneStore
+from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
+VALIDATION_FRACTION = 0.2
+
+
+def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
+    """`ft-<base>-<suffix>-<8 hex of the job id>`: URL-safe, unique, at most 64 characters."""
+    short = job_id.rsplit("_", 1)[-1][:8]
+    clean = re.sub(r"[^a-z0-9]+", "-", (suffix or "").lower()).strip("-")[:20]
+    head = f"ft-{base[: 64 - len(short) - len(clean) - 6]}"
+    return "-".join(part for part in (head, clean, short) if part)
+
+
+def models_dir(data_dir: Path) -> Path:
+    return data_dir / "models"
+
+
+class JobRunner:
+    """Runs fine-tuning jobs from the database on the device pool, one at a time per replica."""
+
+    def __init__(
+        self, store: FineTuneStore, registry: ModelRegistry, pool: DevicePool, settings: Settings
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.pool = pool
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.controls: dict[str, Control] = {}
+        # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
+        self.checkpoint_listeners: list[Callable[[str, int], None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    def register_finished_models(self) -> None:
+        """Register the model of every succeeded job (at start-up: they survive restarts)."""
+        for job in self.store.succeeded():
+            assert job.fine_tuned_model is not None
+            folder = models_dir(self.settings.data_dir) / job.fine_tuned_model
+            if folder.is_dir() and job.fine_tuned_model not in self.registry.entries:
+                self.registry.add_fine_tuned(job.fine_tuned_model, folder, job.tenant_id, job.base_model)
+
+    def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._loop(), name="maas-fine-tune-runner")
+
+    def notify(self) -> None:
+        """A job was queued here: look at once instead of at the next poll. Safe from any thread
+        (the routes that queue jobs run on worker threads)."""
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job this replica runs at its next step (others learn of it on their heartbeat)."""
+        if (control := self.controls.get(job_id)) is not None:
+            control.stop("cancelled")
+
+    async def stop(self) -> None:
+        """Interrupt the running job after its current step, hand its lease back, and end."""
+        self._stopping = True
+        for control in self.controls.values():
+            control.stop("stopping")
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                job = await asyncio.to_thread(self.store.claim, self.owner, self.settings.fine_tune_lease_s)
+            except Exception:
+                log.exception("fine-tune runner: claiming a job failed")
+                job = None
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_POLL_S):
+                        await self._wake.wait()
+                continue
+            await self._run(job)
+
+    def _device(self) -> torch.device:
+        """The device with the least inference waiting (ties: the first)."""
+        return min(self.pool.devices, key=self.pool.pending)
+
+    async def _run(self, job: FineTuneJob) -> None:
+        device = self._device()
+        control = Control(
+            pending=lambda: self.pool.pending(device), cpu_threads=self.settings.fine_tune_threads
+        )
+        self.controls[job.id] = control
+        if self._stopping:
+            control.stop("stopping")
+        work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
+        try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=min(1.0, self.settings.fine_tune_lease_s / 3))
+                if not work.done():
+                    await self._heartbeat(job, control)
+            name, metrics = await work
+            await self._heartbeat(job, control)
+            entry = self.registry.add_fine_tuned(
+                name, models_dir(self.settings.data_dir) / name, job.tenant_id, job.base_model
+            )
+            await self.registry.ensure_loaded(entry)
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                "succeeded",
+                f"job succeeded: model {name} is ready",
+                fine_tuned_model=name,
+                metrics=metrics,
+            )
+        except Interrupted as stopped:
+            if stopped.reason == "cancelled":
+                await asyncio.to_thread(self.store.finish, job.id, "cancelled", "job cancelled")
+            elif stopped.reason == "stopping":
+                await asyncio.to_thread(self.store.release, job.id, self.owner)
+            else:  # lost: another replica resumed it from the checkpoint; leave it be
+                log.warning("fine-tuning job %s: lease lost to another replica; stopped here", job.id)
+        except Exception as exc:
+            log.exception("fine-tuning job %s failed", job.id)
+            message = str(exc) or type(exc).__name__
+            await asyncio.to_thread(
+                self.store.finish, job.id, "failed", f"job failed: {message}", error=message[:2000]
+            )
+        finally:
+            self.controls.pop(job.id, None)
+
+    async def _heartbeat(self, job: FineTuneJob, control: Control) -> None:
+        state = await asyncio.to_thread(
+            self.store.heartbeat,
+            job.id,
+            self.owner,
+            self.settings.fine_tune_lease_s,
+            steps_done=control.steps_done,
+            trained_samples=control.samples,
+            device_seconds=control.device_seconds,
+        )
+        if state != "ok":  # cancelled (maybe through another replica), or the lease was lost
+            control.stop(state)
+
+    # -- on the training thread ---------------------------------------------------------------
+
+    def _train(self, job: FineTuneJob, device: torch.device, control: Control) -> tuple[str, dict[str, Any]]:
+        data = self._training_data(job)
+        params = Hyperparameters(**job.hyperparameters)
+        steps_per_epoch = -(-len(data.train_labels) // params.batch_size)
+        self.store.heartbeat(
+            job.id, self.owner, self.settings.fine_tune_lease_s, steps_total=steps_per_epoch * params.epochs
+        )
+        name = fine_tuned_name(job.base_model, job.suffix, job.id)
+        work_dir = self.settings.data_dir / "fine_tunes" / job.id
+        if (work_dir / "checkpoint.pt").exists():
+            self.store.add_event(job.id, "resume", "resuming from the last checkpoint")
+
+        def on_epoch(report: EpochReport) -> None:
+            self.store.add_event(
+                job.id,
+                "epoch",
+                f"epoch {report.epoch}/{params.epochs}: loss {report.train_loss:.4f}, "
+                f"validation accuracy {report.validation_accuracy:.4f}",
+                dict(report.__dict__),
+            )
+            self.store.heartbeat(
+                job.id,
+                self.owner,
+                self.settings.fine_tune_lease_s,
+                epochs_done=report.epoch,
+                steps_done=control.steps_done,
+            )
+            for listener in self.checkpoint_listeners:
+                listener(job.id, report.epoch)
+
+        base = self.registry.get(job.base_model)
+        assert base.manifest is not None
+        base_folder = resolve_local_folder(base.manifest.source, base.manifest_path.parent)
+        if base_folder is None:
+            raise ValueError(f"base model {job.base_model!r} has no local folder to fine-tune")
+        outcome = train(
+            base_folder=base_folder,
+            data=data,
+            params=params,
+            device=device,
+            work_dir=work_dir,
+            output_dir=models_dir(self.settings.data_dir) / name,
+            control=control,
+            on_epoch=on_epoch,
+        )
+        if outcome.resumed_from_epoch:
+            self.store.add_event(
+                job.id, "resume", f"resumed after epoch {outcome.resumed_from_epoch} and finished"
+            )
+        return name, outcome.metrics
+
+    def _training_data(self, job: FineTuneJob) -> TrainingData:
+        train_file = self.store.get_file(job.tenant_id, job.training_file)
+        dataset = load_dataset(self.store.file_path(train_file))
+        train_examples, validation = dataset.train, dataset.validation
+        extra: tuple[Path, list[Example]] | None = None
+        if job.validation_file:
+            val_file = self.store.get_file(job.tenant_id, job.validation_file)
+            val_path = self.store.file_path(val_file)
+            val_set = load_dataset(val_path)
+            extra = (val_path, val_set.train + val_set.validation)
+        elif not validation:
+            seed = int(job.hyperparameters.get("seed", 0))
+            train_examples, validation = split_validation(train_examples, VALIDATION_FRACTION, seed)
+        labels = dataset.labels
+        index = {label: i for i, label in enumerate(labels)}
+        pixels = self.settings.max_image_pixels
+        with zipfile.ZipFile(self.store.file_path(train_file)) as archive:
+            train_images = [read_image(archive, e.entry, pixels) for e in train_examples]
+            if extra is None:
+                val_images = [read_image(archive, e.entry, pixels) for e in validation]
+        if extra is not None:
+            validation = [e for e in extra[1] if e.label in index]
+            with zipfile.ZipFile(extra[0]) as archive:
+                val_images = [read_image(archive, e.entry, pixels) for e in validation]
+        return TrainingData(
+            labels=labels,
+            train_images=train_images,
+            train_labels=[index[e.label] for e in train_examples],
+            validation_images=val_images,
+            validation_labels=[index[e.label] for e in validation],
+        )

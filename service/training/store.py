@@ -1,0 +1,355 @@
+"""The one place that writes the `files`, `fine_tune_jobs` and `fine_tune_events` tables.
+
+Routes (files, fine-tunes) and the job runner are thin layers over it. Everything a tenant
+asks for is looked up with its tenant id: another tenant's file or job is simply not found.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
+from service.errors import Conflict, NotFound
+from service.training.datasets import DatasetLimits, check_dataset
+
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{secrets.token_hex(12)}"
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def describe_file(row: DatasetFile) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "filename": row.filename,
+        "bytes": row.bytes,
+        "purpose": row.purpose,
+        "status": row.status,
+        "summary": row.summary,
+        "created_at": _iso(row.created_at),
+    }
+
+
+def describe_job(row: FineTuneJob) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "fine_tuning.job",
+        "base_model": row.base_model,
+        "method": row.method,
+        "training_file": row.training_file,
+        "validation_file": row.validation_file,
+        "hyperparameters": row.hyperparameters,
+        "suffix": row.suffix,
+        "status": row.status,
+        "progress": {
+            "steps_done": row.steps_done,
+            "steps_total": row.steps_total,
+            "epochs_done": row.epochs_done,
+            "epochs_total": row.hyperparameters.get("epochs"),
+        },
+        "metrics": row.metrics,
+        "fine_tuned_model": row.fine_tuned_model,
+        "error": row.error,
+        "usage": {"device_seconds": round(row.device_seconds, 3), "trained_samples": row.trained_samples},
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+    }
+
+
+def describe_event(row: FineTuneEvent) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "fine_tuning.job.event",
+        "level": row.level,
+        "type": row.type,
+        "message": row.message,
+        "data": row.data,
+        "created_at": _iso(row.created_at),
+    }
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    base_model: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: str
+    suffix: str | None
+
+
+class FineTuneStore:
+    """Files and jobs in the database; dataset zips under `data_dir/files/<tenant>/`."""
+
+    def __init__(self, sessions: sessionmaker[Session], data_dir: Path) -> None:
+        self.sessions = sessions
+        self.data_dir = data_dir
+
+    # -- files --------------------------------------------------------------------------------
+
+    def create_file(
+        self, tenant_id: str, filename: str, data: bytes, purpose: str, limits: DatasetLimits
+    ) -> DatasetFile:
+        """Check the zip (422 on any problem), keep it, and record it."""
+        dataset = check_dataset(data, limits)
+        file_id = new_id("file")
+        relative = Path("files") / tenant_id / f"{file_id}.zip"
+        path = self.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+        row = DatasetFile(
+            id=file_id,
+            tenant_id=tenant_id,
+            filename=filename[:255],
+            bytes=len(data),
+            purpose=purpose,
+            status="processed",
+            summary=dataset.summary(),
+            path=str(relative),
+        )
+        with self.sessions.begin() as session:
+            session.add(row)
+        return row
+
+    def list_files(self, tenant_id: str) -> Sequence[DatasetFile]:
+        with self.sessions() as session:
+            query = select(DatasetFile).where(DatasetFile.tenant_id == tenant_id)
+            return session.scalars(query.order_by(DatasetFile.created_at)).all()
+
+    def get_file(self, tenant_id: str, file_id: str) -> DatasetFile:
+        with self.sessions() as session:
+            row = session.get(DatasetFile, file_id)
+        if row is None or row.tenant_id != tenant_id:
+            raise NotFound(f"file {file_id!r} not found")
+        return row
+
+    def delete_file(self, tenant_id: str, file_id: str) -> DatasetFile:
+        row = self.get_file(tenant_id, file_id)
+        with self.sessions.begin() as session:
+            active = session.scalars(
+                select(FineTuneJob.id)
+                .where(FineTuneJob.status.in_(["queued", "running"]))
+                .where(or_(FineTuneJob.training_file == file_id, FineTuneJob.validation_file == file_id))
+            ).first()
+            if active is not None:
+                raise Conflict(f"file {file_id!r} is used by job {active!r}, which has not finished")
+            session.execute(delete(DatasetFile).where(DatasetFile.id == file_id))
+        (self.data_dir / row.path).unlink(missing_ok=True)
+        return row
+
+    def file_path(self, row: DatasetFile) -> Path:
+        return self.data_dir / row.path
+
+    # -- jobs (API side) ----------------------------------------------------------------------
+
+    def create_job(self, tenant_id: str, spec: JobSpec, idempotency_key: str | None) -> FineTuneJob:
+        """A queued job; the same Idempotency-Key from the same tenant gives back the first job."""
+        if idempotency_key is not None:
+            existing = self._by_idempotency_key(tenant_id, idempotency_key)
+            if existing is not None:
+                return existing
+        row = FineTuneJob(
+            id=new_id("ftjob"),
+            tenant_id=tenant_id,
+            base_model=spec.base_model,
+            method=spec.method,
+            training_file=spec.training_file,
+            validation_file=spec.validation_file,
+            hyperparameters=spec.hyperparameters,
+            suffix=spec.suffix,
+            idempotency_key=idempotency_key,
+            status="queued",
+            cancel_requested=False,
+            steps_done=0,
+            epochs_done=0,
+            device_seconds=0.0,
+            trained_samples=0,
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+                session.flush()  # the job row first: the event refers to it
+                session.add(_event(row.id, "status", "job queued", {"status": "queued"}))
+        except IntegrityError:
+            # a concurrent request with the same key won the race: answer its job
+            existing = self._by_idempotency_key(tenant_id, idempotency_key or "")
+            if existing is None:
+                raise
+            return existing
+        return row
+
+    def _by_idempotency_key(self, tenant_id: str, key: str) -> FineTuneJob | None:
+        with self.sessions() as session:
+            return session.scalars(
+                select(FineTuneJob)
+                .where(FineTuneJob.tenant_id == tenant_id)
+                .where(FineTuneJob.idempotency_key == key)
+            ).first()
+
+    def list_jobs(self, tenant_id: str) -> Sequence[FineTuneJob]:
+        with self.sessions() as session:
+            query = select(FineTuneJob).where(FineTuneJob.tenant_id == tenant_id)
+            return session.scalars(query.order_by(FineTuneJob.created_at.desc())).all()
+
+    def get_job(self, tenant_id: str | None, job_id: str) -> FineTuneJob:
+        """The job, for its tenant (None: any tenant, for the runner)."""
+        with self.sessions() as session:
+            row = session.get(FineTuneJob, job_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFound(f"fine-tuning job {job_id!r} not found")
+        return row
+
+    def events(self, tenant_id: str, job_id: str) -> Sequence[FineTuneEvent]:
+        self.get_job(tenant_id, job_id)
+        with self.sessions() as session:
+            query = select(FineTuneEvent).where(FineTuneEvent.job_id == job_id)
+            return session.scalars(query.order_by(FineTuneEvent.id)).all()
+
+    def cancel(self, tenant_id: str, job_id: str) -> FineTuneJob:
+        """A queued job is cancelled at once; a running one is flagged, and its trainer stops at its
+        next step (the runner learns of the flag directly, or from the database on its heartbeat)."""
+        job = self.get_job(tenant_id, job_id)
+        if job.status in FINISHED:
+            raise Conflict(f"fine-tuning job {job_id!r} has already {job.status}")
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            cancelled = _rowcount(
+                session.execute(
+                    update(FineTuneJob)
+                    .where(FineTuneJob.id == job_id, FineTuneJob.status == "queued")
+                    .values(status="cancelled", cancel_requested=True, finished_at=now)
+                )
+            )
+            if cancelled:
+                session.add(_event(job_id, "status", "job cancelled", {"status": "cancelled"}))
+            else:
+                session.execute(
+                    update(FineTuneJob).where(FineTuneJob.id == job_id).values(cancel_requested=True)
+                )
+                session.add(_event(job_id, "message", "cancel requested"))
+        return self.get_job(tenant_id, job_id)
+
+    # -- jobs (runner side) -------------------------------------------------------------------
+
+    def claim(self, owner: str, lease_s: float) -> FineTuneJob | None:
+        """Take the oldest queued job, or a running one whose lease expired (its replica died).
+
+        On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so replicas
+        claiming at once get different jobs; the conditional UPDATE makes it safe on SQLite too.
+        """
+        now = datetime.now(UTC)
+        claimable = or_(
+            FineTuneJob.status == "queued",
+            (FineTuneJob.status == "running")
+            & or_(FineTuneJob.lease_expires_at.is_(None), FineTuneJob.lease_expires_at < now),
+        )
+        with self.sessions.begin() as session:
+            job = session.scalars(
+                select(FineTuneJob)
+                .where(claimable)
+                .order_by(FineTuneJob.created_at, FineTuneJob.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if job is None:
+                return None
+            resumed = job.status == "running"
+            taken = _rowcount(
+                session.execute(
+                    update(FineTuneJob)
+                    .where(FineTuneJob.id == job.id, claimable)
+                    .values(
+                        status="running",
+                        lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        started_at=job.started_at or now,
+                    )
+                )
+            )
+            if not taken:
+                return None
+            if not resumed:
+                session.add(_event(job.id, "status", "job running", {"status": "running"}))
+        return self.get_job(None, job.id)
+
+    def heartbeat(self, job_id: str, owner: str, lease_s: float, **progress: Any) -> str:
+        """Extend the lease and record progress. Answers `ok`, `cancelled` (a cancel was requested)
+        or `lost` (the lease expired and another replica took the job): the trainer stops on either."""
+        now = datetime.now(UTC)
+        with self.sessions.begin() as session:
+            session.execute(
+                update(FineTuneJob)
+                .where(FineTuneJob.id == job_id, FineTuneJob.lease_owner == owner)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s), **progress)
+            )
+            job = session.get(FineTuneJob, job_id)
+            if job is None or job.lease_owner != owner:
+                return "lost"
+            return "cancelled" if job.cancel_requested else "ok"
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give a running job up (this replica stops): any replica may resume it at once."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(FineTuneJob)
+                .where(FineTuneJob.id == job_id, FineTuneJob.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            session.add(_event(job_id, "message", "runner stopped; the job resumes from its checkpoint"))
+
+    def finish(self, job_id: str, status: str, message: str, **values: Any) -> None:
+        level = "error" if status == "failed" else "info"
+        with self.sessions.begin() as session:
+            session.execute(
+                update(FineTuneJob)
+                .where(FineTuneJob.id == job_id)
+                .values(
+                    status=status,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=datetime.now(UTC),
+                    **values,
+                )
+            )
+            session.add(_event(job_id, "status", message, {"status": status}, level=level))
+
+    def add_event(
+        self, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None, level: str = "info"
+    ) -> None:
+        with self.sessions.begin() as session:
+            session.add(_event(job_id, kind, message, data, level=level))
+
+    def succeeded(self) -> Sequence[FineTuneJob]:
+        """Every job that produced a model (registered again at start-up)."""
+        with self.sessions() as session:
+            query = select(FineTuneJob).where(FineTuneJob.status == "succeeded")
+            return session.scalars(query.where(FineTuneJob.fine_tuned_model.is_not(None))).all()
+
+
+def _event(
+    job_id: str, kind: str, message: str, data: dict[str, Any] | None = None, *, level: str = "info"
+) -> FineTuneEvent:
+    return FineTuneEvent(job_id=job_id, level=level, type=kind, message=message[:2000], data=data)
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)

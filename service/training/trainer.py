@@ -1,0 +1,239 @@
+"""The trainer: full fine-tuning of a transformers image classifier with a plain torch loop.
+
+AdamW with transformers' linear warm-up/decay schedule; shuffled mini-batches, seeded per
+epoch so that a resumed run sees the same order; an evaluation on the validation set and a
+checkpoint (model, optimizer, schedule, epoch, step) after every epoch. Between steps it
+yields to inference (`Control.pending`) and stops at once when interrupted (cancel, or the
+gateway shutting down).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import get_linear_schedule_with_warmup
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_BATCH = 64
+WARMUP = 0.05  # of all steps: the learning rate rises linearly, then decays linearly to 0
+
+
+class Interrupted(Exception):
+    """Training stopped before the end: `reason` is `cancelled` or `stopping`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Control:
+    """How the runner steers a training thread: inference first, cancel, stop."""
+
+    pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
+    cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+    steps_done: int = 0
+    samples: int = 0
+    device_seconds: float = 0.0
+
+    def stop(self, reason: str) -> None:
+        if not self.interrupt.is_set():
+            self.reason = reason
+            self.interrupt.set()
+
+    def check(self) -> None:
+        if self.interrupt.is_set():
+            raise Interrupted(self.reason)
+
+    def yield_to_inference(self) -> None:
+        """Wait while inference has work on this device (woken early by an interrupt)."""
+        while self.pending() > 0 and not self.interrupt.is_set():
+            self.interrupt.wait(0.002)
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int = 0
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    train_loss: float
+    validation_loss: float
+    validation_accuracy: float
+
+
+@dataclass
+class TrainingData:
+    labels: list[str]
+    train_images: list[Image.Image]
+    train_labels: list[int]
+    validation_images: list[Image.Image]
+    validation_labels: list[int]
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, Any]
+    resumed_from_epoch: int  # 0: started fresh
+
+
+def _pixels(processor: Any, images: list[Image.Image]) -> torch.Tensor:
+    chunks = [
+        processor(images=images[i : i + 256], return_tensors="pt")["pixel_values"]
+        for i in range(0, len(images), 256)
+    ]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
+    """The base model with a new classifier head for `labels`, and the base's own image processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(
+        base_folder,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # the head is new: its shape follows the new label set
+        local_files_only=True,
+    )
+    processor = AutoImageProcessor.from_pretrained(base_folder, local_files_only=True)  # type: ignore[no-untyped-call]
+    return model, processor
+
+
+def _evaluate(
+    model: Any, pixels: torch.Tensor, targets: torch.Tensor, device: torch.device
+) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(targets), EVAL_BATCH):
+            batch, labels = pixels[i : i + EVAL_BATCH].to(device), targets[i : i + EVAL_BATCH].to(device)
+            out = model(pixel_values=batch, labels=labels)
+            loss_sum += float(out.loss) * len(labels)
+            correct += int((out.logits.argmax(-1) == labels).sum())
+    n = max(1, len(targets))
+    return loss_sum / n, correct / n
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def train(
+    *,
+    base_folder: Path,
+    data: TrainingData,
+    params: Hyperparameters,
+    device: torch.device,
+    work_dir: Path,
+    output_dir: Path,
+    control: Control,
+    on_epoch: Callable[[EpochReport], None],
+) -> Outcome:
+    """Fine-tune the model in `base_folder` on `data`; save it (and its processor) to `output_dir`.
+
+    Resumes from `work_dir/checkpoint.pt` when there is one. Raises `Interrupted` when stopped.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        # OpenMP's thread count is per calling thread: the inference workers' threads keep theirs
+        torch.set_num_threads(control.cpu_threads)
+    model, processor = load_base(base_folder, data.labels)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
+    train_x = _pixels(processor, data.train_images)
+    train_y = torch.tensor(data.train_labels, dtype=torch.long)
+    val_x = _pixels(processor, data.validation_images)
+    val_y = torch.tensor(data.validation_labels, dtype=torch.long)
+    steps_per_epoch = math.ceil(len(train_y) / params.batch_size)
+    total_steps = steps_per_epoch * params.epochs
+    warmup = math.ceil(total_steps * WARMUP)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)  # type: ignore[no-untyped-call]
+
+    checkpoint_path = work_dir / CHECKPOINT
+    start_epoch, history = 0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        control.steps_done = int(state["steps_done"])
+        control.samples = int(state["samples"])
+    resumed_from = start_epoch
+
+    for epoch in range(start_epoch, params.epochs):
+        model.train()
+        # dropout draws from torch's global generator: seed it per epoch so a run (and its resume) repeats
+        torch.manual_seed(params.seed + epoch)
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(params.seed + epoch))
+        loss_sum = 0.0
+        for step in range(steps_per_epoch):
+            control.check()
+            control.yield_to_inference()
+            control.check()
+            started = time.perf_counter()
+            index = order[step * params.batch_size : (step + 1) * params.batch_size]
+            batch, labels = train_x[index].to(device), train_y[index].to(device)
+            loss = model(pixel_values=batch, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(index)
+            control.steps_done += 1
+            control.samples += len(index)
+            control.device_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        val_loss, val_accuracy = _evaluate(model, val_x, val_y, device)
+        control.device_seconds += time.perf_counter() - started
+        report = EpochReport(epoch + 1, loss_sum / max(1, len(train_y)), val_loss, val_accuracy)
+        history.append(report.__dict__)
+        _save_checkpoint(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "steps_done": control.steps_done,
+                "samples": control.samples,
+                "history": history,
+            },
+        )
+        on_epoch(report)
+
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    for stale in (partial, output_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    partial.replace(output_dir)
+    last = history[-1] if history else {}
+    metrics = {
+        "validation_accuracy": last.get("validation_accuracy"),
+        "validation_loss": last.get("validation_loss"),
+        "train_loss": last.get("train_loss"),
+        "train_samples": len(train_y),
+        "validation_samples": len(val_y),
+        "epochs": history,
+    }
+    return Outcome(metrics, resumed_from)

@@ -1,0 +1,213 @@
+"""Files and fine-tuning jobs through the HTTP API, in-process: upload, train the tiny ViT on
+coloured squares, serve the result to its tenant only; cancel; resume after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import Gateway
+from tests.training.zips import COLOURS, colour_dataset, png
+
+pytestmark = pytest.mark.anyio
+DEADLINE_S = 120
+
+
+async def tenant_key(admin: httpx.AsyncClient, name: str) -> str:
+    assert (await admin.post("/v1/admin/tenants", json={"name": name})).status_code == 201
+    made = await admin.post(f"/v1/admin/tenants/{name}/keys", json={})
+    assert made.status_code == 201, made.text
+    key: str = made.json()["key"]
+    return key
+
+
+async def upload(http: httpx.AsyncClient, data: bytes) -> httpx.Response:
+    return await http.post(
+        "/v1/files",
+        files={"file": ("colours.zip", data, "application/zip")},
+        data={"purpose": "fine-tune"},
+    )
+
+
+async def create_job(http: httpx.AsyncClient, file_id: str, epochs: int, **extra: Any) -> dict[str, Any]:
+    body = {
+        "base_model": "tiny-vit",
+        "training_file": file_id,
+        "hyperparameters": {"epochs": epochs, "learning_rate": 0.005, "batch_size": 4},
+        "suffix": "colours",
+        **extra,
+    }
+    made = await http.post("/v1/fine-tunes", json=body)
+    assert made.status_code == 201, made.text
+    job: dict[str, Any] = made.json()
+    return job
+
+
+async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str]) -> dict[str, Any]:
+    """Poll the job until its status is one of `statuses` (fails at the deadline)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = (await http.get(f"/v1/fine-tunes/{job_id}")).json()
+        if job["status"] in statuses:
+            return job
+        await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
+    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+async def test_files_are_checked_listed_deleted_and_private(gateway: Gateway) -> None:
+    async with gateway.client() as admin:
+        acme, other = await tenant_key(admin, "acme"), await tenant_key(admin, "other")
+    async with gateway.client(acme) as mine, gateway.client(other) as theirs:
+        refused = await upload(mine, b"not a zip")
+        assert refused.status_code == 422
+        assert refused.json()["error"]["type"] == "invalid_input"
+        assert "not a zip archive" in refused.json()["error"]["message"]
+
+        made = await upload(mine, colour_dataset(per_label=6))
+        assert made.status_code == 201, made.text
+        file = made.json()
+        assert file["id"].startswith("file_")
+        assert file["summary"]["train"] == {"blue": 6, "red": 6}
+        assert [f["id"] for f in (await mine.get("/v1/files")).json()["data"]] == [file["id"]]
+
+        assert (await theirs.get("/v1/files")).json()["data"] == []
+        assert (await theirs.get(f"/v1/files/{file['id']}")).status_code == 404
+        assert (await theirs.delete(f"/v1/files/{file['id']}")).status_code == 404
+        job = await theirs.post(
+            "/v1/fine-tunes", json={"base_model": "tiny-vit", "training_file": file["id"]}
+        )
+        assert job.status_code == 404
+
+        assert (await mine.delete(f"/v1/files/{file['id']}")).status_code == 200
+        assert (await mine.get(f"/v1/files/{file['id']}")).status_code == 404
+
+
+async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gateway) -> None:
+    async with gateway.client() as admin:
+        acme, other = await tenant_key(admin, "acme"), await tenant_key(admin, "other")
+    async with gateway.client(acme) as mine, gateway.client(other) as theirs:
+        file_id = (await upload(mine, colour_dataset(per_label=10))).json()["id"]
+        lora = await mine.post(
+            "/v1/fine-tunes", json={"base_model": "tiny-vit", "training_file": file_id, "method": "lora"}
+        )
+        assert lora.status_code == 422 and "not supported yet" in lora.json()["error"]["message"]
+
+        headers = {"Idempotency-Key": "job-1"}
+        first = await mine.post(
+            "/v1/fine-tunes",
+            json={"base_model": "tiny-vit", "training_file": file_id, "hyperparameters": {"epochs": 3}},
+            headers=headers,
+        )
+        again = await mine.post(
+            "/v1/fine-tunes",
+            json={"base_model": "tiny-vit", "training_file": file_id, "hyperparameters": {"epochs": 3}},
+            headers=headers,
+        )
+        assert first.status_code == again.status_code == 201
+        job_id = first.json()["id"]
+        assert job_id.startswith("ftjob_") and again.json()["id"] == job_id
+        assert first.json()["status"] == "queued"
+
+        job = await wait_for(mine, job_id, {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded", job
+        assert job["progress"]["steps_done"] == job["progress"]["steps_total"] > 0
+        assert job["metrics"]["validation_samples"] == 4  # 20 % of each label, held out
+        assert job["usage"]["trained_samples"] == 3 * 16 and job["usage"]["device_seconds"] > 0
+        model = job["fine_tuned_model"]
+        assert model.startswith("ft-tiny-vit-") and job_id.split("_")[1][:8] in model
+
+        events = (await mine.get(f"/v1/fine-tunes/{job_id}/events")).json()["data"]
+        assert [e["type"] for e in events if e["type"] == "epoch"] == ["epoch"] * 3
+        assert [e["data"]["status"] for e in events if e["type"] == "status"] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
+
+        image = png(COLOURS["red"], seed=7)
+        served = await mine.post(
+            f"/v1/models/{model}/predict", content=image, headers={"Content-Type": "image/png"}
+        )
+        assert served.status_code == 200, served.text
+        assert {p["label"] for p in served.json()["predictions"][0]} == {"red", "blue"}
+        assert model in [m["id"] for m in (await mine.get("/v1/models")).json()["data"]]
+
+        assert model not in [m["id"] for m in (await theirs.get("/v1/models")).json()["data"]]
+        assert (await theirs.get(f"/v1/models/{model}")).status_code == 404
+        stolen = await theirs.post(
+            f"/v1/models/{model}/predict", content=image, headers={"Content-Type": "image/png"}
+        )
+        assert stolen.status_code == 404
+        assert (await theirs.get(f"/v1/fine-tunes/{job_id}")).status_code == 404
+        assert (await theirs.get(f"/v1/fine-tunes/{job_id}/events")).status_code == 404
+        assert (await theirs.post(f"/v1/fine-tunes/{job_id}/cancel")).status_code == 404
+        assert (await theirs.get("/v1/fine-tunes")).json()["data"] == []
+
+
+async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
+    file_id = (await upload(client, colour_dataset(per_label=10))).json()["id"]
+    job = await create_job(client, file_id, epochs=1000)
+    await wait_for(client, job["id"], {"running"})
+    cancelled = await client.post(f"/v1/fine-tunes/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    done = await wait_for(client, job["id"], {"cancelled", "succeeded", "failed"})
+    assert done["status"] == "cancelled"
+    assert done["fine_tuned_model"] is None
+    assert done["progress"]["steps_done"] < done["progress"]["steps_total"]
+    assert (await client.post(f"/v1/fine-tunes/{job['id']}/cancel")).status_code == 409
+
+
+async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings: Settings) -> None:
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_after_first_epoch(job_id: str, epoch: int) -> None:
+        if epoch == 1:
+            reached.set()
+            release.wait(DEADLINE_S)  # the gateway stops while the job sits at this checkpoint
+
+    first = create_app(settings)
+    async with first.router.lifespan_context(first):
+        first.state.runner.checkpoint_listeners.append(hold_after_first_epoch)
+        async with Gateway(first).client() as http:
+            file_id = (await upload(http, colour_dataset(per_label=10))).json()["id"]
+            job = await create_job(http, file_id, epochs=3)
+        try:
+            assert await asyncio.to_thread(reached.wait, DEADLINE_S)
+            stopping = asyncio.create_task(first.state.runner.stop())
+            await asyncio.sleep(0)  # let stop() flag the job before it goes on
+        finally:
+            release.set()
+        await stopping
+
+    second = create_app(settings)
+    async with second.router.lifespan_context(second), Gateway(second).client() as http:
+        done = await wait_for(http, job["id"], {"succeeded", "failed", "cancelled"})
+        assert done["status"] == "succeeded", done
+        assert [e["epoch"] for e in done["metrics"]["epochs"]] == [1, 2, 3]
+        events = (await http.get(f"/v1/fine-tunes/{job['id']}/events")).json()["data"]
+        kinds = [e["type"] for e in events]
+        assert kinds.count("epoch") == 3  # epoch 1 was not run twice
+        resumes = [e["message"] for e in events if e["type"] == "resume"]
+        assert resumes == ["resuming from the last checkpoint", "resumed after epoch 1 and finished"]
+        served = await http.post(
+            f"/v1/models/{done['fine_tuned_model']}/predict",
+            content=png(COLOURS["blue"], seed=3),
+            headers={"Content-Type": "image/png"},
+        )
+        assert served.status_code == 200
+
+
+async def test_an_upload_over_the_limit_is_refused_with_413(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"max_upload_bytes": 2000}))
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        refused = await upload(http, colour_dataset(per_label=10))
+        assert refused.status_code == 413
+        assert refused.json()["error"]["message"] == "the file exceeds the upload limit of 2000 bytes"
+        assert (await http.get("/v1/files")).json()["data"] == []

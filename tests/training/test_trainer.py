@@ -1,0 +1,73 @@
+"""The trainer on the tiny ViT: it takes no step while inference has work queued on its device,
+and stops at the next step when interrupted."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
+from tests.training.zips import COLOURS, png
+
+
+def data(per_label: int = 6) -> TrainingData:
+    images = [
+        Image.open(io.BytesIO(png(COLOURS[c], seed=i))).convert("RGB")
+        for c in ("red", "blue")
+        for i in range(per_label)
+    ]
+    labels = [0] * per_label + [1] * per_label
+    return TrainingData(["red", "blue"], images, labels, images[:2] + images[-2:], [0, 0, 1, 1])
+
+
+def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    control = Control()
+    seen: list[tuple[int, int]] = []  # (queued inputs reported, steps done at that moment)
+
+    def pending() -> int:
+        queued = 1 if len(seen) < 40 else 0  # inference has work for the first 40 looks, then none
+        seen.append((queued, control.steps_done))
+        return queued
+
+    control.pending = pending
+    epochs: list[EpochReport] = []
+    train(
+        base_folder=tiny_vit_dir,
+        data=data(),
+        params=Hyperparameters(epochs=2, learning_rate=0.01, batch_size=4),
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        output_dir=tmp_path / "out",
+        control=control,
+        on_epoch=epochs.append,
+    )
+    assert all(steps == 0 for queued, steps in seen if queued)  # waited for inference before step 1
+    assert control.steps_done == 6 and control.samples == 24
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "work" / "checkpoint.pt").exists()
+
+
+def test_an_interrupt_stops_training_before_the_next_step(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    control = Control()
+
+    def cancel_after_first_epoch(report: EpochReport) -> None:
+        control.stop("cancelled")
+
+    with pytest.raises(Interrupted) as stopped:
+        train(
+            base_folder=tiny_vit_dir,
+            data=data(),
+            params=Hyperparameters(epochs=5, learning_rate=0.01, batch_size=4),
+            device=torch.device("cpu"),
+            work_dir=tmp_path / "work",
+            output_dir=tmp_path / "out",
+            control=control,
+            on_epoch=cancel_after_first_epoch,
+        )
+    assert stopped.value.reason == "cancelled"
+    assert control.steps_done == 3  # epoch 1 only
+    assert not (tmp_path / "out").exists()
