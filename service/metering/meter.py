@@ -48,6 +48,12 @@ class UsageMetrics:
             buckets=GROUP_BUCKETS,
             registry=registry,
         )
+        self.inputs = Counter(
+            "maas_usage_inputs",
+            "Billed inputs (answered 200), by tenant id and model: usage by tenant on dashboards.",
+            ["tenant", "model"],
+            registry=registry,
+        )
         self.write_failures = Counter(
             "maas_usage_write_failures", "Usage events that could not be committed.", registry=registry
         )
@@ -121,6 +127,8 @@ class Meter:
             raise UsageUnavailable("usage could not be recorded; the request was not billed") from exc
         if usage is not None:
             self.metrics.events.labels(str(usage.status)).inc()
+            if usage.status == 200:
+                self.metrics.inputs.labels(usage.tenant_id, usage.model).inc(usage.inputs)
 
     async def claim(self, tenant_id: str, key: str, digest: str, request_id: str) -> Claim:
         return await anyio.to_thread.run_sync(self.idempotency.claim, tenant_id, key, digest, request_id)
