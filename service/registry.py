@@ -85,7 +85,7 @@ class ModelEntry:
 
     @property
     def num_labels(self) -> int | None:
-        return self.replicas[0].adapter.num_labels if self.replicas else None
+        return self.adapter.num_labels if self.replicas else None
 
     def describe(self) -> dict[str, Any]:
         """The public view of this model (models list and detail)."""
@@ -97,9 +97,7 @@ class ModelEntry:
             "adapter": m.adapter if m else None,
             "status": self.status.value,
             "reason": self.reason,
-            "dtype": (
-                dtype_name(self.replicas[0].adapter.dtype) if self.replicas else (m.dtype if m else None)
-            ),
+            "dtype": (dtype_name(self.adapter.dtype) if self.replicas else (m.dtype if m else None)),
             "devices": [str(r.device) for r in self.replicas],
             "replicas": m.replicas if m else 0,
             "batching": m.batching.model_dump() if m else None,
