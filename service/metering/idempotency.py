@@ -28,12 +28,30 @@ MAX_KEY_CHARS = 255
 
 
 def request_hash(model: str, query: str, content_type: str, body: bytes) -> str:
-    """What makes two requests 'the same': model, query string, media type and body bytes."""
+    """What makes two requests 'the same': model, query string, media type and body bytes.
+
+    A multipart body counts without its boundary: clients draw a new one for every attempt, so a
+    retry of the same files must hash the same."""
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type == "multipart/form-data":
+        boundary = _boundary(parameters)
+        if boundary:
+            body = body.replace(b"--" + boundary, b"--")
+        parameters = ""
     digest = hashlib.sha256()
-    for part in (model.encode(), query.encode(), content_type.encode()):
+    for part in (model.encode(), query.encode(), media_type.encode(), parameters.strip().encode()):
         digest.update(len(part).to_bytes(8, "big") + part)
     digest.update(body)
     return digest.hexdigest()
+
+
+def _boundary(parameters: str) -> bytes:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "boundary":
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return b""
 
 
 class ClaimState(StrEnum):

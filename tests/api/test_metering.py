@@ -138,6 +138,19 @@ async def test_sequential_retries_replay_the_first_answer_and_are_billed_once(
     assert 'maas_idempotent_replays_total{outcome="replayed"} 3.0' in metrics
 
 
+async def test_a_multipart_retry_with_a_new_boundary_is_replayed(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    files = [("file", ("a.png", image_bytes(), "image/png")), ("file", ("b.png", image_bytes(), "image/png"))]
+    headers = {"Idempotency-Key": "multipart-1"}
+    first = await client.post(PREDICT, files=files, headers=headers)  # httpx draws a new boundary
+    again = await client.post(PREDICT, files=files, headers=headers)  # for every request
+    assert first.request.headers["content-type"] != again.request.headers["content-type"]
+    assert first.status_code == again.status_code == 200 and again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    assert [e.request_id for e in events(app)] == [first.json()["id"]]
+
+
 async def test_concurrent_retries_are_run_and_billed_once(app: FastAPI, client: httpx.AsyncClient) -> None:
     headers = {"Content-Type": "image/png", "Idempotency-Key": "burst"}
     body = image_bytes()

@@ -36,3 +36,15 @@ def test_the_request_hash_covers_model_query_media_type_and_body() -> None:
         request_hash("vi", "ttop_k=1", "image/png", b"x"),  # fields are length-prefixed
     }
     assert base not in others and len(others) == 5
+
+
+def test_a_multipart_retry_with_a_new_boundary_hashes_the_same() -> None:
+    def multipart(boundary: str, content: bytes) -> tuple[str, bytes]:
+        part = b'Content-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + content
+        body = b"--%s\r\n%s\r\n--%s--\r\n" % (boundary.encode(), part, boundary.encode())
+        return f'multipart/form-data; boundary="{boundary}"', body
+
+    first = request_hash("vit", "", *multipart("b1f0e2", b"png bytes"))
+    assert first == request_hash("vit", "", *multipart("9c7d3a44", b"png bytes"))
+    assert first != request_hash("vit", "", *multipart("9c7d3a44", b"other bytes"))
+    assert first != request_hash("vit", "", "image/png", b"png bytes")
