@@ -20,6 +20,7 @@ from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admi
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
+from service.inputs import InputLimits
 from service.metering import Idempotency, Meter, PriceBook, UnitPrice, UsageMetrics, UsageWriter, to_micro
 from service.metrics import Metrics
 from service.quota import Quota
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.input_limits = InputLimits.of(settings)
     app.state.metrics = Metrics()
     limit_metrics = LimitMetrics(app.state.metrics.registry)
     usage_metrics = UsageMetrics(app.state.metrics.registry)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.runtime.base import InputKind
+from service.settings import Settings
 
 # Declared media type -> the Pillow format the bytes must have.
 IMAGE_TYPES = {
@@ -53,6 +54,15 @@ class InputLimits:
     max_image_pixels: int
     max_inputs: int
     max_text_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> InputLimits:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_inputs=settings.max_inputs_per_request,
+            max_text_chars=settings.max_text_chars,
+        )
 
 
 def _media_type(value: str | None) -> str:

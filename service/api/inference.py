@@ -233,13 +233,8 @@ async def _answer(
     try:
         deadline = _deadline(timeout_ms, settings)
         await registry.ensure_loaded(entry)
-        limits = InputLimits(
-            max_body_bytes=settings.max_body_bytes,
-            max_image_pixels=settings.max_image_pixels,
-            max_inputs=settings.max_inputs_per_request,
-            max_text_chars=settings.max_text_chars,
-        )
         with entry.arriving_request():
+            limits: InputLimits = request.app.state.input_limits  # built once, from the settings
             inputs = await read_inputs(request, entry.input_kind, limits, body)
             tally.inputs = len(inputs)
             features = await anyio.to_thread.run_sync(_prepare, entry, inputs, settings.max_image_pixels)
