@@ -77,7 +77,14 @@ class RunningServer:
 
 
 def _maas_command(
-    model_dir: Path, work: Path, port: int, max_batch_size: int, max_delay_ms: float
+    model_dir: Path,
+    work: Path,
+    port: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    *,
+    devices: str = "cpu",
+    dtype: str = "float32",
 ) -> list[str]:
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -86,7 +93,7 @@ def _maas_command(
             name: bench
             task: image-classification
             source: {model_dir}
-            dtype: float32
+            dtype: {dtype}
             preload: true
             batching: {{max_batch_size: {max_batch_size}, max_delay_ms: {max_delay_ms}}}
         """),
@@ -104,7 +111,7 @@ def _maas_command(
         "--data-dir",
         str(work / "var"),
         "--devices",
-        "cpu",
+        devices,
         "--log-level",
         "warning",
     ]
@@ -119,6 +126,8 @@ def start_server(
     max_batch_size: int,
     max_delay_ms: float,
     start_timeout_s: float = 240.0,
+    devices: str = "cpu",
+    dtype: str = "float32",
 ) -> RunningServer:
     """Start server `name` for the model in `model_dir`; returns once it has answered one prediction."""
     port = free_port()
@@ -127,7 +136,9 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     if name == "maas":
-        command = _maas_command(model_dir, work, port, max_batch_size, max_delay_ms)
+        command = _maas_command(
+            model_dir, work, port, max_batch_size, max_delay_ms, devices=devices, dtype=dtype
+        )
         env["MAAS_ADMIN_KEY"] = BENCH_KEY
         url, headers, cwd = (
             f"http://127.0.0.1:{port}/v1/models/bench/predict",
