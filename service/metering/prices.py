@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PriceRow
@@ -69,6 +69,7 @@ class PriceBook:
         changed (or is new). Returns the models that got a new row."""
         changed: list[str] = []
         with self._sessions.begin() as session:
+            _lock_prices(session)
             for model, price in prices:
                 latest = _latest(session, model)
                 if latest is None or (latest.per_input_micro, latest.per_compute_second_micro) != (
@@ -94,6 +95,14 @@ class PriceBook:
         with self._sessions() as session:
             query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id)
             return list(session.scalars(query))
+
+
+def _lock_prices(session: Session) -> None:
+    """Replicas starting at once read and add price rows one after another: without this, two
+    would each find no row (or the old price) and both add one. Readers are not blocked.
+    SQLite serves one replica only: nothing to order there."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"LOCK TABLE {PriceRow.__tablename__} IN EXCLUSIVE MODE"))
 
 
 def _latest(session: Session, model: str) -> PriceRow | None:
