@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.fine_tunes = FineTuneStore(sessions, settings.data_dir)
         runner = JobRunner(app.state.fine_tunes, registry, pool, settings)
         runner.register_finished_models()  # fine-tuned models survive restarts
+        registry.discover_fine_tuned = runner.discover  # and those other replicas finish are found on demand
         app.state.runner = runner if settings.fine_tune_runner else None
         app.state.metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
         app.state.metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
