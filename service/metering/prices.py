@@ -58,11 +58,17 @@ class PriceBook:
     """The current price of each model (kept in memory: pricing a request reads no database)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        sessions: sessionmaker[Session],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        unlisted: Callable[[str], UnitPrice | None] = lambda model: None,
     ) -> None:
         self._sessions = sessions
         self._now = now
         self._current: dict[str, UnitPrice] = {}
+        # the price of a model registered after start-up (fine-tuned, here or on another replica):
+        # its manifest's, until the next start-up writes it into the book
+        self._unlisted = unlisted
 
     def sync(self, prices: Iterable[tuple[str, UnitPrice]]) -> list[str]:
         """Make `prices` the current ones; adds a row, effective now, for each model whose price
@@ -89,7 +95,10 @@ class PriceBook:
         return changed
 
     def current(self, model: str) -> UnitPrice:
-        return self._current.get(model, FREE)
+        price = self._current.get(model)
+        if price is None:
+            price = self._unlisted(model) or FREE
+        return price
 
     def history(self, model: str) -> list[PriceRow]:
         with self._sessions() as session:

@@ -254,6 +254,7 @@ def test_each_fine_tune_runs_on_exactly_one_replica_and_serves_its_tenant_on_bot
                 answer = predict(mine[index], model=model)
                 assert answer.status_code == 200, (index, answer.text)
                 assert {p["label"] for p in answer.json()["predictions"][0]} <= set(TINY_LABELS)
+                assert answer.json()["usage"]["cost_micro"] == PRICE_MICRO  # its base's price, everywhere
                 refused = predict(theirs[index], model=model)
                 assert refused.status_code == 404, refused.text
                 assert model not in [m["id"] for m in theirs[index].get("/v1/models").json()["data"]]

@@ -107,3 +107,14 @@ def _waiting_on_prices(engine: Engine) -> bool:
     with engine.connect() as connection:
         query = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'prices'::regclass"
         return bool(connection.execute(text(query)).scalar())
+
+
+def test_a_model_registered_after_start_up_is_priced_by_its_manifest_until_listed(
+    sessions: sessionmaker[Session],
+) -> None:
+    manifests = {"ft-vit-1": UnitPrice(200, 7)}
+    book = PriceBook(sessions, unlisted=manifests.get)
+    book.sync([("vit", UnitPrice(200))])
+    assert book.current("ft-vit-1") == UnitPrice(200, 7)  # fine-tuned since: its base's price
+    assert book.current("unknown") == UnitPrice()
+    assert book.history("ft-vit-1") == []  # the next start-up writes its row
