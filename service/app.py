@@ -25,7 +25,7 @@ from service.metering import Idempotency, Meter, PriceBook, UnitPrice, UsageMetr
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter, LimitMetrics, build_buckets
-from service.registry import ModelRegistry
+from service.registry import ModelEntry, ModelRegistry
 from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.fine_tunes = FineTuneStore(sessions, settings.data_dir)
         runner = JobRunner(app.state.fine_tunes, registry, pool, settings)
         runner.register_finished_models()  # fine-tuned models survive restarts
+        registry.discover_fine_tuned = runner.discover  # and those other replicas finish are found on demand
         app.state.runner = runner if settings.fine_tune_runner else None
         app.state.metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
         app.state.metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
@@ -160,16 +161,16 @@ def _meter(
     metrics: UsageMetrics,
 ) -> Meter:
     """The meter, with the manifests' prices made current in the price book."""
-    prices = PriceBook(sessions)
+
+    def unit_price(entry: ModelEntry | None) -> UnitPrice | None:
+        if entry is None or entry.manifest is None:
+            return None
+        price = entry.manifest.price
+        return UnitPrice(to_micro(price.per_image), to_micro(price.per_compute_second))
+
+    prices = PriceBook(sessions, unlisted=lambda model: unit_price(registry.entries.get(model)))
     changed = prices.sync(
-        (
-            entry.name,
-            UnitPrice(
-                to_micro(entry.manifest.price.per_image), to_micro(entry.manifest.price.per_compute_second)
-            ),
-        )
-        for entry in registry.list()
-        if entry.manifest is not None
+        (entry.name, price) for entry in registry.list() if (price := unit_price(entry)) is not None
     )
     if changed:
         log.info("price book: new prices for %s", ", ".join(changed))

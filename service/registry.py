@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -134,6 +134,8 @@ class ModelRegistry:
         self.hub_timeout_s = hub_timeout_s
         self.entries: dict[str, ModelEntry] = {}
         self.preload_done = asyncio.Event()
+        # set by the app: registers fine-tuned models that other replicas finished, (tenant, model)
+        self.discover_fine_tuned: Callable[[str | None, str | None], Awaitable[None]] | None = None
 
     def discover(self) -> None:
         """Read every manifest in the models directory (does not load anything)."""
@@ -165,6 +167,19 @@ class ModelRegistry:
         entry = self.get(name)
         caller.require_model(name, entry.owner)
         return entry
+
+    async def find_for(self, caller: Principal, name: str) -> ModelEntry:
+        """`get_for`, once a model this replica does not know yet was looked for among those that
+        other replicas fine-tuned."""
+        if name not in self.entries and self.discover_fine_tuned is not None:
+            await self.discover_fine_tuned(caller.tenant_id, name)
+        return self.get_for(caller, name)
+
+    async def list_for(self, caller: Principal) -> list[ModelEntry]:
+        """The models `caller` may use, the tenant's fine-tuned ones included wherever they were trained."""
+        if self.discover_fine_tuned is not None and caller.tenant_id is not None:
+            await self.discover_fine_tuned(caller.tenant_id, None)
+        return [e for e in self.list() if caller.may_use(e.name, e.owner)]
 
     def add_fine_tuned(self, name: str, folder: Path, owner: str, base_model: str) -> ModelEntry:
         """Register a fine-tuned model saved in `folder` as `owner`'s private model (not loaded yet).

@@ -227,7 +227,7 @@ async def _answer(
     """Run the request on the model; None when the client left first."""
     started = time.perf_counter()
     caller.require_scope("inference")
-    entry = registry.get_for(caller, model)
+    entry = await registry.find_for(caller, model)
     status = 500
     inputs: list[RawInput] = []
     try:

@@ -13,10 +13,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("")
 async def list_models(caller: Caller, registry: Registry) -> dict[str, Any]:
-    visible = [e.describe() for e in registry.list() if caller.may_use(e.name, e.owner)]
-    return {"object": "list", "data": visible}
+    return {"object": "list", "data": [e.describe() for e in await registry.list_for(caller)]}
 
 
 @router.get("/{model}")
 async def get_model(model: str, caller: Caller, registry: Registry) -> dict[str, Any]:
-    return registry.get_for(caller, model).describe()
+    return (await registry.find_for(caller, model)).describe()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PriceRow
@@ -58,17 +58,24 @@ class PriceBook:
     """The current price of each model (kept in memory: pricing a request reads no database)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        sessions: sessionmaker[Session],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        unlisted: Callable[[str], UnitPrice | None] = lambda model: None,
     ) -> None:
         self._sessions = sessions
         self._now = now
         self._current: dict[str, UnitPrice] = {}
+        # the price of a model registered after start-up (fine-tuned, here or on another replica):
+        # its manifest's, until the next start-up writes it into the book
+        self._unlisted = unlisted
 
     def sync(self, prices: Iterable[tuple[str, UnitPrice]]) -> list[str]:
         """Make `prices` the current ones; adds a row, effective now, for each model whose price
         changed (or is new). Returns the models that got a new row."""
         changed: list[str] = []
         with self._sessions.begin() as session:
+            _lock_prices(session)
             for model, price in prices:
                 latest = _latest(session, model)
                 if latest is None or (latest.per_input_micro, latest.per_compute_second_micro) != (
@@ -88,12 +95,23 @@ class PriceBook:
         return changed
 
     def current(self, model: str) -> UnitPrice:
-        return self._current.get(model, FREE)
+        price = self._current.get(model)
+        if price is None:
+            price = self._unlisted(model) or FREE
+        return price
 
     def history(self, model: str) -> list[PriceRow]:
         with self._sessions() as session:
             query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id)
             return list(session.scalars(query))
+
+
+def _lock_prices(session: Session) -> None:
+    """Replicas starting at once read and add price rows one after another: without this, two
+    would each find no row (or the old price) and both add one. Readers are not blocked.
+    SQLite serves one replica only: nothing to order there."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"LOCK TABLE {PriceRow.__tablename__} IN EXCLUSIVE MODE"))
 
 
 def _latest(session: Session, model: str) -> PriceRow | None:

@@ -37,11 +37,14 @@ IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other rep
 VALIDATION_FRACTION = 0.2
 
 
+FINE_TUNED_PREFIX = "ft-"
+
+
 def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
     """`ft-<base>-<suffix>-<8 hex of the job id>`: URL-safe, unique, at most 64 characters."""
     short = job_id.rsplit("_", 1)[-1][:8]
     clean = re.sub(r"[^a-z0-9]+", "-", (suffix or "").lower()).strip("-")[:20]
-    head = f"ft-{base[: 64 - len(short) - len(clean) - 6]}"
+    head = f"{FINE_TUNED_PREFIX}{base[: 64 - len(short) - len(clean) - 6]}"
     return "-".join(part for part in (head, clean, short) if part)
 
 
@@ -67,14 +70,41 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._missing: set[str] = set()  # fine-tuned models whose folder this replica cannot see
 
     def register_finished_models(self) -> None:
         """Register the model of every succeeded job (at start-up: they survive restarts)."""
         for job in self.store.succeeded():
-            assert job.fine_tuned_model is not None
-            folder = models_dir(self.settings.data_dir) / job.fine_tuned_model
-            if folder.is_dir() and job.fine_tuned_model not in self.registry.entries:
-                self.registry.add_fine_tuned(job.fine_tuned_model, folder, job.tenant_id, job.base_model)
+            self._register_finished(job)
+
+    async def discover(self, tenant_id: str | None, model: str | None) -> None:
+        """Register the models other replicas finished since this one started (they share the
+        database and the data directory): the tenant's (None: all), or only the one named `model`."""
+        if model is not None and (model in self.registry.entries or not model.startswith(FINE_TUNED_PREFIX)):
+            return  # known, or not a fine-tuned name: no database read
+        jobs = await asyncio.to_thread(self.store.succeeded, tenant_id=tenant_id, model=model)
+        for job in jobs:  # on the event loop: registering never races the routes reading the registry
+            self._register_finished(job)
+
+    def _register_finished(self, job: FineTuneJob) -> None:
+        name = job.fine_tuned_model
+        assert name is not None
+        if name in self.registry.entries:
+            return
+        folder = models_dir(self.settings.data_dir) / name
+        if not folder.is_dir():
+            if name in self._missing:
+                return
+            self._missing.add(name)  # said once, not on every listing
+            log.warning(
+                "fine-tuned model %s: job %s succeeded but %s is missing here; replicas must share "
+                "MAAS_DATA_DIR (a ReadWriteMany volume)",
+                name,
+                job.id,
+                folder,
+            )
+            return
+        self.registry.add_fine_tuned(name, folder, job.tenant_id, job.base_model)
 
     def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()
@@ -121,6 +151,7 @@ class JobRunner:
 
     async def _run(self, job: FineTuneJob) -> None:
         device = self._device()
+        log.info("fine-tuning job %s: claimed by %s, on %s", job.id, self.owner, device)
         control = Control(
             pending=lambda: self.pool.pending(device), cpu_threads=self.settings.fine_tune_threads
         )
@@ -147,6 +178,7 @@ class JobRunner:
                 fine_tuned_model=name,
                 metrics=metrics,
             )
+            log.info("fine-tuning job %s: succeeded on %s, model %s", job.id, self.owner, name)
         except Interrupted as stopped:
             if stopped.reason == "cancelled":
                 await asyncio.to_thread(self.store.finish, job.id, "cancelled", "job cancelled")

@@ -337,10 +337,15 @@ class FineTuneStore:
         with self.sessions.begin() as session:
             session.add(_event(job_id, kind, message, data, level=level))
 
-    def succeeded(self) -> Sequence[FineTuneJob]:
-        """Every job that produced a model (registered again at start-up)."""
+    def succeeded(self, *, tenant_id: str | None = None, model: str | None = None) -> Sequence[FineTuneJob]:
+        """Every job that produced a model (registered again at start-up), or only the tenant's, or
+        only the one that produced `model` (replicas find models finished by others)."""
         with self.sessions() as session:
             query = select(FineTuneJob).where(FineTuneJob.status == "succeeded")
+            if tenant_id is not None:
+                query = query.where(FineTuneJob.tenant_id == tenant_id)
+            if model is not None:
+                query = query.where(FineTuneJob.fine_tuned_model == model)
             return session.scalars(query.where(FineTuneJob.fine_tuned_model.is_not(None))).all()
 
 

@@ -49,6 +49,7 @@ FULL: dict[str, Any] = {
     "redis": {"enabled": True},
     "autoscaling": {"enabled": True, "customMetric": {"enabled": True}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "sharedData": {"enabled": True, "storageClassName": "nfs-client", "size": "200Gi"},
 }
 
 # Prometheus Operator CRDs ship no schema in any registry package: the fields this chart uses.
@@ -88,10 +89,15 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        files: dict[str, str] = chart.render(values or {}, name="maas", namespace="ml", is_install=True)
+    return files
+
+
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every manifest the chart renders for `values`, NOTES.txt aside."""
-    with helm.Chart.load(CHART) as chart:
-        files = chart.render(values or {}, name="maas", namespace="ml", is_install=True)
+    files = render_files(values)
     docs: list[dict[str, Any]] = []
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -155,6 +161,7 @@ def _all_cases() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "full", FULL
     yield "external", {"replicaCount": 2, "externalDatabase": {"url": EXTERNAL_DB}}
     yield "existing-secret", {"replicaCount": 2, "secrets": {"existingSecret": "maas-prod"}}
+    yield "existing-claim", {"sharedData": {"enabled": True, "existingClaim": "maas-data"}}
 
 
 @pytest.mark.parametrize(("case", "values"), list(_all_cases()), ids=[c for c, _ in _all_cases()])
@@ -301,11 +308,50 @@ def test_no_migration_job_without_a_shared_database(defaults: list[dict[str, Any
         ({"replicaCount": 2}, "shared database"),
         ({"autoscaling": {"enabled": True}}, "shared database"),
         ({"postgresql": {"enabled": True}}, "postgresql.auth.password is required"),
+        (
+            {
+                "replicaCount": 2,
+                "externalDatabase": {"url": EXTERNAL_DB},
+                "sharedData": {"enabled": True, "accessModes": ["ReadWriteOnce"]},
+            },
+            "ReadWriteMany",
+        ),
     ],
 )
 def test_unsafe_values_are_refused_at_render_time(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         render(values)
+
+
+def test_replicas_share_one_data_volume_when_asked(full: list[dict[str, Any]]) -> None:
+    claim = one(full, "PersistentVolumeClaim", "maas-maas-gateway-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-client"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # fine-tuned models stay
+    pod = one(full, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert volume == {"name": "data", "persistentVolumeClaim": {"claimName": "maas-maas-gateway-data"}}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data")
+    assert mount["mountPath"] == "/var/lib/maas"  # the image's MAAS_DATA_DIR
+
+    docs = render({"sharedData": {"enabled": True, "existingClaim": "maas-data"}})
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "maas-data"}} in pod["volumes"]
+
+
+def test_several_replicas_without_a_shared_data_volume_are_warned_about(
+    defaults: list[dict[str, Any]],
+) -> None:
+    assert {"name": "data", "emptyDir": {}} in one(defaults, "Deployment")["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    notes = {"replicaCount": 2, "externalDatabase": {"url": EXTERNAL_DB}}
+    [text] = [t for p, t in render_files(notes).items() if p.endswith("NOTES.txt")]
+    assert "sharedData.enabled" in text
+    [text] = [t for p, t in render_files(FULL).items() if p.endswith("NOTES.txt")]
+    assert "sharedData.enabled" not in text
 
 
 def test_autoscaling_on_cpu_and_queue_depth_and_a_disruption_budget(full: list[dict[str, Any]]) -> None:

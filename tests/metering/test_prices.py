@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import create_db_engine, session_factory, upgrade
 from service.metering import PriceBook, UnitPrice, format_micro, to_micro
+from tests.conftest import fresh_postgres_database, postgres_url_or_skip
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,50 @@ def test_a_changed_manifest_price_adds_a_version_and_keeps_the_old_one(
         (300, datetime(2026, 11, 1, tzinfo=UTC)),
     ]
     assert book.current("vit") == UnitPrice(300) and book.current("unknown") == UnitPrice()
+
+
+@pytest.mark.postgres
+def test_replicas_syncing_the_same_price_at_once_add_one_row() -> None:
+    """The second replica syncs while the first has read the book but not yet added its row: it must
+    wait for the first and then find the price unchanged (else both add a row)."""
+    with fresh_postgres_database(postgres_url_or_skip()) as url:
+        engine = create_db_engine(url)
+        upgrade(engine)
+        sessions = session_factory(engine)
+        answers: dict[str, list[str]] = {}
+        second = threading.Thread(
+            target=lambda: answers.update(second=PriceBook(sessions).sync([("vit", UnitPrice(200))]))
+        )
+
+        def first_adds_its_row_now() -> datetime:
+            second.start()
+            deadline = time.monotonic() + 30
+            # until the second has finished (no lock: it raced us) or is waiting on our lock
+            while second.is_alive() and not _waiting_on_prices(engine):
+                assert time.monotonic() < deadline, "the second sync neither finished nor waited"
+            return datetime.now(UTC)
+
+        try:
+            answers["first"] = PriceBook(sessions, now=first_adds_its_row_now).sync([("vit", UnitPrice(200))])
+            second.join(timeout=30)
+            assert answers == {"first": ["vit"], "second": []}
+            assert [r.per_input_micro for r in PriceBook(sessions).history("vit")] == [200]
+        finally:
+            engine.dispose()
+
+
+def _waiting_on_prices(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        query = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'prices'::regclass"
+        return bool(connection.execute(text(query)).scalar())
+
+
+def test_a_model_registered_after_start_up_is_priced_by_its_manifest_until_listed(
+    sessions: sessionmaker[Session],
+) -> None:
+    manifests = {"ft-vit-1": UnitPrice(200, 7)}
+    book = PriceBook(sessions, unlisted=manifests.get)
+    book.sync([("vit", UnitPrice(200))])
+    assert book.current("ft-vit-1") == UnitPrice(200, 7)  # fine-tuned since: its base's price
+    assert book.current("unknown") == UnitPrice()
+    assert book.history("ft-vit-1") == []  # the next start-up writes its row

@@ -1,0 +1,92 @@
+"""A replica finds the fine-tuned models other replicas finished (shared database and data
+directory): by name on first use, the tenant's on a listing; never another tenant's, and not
+when its data directory lacks the model's folder (SQLite and, when available, PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.auth import Principal
+from service.devices import DevicePool
+from service.errors import NotFound
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ModelStatus
+from service.settings import Settings
+from service.tenants import Tenants
+from service.training.runner import JobRunner
+from service.training.store import FineTuneStore, JobSpec
+
+pytestmark = pytest.mark.anyio
+SPEC = JobSpec(
+    "tiny-vit", "file_x", None, {"epochs": 1, "learning_rate": 0.001, "batch_size": 4}, "full", None
+)
+
+
+def caller(tenant_id: str) -> Principal:
+    return Principal(key_id="key_x", tenant="t", scopes=frozenset({"inference"}), tenant_id=tenant_id)
+
+
+def finished_elsewhere(store: FineTuneStore, tenant_id: str, name: str) -> None:
+    """What another replica's runner leaves: a succeeded job naming its model."""
+    job = store.create_job(tenant_id, SPEC, None)
+    store.finish(job.id, "succeeded", "done", fine_tuned_model=name)
+
+
+async def test_a_model_finished_by_another_replica_is_found_by_its_tenant_only(
+    sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
+) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "shared", devices="cpu")
+    store = FineTuneStore(sessions, settings.data_dir)
+    pool = DevicePool.from_spec("cpu")
+    registry = ModelRegistry(models_dir, pool, Metrics())
+    registry.discover()
+    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    tenants = Tenants(sessions)
+    acme, other = tenants.ensure_tenant("acme").id, tenants.ensure_tenant("other").id
+    name = "ft-tiny-vit-colours-0a1b2c3d"
+    shutil.copytree(tiny_vit_dir, settings.data_dir / "models" / name)  # on the shared volume
+    finished_elsewhere(store, acme, name)
+
+    with pytest.raises(NotFound):
+        await registry.find_for(caller(other), name)  # another tenant: not even registered
+    assert name not in registry.entries
+    entry = await registry.find_for(caller(acme), name)
+    assert entry.owner == acme and entry.status is ModelStatus.NOT_LOADED  # loads on first predict
+    assert entry.manifest is not None and entry.manifest.price.per_image == 0.001  # its base's price
+    with pytest.raises(NotFound):
+        await registry.find_for(caller(other), name)
+
+    second = "ft-tiny-vit-more-4e5f6a7b"
+    shutil.copytree(tiny_vit_dir, settings.data_dir / "models" / second)
+    finished_elsewhere(store, acme, second)
+    assert second in [e.name for e in await registry.list_for(caller(acme))]
+    assert second not in [e.name for e in await registry.list_for(caller(other))]
+
+
+async def test_a_model_whose_folder_this_replica_cannot_see_is_not_served_and_said_once(
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    models_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "own", devices="cpu")
+    store = FineTuneStore(sessions, settings.data_dir)
+    pool = DevicePool.from_spec("cpu")
+    registry = ModelRegistry(models_dir, pool, Metrics())
+    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    acme = Tenants(sessions).ensure_tenant("acme").id
+    name = "ft-tiny-vit-elsewhere-0a1b2c3d"
+    finished_elsewhere(store, acme, name)  # its folder is on another replica's disk
+
+    with caplog.at_level(logging.WARNING, logger="service.training.runner"):
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await registry.find_for(caller(acme), name)
+            await registry.list_for(caller(acme))
+    warnings = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert len(warnings) == 1 and "MAAS_DATA_DIR" in warnings[0], warnings
