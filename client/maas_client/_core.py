@@ -31,10 +31,20 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 class RetryPolicy:
     """Exponential backoff with full jitter, or the gateway's `Retry-After` when it sends one.
 
-    Retries happen on 429, 502, 503 (not `model_unavailable`, which lasts), 504 and on connection
-    errors and timeouts, at most `max_retries` times. Without `Retry-After`, retry n (0-based)
-    waits a uniformly random time in [0, min(max_delay, initial_delay * 2**n)]; with it, exactly
-    `Retry-After` seconds, capped at `max_retry_after`.
+    What is retried, at most `max_retries` times:
+    - 429 (rate limit, concurrency cap), 502, 503 `overloaded` (queue full) and other 503s, 504:
+      the gateway refused or lost the request, so sending it again is safe;
+    - connection errors and timeouts: always when the connection could not be opened (nothing
+      was sent); after the request went out only for calls the gateway answers the same when
+      repeated (GETs, DELETEs, predict and embed and fine-tune creation, which carry an
+      `Idempotency-Key`), never for e.g. creating a key, which would make a second one.
+
+    Never retried: 503 `model_unavailable` (the model failed to load and stays so until the
+    gateway restarts: its `Retry-After` is a hint for a human, not for a loop).
+
+    Without `Retry-After`, retry n (0-based) waits a uniformly random time in
+    [0, min(max_delay, initial_delay * 2**n)]; with it, exactly `Retry-After` seconds, capped at
+    `max_retry_after`.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -63,6 +73,7 @@ class Call(Generic[T]):
     data: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     retry: bool = True
+    replay_safe: bool = False  # the gateway answers a repeat of this call as it did the first
 
     def request_args(self) -> dict[str, Any]:
         """Keyword arguments for `httpx.Client.build_request` (also AsyncClient's), one key per
@@ -95,6 +106,16 @@ class Sleep:
 Outcome = httpx.Response | httpx.TransportError | None
 
 
+def replay_safe(call: Call[Any]) -> bool:
+    """May this call be sent again after it may have reached the gateway?"""
+    return call.replay_safe or call.method in ("GET", "HEAD", "DELETE")
+
+
+def never_sent(error: httpx.TransportError) -> bool:
+    """True when the request cannot have reached the gateway: no connection was made."""
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
 def retryable(response: httpx.Response) -> bool:
     """429/502/503/504 are worth another try, except a model that failed to load: that lasts."""
     if response.status_code not in RETRY_STATUSES:
@@ -118,7 +139,8 @@ def call_steps(
         outcome = yield Send(args)
         assert outcome is not None
         if isinstance(outcome, httpx.TransportError):
-            if not call.retry or retry >= policy.max_retries:
+            again = call.retry and (never_sent(outcome) or replay_safe(call))
+            if not again or retry >= policy.max_retries:
                 raise connection_error(outcome) from outcome
             yield Sleep(policy.delay(retry, None, rng))
         elif retryable(outcome) and call.retry and retry < policy.max_retries:
