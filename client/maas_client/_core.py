@@ -40,11 +40,12 @@ class RetryPolicy:
       `Idempotency-Key`), never for e.g. creating a key, which would make a second one.
 
     Never retried: 503 `model_unavailable` (the model failed to load and stays so until the
-    gateway restarts: its `Retry-After` is a hint for a human, not for a loop).
+    gateway restarts: its `Retry-After` is a hint for a human, not for a loop), and any answer
+    whose `Retry-After` is over `max_retry_after` (a spent monthly quota says "come back next
+    month"): those raise at once, with `retry_after` set on the error.
 
     Without `Retry-After`, retry n (0-based) waits a uniformly random time in
-    [0, min(max_delay, initial_delay * 2**n)]; with it, exactly `Retry-After` seconds, capped at
-    `max_retry_after`.
+    [0, min(max_delay, initial_delay * 2**n)]; with it, exactly `Retry-After` seconds.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -55,7 +56,7 @@ class RetryPolicy:
     def delay(self, retry: int, retry_after: float | None, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number `retry` (0-based)."""
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
+            return min(retry_after, self.max_retry_after)  # call_steps never waits past the cap
         return rng() * min(self.max_delay, self.initial_delay * 2.0**retry)
 
 
@@ -76,11 +77,16 @@ class Call(Generic[T]):
     replay_safe: bool = False  # the gateway answers a repeat of this call as it did the first
 
     def request_args(self) -> dict[str, Any]:
-        """Keyword arguments for `httpx.Client.build_request` (also AsyncClient's), one key per
-        logical call: a retry re-sends the same `Idempotency-Key`, so it is never billed twice."""
+        """Keyword arguments for `httpx.Client.build_request` (also AsyncClient's), made once per
+        logical call: a retry re-sends the same `Idempotency-Key` and the same bytes, so the
+        gateway replays its first answer and never bills twice."""
         headers = dict(self.headers)
         if self.method != "GET":
             headers.setdefault(IDEMPOTENCY_HEADER, f"idem_{uuid.uuid4().hex}")
+        if self.files is not None:
+            # httpx draws a new multipart boundary per request; the gateway hashes the body to tell
+            # a retry from a different request under the same key, so every try uses this one.
+            headers.setdefault("Content-Type", f"multipart/form-data; boundary=maas-{uuid.uuid4().hex}")
         args: dict[str, Any] = {"method": self.method, "url": self.path, "headers": headers}
         for name in ("params", "json", "content", "files", "data"):
             value = getattr(self, name)
@@ -128,6 +134,11 @@ def retryable(response: httpx.Response) -> bool:
     return True
 
 
+def _wait_ok(response: httpx.Response, policy: RetryPolicy) -> bool:
+    retry_after = parse_retry_after(response.headers)
+    return retry_after is None or retry_after <= policy.max_retry_after
+
+
 def call_steps(
     call: Call[T], policy: RetryPolicy, rng: Callable[[], float]
 ) -> Generator[Send | Sleep, Outcome, T]:
@@ -143,7 +154,7 @@ def call_steps(
             if not again or retry >= policy.max_retries:
                 raise connection_error(outcome) from outcome
             yield Sleep(policy.delay(retry, None, rng))
-        elif retryable(outcome) and call.retry and retry < policy.max_retries:
+        elif retryable(outcome) and call.retry and retry < policy.max_retries and _wait_ok(outcome, policy):
             yield Sleep(policy.delay(retry, parse_retry_after(outcome.headers), rng))
         elif outcome.is_success:
             try:
