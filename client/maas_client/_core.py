@@ -32,12 +32,13 @@ class RetryPolicy:
     """Exponential backoff with full jitter, or the gateway's `Retry-After` when it sends one.
 
     What is retried, at most `max_retries` times:
-    - 429 (rate limit, concurrency cap), 502, 503 `overloaded` (queue full) and other 503s, 504:
-      the gateway refused or lost the request, so sending it again is safe;
-    - connection errors and timeouts: always when the connection could not be opened (nothing
-      was sent); after the request went out only for calls the gateway answers the same when
-      repeated (GETs, DELETEs, predict and embed and fine-tune creation, which carry an
-      `Idempotency-Key`), never for e.g. creating a key, which would make a second one.
+    - 429 (rate limit, concurrency cap) and 503 `overloaded` (queue full) or other 503s: the
+      gateway refused the request before doing the work, so sending it again is safe;
+    - 502, 504, connection errors and timeouts: always when the connection could not be opened
+      (nothing was sent); otherwise (a proxy may have passed the request on) only for calls the
+      gateway answers the same when repeated (GETs, DELETEs, predict, embed and fine-tune
+      creation, which carry an `Idempotency-Key`), never for e.g. creating a key, which would
+      make a second one.
 
     Never retried: 503 `model_unavailable` (the model failed to load and stays so until the
     gateway restarts: its `Retry-After` is a hint for a human, not for a loop), and any answer
@@ -122,9 +123,12 @@ def never_sent(error: httpx.TransportError) -> bool:
     return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-def retryable(response: httpx.Response) -> bool:
-    """429/502/503/504 are worth another try, except a model that failed to load: that lasts."""
+def retryable(response: httpx.Response, call: Call[Any]) -> bool:
+    """429/502/503/504 are worth another try, except a model that failed to load (that lasts),
+    and a 502/504 (a proxy's: the gateway may have done the work) for a call not replay-safe."""
     if response.status_code not in RETRY_STATUSES:
+        return False
+    if response.status_code in (502, 504) and not replay_safe(call):
         return False
     if response.status_code == 503:
         try:
@@ -154,7 +158,12 @@ def call_steps(
             if not again or retry >= policy.max_retries:
                 raise connection_error(outcome) from outcome
             yield Sleep(policy.delay(retry, None, rng))
-        elif retryable(outcome) and call.retry and retry < policy.max_retries and _wait_ok(outcome, policy):
+        elif (
+            call.retry
+            and retry < policy.max_retries
+            and retryable(outcome, call)
+            and _wait_ok(outcome, policy)
+        ):
             yield Sleep(policy.delay(retry, parse_retry_after(outcome.headers), rng))
         elif outcome.is_success:
             try:

@@ -108,6 +108,22 @@ def test_a_retry_after_over_the_cap_raises_at_once_instead_of_retrying_too_early
     assert sleeps == [60.0]
 
 
+def test_a_proxy_error_is_retried_only_for_calls_the_gateway_answers_the_same_when_repeated(
+    script_server: ScriptServer,
+) -> None:
+    # a 502 from a proxy may come after the gateway made the key: sending it again makes a second
+    script_server.on(
+        "POST", "/v1/admin/tenants/acme/keys", Reply(502, "bad gateway"), Reply(201, {"id": "k"})
+    )
+    script_server.on("GET", "/v1/admin/tenants/acme/keys", Reply(504, {}), Reply(200, {"data": []}))
+    sleeps: list[float] = []
+    with Client(script_server.base_url, "k", sleep=sleeps.append) as client:
+        with pytest.raises(InternalServerError):
+            client.admin.keys.create("acme")
+        assert client.admin.keys.list("acme") == []
+    assert len(script_server.attempts("POST", "/v1/admin/tenants/acme/keys")) == 1 and len(sleeps) == 1
+
+
 def test_client_errors_are_not_retried(script_server: ScriptServer) -> None:
     script_server.on("POST", PREDICT, error(400, "invalid_request"))
     sleeps: list[float] = []
