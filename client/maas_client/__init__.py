@@ -9,6 +9,7 @@ with Client() as client:          # MAAS_BASE_URL, MAAS_API_KEY
 
 from maas_client._core import RetryPolicy
 from maas_client._inputs import FileInput, ImageInput
+from maas_client._operations import NOT_GIVEN, ProgressCallback, Time
 from maas_client._version import __version__
 from maas_client.async_client import AsyncClient
 from maas_client.client import Client
@@ -34,19 +35,25 @@ from maas_client.errors import (
 )
 from maas_client.types import (
     APIKey,
+    BillingExport,
     Embeddings,
     FileObject,
     FineTuneEvent,
     FineTuneJob,
+    FineTuneProgress,
+    FineTuneUsage,
+    InvoiceLine,
     Label,
     Model,
     Prediction,
     Tenant,
     Usage,
     UsageReport,
+    UsageRow,
 )
 
 __all__ = [
+    "NOT_GIVEN",
     "APIConnectionError",
     "APIKey",
     "APIStatusError",
@@ -54,6 +61,7 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BillingExport",
     "Client",
     "ConflictError",
     "DeadlineExceededError",
@@ -62,9 +70,12 @@ __all__ = [
     "FileObject",
     "FineTuneEvent",
     "FineTuneJob",
+    "FineTuneProgress",
+    "FineTuneUsage",
     "ImageInput",
     "InternalServerError",
     "InvalidInputError",
+    "InvoiceLine",
     "Label",
     "MaasError",
     "Model",
@@ -74,12 +85,15 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "Prediction",
+    "ProgressCallback",
     "RateLimitError",
     "RetryPolicy",
     "ServiceUnavailableError",
     "Tenant",
+    "Time",
     "UnsupportedMediaTypeError",
     "Usage",
     "UsageReport",
+    "UsageRow",
     "__version__",
 ]

@@ -31,10 +31,22 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 class RetryPolicy:
     """Exponential backoff with full jitter, or the gateway's `Retry-After` when it sends one.
 
-    Retries happen on 429, 502, 503 (not `model_unavailable`, which lasts), 504 and on connection
-    errors and timeouts, at most `max_retries` times. Without `Retry-After`, retry n (0-based)
-    waits a uniformly random time in [0, min(max_delay, initial_delay * 2**n)]; with it, exactly
-    `Retry-After` seconds, capped at `max_retry_after`.
+    What is retried, at most `max_retries` times:
+    - 429 (rate limit, concurrency cap) and 503 `overloaded` (queue full) or other 503s: the
+      gateway refused the request before doing the work, so sending it again is safe;
+    - 502, 504, connection errors and timeouts: always when the connection could not be opened
+      (nothing was sent); otherwise (a proxy may have passed the request on) only for calls the
+      gateway answers the same when repeated (GETs, DELETEs, predict, embed and fine-tune
+      creation, which carry an `Idempotency-Key`), never for e.g. creating a key, which would
+      make a second one.
+
+    Never retried: 503 `model_unavailable` (the model failed to load and stays so until the
+    gateway restarts: its `Retry-After` is a hint for a human, not for a loop), and any answer
+    whose `Retry-After` is over `max_retry_after` (a spent monthly quota says "come back next
+    month"): those raise at once, with `retry_after` set on the error.
+
+    Without `Retry-After`, retry n (0-based) waits a uniformly random time in
+    [0, min(max_delay, initial_delay * 2**n)]; with it, exactly `Retry-After` seconds.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -45,7 +57,7 @@ class RetryPolicy:
     def delay(self, retry: int, retry_after: float | None, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number `retry` (0-based)."""
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
+            return min(retry_after, self.max_retry_after)  # call_steps never waits past the cap
         return rng() * min(self.max_delay, self.initial_delay * 2.0**retry)
 
 
@@ -63,13 +75,19 @@ class Call(Generic[T]):
     data: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     retry: bool = True
+    replay_safe: bool = False  # the gateway answers a repeat of this call as it did the first
 
     def request_args(self) -> dict[str, Any]:
-        """Keyword arguments for `httpx.Client.build_request` (also AsyncClient's), one key per
-        logical call: a retry re-sends the same `Idempotency-Key`, so it is never billed twice."""
+        """Keyword arguments for `httpx.Client.build_request` (also AsyncClient's), made once per
+        logical call: a retry re-sends the same `Idempotency-Key` and the same bytes, so the
+        gateway replays its first answer and never bills twice."""
         headers = dict(self.headers)
         if self.method != "GET":
             headers.setdefault(IDEMPOTENCY_HEADER, f"idem_{uuid.uuid4().hex}")
+        if self.files is not None:
+            # httpx draws a new multipart boundary per request; the gateway hashes the body to tell
+            # a retry from a different request under the same key, so every try uses this one.
+            headers.setdefault("Content-Type", f"multipart/form-data; boundary=maas-{uuid.uuid4().hex}")
         args: dict[str, Any] = {"method": self.method, "url": self.path, "headers": headers}
         for name in ("params", "json", "content", "files", "data"):
             value = getattr(self, name)
@@ -95,9 +113,22 @@ class Sleep:
 Outcome = httpx.Response | httpx.TransportError | None
 
 
-def retryable(response: httpx.Response) -> bool:
-    """429/502/503/504 are worth another try, except a model that failed to load: that lasts."""
+def replay_safe(call: Call[Any]) -> bool:
+    """May this call be sent again after it may have reached the gateway?"""
+    return call.replay_safe or call.method in ("GET", "HEAD", "DELETE")
+
+
+def never_sent(error: httpx.TransportError) -> bool:
+    """True when the request cannot have reached the gateway: no connection was made."""
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def retryable(response: httpx.Response, call: Call[Any]) -> bool:
+    """429/502/503/504 are worth another try, except a model that failed to load (that lasts),
+    and a 502/504 (a proxy's: the gateway may have done the work) for a call not replay-safe."""
     if response.status_code not in RETRY_STATUSES:
+        return False
+    if response.status_code in (502, 504) and not replay_safe(call):
         return False
     if response.status_code == 503:
         try:
@@ -105,6 +136,11 @@ def retryable(response: httpx.Response) -> bool:
         except (ValueError, KeyError, TypeError):
             return True
     return True
+
+
+def _wait_ok(response: httpx.Response, policy: RetryPolicy) -> bool:
+    retry_after = parse_retry_after(response.headers)
+    return retry_after is None or retry_after <= policy.max_retry_after
 
 
 def call_steps(
@@ -118,10 +154,16 @@ def call_steps(
         outcome = yield Send(args)
         assert outcome is not None
         if isinstance(outcome, httpx.TransportError):
-            if not call.retry or retry >= policy.max_retries:
+            again = call.retry and (never_sent(outcome) or replay_safe(call))
+            if not again or retry >= policy.max_retries:
                 raise connection_error(outcome) from outcome
             yield Sleep(policy.delay(retry, None, rng))
-        elif retryable(outcome) and call.retry and retry < policy.max_retries:
+        elif (
+            call.retry
+            and retry < policy.max_retries
+            and retryable(outcome, call)
+            and _wait_ok(outcome, policy)
+        ):
             yield Sleep(policy.delay(retry, parse_retry_after(outcome.headers), rng))
         elif outcome.is_success:
             try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, TypeVar
+from datetime import date, datetime
+from enum import Enum
+from typing import Any, Final, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -14,6 +16,7 @@ from maas_client._core import IDEMPOTENCY_HEADER, Call, Sleep
 from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_input
 from maas_client.types import (
     APIKey,
+    BillingExport,
     Embeddings,
     FileObject,
     FineTuneEvent,
@@ -26,6 +29,22 @@ from maas_client.types import (
 
 T = TypeVar("T")
 ProgressCallback = Callable[[FineTuneJob, list[FineTuneEvent]], None]
+"""`progress(job, new_events)`: called by `fine_tunes.wait` after every poll."""
+
+Time: TypeAlias = str | date | datetime
+"""A point in time for usage reports: an ISO 8601 string, a date (its midnight, UTC) or a
+datetime (one without a zone is UTC)."""
+
+
+class _NotGiven(Enum):
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = _NotGiven.NOT_GIVEN
+"""Default of `tenants.update` arguments: leave that setting as it is (None clears a limit)."""
 
 
 def _seg(value: str) -> str:
@@ -59,6 +78,16 @@ def _none(response: httpx.Response) -> None:
     return None
 
 
+def _text(response: httpx.Response) -> str:
+    return response.text
+
+
+def _time(value: Time | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.isoformat()
+
+
 def _compact(**fields: Any) -> dict[str, Any]:
     """A JSON body without the optional fields the caller left out."""
     return {k: v for k, v in fields.items() if v is not None}
@@ -80,9 +109,10 @@ def predict(
     if len(uploads) == 1:
         (one,) = uploads
         headers = {"Content-Type": one.content_type, **_idempotency(idempotency_key)}
-        return Call("POST", path, parse, params=params, content=one.data, headers=headers)
+        return Call("POST", path, parse, params=params, content=one.data, headers=headers, replay_safe=True)
     files = [("file", (u.filename, u.data, u.content_type)) for u in uploads]
-    return Call("POST", path, parse, params=params, files=files, headers=_idempotency(idempotency_key))
+    headers = _idempotency(idempotency_key)
+    return Call("POST", path, parse, params=params, files=files, headers=headers, replay_safe=True)
 
 
 def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:
@@ -91,7 +121,8 @@ def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -
         raise ValueError("no texts given")
     path = f"/v1/models/{_seg(model)}/predict"
     body = {"inputs": inputs}
-    return Call("POST", path, _one(Embeddings.from_json), json=body, headers=_idempotency(idempotency_key))
+    headers = _idempotency(idempotency_key)
+    return Call("POST", path, _one(Embeddings.from_json), json=body, headers=headers, replay_safe=True)
 
 
 def list_models() -> Call[list[Model]]:
@@ -130,8 +161,24 @@ def list_tenants() -> Call[list[Tenant]]:
     return Call("GET", "/v1/admin/tenants", _many(Tenant.from_json))
 
 
+def get_tenant(tenant: str) -> Call[Tenant]:
+    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant.from_json))
+
+
+def update_tenant(tenant: str, changes: dict[str, Any]) -> Call[Tenant]:
+    """PATCH with only the settings given (NOT_GIVEN ones left out; None clears a limit)."""
+    body = {
+        k: (list(v) if isinstance(v, list | tuple) else v) for k, v in changes.items() if v is not NOT_GIVEN
+    }
+    return Call("PATCH", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant.from_json), json=body)
+
+
 def suspend_tenant(tenant: str) -> Call[Tenant]:
-    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/suspend", _one(Tenant.from_json))
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/suspend", _one(Tenant.from_json), replay_safe=True)
+
+
+def resume_tenant(tenant: str) -> Call[Tenant]:
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/resume", _one(Tenant.from_json), replay_safe=True)
 
 
 def create_key(
@@ -139,13 +186,15 @@ def create_key(
     name: str | None,
     scopes: Sequence[str] | None,
     models: Sequence[str] | None,
-    expires_at: str | None,
+    expires_at: str | datetime | None,
+    rate_limit_rps: float | None,
 ) -> Call[APIKey]:
     body = _compact(
         name=name,
         scopes=None if scopes is None else list(scopes),
         models=None if models is None else list(models),
-        expires_at=expires_at,
+        expires_at=_time(expires_at),
+        rate_limit_rps=rate_limit_rps,
     )
     return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/keys", _one(APIKey.from_json), json=body)
 
@@ -154,17 +203,47 @@ def list_keys(tenant: str) -> Call[list[APIKey]]:
     return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}/keys", _many(APIKey.from_json))
 
 
-def revoke_key(key_id: str) -> Call[None]:
-    return Call("DELETE", f"/v1/admin/keys/{_seg(key_id)}", _none)
+def revoke_key(key_id: str) -> Call[APIKey]:
+    return Call("DELETE", f"/v1/admin/keys/{_seg(key_id)}", _one(APIKey.from_json))
 
 
-# Usage
+def rotate_key(key_id: str, grace_seconds: float | None) -> Call[APIKey]:
+    body = _compact(grace_seconds=grace_seconds)
+    return Call("POST", f"/v1/admin/keys/{_seg(key_id)}/rotate", _one(APIKey.from_json), json=body)
 
 
-def get_usage(start: str | None, end: str | None, group_by: str | Sequence[str] | None) -> Call[UsageReport]:
+# Usage and billing
+
+
+def _usage_params(
+    start: Time | None, end: Time | None, group_by: str | Sequence[str] | None, tenant: str | None = None
+) -> dict[str, str]:
     group = group_by if group_by is None or isinstance(group_by, str) else ",".join(group_by)
-    params = _compact(start=start, end=end, group_by=group)
+    return _compact(tenant=tenant, start=_time(start), end=_time(end), group_by=group)
+
+
+def get_usage(
+    start: Time | None, end: Time | None, group_by: str | Sequence[str] | None
+) -> Call[UsageReport]:
+    params = _usage_params(start, end, group_by)
     return Call("GET", "/v1/usage", _one(UsageReport.from_json), params=params)
+
+
+def get_admin_usage(
+    tenant: str | None, start: Time | None, end: Time | None, group_by: str | Sequence[str] | None
+) -> Call[UsageReport]:
+    params = _usage_params(start, end, group_by, tenant)
+    return Call("GET", "/v1/admin/usage", _one(UsageReport.from_json), params=params)
+
+
+def billing_export(period: str) -> Call[BillingExport]:
+    params = {"period": period, "format": "json"}
+    return Call("GET", "/v1/admin/billing/export", _one(BillingExport.from_json), params=params)
+
+
+def billing_export_csv(period: str) -> Call[str]:
+    params: dict[str, str] = {"period": period, "format": "csv"}
+    return Call("GET", "/v1/admin/billing/export", _text, params=params)
 
 
 # Files
@@ -180,7 +259,11 @@ def list_files() -> Call[list[FileObject]]:
     return Call("GET", "/v1/files", _many(FileObject.from_json))
 
 
-def delete_file(file_id: str) -> Call[None]:
+def get_file(file_id: str) -> Call[FileObject]:
+    return Call("GET", f"/v1/files/{_seg(file_id)}", _one(FileObject.from_json))
+
+
+def delete_file(file_id: str) -> Call[None]:  # answers {"id", "deleted": true}: nothing to return
     return Call("DELETE", f"/v1/files/{_seg(file_id)}", _none)
 
 
@@ -193,6 +276,8 @@ def create_fine_tune(
     validation_file: str | None,
     hyperparameters: dict[str, Any] | None,
     suffix: str | None,
+    method: str | None,
+    idempotency_key: str | None,
 ) -> Call[FineTuneJob]:
     body = _compact(
         base_model=base_model,
@@ -200,8 +285,11 @@ def create_fine_tune(
         validation_file=validation_file,
         hyperparameters=hyperparameters,
         suffix=suffix,
+        method=method,
     )
-    return Call("POST", "/v1/fine-tunes", _one(FineTuneJob.from_json), json=body)
+    # The gateway answers a repeated Idempotency-Key with the first job: safe to send again.
+    parse, headers = _one(FineTuneJob.from_json), _idempotency(idempotency_key)
+    return Call("POST", "/v1/fine-tunes", parse, json=body, headers=headers, replay_safe=True)
 
 
 def get_fine_tune(job_id: str) -> Call[FineTuneJob]:

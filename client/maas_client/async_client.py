@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import random
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,10 +27,11 @@ from maas_client._core import (
     to_timeout,
 )
 from maas_client._inputs import FileInput, ImageInput
-from maas_client._operations import ProgressCallback
+from maas_client._operations import NOT_GIVEN, ProgressCallback, Time, _NotGiven
 from maas_client.errors import MaasError
 from maas_client.types import (
     APIKey,
+    BillingExport,
     Embeddings,
     FileObject,
     FineTuneEvent,
@@ -161,7 +163,7 @@ class AsyncModels(_AsyncResource):
     """`async_client.models`: the models this key may use."""
 
     async def list(self) -> builtins.list[Model]:
-        """Every model the key may use, with its status."""
+        """Every model the key may use (public ones and its tenant's fine-tuned ones), with status."""
         return await self._client._request(ops.list_models())
 
     async def get(self, name: str) -> Model:
@@ -181,7 +183,8 @@ class AsyncTenants(_AsyncResource):
         monthly_quota_inputs: int | None = None,
         allowed_models: Sequence[str] | None = None,
     ) -> Tenant:
-        """Create a tenant with optional limits and model allow-list."""
+        """Create a tenant with optional limits (None: unlimited) and model allow-list (None: all
+        public models); `ConflictError` when the name is taken."""
         call = ops.create_tenant(name, rate_limit_rps, max_concurrency, monthly_quota_inputs, allowed_models)
         return await self._client._request(call)
 
@@ -189,9 +192,36 @@ class AsyncTenants(_AsyncResource):
         """Every tenant."""
         return await self._client._request(ops.list_tenants())
 
+    async def get(self, tenant: str) -> Tenant:
+        """One tenant by name; `NotFoundError` when unknown."""
+        return await self._client._request(ops.get_tenant(tenant))
+
+    async def update(
+        self,
+        tenant: str,
+        *,
+        rate_limit_rps: float | _NotGiven | None = NOT_GIVEN,
+        max_concurrency: int | _NotGiven | None = NOT_GIVEN,
+        monthly_quota_inputs: int | _NotGiven | None = NOT_GIVEN,
+        allowed_models: Sequence[str] | _NotGiven | None = NOT_GIVEN,
+    ) -> Tenant:
+        """Change a tenant's limits: only the arguments given change, None lifts a limit (or the
+        allow-list). Takes effect on the tenant's next request."""
+        changes: dict[str, Any] = {
+            "rate_limit_rps": rate_limit_rps,
+            "max_concurrency": max_concurrency,
+            "monthly_quota_inputs": monthly_quota_inputs,
+            "allowed_models": allowed_models,
+        }
+        return await self._client._request(ops.update_tenant(tenant, changes))
+
     async def suspend(self, tenant: str) -> Tenant:
-        """Suspend a tenant: its keys stop working."""
+        """Suspend a tenant: its keys stop working (401) until it is resumed."""
         return await self._client._request(ops.suspend_tenant(tenant))
+
+    async def resume(self, tenant: str) -> Tenant:
+        """Resume a suspended tenant: its keys work again."""
+        return await self._client._request(ops.resume_tenant(tenant))
 
 
 class AsyncKeys(_AsyncResource):
@@ -204,56 +234,109 @@ class AsyncKeys(_AsyncResource):
         name: str | None = None,
         scopes: Sequence[str] | None = None,
         models: Sequence[str] | None = None,
-        expires_at: str | None = None,
+        expires_at: str | datetime | None = None,
+        rate_limit_rps: float | None = None,
     ) -> APIKey:
-        """Create a key for `tenant`; the answer's `key` is the secret, shown this once."""
-        return await self._client._request(ops.create_key(tenant, name, scopes, models, expires_at))
+        """Create a key for `tenant`; the answer's `key` is the secret, shown this once. `scopes`
+        default to inference and fine-tuning (`admin` makes an admin key); `models` narrows the
+        tenant's models; `expires_at` must be in the future; `rate_limit_rps` caps this key."""
+        call = ops.create_key(tenant, name, scopes, models, expires_at, rate_limit_rps)
+        return await self._client._request(call)
 
     async def list(self, tenant: str) -> builtins.list[APIKey]:
-        """The keys of `tenant` (without their secrets)."""
+        """The keys of `tenant`, revoked ones included (never their secrets)."""
         return await self._client._request(ops.list_keys(tenant))
 
-    async def revoke(self, key_id: str) -> None:
-        """Revoke a key; it stops working on the next request."""
-        await self._client._request(ops.revoke_key(key_id))
+    async def revoke(self, key_id: str) -> APIKey:
+        """Revoke a key by its id (`key_…`, never the secret); it stops working on the next
+        request. Returns the key with `revoked_at` set."""
+        return await self._client._request(ops.revoke_key(key_id))
+
+    async def rotate(self, key_id: str, *, grace_seconds: float | None = None) -> APIKey:
+        """A new key with the old one's tenant, scopes and limits (its secret in `key`, the old key
+        in `replaces`); the old key works `grace_seconds` more (default 0), then stops."""
+        return await self._client._request(ops.rotate_key(key_id, grace_seconds))
+
+
+class AsyncAdminUsage(_AsyncResource):
+    """`async_client.admin.usage`: any tenant's usage (admin keys only)."""
+
+    async def get(
+        self,
+        *,
+        tenant: str | None = None,
+        start: Time | None = None,
+        end: Time | None = None,
+        group_by: str | Sequence[str] | None = None,
+    ) -> UsageReport:
+        """Usage of `tenant` (by name; every tenant when None) in [`start`, `end`), grouped by any of
+        `tenant`, `model`, `day`, `key` (defaults as in `async_client.usage.get`)."""
+        return await self._client._request(ops.get_admin_usage(tenant, start, end, group_by))
+
+
+class AsyncBilling(_AsyncResource):
+    """`async_client.admin.billing`: monthly invoice lines (admin keys only)."""
+
+    async def export(self, period: str) -> BillingExport:
+        """The invoice lines of every tenant for `period` (`YYYY-MM`, UTC), with the total."""
+        return await self._client._request(ops.billing_export(period))
+
+    async def export_csv(self, period: str) -> str:
+        """The same export as CSV text, one line per tenant, model and unit price."""
+        return await self._client._request(ops.billing_export_csv(period))
 
 
 class AsyncAdmin:
-    """`async_client.admin`: tenants and keys (admin keys only)."""
+    """`async_client.admin`: tenants, keys, usage and billing (admin keys only: others get
+    `PermissionDeniedError`)."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.tenants = AsyncTenants(client)
         self.keys = AsyncKeys(client)
+        self.usage = AsyncAdminUsage(client)
+        self.billing = AsyncBilling(client)
 
 
 class AsyncUsageResource(_AsyncResource):
     """`async_client.usage`: the caller's tenant usage and cost."""
 
     async def get(
-        self, *, start: str | None = None, end: str | None = None, group_by: str | Sequence[str] | None = None
+        self,
+        *,
+        start: Time | None = None,
+        end: Time | None = None,
+        group_by: str | Sequence[str] | None = None,
     ) -> UsageReport:
-        """Usage between `start` and `end` (ISO dates or times), grouped by e.g. `["model", "day"]`."""
+        """Requests, billed inputs, compute and cost of the key's tenant in [`start`, `end`)
+        (default: from the start of this month, UTC, until now), one row per group of `group_by`
+        (any of `model`, `day`, `key`, e.g. `["model", "day"]`; None: one row in all)."""
         return await self._client._request(ops.get_usage(start, end, group_by))
 
 
 class AsyncFiles(_AsyncResource):
-    """`async_client.files`: datasets for fine-tuning."""
+    """`async_client.files`: datasets for fine-tuning (keys with the `fine_tune` scope)."""
 
     async def upload(self, file: FileInput, *, purpose: str = "fine-tune") -> FileObject:
-        """Upload a dataset (a zip in image-folder layout) from a path, bytes or binary file."""
+        """Upload a dataset, a zip in image-folder layout (`<label>/<image>`, or with `train/` and
+        `validation/` at the top), from a path, bytes or binary file. The gateway checks it whole
+        first (`InvalidInputError` naming the first problem); `summary` describes it."""
         return await self._client._request(ops.upload_file(file, purpose))
 
     async def list(self) -> builtins.list[FileObject]:
         """The tenant's uploaded files."""
         return await self._client._request(ops.list_files())
 
+    async def get(self, file_id: str) -> FileObject:
+        """One uploaded file; `NotFoundError` when unknown (or another tenant's)."""
+        return await self._client._request(ops.get_file(file_id))
+
     async def delete(self, file_id: str) -> None:
-        """Delete an uploaded file."""
+        """Delete an uploaded file; `NotFoundError` when unknown."""
         await self._client._request(ops.delete_file(file_id))
 
 
 class AsyncFineTunes(_AsyncResource):
-    """`async_client.fine_tunes`: fine-tuning jobs."""
+    """`async_client.fine_tunes`: fine-tuning jobs (keys with the `fine_tune` scope)."""
 
     async def create(
         self,
@@ -263,13 +346,20 @@ class AsyncFineTunes(_AsyncResource):
         validation_file: str | None = None,
         hyperparameters: dict[str, Any] | None = None,
         suffix: str | None = None,
+        method: str | None = None,
+        idempotency_key: str | None = None,
     ) -> FineTuneJob:
-        """Start fine-tuning `base_model` on an uploaded file (`file_…`)."""
-        call = ops.create_fine_tune(base_model, training_file, validation_file, hyperparameters, suffix)
+        """Queue a job fine-tuning `base_model` on an uploaded file (`file_…`); `hyperparameters`
+        may set `epochs`, `learning_rate`, `batch_size`, `seed`; `suffix` goes into the new
+        model's name; `method` is the gateway's (default `full`). Retries re-send one
+        `Idempotency-Key`, so a retried create never queues a second job."""
+        call = ops.create_fine_tune(
+            base_model, training_file, validation_file, hyperparameters, suffix, method, idempotency_key
+        )
         return await self._client._request(call)
 
     async def get(self, job_id: str) -> FineTuneJob:
-        """One job."""
+        """One job, with its status, progress, metrics and, once it succeeded, `fine_tuned_model`."""
         return await self._client._request(ops.get_fine_tune(job_id))
 
     async def list(self) -> builtins.list[FineTuneJob]:
@@ -277,11 +367,12 @@ class AsyncFineTunes(_AsyncResource):
         return await self._client._request(ops.list_fine_tunes())
 
     async def events(self, job_id: str) -> builtins.list[FineTuneEvent]:
-        """A job's events, oldest first."""
+        """A job's events, oldest first: status changes, per-epoch metrics, errors."""
         return await self._client._request(ops.fine_tune_events(job_id))
 
     async def cancel(self, job_id: str) -> FineTuneJob:
-        """Cancel a queued or running job."""
+        """Cancel a queued job (at once) or a running one (at its next step; `get` shows when);
+        `ConflictError` when the job has already finished."""
         return await self._client._request(ops.cancel_fine_tune(job_id))
 
     async def wait(
@@ -292,6 +383,7 @@ class AsyncFineTunes(_AsyncResource):
         timeout: float | None = None,
         progress: ProgressCallback | None = None,
     ) -> FineTuneJob:
-        """Poll until the job succeeds, fails or is cancelled, and return it. `progress(job,
-        new_events)` is called after every poll; `TimeoutError` after `timeout` seconds."""
+        """Poll until the job succeeds, fails or is cancelled, and return it (check its `status`:
+        a failed job is returned, not raised). `progress(job, new_events)` is called after every
+        poll with the events not reported yet; `TimeoutError` after `timeout` seconds."""
         return await self._client._run(ops.wait_fine_tune(job_id, poll_interval, timeout, progress))

@@ -1,5 +1,6 @@
-"""Fixtures of the client's tests: a real `maas serve` process (the repo's e2e helper) and a small
-real HTTP server that answers from a script and records every request it gets."""
+"""Fixtures of the client's tests: a real `maas serve` process (the repo's e2e helper), a small
+real HTTP server that answers from a script and records every request it gets, and a real proxy
+in front of the gateway that can drop answers (a connection lost after the gateway did the work)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 import json
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +31,7 @@ __all__ = ["TINY_LABELS", "tiny_vit_dir"]  # tiny_vit_dir: the repo's session fi
 
 ADMIN_KEY = "mk_client_suite_admin_key_0123456789abcdef"
 MAX_INPUTS = 4
+PRICE_MICRO = 1000  # tiny-vit's price per image, in millionths: 0.001
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,11 +45,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Iterator[Server]:
-    """One real gateway for the client suite: the tiny ViT, the shipped MiniLM embedder, and a
-    model whose source is missing (503); at most MAX_INPUTS inputs per request."""
+    """One real gateway for the client suite: the tiny ViT (priced, fine-tunable), the shipped
+    MiniLM embedder, and a model whose source is missing (503); at most MAX_INPUTS inputs per
+    request. Tests share it, so each makes its own tenants (`unique`)."""
     models = tmp_path_factory.mktemp("client-models")
     write_manifest(
-        models, "tiny-vit", f"name: tiny-vit\ntask: image-classification\nsource: {tiny_vit_dir}\n"
+        models,
+        "tiny-vit",
+        f"name: tiny-vit\ntask: image-classification\nsource: {tiny_vit_dir}\n"
+        f"price: {{per_image: {PRICE_MICRO / 1_000_000}}}\n",
     )
     write_manifest(models, "missing", "name: missing\ntask: image-classification\nsource: ./nowhere\n")
     minilm = (REPO / "models" / "all-minilm-l6-v2.yaml").read_text(encoding="utf-8")
@@ -53,6 +62,23 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Ite
     server = start_server(models, tmp_path_factory.mktemp("client-gateway") / "var", env=env)
     yield server
     server.stop()
+
+
+def unique(prefix: str) -> str:
+    """A tenant name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class RecordingSleep:
+    """The client's `sleep`: really waits (the gateway's Retry-After is the point of the test)
+    and records each wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        time.sleep(seconds)
 
 
 def png(
@@ -144,3 +170,58 @@ def script_server() -> Iterator[ScriptServer]:
     server.httpd.shutdown()
     server.httpd.server_close()
     server.thread.join(timeout=5)
+
+
+class DroppingProxy:
+    """A real HTTP proxy in front of the gateway: it forwards each request, waits for the gateway's
+    whole answer, then drops the connection instead of answering for the first `drop` requests
+    (a connection lost after the work was done). It records what it forwarded."""
+
+    def __init__(self, upstream: str, drop: int) -> None:
+        self.drop = drop
+        self.forwarded: list[Recorded] = []
+        self.answers: list[int] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "host"}
+                url = urlsplit(self.path)
+                proxy.forwarded.append(Recorded(self.command, url.path, parse_qs(url.query), headers, body))
+                with httpx.Client(base_url=upstream, timeout=60) as http:
+                    answer = http.request(self.command, self.path, headers=headers, content=body)
+                proxy.answers.append(answer.status_code)
+                if proxy.drop > 0:
+                    proxy.drop -= 1
+                    self.close_connection = True  # the gateway answered; the caller never hears it
+                    return
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> DroppingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +169,27 @@ def test_cli_prints_a_table_or_json(
     assert "tiny-vit" in capsys.readouterr().out
     assert main(["--base-url", gateway.base_url, "--api-key", "mk_wrong", "models"]) == 1
     assert "authentication_error" in capsys.readouterr().err
+
+
+def test_the_command_classifies_files_from_the_shell(gateway: Server, tmp_path: Path) -> None:
+    photo = tmp_path / "red.png"
+    photo.write_bytes(png())
+    env = {**os.environ, "MAAS_BASE_URL": gateway.base_url, "MAAS_API_KEY": ADMIN_KEY}
+    shown = subprocess.run(
+        [sys.executable, "-m", "maas_client", "predict", "tiny-vit", str(photo), "--top-k", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    name, guess = shown.stdout.splitlines()
+    assert name == str(photo) and guess.split(maxsplit=1)[1] in TINY_LABELS
+    refused = subprocess.run(
+        [sys.executable, "-m", "maas_client", "predict", "missing", str(photo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "model_unavailable" in refused.stderr and "req_" in refused.stderr

@@ -91,12 +91,37 @@ def test_without_retry_after_backoff_is_exponential_with_full_jitter(script_serv
     assert policy.delay(3, None, lambda: 0.25) == 1.0
 
 
-def test_a_huge_retry_after_is_capped(script_server: ScriptServer) -> None:
-    script_server.on("POST", PREDICT, error(503, "overloaded", "3600"), Reply(200, ANSWER))
+def test_a_retry_after_over_the_cap_raises_at_once_instead_of_retrying_too_early(
+    script_server: ScriptServer,
+) -> None:
+    # a spent monthly quota says "come back in weeks": waiting a minute and asking again is useless
+    script_server.on("POST", PREDICT, error(429, "rate_limited", "3600"), Reply(200, ANSWER))
+    sleeps: list[float] = []
+    client = Client(script_server.base_url, "k", sleep=sleeps.append)
+    with client, pytest.raises(RateLimitError) as caught:
+        client.predict("m", png())
+    assert caught.value.retry_after == 3600 and sleeps == []
+    assert len(script_server.attempts("POST", PREDICT)) == 1
+    script_server.on("POST", PREDICT, error(503, "overloaded", "60"), Reply(200, ANSWER))
+    with Client(script_server.base_url, "k", sleep=sleeps.append) as client:
+        client.predict("m", png())  # exactly at the cap: waited for
+    assert sleeps == [60.0]
+
+
+def test_a_proxy_error_is_retried_only_for_calls_the_gateway_answers_the_same_when_repeated(
+    script_server: ScriptServer,
+) -> None:
+    # a 502 from a proxy may come after the gateway made the key: sending it again makes a second
+    script_server.on(
+        "POST", "/v1/admin/tenants/acme/keys", Reply(502, "bad gateway"), Reply(201, {"id": "k"})
+    )
+    script_server.on("GET", "/v1/admin/tenants/acme/keys", Reply(504, {}), Reply(200, {"data": []}))
     sleeps: list[float] = []
     with Client(script_server.base_url, "k", sleep=sleeps.append) as client:
-        client.predict("m", png())
-    assert sleeps == [60.0]
+        with pytest.raises(InternalServerError):
+            client.admin.keys.create("acme")
+        assert client.admin.keys.list("acme") == []
+    assert len(script_server.attempts("POST", "/v1/admin/tenants/acme/keys")) == 1 and len(sleeps) == 1
 
 
 def test_client_errors_are_not_retried(script_server: ScriptServer) -> None:

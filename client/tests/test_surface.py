@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
+import re
+from pathlib import Path
 
 import maas_client
 from maas_client import AsyncClient, Client
@@ -48,3 +51,36 @@ def test_every_exported_name_is_documented() -> None:
         value = getattr(maas_client, name)
         if inspect.isclass(value):
             assert inspect.getdoc(value), name
+
+
+def _readme_calls() -> list[tuple[str, ast.Call]]:
+    """Every call in the README's Python examples on a client (`client.…(…)`, `admin.…(…)`)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    calls = []
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                chain, target = [], node.func
+                while isinstance(target, ast.Attribute):
+                    chain.append(target.attr)
+                    target = target.value
+                if isinstance(target, ast.Name) and target.id in ("client", "admin"):
+                    calls.append((".".join(reversed(chain)), node))
+    return calls
+
+
+def test_every_client_call_in_the_readme_names_a_real_method_with_valid_arguments() -> None:
+    calls = _readme_calls()
+    assert len(calls) > 30  # the examples are found
+    with Client("http://x", "k") as client:
+        for path, node in calls:
+            target: object = client
+            for name in path.split("."):
+                assert hasattr(target, name), f"README: {path}"
+                target = getattr(target, name)
+            positional = [None] * len(node.args)
+            keywords = dict.fromkeys((k.arg for k in node.keywords if k.arg), None)
+            try:
+                inspect.signature(target).bind(*positional, **keywords)  # type: ignore[arg-type]
+            except TypeError as exc:
+                raise AssertionError(f"README: {path}({ast.unparse(node)}): {exc}") from None
