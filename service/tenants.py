@@ -250,6 +250,9 @@ class Tenants:
         old, tenant = self.get_key(key_id)
         if old.revoked_at is not None:
             raise Conflict(f"key {old.id} is revoked; create a new key instead")
+        if old.expires_at is not None and old.expires_at <= datetime.now(UTC):
+            # its replacement would copy an expiry in the past (as after an earlier rotation)
+            raise Conflict(f"key {old.id} has expired; rotate its replacement or create a new key")
         fresh = self.create_key(
             tenant,
             name=old.name,

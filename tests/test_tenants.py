@@ -100,3 +100,13 @@ def test_rotation_copies_the_key_and_ends_the_old_one_after_the_grace(tenants: T
     tenants.revoke_key(old.row.id)
     with pytest.raises(Conflict, match="revoked"):
         tenants.rotate_key(old.row.id)
+
+
+def test_a_key_ended_by_an_earlier_rotation_cannot_be_rotated_again(tenants: Tenants) -> None:
+    tenants.create_tenant("acme")
+    old = tenants.create_key("acme")
+    fresh, _ = tenants.rotate_key(old.row.id)  # no grace: the old key ends now
+    with pytest.raises(Conflict, match="expired"):
+        tenants.rotate_key(old.row.id)
+    newer, _ = tenants.rotate_key(fresh.row.id)
+    assert newer.row.expires_at is None
