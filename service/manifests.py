@@ -30,6 +30,9 @@ class Price(BaseModel):
 
     per_image: float = Field(0.0, ge=0)  # per input (image or text); metering keeps micro-units
     per_compute_second: float = Field(0.0, ge=0)  # per second of the request's share of forward time
+    # fine-tuning on this model as the base: per sample trained (each epoch counts), per device second
+    per_training_sample: float = Field(0.0, ge=0)
+    per_training_second: float = Field(0.0, ge=0)
 
 
 class Preprocess(BaseModel):

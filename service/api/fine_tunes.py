@@ -86,7 +86,7 @@ def create_job(
         method=body.method,
         suffix=body.suffix,
     )
-    job = store.create_job(tenant, spec, idempotency_key)
+    job = store.create_job(tenant, spec, idempotency_key, key_id=caller.key_id)
     _runner_notify(request)
     return describe_job(job)
 

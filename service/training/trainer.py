@@ -177,7 +177,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         control.steps_done = int(state["steps_done"])
-        control.samples = int(state["samples"])
+        control.samples = int(state["samples"])  # the work behind the checkpoint, metered once
+        control.device_seconds = float(state.get("device_seconds", 0.0))
     resumed_from = start_epoch
 
     for epoch in range(start_epoch, params.epochs):
@@ -216,6 +217,7 @@ def train(
                 "epoch": epoch + 1,
                 "steps_done": control.steps_done,
                 "samples": control.samples,
+                "device_seconds": control.device_seconds,
                 "history": history,
             },
         )

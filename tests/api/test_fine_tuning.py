@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
+from service.db.models import UsageEvent
 from service.settings import Settings
 from tests.conftest import Gateway
 from tests.training.zips import COLOURS, colour_dataset, png
@@ -59,6 +65,26 @@ async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str]) -> 
             return job
         await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
     raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def training_events(app: FastAPI) -> list[UsageEvent]:
+    sessions: sessionmaker[Session] = app.state.sessions
+    with sessions() as session:
+        return list(session.scalars(select(UsageEvent).where(UsageEvent.kind == "training")))
+
+
+def billed_total(app: FastAPI) -> int:
+    """The sum of every charged event's amount, straight from the table."""
+    sessions: sessionmaker[Session] = app.state.sessions
+    with sessions() as session:
+        total = session.scalar(select(func.sum(UsageEvent.amount_micro)).where(UsageEvent.status == 200))
+    return int(total or 0)
+
+
+def training_cost(samples: int, compute_seconds: str) -> int:
+    """The test manifest's training price: 0.0001 per sample, 0.01 per device second (micro-units)."""
+    compute_us = int(Decimal(compute_seconds) * 1_000_000)
+    return samples * 100 + (10_000 * compute_us + 500_000) // 1_000_000
 
 
 async def test_files_are_checked_listed_deleted_and_private(gateway: Gateway) -> None:
@@ -139,6 +165,25 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
         assert {p["label"] for p in served.json()["predictions"][0]} == {"red", "blue"}
         assert model in [m["id"] for m in (await mine.get("/v1/models")).json()["data"]]
 
+        # the training is the tenant's usage, on its own line; the new model costs what its base does
+        usage = (await mine.get("/v1/usage", params={"group_by": "model"})).json()["data"]
+        trained = next(u for u in usage if u["kind"] == "training")
+        assert (trained["model"], trained["requests"], trained["errors"], trained["inputs"]) == (
+            "tiny-vit",
+            1,
+            0,
+            48,
+        )
+        assert abs(float(trained["compute_seconds"]) - job["usage"]["device_seconds"]) < 0.002
+        assert trained["cost_micro"] == training_cost(48, trained["compute_seconds"]) > 48 * 100
+        served_usage = next(u for u in usage if u["model"] == model)
+        assert (served_usage["kind"], served_usage["inputs"], served_usage["cost_micro"]) == (
+            "inference",
+            1,
+            1000,
+        )
+        assert (await theirs.get("/v1/usage")).json()["data"] == []
+
         assert model not in [m["id"] for m in (await theirs.get("/v1/models")).json()["data"]]
         assert (await theirs.get(f"/v1/models/{model}")).status_code == 404
         stolen = await theirs.post(
@@ -150,11 +195,26 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
         assert (await theirs.post(f"/v1/fine-tunes/{job_id}/cancel")).status_code == 404
         assert (await theirs.get("/v1/fine-tunes")).json()["data"] == []
 
+    async with gateway.client() as admin:
+        period = datetime.now(UTC).strftime("%Y-%m")
+        export = (await admin.get("/v1/admin/billing/export", params={"period": period})).json()
+    lines = [line for line in export["lines"] if line["kind"] == "training"]
+    assert [(line["tenant"], line["model"], line["inputs"], line["requests"]) for line in lines] == [
+        ("acme", "tiny-vit", 48, 1)
+    ]
+    assert (lines[0]["unit_price_micro"], lines[0]["compute_second_price_micro"]) == (100, 10_000)
+    assert lines[0]["amount_micro"] == trained["cost_micro"]
+    assert export["total_micro"] == billed_total(gateway.app) == trained["cost_micro"] + 1000
+    assert [e.request_id for e in training_events(gateway.app)] == [job_id]
+
 
 async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     file_id = (await upload(client, colour_dataset(per_label=10))).json()["id"]
     job = await create_job(client, file_id, epochs=1000)
-    await wait_for(client, job["id"], {"running"})
+    deadline = time.monotonic() + DEADLINE_S
+    while (await client.get(f"/v1/fine-tunes/{job['id']}")).json()["progress"]["steps_done"] == 0:
+        assert time.monotonic() < deadline, "the job never made a step"
+        await asyncio.sleep(0.05)  # a poll interval
     cancelled = await client.post(f"/v1/fine-tunes/{job['id']}/cancel")
     assert cancelled.status_code == 200
     done = await wait_for(client, job["id"], {"cancelled", "succeeded", "failed"})
@@ -162,6 +222,13 @@ async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     assert done["fine_tuned_model"] is None
     assert done["progress"]["steps_done"] < done["progress"]["steps_total"]
     assert (await client.post(f"/v1/fine-tunes/{job['id']}/cancel")).status_code == 409
+
+    # the work done before the cancel is billed: every sample trained, its device time
+    samples = done["usage"]["trained_samples"]
+    assert samples == 4 * done["progress"]["steps_done"] > 0  # batches of 4 over 16 samples
+    usage = (await client.get("/v1/usage")).json()["data"]
+    assert [(u["kind"], u["requests"], u["inputs"]) for u in usage] == [("training", 1, samples)]
+    assert usage[0]["cost_micro"] == training_cost(samples, usage[0]["compute_seconds"]) > 0
 
 
 async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings: Settings) -> None:
@@ -185,6 +252,9 @@ async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings:
         finally:
             release.set()
         await stopping
+        first_part = first.state.fine_tunes.get_job(None, job["id"])
+        assert first_part.trained_samples == 16 and first_part.device_seconds > 0
+        assert training_events(first) == []  # not ended: nothing billed yet
 
     second = create_app(settings)
     async with second.router.lifespan_context(second), Gateway(second).client() as http:
@@ -196,6 +266,11 @@ async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings:
         assert kinds.count("epoch") == 3  # epoch 1 was not run twice
         resumes = [e["message"] for e in events if e["type"] == "resume"]
         assert resumes == ["resuming from the last checkpoint", "resumed after epoch 1 and finished"]
+        # one event for the whole job: epoch 1 (run before the restart) is in it, once
+        [billed] = training_events(second)
+        assert billed.request_id == job["id"] and billed.inputs == done["usage"]["trained_samples"] == 48
+        assert billed.compute_us / 1e6 > first_part.device_seconds
+        assert abs(billed.compute_us / 1e6 - done["usage"]["device_seconds"]) < 0.002
         served = await http.post(
             f"/v1/models/{done['fine_tuned_model']}/predict",
             content=png(COLOURS["blue"], seed=3),
