@@ -39,6 +39,7 @@ from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
 from service.tracing import instrument
+from service.training.metrics import TrainingMetrics
 from service.training.runner import JobRunner
 from service.training.store import FineTuneStore
 
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         registry.discover()
         app.state.fine_tunes = FineTuneStore(sessions, settings.data_dir)
-        runner = JobRunner(app.state.fine_tunes, registry, pool, settings)
+        runner = JobRunner(app.state.fine_tunes, registry, pool, settings, metrics=training_metrics)
         runner.register_finished_models()  # fine-tuned models survive restarts
         registry.discover_fine_tuned = runner.discover  # and those other replicas finish are found on demand
         app.state.runner = runner if settings.fine_tune_runner else None
@@ -141,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = Metrics()
     limit_metrics = LimitMetrics(app.state.metrics.registry)
     usage_metrics = UsageMetrics(app.state.metrics.registry)
+    training_metrics = TrainingMetrics(app.state.metrics.registry)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)

@@ -35,6 +35,7 @@ from service.registry import ModelRegistry
 from service.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.datasets import Example, load_dataset, read_image, split_validation
+from service.training.metrics import TrainingMetrics
 from service.training.store import FineTuneStore
 from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
 
@@ -69,12 +70,14 @@ class JobRunner:
         pool: DevicePool,
         settings: Settings,
         meter: Meter | None = None,
+        metrics: TrainingMetrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.pool = pool
         self.settings = settings
         self.meter = meter  # None: training is not metered (tests of the runner alone)
+        self.metrics = metrics
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
@@ -166,9 +169,13 @@ class JobRunner:
         device = self._device()
         log.info("fine-tuning job %s: claimed by %s, on %s", job.id, self.owner, device)
         control = Control(
-            pending=lambda: self.pool.pending(device), cpu_threads=self.settings.fine_tune_threads
+            pending=lambda: self.pool.pending(device),
+            cpu_threads=self.settings.fine_tune_threads,
+            observer=self.metrics,
         )
         self.controls[job.id] = control
+        if self.metrics is not None:
+            self.metrics.running.inc()
         if self._stopping:
             control.stop("stopping")
         work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
@@ -207,6 +214,8 @@ class JobRunner:
             await self._finish(job, control, "failed", f"job failed: {message}", error=message[:2000])
         finally:
             self.controls.pop(job.id, None)
+            if self.metrics is not None:
+                self.metrics.running.dec()
 
     async def _finish(
         self, job: FineTuneJob, control: Control, status: str, message: str, **values: Any
@@ -237,7 +246,10 @@ class JobRunner:
         )
         if not ended:
             log.warning("fine-tuning job %s: no longer this runner's; another replica ends it", job.id)
-        elif usage is not None and self.meter is not None:
+            return
+        if self.metrics is not None:
+            self.metrics.jobs.labels(status).inc()
+        if usage is not None and self.meter is not None:
             self.meter.counted(usage)
 
     async def _heartbeat(self, job: FineTuneJob, control: Control) -> None:

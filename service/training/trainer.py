@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -35,12 +35,21 @@ class Interrupted(Exception):
         self.reason = reason
 
 
+class StepObserver(Protocol):
+    """Told of each training step and of each wait for inference (the runner's metrics)."""
+
+    def step(self, seconds: float, samples: int) -> None: ...
+
+    def yielded(self, seconds: float) -> None: ...
+
+
 @dataclass
 class Control:
     """How the runner steers a training thread: inference first, cancel, stop."""
 
     pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
     cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
+    observer: StepObserver | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     steps_done: int = 0
@@ -58,8 +67,20 @@ class Control:
 
     def yield_to_inference(self) -> None:
         """Wait while inference has work on this device (woken early by an interrupt)."""
+        started = time.perf_counter()
+        waited = False
         while self.pending() > 0 and not self.interrupt.is_set():
+            waited = True
             self.interrupt.wait(0.002)
+        if waited and self.observer is not None:
+            self.observer.yielded(time.perf_counter() - started)
+
+    def stepped(self, seconds: float, samples: int) -> None:
+        self.steps_done += 1
+        self.samples += samples
+        self.device_seconds += seconds
+        if self.observer is not None:
+            self.observer.step(seconds, samples)
 
 
 @dataclass(frozen=True)
@@ -200,9 +221,7 @@ def train(
             optimizer.step()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(index)
-            control.steps_done += 1
-            control.samples += len(index)
-            control.device_seconds += time.perf_counter() - started
+            control.stepped(time.perf_counter() - started, len(index))
         started = time.perf_counter()
         val_loss, val_accuracy = _evaluate(model, val_x, val_y, device)
         control.device_seconds += time.perf_counter() - started

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +66,15 @@ async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str]) -> 
             return job
         await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
     raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus scrape as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def training_events(app: FastAPI) -> list[UsageEvent]:
@@ -183,6 +193,14 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
             1000,
         )
         assert (await theirs.get("/v1/usage")).json()["data"] == []
+
+        scraped = metric_samples((await mine.get("/metrics")).text)
+        assert scraped[("maas_training_steps_total", ())] == job["progress"]["steps_total"] == 3
+        assert scraped[("maas_training_samples_total", ())] == 48
+        assert scraped[("maas_training_step_seconds_count", ())] == 3
+        assert scraped[("maas_fine_tune_jobs_total", (("status", "succeeded"),))] == 1
+        assert scraped[("maas_fine_tune_jobs_running", ())] == 0
+        assert ("maas_training_yield_seconds_total", ()) in scraped
 
         assert model not in [m["id"] for m in (await theirs.get("/v1/models")).json()["data"]]
         assert (await theirs.get(f"/v1/models/{model}")).status_code == 404

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
+from service.training.metrics import TrainingMetrics
 from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
 from tests.training.zips import COLOURS, png
 
@@ -25,7 +27,8 @@ def data(per_label: int = 6) -> TrainingData:
 
 
 def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_path: Path) -> None:
-    control = Control()
+    registry = CollectorRegistry()
+    control = Control(observer=TrainingMetrics(registry))
     seen: list[tuple[int, int]] = []  # (queued inputs reported, steps done at that moment)
 
     def pending() -> int:
@@ -48,6 +51,11 @@ def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_pat
     assert all(steps == 0 for queued, steps in seen if queued)  # waited for inference before step 1
     assert control.steps_done == 6 and control.samples == 24
     assert [e.epoch for e in epochs] == [1, 2]
+    # the metrics saw each step, and the 39 waits of at least 2 ms each for inference
+    assert registry.get_sample_value("maas_training_steps_total") == 6
+    assert registry.get_sample_value("maas_training_samples_total") == 24
+    assert registry.get_sample_value("maas_training_step_seconds_count") == 6
+    assert (registry.get_sample_value("maas_training_yield_seconds_total") or 0) >= 39 * 0.002
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "work" / "checkpoint.pt").exists()
 
 
