@@ -36,6 +36,10 @@ class FineTuneIn(BaseModel):
     hyperparameters: HyperparametersIn = HyperparametersIn()
     method: Literal["full", "lora"] = "full"
     suffix: str | None = Field(None, description="1-20 of a-z 0-9 -, put in the model's name")
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal",
+        description="The queue is FIFO per priority: high jobs run before normal, normal before low.",
+    )
 
 
 def _runner_notify(request: Request, job_id: str | None = None, cancel: bool = False) -> None:
@@ -85,6 +89,7 @@ def create_job(
         hyperparameters=body.hyperparameters.model_dump(),
         method=body.method,
         suffix=body.suffix,
+        priority=body.priority,
     )
     job = store.create_job(tenant, spec, idempotency_key, key_id=caller.key_id)
     _runner_notify(request)

@@ -168,7 +168,10 @@ class FineTuneJob(Base):
     """One fine-tuning job: what to train, its progress, its lease (which replica runs it), its result."""
 
     __tablename__ = "fine_tune_jobs"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_fine_tune_jobs_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_fine_tune_jobs_idempotency"),
+        Index("ix_fine_tune_jobs_queue", "status", "priority", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -181,6 +184,7 @@ class FineTuneJob(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it: its usage's key
     status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|succeeded|failed|cancelled
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")  # higher runs first: 1 high, 0, -1 low
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     steps_total: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -23,6 +23,9 @@ from service.metering import Usage, insert_usage
 from service.training.datasets import DatasetLimits, check_dataset
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# the queue is FIFO per priority; higher numbers are claimed first
+PRIORITIES = {"high": 1, "normal": 0, "low": -1}
+PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 
 def new_id(kind: str) -> str:
@@ -56,6 +59,7 @@ def describe_job(row: FineTuneJob) -> dict[str, Any]:
         "validation_file": row.validation_file,
         "hyperparameters": row.hyperparameters,
         "suffix": row.suffix,
+        "priority": PRIORITY_NAMES.get(row.priority, str(row.priority)),
         "status": row.status,
         "progress": {
             "steps_done": row.steps_done,
@@ -93,6 +97,7 @@ class JobSpec:
     hyperparameters: dict[str, Any]
     method: str
     suffix: str | None
+    priority: str = "normal"  # a key of PRIORITIES
 
 
 class FineTuneStore:
@@ -181,6 +186,7 @@ class FineTuneStore:
             suffix=spec.suffix,
             idempotency_key=idempotency_key,
             key_id=key_id,
+            priority=PRIORITIES[spec.priority],
             status="queued",
             cancel_requested=False,
             steps_done=0,
@@ -255,7 +261,8 @@ class FineTuneStore:
     # -- jobs (runner side) -------------------------------------------------------------------
 
     def claim(self, owner: str, lease_s: float) -> FineTuneJob | None:
-        """Take the oldest queued job, or a running one whose lease expired (its replica died).
+        """Take the oldest queued job of the highest priority, or a running one whose lease expired
+        (its replica died; it keeps its place by priority and age).
 
         On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so replicas
         claiming at once get different jobs; the conditional UPDATE makes it safe on SQLite too.
@@ -270,7 +277,7 @@ class FineTuneStore:
             job = session.scalars(
                 select(FineTuneJob)
                 .where(claimable)
-                .order_by(FineTuneJob.created_at, FineTuneJob.id)
+                .order_by(FineTuneJob.priority.desc(), FineTuneJob.created_at, FineTuneJob.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             ).first()

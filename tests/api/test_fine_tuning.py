@@ -228,7 +228,12 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
 
 async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     file_id = (await upload(client, colour_dataset(per_label=10))).json()["id"]
-    job = await create_job(client, file_id, epochs=1000)
+    urgent = await client.post(
+        "/v1/fine-tunes", json={"base_model": "tiny-vit", "training_file": file_id, "priority": "urgent"}
+    )
+    assert urgent.status_code == 422 and "priority" in urgent.json()["error"]["message"]
+    job = await create_job(client, file_id, epochs=1000, priority="high")
+    assert job["priority"] == "high"
     deadline = time.monotonic() + DEADLINE_S
     while (await client.get(f"/v1/fine-tunes/{job['id']}")).json()["progress"]["steps_done"] == 0:
         assert time.monotonic() < deadline, "the job never made a step"

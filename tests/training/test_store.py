@@ -3,6 +3,7 @@ another replica resumes a job whose replica died (SQLite and, when available, Po
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.models import FineTuneEvent, UsageEvent
 from service.metering import TRAINING, UnitPrice, Usage
 from service.tenants import Tenants
-from service.training.store import FineTuneStore, JobSpec
+from service.training.store import FineTuneStore, JobSpec, describe_job
 
 SPEC = JobSpec(
     "tiny-vit", "file_x", None, {"epochs": 1, "learning_rate": 0.001, "batch_size": 4}, "full", None
@@ -95,3 +96,24 @@ def test_a_job_ends_once_with_one_usage_event_even_after_its_lease_was_taken_ove
     ]
     assert statuses == ["job queued", "job running", "job succeeded"]
     assert store.get_job(tenant, job.id).status == "succeeded"
+
+
+def test_the_queue_is_fifo_per_priority(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    store = FineTuneStore(sessions, tmp_path)
+    tenant = Tenants(sessions).ensure_tenant("acme").id
+    made = [
+        store.create_job(tenant, replace(SPEC, priority=priority), None)
+        for priority in ("low", "normal", "high", "normal", "high")
+    ]
+    low, normal, high, normal_later, high_later = (job.id for job in made)
+
+    claims = [store.claim(f"replica-{i}", lease_s=60) for i in range(6)]
+    assert [job.id if job else None for job in claims] == [
+        high,
+        high_later,
+        normal,
+        normal_later,
+        low,
+        None,
+    ]
+    assert describe_job(store.get_job(tenant, low))["priority"] == "low"
