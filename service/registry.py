@@ -64,6 +64,7 @@ class ModelEntry:
     load_seconds: float | None = None
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     owner: str | None = None  # the tenant id of a fine-tuned model; None: public
+    base_model: str | None = None  # a fine-tuned model's public ancestor (what allow-lists name)
     arriving: int = 0  # requests being read and decoded, not yet queued
 
     @contextlib.contextmanager
@@ -165,7 +166,7 @@ class ModelRegistry:
         """The model `caller` may use: 404 for unknown ones and other tenants' private ones, 403 for
         ones its key is not allowed. The one owner check of the models and predict routes."""
         entry = self.get(name)
-        caller.require_model(name, entry.owner)
+        caller.require_model(name, entry.owner, entry.base_model)
         return entry
 
     async def find_for(self, caller: Principal, name: str) -> ModelEntry:
@@ -179,7 +180,7 @@ class ModelRegistry:
         """The models `caller` may use, the tenant's fine-tuned ones included wherever they were trained."""
         if self.discover_fine_tuned is not None and caller.tenant_id is not None:
             await self.discover_fine_tuned(caller.tenant_id, None)
-        return [e for e in self.list() if caller.may_use(e.name, e.owner)]
+        return [e for e in self.list() if caller.may_use(e.name, e.owner, e.base_model)]
 
     def add_fine_tuned(self, name: str, folder: Path, owner: str, base_model: str) -> ModelEntry:
         """Register a fine-tuned model saved in `folder` as `owner`'s private model (not loaded yet).
@@ -198,7 +199,8 @@ class ModelRegistry:
             preload=True,
             description=f"fine-tuned from {base_model}",
         )
-        entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner)
+        root = base.base_model if base is not None and base.base_model else base_model
+        entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner, base_model=root)
         self.entries[name] = entry
         self.metrics.model_ready.labels(name).set(0)
         return entry

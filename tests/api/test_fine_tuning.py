@@ -225,6 +225,32 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
     assert export["total_micro"] == billed_total(gateway.app) == trained["cost_micro"] + 1000
     assert [e.request_id for e in training_events(gateway.app)] == [job_id]
 
+    # model allow-lists: naming the base (or the fine-tuned model itself) allows the tenant's own model
+    async def predict_with(models: list[str], tenant: str = "acme") -> int:
+        async with gateway.client() as admin:
+            made = await admin.post(f"/v1/admin/tenants/{tenant}/keys", json={"models": models})
+        async with gateway.client(made.json()["key"]) as http:
+            answer = await http.post(
+                f"/v1/models/{model}/predict", content=image, headers={"Content-Type": "image/png"}
+            )
+            listed = model in [m["id"] for m in (await http.get("/v1/models")).json()["data"]]
+        assert listed == (answer.status_code == 200)
+        return answer.status_code
+
+    assert await predict_with(["tiny-vit"]) == 200
+    assert await predict_with([model]) == 200
+    assert await predict_with(["missing"]) == 403
+    async with gateway.client() as admin:
+        narrowed = await admin.patch("/v1/admin/tenants/acme", json={"allowed_models": ["tiny-vit"]})
+        assert narrowed.status_code == 200, narrowed.text
+    assert await predict_with([model]) == 200  # the key names it, the tenant allows its base
+    assert await predict_with(["tiny-vit"]) == 200
+    async with gateway.client() as admin:
+        narrowed = await admin.patch("/v1/admin/tenants/acme", json={"allowed_models": ["missing"]})
+        assert narrowed.status_code == 200, narrowed.text
+    assert await predict_with([model]) == 403  # the tenant's list allows neither it nor its base
+    assert await predict_with([model], tenant="other") == 404  # still another tenant's model
+
 
 async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     file_id = (await upload(client, colour_dataset(per_label=10))).json()["id"]
