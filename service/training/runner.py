@@ -313,6 +313,7 @@ class JobRunner:
             output_dir=models_dir(self.settings.data_dir) / name,
             control=control,
             on_epoch=on_epoch,
+            method=job.method,
         )
         if outcome.resumed_from_epoch:
             self.store.add_event(

@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -130,10 +131,10 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
         acme, other = await tenant_key(admin, "acme"), await tenant_key(admin, "other")
     async with gateway.client(acme) as mine, gateway.client(other) as theirs:
         file_id = (await upload(mine, colour_dataset(per_label=10))).json()["id"]
-        lora = await mine.post(
-            "/v1/fine-tunes", json={"base_model": "tiny-vit", "training_file": file_id, "method": "lora"}
+        bad = await mine.post(
+            "/v1/fine-tunes", json={"base_model": "tiny-vit", "training_file": file_id, "method": "qlora"}
         )
-        assert lora.status_code == 422 and "not supported yet" in lora.json()["error"]["message"]
+        assert bad.status_code == 422 and "method" in bad.json()["error"]["message"]
 
         headers = {"Idempotency-Key": "job-1"}
         first = await mine.post(
@@ -250,6 +251,61 @@ async def test_a_job_trains_and_its_model_serves_its_tenant_only(gateway: Gatewa
         assert narrowed.status_code == 200, narrowed.text
     assert await predict_with([model]) == 403  # the tenant's list allows neither it nor its base
     assert await predict_with([model], tenant="other") == 404  # still another tenant's model
+
+
+async def test_a_lora_job_saves_a_small_adapter_served_over_its_base(
+    settings: Settings, tiny_vit_dir: Path
+) -> None:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        file_id = (await upload(http, colour_dataset(per_label=10))).json()["id"]
+        made = await http.post(
+            "/v1/fine-tunes",
+            json={
+                "base_model": "tiny-vit",
+                "training_file": file_id,
+                "method": "lora",
+                "hyperparameters": {"epochs": 4, "learning_rate": 0.02, "batch_size": 4, "lora_rank": 4},
+            },
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["method"] == "lora"
+        job = await wait_for(http, made.json()["id"], {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded", job
+        assert job["metrics"]["validation_accuracy"] == 1.0  # red or blue: easy, even over a random base
+        model = job["fine_tuned_model"]
+
+        folder = settings.data_dir / "models" / model
+        saved = {p.name for p in folder.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= saved
+        assert "model.safetensors" not in saved  # only the adapter and the new head, not the base
+        adapter_bytes = (folder / "adapter_model.safetensors").stat().st_size
+        full_bytes = (tiny_vit_dir / "model.safetensors").stat().st_size
+        assert adapter_bytes * 5 < full_bytes, (adapter_bytes, full_bytes)
+
+        red = await http.post(
+            f"/v1/models/{model}/predict",
+            content=png(COLOURS["red"], seed=7),
+            headers={"Content-Type": "image/png"},
+        )
+        assert red.status_code == 200, red.text
+        assert red.json()["predictions"][0][0]["label"] == "red"
+
+        again = await http.post(
+            "/v1/fine-tunes", json={"base_model": model, "training_file": file_id, "method": "full"}
+        )
+        assert again.status_code == 422 and "LoRA adapter" in again.json()["error"]["message"]
+
+    restarted = create_app(settings)  # the adapter is registered again over its base, and serves
+    async with restarted.router.lifespan_context(restarted), Gateway(restarted).client() as http:
+        await restarted.state.registry.preload_done.wait()
+        blue = await http.post(
+            f"/v1/models/{model}/predict",
+            content=png(COLOURS["blue"], seed=3),
+            headers={"Content-Type": "image/png"},
+        )
+        assert blue.status_code == 200, blue.text
+        assert blue.json()["predictions"][0][0]["label"] == "blue"
 
 
 async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
