@@ -24,7 +24,6 @@ INVOICE_FIELDS = (
     "tenant",
     "tenant_id",
     "model",
-    "kind",
     "inputs",
     "requests",
     "compute_seconds",
@@ -33,6 +32,7 @@ INVOICE_FIELDS = (
     "compute_second_price_micro",
     "amount",
     "amount_micro",
+    "kind",  # last: the columns before it keep the places they had before training was billed
 )
 
 
