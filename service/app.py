@@ -21,7 +21,16 @@ from service.db import check_connection, create_db_engine, session_factory, upgr
 from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
 from service.inputs import InputLimits
-from service.metering import Idempotency, Meter, PriceBook, UnitPrice, UsageMetrics, UsageWriter, to_micro
+from service.metering import (
+    INFERENCE,
+    Idempotency,
+    Meter,
+    PriceBook,
+    UnitPrice,
+    UsageMetrics,
+    UsageWriter,
+    manifest_prices,
+)
 from service.metrics import Metrics
 from service.quota import Quota
 from service.ratelimit import Limiter, LimitMetrics, build_buckets
@@ -30,6 +39,7 @@ from service.requests import RequestIdMiddleware
 from service.settings import Settings
 from service.tenants import DEFAULT_TENANT, Tenants
 from service.tracing import instrument
+from service.training.metrics import TrainingMetrics
 from service.training.runner import JobRunner
 from service.training.store import FineTuneStore
 
@@ -83,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         registry.discover()
         app.state.fine_tunes = FineTuneStore(sessions, settings.data_dir)
-        runner = JobRunner(app.state.fine_tunes, registry, pool, settings)
+        runner = JobRunner(app.state.fine_tunes, registry, pool, settings, metrics=training_metrics)
         runner.register_finished_models()  # fine-tuned models survive restarts
         registry.discover_fine_tuned = runner.discover  # and those other replicas finish are found on demand
         app.state.runner = runner if settings.fine_tune_runner else None
@@ -98,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             on_commit=usage_metrics.observe_group,
         )
         app.state.meter = _meter(settings, sessions, registry, writer, usage_metrics)
+        runner.meter = app.state.meter  # training is metered through the same meter
         writer.start()
         app.state.draining = False
         preload = asyncio.create_task(registry.preload(), name="maas-preload")
@@ -131,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = Metrics()
     limit_metrics = LimitMetrics(app.state.metrics.registry)
     usage_metrics = UsageMetrics(app.state.metrics.registry)
+    training_metrics = TrainingMetrics(app.state.metrics.registry)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)
@@ -162,15 +174,14 @@ def _meter(
 ) -> Meter:
     """The meter, with the manifests' prices made current in the price book."""
 
-    def unit_price(entry: ModelEntry | None) -> UnitPrice | None:
+    def unit_price(entry: ModelEntry | None, kind: str = INFERENCE) -> UnitPrice | None:
         if entry is None or entry.manifest is None:
             return None
-        price = entry.manifest.price
-        return UnitPrice(to_micro(price.per_image), to_micro(price.per_compute_second))
+        return manifest_prices(entry.manifest.price)[kind]
 
-    prices = PriceBook(sessions, unlisted=lambda model: unit_price(registry.entries.get(model)))
-    changed = prices.sync(
-        (entry.name, price) for entry in registry.list() if (price := unit_price(entry)) is not None
+    prices = PriceBook(sessions, unlisted=lambda model, kind: unit_price(registry.entries.get(model), kind))
+    changed = prices.sync_manifests(
+        (entry.name, entry.manifest.price) for entry in registry.list() if entry.manifest is not None
     )
     if changed:
         log.info("price book: new prices for %s", ", ".join(changed))

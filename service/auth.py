@@ -78,6 +78,8 @@ class Principal:
     scopes: frozenset[str]
     models: frozenset[str] | None = None
     tenant_id: str | None = None
+    # the lists `models` was made from (the key's, the tenant's), each checked for fine-tuned models
+    model_lists: tuple[frozenset[str], ...] = ()
     rate_limit_rps: float | None = None  # the key's own bucket
     tenant_rate_limit_rps: float | None = None  # the bucket all the tenant's keys share
     max_concurrency: int | None = None  # the tenant's requests in flight
@@ -95,15 +97,25 @@ class Principal:
         """The one visibility rule: public models (no owner) for all, private ones for their tenant only."""
         return owner is None or owner == self.tenant_id
 
-    def may_use(self, model: str, owner: str | None = None) -> bool:
-        """Whether `model` belongs in this caller's models list."""
-        return self.can_see(owner) and (self.models is None or model in self.models)
+    def allowed(self, model: str, owner: str | None = None, base: str | None = None) -> bool:
+        """Whether the key's and tenant's model lists let it use `model`. A tenant's fine-tuned model
+        (one with an `owner`) is allowed where the list names it or the public model it was
+        trained from (`base`): allowing a base allows the tenant's own versions of it."""
+        if self.models is None or model in self.models:
+            return True
+        if owner is None or base is None:
+            return False
+        return all(model in allow or base in allow for allow in self.model_lists or (self.models,))
 
-    def require_model(self, model: str, owner: str | None = None) -> None:
+    def may_use(self, model: str, owner: str | None = None, base: str | None = None) -> bool:
+        """Whether `model` belongs in this caller's models list."""
+        return self.can_see(owner) and self.allowed(model, owner, base)
+
+    def require_model(self, model: str, owner: str | None = None, base: str | None = None) -> None:
         """404 for a model this caller may not even know of (another tenant's), 403 for one it may not use."""
         if not self.can_see(owner):
             raise NotFound(f"model {model!r} not found")
-        if self.models is not None and model not in self.models:
+        if not self.allowed(model, owner, base):
             raise PermissionDenied(f"this key is not allowed to use model {model!r}")
 
 
@@ -216,6 +228,7 @@ class DatabaseKeyStore:
             scopes=frozenset(key.scopes),
             models=models,
             tenant_id=tenant.id,
+            model_lists=tuple(frozenset(m) for m in (key.models, tenant.allowed_models) if m is not None),
             rate_limit_rps=key.rate_limit_rps,
             tenant_rate_limit_rps=tenant.rate_limit_rps,
             max_concurrency=tenant.max_concurrency,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -30,6 +30,9 @@ class Price(BaseModel):
 
     per_image: float = Field(0.0, ge=0)  # per input (image or text); metering keeps micro-units
     per_compute_second: float = Field(0.0, ge=0)  # per second of the request's share of forward time
+    # fine-tuning on this model as the base: per sample trained (each epoch counts), per device second
+    per_training_sample: float = Field(0.0, ge=0)
+    per_training_second: float = Field(0.0, ge=0)
 
 
 class Preprocess(BaseModel):
@@ -53,6 +56,8 @@ class ModelManifest(BaseModel):
     task: Task
     adapter: Adapter = "transformers"
     source: str
+    # `source` is a PEFT (LoRA) adapter over this model (hub id or folder): image classification only
+    base_source: str | None = None
     dtype: DType = "auto"
     batching: Batching = Batching()
     replicas: int = Field(1, ge=1, le=64)
@@ -66,6 +71,17 @@ class ModelManifest(BaseModel):
     # feature-extraction: how token vectors become one vector per input
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
+
+    @model_validator(mode="after")
+    def _adapters_need_a_classifier(self) -> ModelManifest:
+        if self.base_source is not None and (self.adapter, self.task) != (
+            "transformers",
+            "image-classification",
+        ):
+            raise ValueError(
+                "base_source (a LoRA adapter's base) needs adapter transformers and task image-classification"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

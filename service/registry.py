@@ -64,6 +64,7 @@ class ModelEntry:
     load_seconds: float | None = None
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     owner: str | None = None  # the tenant id of a fine-tuned model; None: public
+    base_model: str | None = None  # a fine-tuned model's public ancestor (what allow-lists name)
     arriving: int = 0  # requests being read and decoded, not yet queued
 
     @contextlib.contextmanager
@@ -165,7 +166,7 @@ class ModelRegistry:
         """The model `caller` may use: 404 for unknown ones and other tenants' private ones, 403 for
         ones its key is not allowed. The one owner check of the models and predict routes."""
         entry = self.get(name)
-        caller.require_model(name, entry.owner)
+        caller.require_model(name, entry.owner, entry.base_model)
         return entry
 
     async def find_for(self, caller: Principal, name: str) -> ModelEntry:
@@ -179,18 +180,24 @@ class ModelRegistry:
         """The models `caller` may use, the tenant's fine-tuned ones included wherever they were trained."""
         if self.discover_fine_tuned is not None and caller.tenant_id is not None:
             await self.discover_fine_tuned(caller.tenant_id, None)
-        return [e for e in self.list() if caller.may_use(e.name, e.owner)]
+        return [e for e in self.list() if caller.may_use(e.name, e.owner, e.base_model)]
 
     def add_fine_tuned(self, name: str, folder: Path, owner: str, base_model: str) -> ModelEntry:
         """Register a fine-tuned model saved in `folder` as `owner`'s private model (not loaded yet).
-        It is served like its base: same batching, dtype and price."""
+        It is served like its base: same batching, dtype and price. A LoRA adapter folder is served
+        over its base model's weights."""
         base = self.entries.get(base_model)
         inherited = base.manifest if base is not None and base.manifest is not None else None
+        base_source = None
+        if (folder / "adapter_config.json").exists():  # a LoRA adapter: served over its base's weights
+            base_folder = _local_folder(base)
+            base_source = str(base_folder) if base_folder else f"missing base model {base_model!r}"
         manifest = ModelManifest(
             name=name,
             task="image-classification",
             adapter="transformers",
             source=str(folder.resolve()),
+            base_source=base_source,
             dtype=inherited.dtype if inherited else "auto",
             batching=inherited.batching if inherited else Batching(),
             price=inherited.price if inherited else Price(),
@@ -198,7 +205,8 @@ class ModelRegistry:
             preload=True,
             description=f"fine-tuned from {base_model}",
         )
-        entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner)
+        root = base.base_model if base is not None and base.base_model else base_model
+        entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner, base_model=root)
         self.entries[name] = entry
         self.metrics.model_ready.labels(name).set(0)
         return entry
@@ -302,6 +310,15 @@ def _predictor(adapter: ModelAdapter) -> Callable[[list[Any], int], list[Output]
     return run
 
 
+def _local_folder(entry: ModelEntry | None) -> Path | None:
+    if entry is None or entry.manifest is None:
+        return None
+    try:
+        return resolve_local_folder(entry.manifest.source, entry.manifest_path.parent)
+    except SourceError:
+        return None
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -315,7 +332,11 @@ def estimate_bytes(manifest: ModelManifest, manifest_dir: Path) -> int | None:
         return None
     if folder is None:
         return None
-    stored = sum(p.stat().st_size for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    folders = [folder]
+    if manifest.base_source is not None:  # a LoRA adapter: the merged model weighs what its base does
+        with contextlib.suppress(SourceError):
+            folders += [f for f in [resolve_local_folder(manifest.base_source, manifest_dir)] if f]
+    stored = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
     if not stored:
         return None
     per_param = DTYPE_BYTES.get(manifest.dtype, 4)  # auto: float32 on CPU, less on CUDA

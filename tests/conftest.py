@@ -76,7 +76,7 @@ def models_dir(tmp_path: Path, tiny_vit_dir: Path) -> Path:
         task: image-classification
         source: {tiny_vit_dir}
         batching: {{max_batch_size: 8, max_delay_ms: 2}}
-        price: {{per_image: 0.001}}
+        price: {{per_image: 0.001, per_training_sample: 0.0001, per_training_second: 0.01}}
     """,
     )
     write_manifest(

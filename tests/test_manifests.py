@@ -96,6 +96,7 @@ def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
         ("replicas: 0", "replicas"),
         ("batching: {max_batch_size: 0}", "batching.max_batch_size"),
         ("price: {per_image: -1}", "price.per_image"),
+        ("price: {per_training_sample: -1}", "price.per_training_sample"),
     ],
 )
 def test_out_of_range_values_name_their_field(tmp_path: Path, line: str, named: str) -> None:
@@ -104,6 +105,17 @@ def test_out_of_range_values_name_their_field(tmp_path: Path, line: str, named: 
     path = write(tmp_path, "m.yaml", "\n".join(fields.values()) + "\n")
     with pytest.raises(ValueError, match=rf"{named}:"):
         read_manifest(path)
+
+
+def test_a_lora_adapter_manifest_names_its_base_and_must_be_a_transformers_classifier(
+    tmp_path: Path,
+) -> None:
+    lines = "name: mine\ntask: image-classification\nsource: ./adapter\nbase_source: ./vit\n"
+    assert read_manifest(write(tmp_path, "ok.yaml", lines)).base_source == "./vit"
+    with pytest.raises(ValueError, match="base_source"):
+        read_manifest(
+            write(tmp_path, "bad.yaml", lines.replace("image-classification", "feature-extraction"))
+        )
 
 
 def test_missing_required_fields_are_named(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ class HyperparametersIn(BaseModel):
     learning_rate: float = Field(5e-4, gt=0, le=1)
     batch_size: int = Field(16, ge=1, le=1024)
     seed: int = Field(0, ge=0)
+    lora_rank: int = Field(8, ge=1, le=256, description="method lora: the adapters' rank")
+    lora_alpha: int = Field(16, ge=1, le=4096, description="method lora: adapter scale is alpha / rank")
 
 
 class FineTuneIn(BaseModel):
@@ -34,8 +36,14 @@ class FineTuneIn(BaseModel):
     training_file: str
     validation_file: str | None = None
     hyperparameters: HyperparametersIn = HyperparametersIn()
-    method: Literal["full", "lora"] = "full"
+    method: Literal["full", "lora"] = Field(
+        "full", description="full: every weight; lora: PEFT adapters over the frozen base (a small artifact)"
+    )
     suffix: str | None = Field(None, description="1-20 of a-z 0-9 -, put in the model's name")
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal",
+        description="The queue is FIFO per priority: high jobs run before normal, normal before low.",
+    )
 
 
 def _runner_notify(request: Request, job_id: str | None = None, cancel: bool = False) -> None:
@@ -71,8 +79,10 @@ def create_job(
         raise InvalidInput(
             f"base model {body.base_model!r} cannot be fine-tuned: only transformers models in a local folder"
         )
-    if body.method == "lora":
-        raise InvalidInput("method 'lora' is not supported yet; use 'full'")
+    if base.manifest.base_source is not None:
+        raise InvalidInput(
+            f"base model {body.base_model!r} is a LoRA adapter; fine-tune the model it adapts instead"
+        )
     if body.suffix is not None and not SUFFIX.match(body.suffix):
         raise InvalidInput("suffix must be 1-20 of a-z, 0-9 and '-', starting with a letter or digit")
     store.get_file(tenant, body.training_file)
@@ -85,8 +95,9 @@ def create_job(
         hyperparameters=body.hyperparameters.model_dump(),
         method=body.method,
         suffix=body.suffix,
+        priority=body.priority,
     )
-    job = store.create_job(tenant, spec, idempotency_key)
+    job = store.create_job(tenant, spec, idempotency_key, key_id=caller.key_id)
     _runner_notify(request)
     return describe_job(job)
 

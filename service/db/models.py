@@ -97,18 +97,21 @@ class QuotaUsage(Base):
 
 
 class UsageEvent(Base):
-    """One answered inference request, written before its answer is sent. Money in micro-units
-    (1e-6 of the currency), never floats; the unit prices applied are kept on the event."""
+    """One answered inference request, written before its answer is sent, or one fine-tuning job's
+    training, written when the job ends (`kind`). Money in micro-units (1e-6 of the currency),
+    never floats; the unit prices applied are kept on the event."""
 
     __tablename__ = "usage_events"
     __table_args__ = (Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),)
 
-    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # training: the job id
+    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training
     tenant_id: Mapped[str] = mapped_column(String(40))  # no foreign key: usage outlives a tenant row
     key_id: Mapped[str] = mapped_column(String(40))
-    model: Mapped[str] = mapped_column(String(128))
-    inputs: Mapped[int] = mapped_column(Integer)
-    compute_us: Mapped[int] = mapped_column(BigInteger)  # this request's share of its batches' forward time
+    model: Mapped[str] = mapped_column(String(128))  # training: the base model
+    inputs: Mapped[int] = mapped_column(Integer)  # training: samples trained (every epoch counts)
+    # inference: this request's share of its batches' forward time; training: the job's device time
+    compute_us: Mapped[int] = mapped_column(BigInteger)
     queue_us: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
     per_input_micro: Mapped[int] = mapped_column(BigInteger)
@@ -139,6 +142,7 @@ class PriceRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training
     effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
     per_input_micro: Mapped[int] = mapped_column(BigInteger)
     per_compute_second_micro: Mapped[int] = mapped_column(BigInteger)
@@ -164,7 +168,10 @@ class FineTuneJob(Base):
     """One fine-tuning job: what to train, its progress, its lease (which replica runs it), its result."""
 
     __tablename__ = "fine_tune_jobs"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_fine_tune_jobs_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_fine_tune_jobs_idempotency"),
+        Index("ix_fine_tune_jobs_queue", "status", "priority", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -175,7 +182,9 @@ class FineTuneJob(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     suffix: Mapped[str | None] = mapped_column(String(40), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it: its usage's key
     status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|succeeded|failed|cancelled
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")  # higher runs first: 1 high, 0, -1 low
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     steps_total: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -3,10 +3,20 @@ usage and billing reports. See the README's "Usage and billing"."""
 
 from service.metering.idempotency import Claim, ClaimState, Idempotency, request_hash
 from service.metering.meter import Meter, UsageMetrics, UsageUnavailable
-from service.metering.prices import PriceBook, UnitPrice, format_micro, to_micro
-from service.metering.writer import Outcome, Usage, UsageWriter
+from service.metering.prices import (
+    INFERENCE,
+    TRAINING,
+    PriceBook,
+    UnitPrice,
+    format_micro,
+    manifest_prices,
+    to_micro,
+)
+from service.metering.writer import Outcome, Usage, UsageWriter, insert_usage
 
 __all__ = [
+    "INFERENCE",
+    "TRAINING",
     "Claim",
     "ClaimState",
     "Idempotency",
@@ -19,6 +29,8 @@ __all__ = [
     "UsageUnavailable",
     "UsageWriter",
     "format_micro",
+    "insert_usage",
+    "manifest_prices",
     "request_hash",
     "to_micro",
 ]

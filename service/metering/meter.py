@@ -1,5 +1,6 @@
 """The meter: what the predict route calls. Prices a request, writes its usage event through the
-group-commit writer (with its idempotency outcome), and answers idempotency claims."""
+group-commit writer (with its idempotency outcome), and answers idempotency claims. It prices a
+fine-tuning job's training too; the job runner writes that event with the job's final status."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from service.batching import Tally
 from service.errors import GatewayError
 from service.metering.idempotency import Claim, Idempotency
-from service.metering.prices import PriceBook
+from service.metering.prices import TRAINING, PriceBook
 from service.metering.writer import GroupStats, Outcome, Usage, UsageWriter
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
@@ -116,6 +117,34 @@ class Meter:
             created_at=self._now(),
         )
 
+    def training_usage(
+        self,
+        *,
+        job_id: str,
+        tenant_id: str,
+        key_id: str,
+        base_model: str,
+        samples: int,
+        device_seconds: float,
+        billed: bool,
+    ) -> Usage:
+        """The one event of a fine-tuning job, keyed by the job id (so it is written once): samples
+        trained and device time, at the base model's current training price. Charged when `billed`
+        (the job succeeded or its tenant cancelled it); a failed job is recorded at no charge."""
+        return Usage(
+            request_id=job_id,
+            tenant_id=tenant_id,
+            key_id=key_id,
+            model=base_model,
+            inputs=samples,
+            compute_us=round(device_seconds * 1_000_000),
+            queue_us=0,
+            status=200 if billed else 500,
+            price=self.prices.current(base_model, TRAINING),
+            created_at=self._now(),
+            kind=TRAINING,
+        )
+
     async def record(self, usage: Usage | None, outcome: Outcome | None = None) -> None:
         """Commit `usage` (and `outcome`) with the next group; 503 if that fails."""
         if not self.enabled:
@@ -126,9 +155,13 @@ class Meter:
             self.metrics.write_failures.inc()
             raise UsageUnavailable("usage could not be recorded; the request was not billed") from exc
         if usage is not None:
-            self.metrics.events.labels(str(usage.status)).inc()
-            if usage.status == 200:
-                self.metrics.inputs.labels(usage.tenant_id, usage.model).inc(usage.inputs)
+            self.counted(usage)
+
+    def counted(self, usage: Usage) -> None:
+        """Count a committed event in the metrics."""
+        self.metrics.events.labels(str(usage.status)).inc()
+        if usage.status == 200 and usage.kind != TRAINING:
+            self.metrics.inputs.labels(usage.tenant_id, usage.model).inc(usage.inputs)
 
     async def claim(self, tenant_id: str, key: str, digest: str, request_id: str) -> Claim:
         return await anyio.to_thread.run_sync(self.idempotency.claim, tenant_id, key, digest, request_id)

@@ -1,7 +1,8 @@
 """The price book: manifest prices as integer micro-units (1e-6 of the currency), versioned.
 
 At start-up each model's manifest price is compared with its newest row in `prices`; when it
-differs a new row, effective now, is added. An event stores the unit prices it was charged, so
+differs a new row, effective now, is added. Inference and training (fine-tuning on a base model)
+are priced apart: each row has a `kind`. An event stores the unit prices it was charged, so
 old usage keeps its old price whatever the book says later.
 """
 
@@ -16,6 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PriceRow
+from service.manifests import Price
 
 MICRO = 1_000_000
 
@@ -52,6 +54,16 @@ class UnitPrice:
 
 
 FREE = UnitPrice()
+INFERENCE, TRAINING = "inference", "training"
+
+
+def manifest_prices(price: Price) -> dict[str, UnitPrice]:
+    """A manifest's `price:` as the unit prices of each kind: inference (per input, per compute
+    second) and training on this model as the base (per sample trained, per device second)."""
+    return {
+        INFERENCE: UnitPrice(to_micro(price.per_image), to_micro(price.per_compute_second)),
+        TRAINING: UnitPrice(to_micro(price.per_training_sample), to_micro(price.per_training_second)),
+    }
 
 
 class PriceBook:
@@ -61,23 +73,23 @@ class PriceBook:
         self,
         sessions: sessionmaker[Session],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        unlisted: Callable[[str], UnitPrice | None] = lambda model: None,
+        unlisted: Callable[[str, str], UnitPrice | None] = lambda model, kind: None,
     ) -> None:
         self._sessions = sessions
         self._now = now
-        self._current: dict[str, UnitPrice] = {}
-        # the price of a model registered after start-up (fine-tuned, here or on another replica):
-        # its manifest's, until the next start-up writes it into the book
+        self._current: dict[tuple[str, str], UnitPrice] = {}
+        # the price (model, kind) of a model registered after start-up (fine-tuned, here or on
+        # another replica): its manifest's, until the next start-up writes it into the book
         self._unlisted = unlisted
 
-    def sync(self, prices: Iterable[tuple[str, UnitPrice]]) -> list[str]:
-        """Make `prices` the current ones; adds a row, effective now, for each model whose price
-        changed (or is new). Returns the models that got a new row."""
+    def sync(self, prices: Iterable[tuple[str, UnitPrice]], kind: str = INFERENCE) -> list[str]:
+        """Make `prices` the current ones of `kind`; adds a row, effective now, for each model whose
+        price changed (or is new). Returns the models that got a new row."""
         changed: list[str] = []
         with self._sessions.begin() as session:
             _lock_prices(session)
             for model, price in prices:
-                latest = _latest(session, model)
+                latest = _latest(session, model, kind)
                 if latest is None or (latest.per_input_micro, latest.per_compute_second_micro) != (
                     price.per_input_micro,
                     price.per_compute_second_micro,
@@ -85,25 +97,34 @@ class PriceBook:
                     session.add(
                         PriceRow(
                             model=model,
+                            kind=kind,
                             effective_from=self._now(),
                             per_input_micro=price.per_input_micro,
                             per_compute_second_micro=price.per_compute_second_micro,
                         )
                     )
                     changed.append(model)
-                self._current[model] = price
+                self._current[(model, kind)] = price
         return changed
 
-    def current(self, model: str) -> UnitPrice:
-        price = self._current.get(model)
+    def sync_manifests(self, prices: Iterable[tuple[str, Price]]) -> list[str]:
+        """`sync` every kind of each model's manifest price; returns `model (kind)` for each new row."""
+        by_kind: dict[str, list[tuple[str, UnitPrice]]] = {INFERENCE: [], TRAINING: []}
+        for model, price in prices:
+            for kind, unit in manifest_prices(price).items():
+                by_kind[kind].append((model, unit))
+        return [f"{model} ({kind})" for kind, units in by_kind.items() for model in self.sync(units, kind)]
+
+    def current(self, model: str, kind: str = INFERENCE) -> UnitPrice:
+        price = self._current.get((model, kind))
         if price is None:
-            price = self._unlisted(model) or FREE
+            price = self._unlisted(model, kind) or FREE
         return price
 
-    def history(self, model: str) -> list[PriceRow]:
+    def history(self, model: str, kind: str = INFERENCE) -> list[PriceRow]:
         with self._sessions() as session:
-            query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id)
-            return list(session.scalars(query))
+            query = select(PriceRow).where(PriceRow.model == model, PriceRow.kind == kind)
+            return list(session.scalars(query.order_by(PriceRow.id)))
 
 
 def _lock_prices(session: Session) -> None:
@@ -114,6 +135,6 @@ def _lock_prices(session: Session) -> None:
         session.execute(text(f"LOCK TABLE {PriceRow.__tablename__} IN EXCLUSIVE MODE"))
 
 
-def _latest(session: Session, model: str) -> PriceRow | None:
-    query = select(PriceRow).where(PriceRow.model == model).order_by(PriceRow.id.desc()).limit(1)
-    return session.scalars(query).first()
+def _latest(session: Session, model: str, kind: str) -> PriceRow | None:
+    query = select(PriceRow).where(PriceRow.model == model, PriceRow.kind == kind)
+    return session.scalars(query.order_by(PriceRow.id.desc()).limit(1)).first()

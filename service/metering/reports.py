@@ -1,6 +1,9 @@
 """Reading usage back: totals grouped by model, day, key (and tenant), and the monthly invoice
 lines of the billing export. Sums are SQL integer sums of the events' own micro-unit amounts,
-so an invoice always equals its events to the micro-unit."""
+so an invoice always equals its events to the micro-unit.
+
+Inference and training are never summed together: every total and invoice line is also split by
+`kind`, since their `inputs` count different things (images or texts; samples trained)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ INVOICE_FIELDS = (
     "compute_second_price_micro",
     "amount",
     "amount_micro",
+    "kind",  # last: the columns before it keep the places they had before training was billed
 )
 
 
@@ -82,7 +86,7 @@ def usage_summary(
             "day": _day(session),
             "key": UsageEvent.key_id,
         }
-        keys = [columns[g].label(g) for g in group_by]
+        keys = [*(columns[g].label(g) for g in group_by), UsageEvent.kind.label("kind")]
         ok = UsageEvent.status == 200
         query = select(
             *keys,
@@ -94,18 +98,15 @@ def usage_summary(
         ).where(and_(UsageEvent.created_at >= start, UsageEvent.created_at < end))
         if tenant_id is not None:
             query = query.where(UsageEvent.tenant_id == tenant_id)
-        if keys:
-            query = query.group_by(*keys).order_by(*keys)
-        rows = session.execute(query).all()
+        rows = session.execute(query.group_by(*keys).order_by(*keys)).all()
         names = _tenant_names(session) if "tenant" in group_by else {}
     data = []
     for row in rows:
-        if not keys and row.requests == 0:
-            continue
         item: dict[str, Any] = {g: getattr(row, g) for g in group_by}
         if "tenant" in item:
             item["tenant_name"] = names.get(item["tenant"])
         item.update(
+            kind=row.kind,
             requests=int(row.requests),
             errors=int(row.errors),
             inputs=int(row.inputs),
@@ -127,13 +128,15 @@ def usage_summary(
 
 
 def invoice_lines(sessions: sessionmaker[Session], period: str) -> list[dict[str, Any]]:
-    """One line per tenant, model and unit price (a price change mid-month gives two lines),
-    over the answered (200) requests of the month."""
+    """One line per tenant, model, kind and unit price (a price change mid-month gives two lines),
+    over the answered (200) requests and the billed fine-tuning jobs of the month. A training
+    line's inputs are samples trained, its requests jobs, its compute seconds device time."""
     start, end = month_bounds(period)
     query = (
         select(
             UsageEvent.tenant_id,
             UsageEvent.model,
+            UsageEvent.kind,
             UsageEvent.per_input_micro,
             UsageEvent.per_compute_second_micro,
             func.count().label("requests"),
@@ -145,10 +148,11 @@ def invoice_lines(sessions: sessionmaker[Session], period: str) -> list[dict[str
         .group_by(
             UsageEvent.tenant_id,
             UsageEvent.model,
+            UsageEvent.kind,
             UsageEvent.per_input_micro,
             UsageEvent.per_compute_second_micro,
         )
-        .order_by(UsageEvent.tenant_id, UsageEvent.model, UsageEvent.per_input_micro)
+        .order_by(UsageEvent.tenant_id, UsageEvent.model, UsageEvent.kind, UsageEvent.per_input_micro)
     )
     with sessions() as session:
         rows = session.execute(query).all()
@@ -158,6 +162,7 @@ def invoice_lines(sessions: sessionmaker[Session], period: str) -> list[dict[str
             "tenant": names.get(row.tenant_id, row.tenant_id),
             "tenant_id": row.tenant_id,
             "model": row.model,
+            "kind": row.kind,
             "inputs": int(row.inputs),
             "requests": int(row.requests),
             "compute_seconds": _seconds(int(row.compute_us)),

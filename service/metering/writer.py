@@ -22,7 +22,7 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Base, IdempotencyRecord, UsageEvent
-from service.metering.prices import UnitPrice
+from service.metering.prices import INFERENCE, UnitPrice
 
 log = logging.getLogger(__name__)
 _EVENTS = Base.metadata.tables[UsageEvent.__tablename__]
@@ -30,7 +30,7 @@ _EVENTS = Base.metadata.tables[UsageEvent.__tablename__]
 
 @dataclass(frozen=True)
 class Usage:
-    """One answered request, as it will be billed."""
+    """One answered request (or, `kind` training, one fine-tuning job), as it will be billed."""
 
     request_id: str
     tenant_id: str
@@ -42,6 +42,7 @@ class Usage:
     status: int
     price: UnitPrice
     created_at: datetime
+    kind: str = INFERENCE
 
     @property
     def amount_micro(self) -> int:
@@ -51,6 +52,7 @@ class Usage:
     def row(self) -> dict[str, object]:
         return {
             "request_id": self.request_id,
+            "kind": self.kind,
             "tenant_id": self.tenant_id,
             "key_id": self.key_id,
             "model": self.model[:128],
@@ -171,13 +173,17 @@ class UsageWriter:
 
     def _write(self, group: list[_Pending]) -> None:
         """One transaction for the whole group."""
-        rows = [item.usage.row() for item in group if item.usage is not None]
         with self.sessions.begin() as session:
-            if rows:  # a Core executemany: no ORM unit of work on the hot path
-                session.connection().execute(insert(_EVENTS), rows)
+            insert_usage(session, [item.usage for item in group if item.usage is not None])
             for item in group:
                 if item.outcome is not None:
                     _settle(session, item.outcome)
+
+
+def insert_usage(session: Session, usages: list[Usage]) -> None:
+    """Add `usages` to `session`'s transaction (the writer's group, or a job's final update)."""
+    if usages:  # a Core executemany: no ORM unit of work on the hot path
+        session.connection().execute(insert(_EVENTS), [usage.row() for usage in usages])
 
 
 def _settle(session: Session, outcome: Outcome) -> None:

@@ -29,4 +29,7 @@ def load_adapter(
         return load_torch_adapter(manifest, source, device, dtype)
     from service.runtime.transformers_adapter import load_transformers_adapter
 
-    return load_transformers_adapter(manifest, source, device, dtype)
+    base = None
+    if manifest.base_source is not None:
+        base = resolve_source(manifest.base_source, manifest_dir, hub_timeout_s=hub_timeout_s)
+    return load_transformers_adapter(manifest, source, device, dtype, base=base)

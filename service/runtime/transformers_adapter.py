@@ -7,6 +7,8 @@ forward pass instead of the pipeline's per-call loop.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +35,30 @@ def load_pipeline(
         dtype=dtype,
         model_kwargs=model_kwargs,
     )
+
+
+def load_lora_pipeline(
+    adapter: ResolvedSource, base: ResolvedSource, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """An image-classification pipeline from a base model and a PEFT (LoRA) adapter folder: the
+    base is loaded with the adapter's label set, the adapter (and its classifier head) applied and
+    merged into the weights, so a forward pass costs what the base's does."""
+    from peft import PeftModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    folder = Path(adapter.location)
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    model = AutoModelForImageClassification.from_pretrained(
+        base.location,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # the head comes from the adapter
+        local_files_only=base.local_files_only,
+    )
+    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+    merged.to(device=device, dtype=dtype)
+    return pipeline("image-classification", model=merged, image_processor=processor, device=device)
 
 
 class ImageClassificationAdapter(ModelAdapter):
@@ -101,9 +127,18 @@ class FeatureExtractionAdapter(ModelAdapter):
 
 
 def load_transformers_adapter(
-    manifest: ModelManifest, source: ResolvedSource, device: torch.device, dtype: torch.dtype
+    manifest: ModelManifest,
+    source: ResolvedSource,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    base: ResolvedSource | None = None,
 ) -> ModelAdapter:
-    pipe = load_pipeline(manifest, source, device, dtype)
+    """`base` set: `source` is a LoRA adapter over it."""
+    if base is not None:
+        pipe = load_lora_pipeline(source, base, device, dtype)
+    else:
+        pipe = load_pipeline(manifest, source, device, dtype)
     pipe.model.eval()
     if manifest.task == "image-classification":
         return ImageClassificationAdapter(pipe, device, dtype)

@@ -4,6 +4,12 @@ device of the shared pool (in a thread), heartbeating its lease, then registers 
 Started in the app's lifespan. On shutdown it interrupts the running job after its current
 step and gives its lease up: the next gateway (or another replica) resumes it from its last
 checkpoint. A replica that dies without doing so loses its lease after `fine_tune_lease_s`.
+
+Metering: a job's training is one usage event (kind `training`, keyed by the job id), written in
+the transaction that ends the job, so it is written once whatever restarts and takeovers came
+before. It counts the work behind the job's checkpointed progress plus what the final run did
+after it: samples and device time are saved with each checkpoint and restored on resume, and the
+work a dead or stopped replica did after its last checkpoint (redone by the next one) is not billed.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import torch
 
 from service.db.models import FineTuneJob
 from service.devices import DevicePool
+from service.metering import Meter
 from service.registry import ModelRegistry
 from service.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.datasets import Example, load_dataset, read_image, split_validation
+from service.training.metrics import TrainingMetrics
 from service.training.store import FineTuneStore
 from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
 
@@ -56,12 +64,20 @@ class JobRunner:
     """Runs fine-tuning jobs from the database on the device pool, one at a time per replica."""
 
     def __init__(
-        self, store: FineTuneStore, registry: ModelRegistry, pool: DevicePool, settings: Settings
+        self,
+        store: FineTuneStore,
+        registry: ModelRegistry,
+        pool: DevicePool,
+        settings: Settings,
+        meter: Meter | None = None,
+        metrics: TrainingMetrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.pool = pool
         self.settings = settings
+        self.meter = meter  # None: training is not metered (tests of the runner alone)
+        self.metrics = metrics
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
@@ -153,9 +169,13 @@ class JobRunner:
         device = self._device()
         log.info("fine-tuning job %s: claimed by %s, on %s", job.id, self.owner, device)
         control = Control(
-            pending=lambda: self.pool.pending(device), cpu_threads=self.settings.fine_tune_threads
+            pending=lambda: self.pool.pending(device),
+            cpu_threads=self.settings.fine_tune_threads,
+            observer=self.metrics,
         )
         self.controls[job.id] = control
+        if self.metrics is not None:
+            self.metrics.running.inc()
         if self._stopping:
             control.stop("stopping")
         work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
@@ -166,13 +186,15 @@ class JobRunner:
                     await self._heartbeat(job, control)
             name, metrics = await work
             await self._heartbeat(job, control)
+            if control.reason == "lost":
+                raise Interrupted("lost")
             entry = self.registry.add_fine_tuned(
                 name, models_dir(self.settings.data_dir) / name, job.tenant_id, job.base_model
             )
             await self.registry.ensure_loaded(entry)
-            await asyncio.to_thread(
-                self.store.finish,
-                job.id,
+            await self._finish(
+                job,
+                control,
                 "succeeded",
                 f"job succeeded: model {name} is ready",
                 fine_tuned_model=name,
@@ -181,7 +203,7 @@ class JobRunner:
             log.info("fine-tuning job %s: succeeded on %s, model %s", job.id, self.owner, name)
         except Interrupted as stopped:
             if stopped.reason == "cancelled":
-                await asyncio.to_thread(self.store.finish, job.id, "cancelled", "job cancelled")
+                await self._finish(job, control, "cancelled", "job cancelled")
             elif stopped.reason == "stopping":
                 await asyncio.to_thread(self.store.release, job.id, self.owner)
             else:  # lost: another replica resumed it from the checkpoint; leave it be
@@ -189,11 +211,46 @@ class JobRunner:
         except Exception as exc:
             log.exception("fine-tuning job %s failed", job.id)
             message = str(exc) or type(exc).__name__
-            await asyncio.to_thread(
-                self.store.finish, job.id, "failed", f"job failed: {message}", error=message[:2000]
-            )
+            await self._finish(job, control, "failed", f"job failed: {message}", error=message[:2000])
         finally:
             self.controls.pop(job.id, None)
+            if self.metrics is not None:
+                self.metrics.running.dec()
+
+    async def _finish(
+        self, job: FineTuneJob, control: Control, status: str, message: str, **values: Any
+    ) -> None:
+        """End the job with its usage event: what it trained is billed, unless it failed (recorded free)."""
+        usage = None
+        if self.meter is not None and self.meter.enabled:
+            usage = self.meter.training_usage(
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                key_id=job.key_id or "",
+                base_model=job.base_model,
+                samples=control.samples,
+                device_seconds=control.device_seconds,
+                billed=status != "failed",
+            )
+        ended = await asyncio.to_thread(
+            self.store.finish,
+            job.id,
+            self.owner,
+            status,
+            message,
+            usage=usage,
+            steps_done=control.steps_done,
+            trained_samples=control.samples,
+            device_seconds=control.device_seconds,
+            **values,
+        )
+        if not ended:
+            log.warning("fine-tuning job %s: no longer this runner's; another replica ends it", job.id)
+            return
+        if self.metrics is not None:
+            self.metrics.jobs.labels(status).inc()
+        if usage is not None and self.meter is not None:
+            self.meter.counted(usage)
 
     async def _heartbeat(self, job: FineTuneJob, control: Control) -> None:
         state = await asyncio.to_thread(
@@ -236,6 +293,8 @@ class JobRunner:
                 self.settings.fine_tune_lease_s,
                 epochs_done=report.epoch,
                 steps_done=control.steps_done,
+                trained_samples=control.samples,
+                device_seconds=control.device_seconds,
             )
             for listener in self.checkpoint_listeners:
                 listener(job.id, report.epoch)
@@ -254,6 +313,7 @@ class JobRunner:
             output_dir=models_dir(self.settings.data_dir) / name,
             control=control,
             on_epoch=on_epoch,
+            method=job.method,
         )
         if outcome.resumed_from_epoch:
             self.store.add_event(

@@ -19,9 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
 from service.errors import Conflict, NotFound
+from service.metering import Usage, insert_usage
 from service.training.datasets import DatasetLimits, check_dataset
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# the queue is FIFO per priority; higher numbers are claimed first
+PRIORITIES = {"high": 1, "normal": 0, "low": -1}
+PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 
 def new_id(kind: str) -> str:
@@ -55,6 +59,7 @@ def describe_job(row: FineTuneJob) -> dict[str, Any]:
         "validation_file": row.validation_file,
         "hyperparameters": row.hyperparameters,
         "suffix": row.suffix,
+        "priority": PRIORITY_NAMES.get(row.priority, str(row.priority)),
         "status": row.status,
         "progress": {
             "steps_done": row.steps_done,
@@ -92,6 +97,7 @@ class JobSpec:
     hyperparameters: dict[str, Any]
     method: str
     suffix: str | None
+    priority: str = "normal"  # a key of PRIORITIES
 
 
 class FineTuneStore:
@@ -160,8 +166,11 @@ class FineTuneStore:
 
     # -- jobs (API side) ----------------------------------------------------------------------
 
-    def create_job(self, tenant_id: str, spec: JobSpec, idempotency_key: str | None) -> FineTuneJob:
-        """A queued job; the same Idempotency-Key from the same tenant gives back the first job."""
+    def create_job(
+        self, tenant_id: str, spec: JobSpec, idempotency_key: str | None, *, key_id: str | None = None
+    ) -> FineTuneJob:
+        """A queued job; the same Idempotency-Key from the same tenant gives back the first job.
+        `key_id`: the key that asked for it, whose usage the training will be."""
         if idempotency_key is not None:
             existing = self._by_idempotency_key(tenant_id, idempotency_key)
             if existing is not None:
@@ -176,6 +185,8 @@ class FineTuneStore:
             hyperparameters=spec.hyperparameters,
             suffix=spec.suffix,
             idempotency_key=idempotency_key,
+            key_id=key_id,
+            priority=PRIORITIES[spec.priority],
             status="queued",
             cancel_requested=False,
             steps_done=0,
@@ -250,7 +261,8 @@ class FineTuneStore:
     # -- jobs (runner side) -------------------------------------------------------------------
 
     def claim(self, owner: str, lease_s: float) -> FineTuneJob | None:
-        """Take the oldest queued job, or a running one whose lease expired (its replica died).
+        """Take the oldest queued job of the highest priority, or a running one whose lease expired
+        (its replica died; it keeps its place by priority and age).
 
         On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so replicas
         claiming at once get different jobs; the conditional UPDATE makes it safe on SQLite too.
@@ -265,7 +277,7 @@ class FineTuneStore:
             job = session.scalars(
                 select(FineTuneJob)
                 .where(claimable)
-                .order_by(FineTuneJob.created_at, FineTuneJob.id)
+                .order_by(FineTuneJob.priority.desc(), FineTuneJob.created_at, FineTuneJob.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             ).first()
@@ -315,21 +327,37 @@ class FineTuneStore:
             )
             session.add(_event(job_id, "message", "runner stopped; the job resumes from its checkpoint"))
 
-    def finish(self, job_id: str, status: str, message: str, **values: Any) -> None:
+    def finish(
+        self, job_id: str, owner: str, status: str, message: str, *, usage: Usage | None = None, **values: Any
+    ) -> bool:
+        """End a running job that `owner` holds, and write its usage event in the same transaction:
+        a job ends once, so its training is metered once. False (and nothing written) when the
+        job is no longer `owner`'s: its lease was lost to another replica, which finishes it."""
         level = "error" if status == "failed" else "info"
         with self.sessions.begin() as session:
-            session.execute(
-                update(FineTuneJob)
-                .where(FineTuneJob.id == job_id)
-                .values(
-                    status=status,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    finished_at=datetime.now(UTC),
-                    **values,
+            ended = _rowcount(
+                session.execute(
+                    update(FineTuneJob)
+                    .where(
+                        FineTuneJob.id == job_id,
+                        FineTuneJob.lease_owner == owner,
+                        FineTuneJob.status == "running",
+                    )
+                    .values(
+                        status=status,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        finished_at=datetime.now(UTC),
+                        **values,
+                    )
                 )
             )
+            if not ended:
+                return False
             session.add(_event(job_id, "status", message, {"status": status}, level=level))
+            if usage is not None:
+                insert_usage(session, [usage])
+        return True
 
     def add_event(
         self, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None, level: str = "info"

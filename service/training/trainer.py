@@ -1,4 +1,6 @@
-"""The trainer: full fine-tuning of a transformers image classifier with a plain torch loop.
+"""The trainer: fine-tuning of a transformers image classifier with a plain torch loop, either
+in full (every weight) or with LoRA (PEFT adapters on the attention query/value projections and a
+new classifier head; the base weights stay frozen and the saved artifact is the adapter alone).
 
 AdamW with transformers' linear warm-up/decay schedule; shuffled mini-batches, seeded per
 epoch so that a resumed run sees the same order; an evaluation on the validation set and a
@@ -9,6 +11,7 @@ gateway shutting down).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import threading
@@ -16,13 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from transformers import get_linear_schedule_with_warmup
 
 CHECKPOINT = "checkpoint.pt"
+LABELS = "labels.json"  # a LoRA artifact's label set (the base's config keeps the base's labels)
+LORA_TARGETS = ["q_proj", "v_proj", "query", "value"]  # attention query/value (transformers 5 names, 4 names)
+HEAD = "classifier"  # trained in full next to the adapter (PEFT's modules_to_save)
 EVAL_BATCH = 64
 WARMUP = 0.05  # of all steps: the learning rate rises linearly, then decays linearly to 0
 
@@ -35,12 +41,21 @@ class Interrupted(Exception):
         self.reason = reason
 
 
+class StepObserver(Protocol):
+    """Told of each training step and of each wait for inference (the runner's metrics)."""
+
+    def step(self, seconds: float, samples: int) -> None: ...
+
+    def yielded(self, seconds: float) -> None: ...
+
+
 @dataclass
 class Control:
     """How the runner steers a training thread: inference first, cancel, stop."""
 
     pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
     cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
+    observer: StepObserver | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     steps_done: int = 0
@@ -58,8 +73,20 @@ class Control:
 
     def yield_to_inference(self) -> None:
         """Wait while inference has work on this device (woken early by an interrupt)."""
+        started = time.perf_counter()
+        waited = False
         while self.pending() > 0 and not self.interrupt.is_set():
+            waited = True
             self.interrupt.wait(0.002)
+        if waited and self.observer is not None:
+            self.observer.yielded(time.perf_counter() - started)
+
+    def stepped(self, seconds: float, samples: int) -> None:
+        self.steps_done += 1
+        self.samples += samples
+        self.device_seconds += seconds
+        if self.observer is not None:
+            self.observer.step(seconds, samples)
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,8 @@ class Hyperparameters:
     learning_rate: float
     batch_size: int
     seed: int = 0
+    lora_rank: int = 8  # LoRA only: the adapters' rank
+    lora_alpha: int = 16  # LoRA only: their scale is alpha / rank
 
 
 @dataclass
@@ -116,6 +145,37 @@ def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
     return model, processor
 
 
+def with_lora(model: Any, params: Hyperparameters) -> Any:
+    """`model` wrapped by PEFT: LoRA adapters on the attention query/value projections, the new
+    classifier head trained in full, every other weight frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=params.lora_rank,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=0.1,
+        target_modules=LORA_TARGETS,
+        modules_to_save=[HEAD],
+    )
+    return get_peft_model(model, config)
+
+
+def _trained_state(model: Any, method: str) -> dict[str, Any]:
+    """What a checkpoint keeps of the model: everything (full), or only what trains (LoRA)."""
+    if method == "lora":
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    state: dict[str, Any] = model.state_dict()
+    return state
+
+
+def _save(model: Any, processor: Any, labels: list[str], method: str, folder: Path) -> None:
+    """The result: a full model folder, or (LoRA) the adapter, its head, the labels and the processor."""
+    model.save_pretrained(folder)  # PEFT saves adapter_config.json and adapter_model.safetensors only
+    processor.save_pretrained(folder)
+    if method == "lora":
+        (folder / LABELS).write_text(json.dumps(labels), encoding="utf-8")
+
+
 def _evaluate(
     model: Any, pixels: torch.Tensor, targets: torch.Tensor, device: torch.device
 ) -> tuple[float, float]:
@@ -147,8 +207,10 @@ def train(
     output_dir: Path,
     control: Control,
     on_epoch: Callable[[EpochReport], None],
+    method: str = "full",
 ) -> Outcome:
-    """Fine-tune the model in `base_folder` on `data`; save it (and its processor) to `output_dir`.
+    """Fine-tune the model in `base_folder` on `data` (`method` full or lora); save the result (and
+    the processor) to `output_dir`.
 
     Resumes from `work_dir/checkpoint.pt` when there is one. Raises `Interrupted` when stopped.
     """
@@ -157,8 +219,11 @@ def train(
         # OpenMP's thread count is per calling thread: the inference workers' threads keep theirs
         torch.set_num_threads(control.cpu_threads)
     model, processor = load_base(base_folder, data.labels)
+    if method == "lora":
+        model = with_lora(model, params)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=params.learning_rate)
     train_x = _pixels(processor, data.train_images)
     train_y = torch.tensor(data.train_labels, dtype=torch.long)
     val_x = _pixels(processor, data.validation_images)
@@ -172,12 +237,13 @@ def train(
     start_epoch, history = 0, []
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=method != "lora")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         control.steps_done = int(state["steps_done"])
-        control.samples = int(state["samples"])
+        control.samples = int(state["samples"])  # the work behind the checkpoint, metered once
+        control.device_seconds = float(state.get("device_seconds", 0.0))
     resumed_from = start_epoch
 
     for epoch in range(start_epoch, params.epochs):
@@ -199,9 +265,7 @@ def train(
             optimizer.step()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(index)
-            control.steps_done += 1
-            control.samples += len(index)
-            control.device_seconds += time.perf_counter() - started
+            control.stepped(time.perf_counter() - started, len(index))
         started = time.perf_counter()
         val_loss, val_accuracy = _evaluate(model, val_x, val_y, device)
         control.device_seconds += time.perf_counter() - started
@@ -210,12 +274,13 @@ def train(
         _save_checkpoint(
             checkpoint_path,
             {
-                "model": model.state_dict(),
+                "model": _trained_state(model, method),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "steps_done": control.steps_done,
                 "samples": control.samples,
+                "device_seconds": control.device_seconds,
                 "history": history,
             },
         )
@@ -224,8 +289,7 @@ def train(
     partial = output_dir.with_name(output_dir.name + ".partial")
     for stale in (partial, output_dir):
         shutil.rmtree(stale, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
+    _save(model, processor, data.labels, method, partial)
     partial.replace(output_dir)
     last = history[-1] if history else {}
     metrics = {

@@ -64,6 +64,7 @@ async def test_usage_and_billing_export_match_the_events(gateway: Gateway) -> No
         mine = (await acme.get("/v1/usage")).json()
         assert mine["data"] == [
             {
+                "kind": "inference",
                 "requests": 4,
                 "errors": 1,
                 "inputs": 6,

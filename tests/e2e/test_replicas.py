@@ -115,11 +115,11 @@ def test_both_replicas_started_on_one_price_row_per_model(replicas: Replicas) ->
     try:
         with engine.connect() as connection:
             rows = connection.execute(
-                text("SELECT per_input_micro FROM prices WHERE model = 'tiny-vit'")
+                text("SELECT kind, per_input_micro FROM prices WHERE model = 'tiny-vit' ORDER BY kind")
             ).all()
     finally:
         engine.dispose()
-    assert [r.per_input_micro for r in rows] == [PRICE_MICRO]
+    assert [(r.kind, r.per_input_micro) for r in rows] == [("inference", PRICE_MICRO), ("training", 0)]
 
 
 def test_usage_of_load_across_both_replicas_is_exact_on_either(replicas: Replicas) -> None:

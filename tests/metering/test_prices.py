@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import create_db_engine, session_factory, upgrade
-from service.metering import PriceBook, UnitPrice, format_micro, to_micro
+from service.metering import INFERENCE, TRAINING, PriceBook, UnitPrice, format_micro, to_micro
 from tests.conftest import fresh_postgres_database, postgres_url_or_skip
 
 
@@ -113,8 +113,25 @@ def test_a_model_registered_after_start_up_is_priced_by_its_manifest_until_liste
     sessions: sessionmaker[Session],
 ) -> None:
     manifests = {"ft-vit-1": UnitPrice(200, 7)}
-    book = PriceBook(sessions, unlisted=manifests.get)
+    book = PriceBook(
+        sessions, unlisted=lambda model, kind: manifests.get(model) if kind == INFERENCE else None
+    )
     book.sync([("vit", UnitPrice(200))])
     assert book.current("ft-vit-1") == UnitPrice(200, 7)  # fine-tuned since: its base's price
     assert book.current("unknown") == UnitPrice()
     assert book.history("ft-vit-1") == []  # the next start-up writes its row
+    assert book.current("ft-vit-1", TRAINING) == UnitPrice()
+
+
+def test_inference_and_training_prices_are_versioned_apart(sessions: sessionmaker[Session]) -> None:
+    book = PriceBook(sessions)
+    assert book.sync([("vit", UnitPrice(200))]) == ["vit"]
+    assert book.sync([("vit", UnitPrice(3, 40_000))], TRAINING) == ["vit"]
+    again = PriceBook(sessions)  # a restart with the same manifest adds nothing, kind by kind
+    assert (
+        again.sync([("vit", UnitPrice(200))]) == []
+        and again.sync([("vit", UnitPrice(3, 40_000))], TRAINING) == []
+    )
+    assert again.current("vit") == UnitPrice(200) and again.current("vit", TRAINING) == UnitPrice(3, 40_000)
+    assert [r.per_input_micro for r in again.history("vit")] == [200]
+    assert [r.per_input_micro for r in again.history("vit", TRAINING)] == [3]

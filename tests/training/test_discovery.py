@@ -34,7 +34,9 @@ def caller(tenant_id: str) -> Principal:
 def finished_elsewhere(store: FineTuneStore, tenant_id: str, name: str) -> None:
     """What another replica's runner leaves: a succeeded job naming its model."""
     job = store.create_job(tenant_id, SPEC, None)
-    store.finish(job.id, "succeeded", "done", fine_tuned_model=name)
+    claimed = store.claim("replica-b", lease_s=60)
+    assert claimed is not None and claimed.id == job.id
+    assert store.finish(job.id, "replica-b", "succeeded", "done", fine_tuned_model=name)
 
 
 async def test_a_model_finished_by_another_replica_is_found_by_its_tenant_only(

@@ -3,12 +3,17 @@ another replica resumes a job whose replica died (SQLite and, when available, Po
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.models import FineTuneEvent, UsageEvent
+from service.metering import TRAINING, UnitPrice, Usage
 from service.tenants import Tenants
-from service.training.store import FineTuneStore, JobSpec
+from service.training.store import FineTuneStore, JobSpec, describe_job
 
 SPEC = JobSpec(
     "tiny-vit", "file_x", None, {"epochs": 1, "learning_rate": 0.001, "batch_size": 4}, "full", None
@@ -47,3 +52,68 @@ def test_the_same_idempotency_key_gives_back_the_same_job(
     job = store.create_job(acme, SPEC, "retry-me")
     assert store.create_job(acme, SPEC, "retry-me").id == job.id
     assert store.create_job(other, SPEC, "retry-me").id != job.id  # keys are per tenant
+
+
+def test_a_job_ends_once_with_one_usage_event_even_after_its_lease_was_taken_over(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    store = FineTuneStore(sessions, tmp_path)
+    tenant = Tenants(sessions).ensure_tenant("acme").id
+    job = store.create_job(tenant, SPEC, None, key_id="key_1")
+    assert store.claim("replica-a", lease_s=60) is not None
+    store.heartbeat(job.id, "replica-a", lease_s=-1)  # replica-a stalls; its lease lapses
+    assert store.claim("replica-b", lease_s=60) is not None
+
+    def usage(samples: int) -> Usage:
+        return Usage(
+            request_id=job.id,
+            tenant_id=tenant,
+            key_id="key_1",
+            model="tiny-vit",
+            inputs=samples,
+            compute_us=2_000_000,
+            queue_us=0,
+            status=200,
+            price=UnitPrice(100, 10_000),
+            created_at=datetime.now(UTC),
+            kind=TRAINING,
+        )
+
+    # the stalled replica wakes up and tries to end the job: nothing is written
+    assert not store.finish(job.id, "replica-a", "succeeded", "job succeeded", usage=usage(99))
+    assert store.finish(job.id, "replica-b", "succeeded", "job succeeded", usage=usage(48))
+    assert not store.finish(job.id, "replica-b", "succeeded", "job succeeded", usage=usage(48))  # once
+
+    with sessions() as session:
+        events = session.scalars(select(UsageEvent)).all()
+        statuses = session.scalars(
+            select(FineTuneEvent.message).where(
+                FineTuneEvent.job_id == job.id, FineTuneEvent.type == "status"
+            )
+        ).all()
+    assert [(e.request_id, e.kind, e.inputs, e.key_id, e.amount_micro) for e in events] == [
+        (job.id, "training", 48, "key_1", 48 * 100 + 20_000)
+    ]
+    assert statuses == ["job queued", "job running", "job succeeded"]
+    assert store.get_job(tenant, job.id).status == "succeeded"
+
+
+def test_the_queue_is_fifo_per_priority(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    store = FineTuneStore(sessions, tmp_path)
+    tenant = Tenants(sessions).ensure_tenant("acme").id
+    made = [
+        store.create_job(tenant, replace(SPEC, priority=priority), None)
+        for priority in ("low", "normal", "high", "normal", "high")
+    ]
+    low, normal, high, normal_later, high_later = (job.id for job in made)
+
+    claims = [store.claim(f"replica-{i}", lease_s=60) for i in range(6)]
+    assert [job.id if job else None for job in claims] == [
+        high,
+        high_later,
+        normal,
+        normal_later,
+        low,
+        None,
+    ]
+    assert describe_job(store.get_job(tenant, low))["priority"] == "low"

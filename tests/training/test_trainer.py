@@ -4,13 +4,24 @@ and stops at the next step when interrupted."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
-from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
+from service.training.metrics import TrainingMetrics
+from service.training.trainer import (
+    Control,
+    EpochReport,
+    Hyperparameters,
+    Interrupted,
+    Outcome,
+    TrainingData,
+    train,
+)
 from tests.training.zips import COLOURS, png
 
 
@@ -25,7 +36,8 @@ def data(per_label: int = 6) -> TrainingData:
 
 
 def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_path: Path) -> None:
-    control = Control()
+    registry = CollectorRegistry()
+    control = Control(observer=TrainingMetrics(registry))
     seen: list[tuple[int, int]] = []  # (queued inputs reported, steps done at that moment)
 
     def pending() -> int:
@@ -48,6 +60,11 @@ def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_pat
     assert all(steps == 0 for queued, steps in seen if queued)  # waited for inference before step 1
     assert control.steps_done == 6 and control.samples == 24
     assert [e.epoch for e in epochs] == [1, 2]
+    # the metrics saw each step, and the 39 waits of at least 2 ms each for inference
+    assert registry.get_sample_value("maas_training_steps_total") == 6
+    assert registry.get_sample_value("maas_training_samples_total") == 24
+    assert registry.get_sample_value("maas_training_step_seconds_count") == 6
+    assert (registry.get_sample_value("maas_training_yield_seconds_total") or 0) >= 39 * 0.002
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "work" / "checkpoint.pt").exists()
 
 
@@ -71,3 +88,36 @@ def test_an_interrupt_stops_training_before_the_next_step(tiny_vit_dir: Path, tm
     assert stopped.value.reason == "cancelled"
     assert control.steps_done == 3  # epoch 1 only
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_run_checkpoints_only_what_trains_and_resumes(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    params = Hyperparameters(epochs=2, learning_rate=0.01, batch_size=4, lora_rank=4)
+    first = Control()
+
+    def stop_after_first_epoch(report: EpochReport) -> None:
+        first.stop("stopping")
+
+    def run(control: Control, on_epoch: Callable[[EpochReport], None]) -> Outcome:
+        return train(
+            base_folder=tiny_vit_dir,
+            data=data(),
+            params=params,
+            device=torch.device("cpu"),
+            work_dir=tmp_path / "work",
+            output_dir=tmp_path / "out",
+            control=control,
+            on_epoch=on_epoch,
+            method="lora",
+        )
+
+    with pytest.raises(Interrupted):
+        run(first, stop_after_first_epoch)
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)["model"]
+    assert state and all("lora_" in name or "classifier" in name for name in state)
+
+    second = Control()
+    outcome = run(second, lambda report: None)
+    assert outcome.resumed_from_epoch == 1
+    assert second.steps_done == 6 and second.samples == 24  # epoch 1 restored, epoch 2 run
+    assert [e["epoch"] for e in outcome.metrics["epochs"]] == [1, 2]
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
