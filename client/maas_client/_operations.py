@@ -277,6 +277,7 @@ def create_fine_tune(
     hyperparameters: dict[str, Any] | None,
     suffix: str | None,
     method: str | None,
+    priority: str | None,
     idempotency_key: str | None,
 ) -> Call[FineTuneJob]:
     body = _compact(
@@ -286,6 +287,7 @@ def create_fine_tune(
         hyperparameters=hyperparameters,
         suffix=suffix,
         method=method,
+        priority=priority,
     )
     # The gateway answers a repeated Idempotency-Key with the first job: safe to send again.
     parse, headers = _one(FineTuneJob.from_json), _idempotency(idempotency_key)

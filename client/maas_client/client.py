@@ -346,14 +346,24 @@ class FineTunes(_Resource):
         hyperparameters: dict[str, Any] | None = None,
         suffix: str | None = None,
         method: str | None = None,
+        priority: str | None = None,
         idempotency_key: str | None = None,
     ) -> FineTuneJob:
         """Queue a job fine-tuning `base_model` on an uploaded file (`file_…`); `hyperparameters`
-        may set `epochs`, `learning_rate`, `batch_size`, `seed`; `suffix` goes into the new
-        model's name; `method` is the gateway's (default `full`). Retries re-send one
-        `Idempotency-Key`, so a retried create never queues a second job."""
+        may set `epochs`, `learning_rate`, `batch_size`, `seed`, and for `method="lora"`
+        `lora_rank` and `lora_alpha`; `suffix` goes into the new model's name; `method` is `full`
+        (the gateway's default) or `lora` (a small adapter over the shared base); `priority` is
+        `high`, `normal` (default) or `low`: the queue is first-in first-out per priority.
+        Retries re-send one `Idempotency-Key`, so a retried create never queues a second job."""
         call = ops.create_fine_tune(
-            base_model, training_file, validation_file, hyperparameters, suffix, method, idempotency_key
+            base_model,
+            training_file,
+            validation_file,
+            hyperparameters,
+            suffix,
+            method,
+            priority,
+            idempotency_key,
         )
         return self._client._request(call)
 

@@ -269,8 +269,9 @@ class APIKey:
 @dataclass(frozen=True)
 class UsageRow:
     """One group of a usage report. The group's keys (`model`, `day`, `key`, and for admins
-    `tenant` with `tenant_name`) are set when grouped by them, else None. `inputs` counts billed
-    inputs of answered requests; `errors` the requests that were refused or failed."""
+    `tenant` with `tenant_name`) are set when grouped by them, else None. Rows are split by `kind`:
+    `inference` rows count billed inputs of answered requests in `inputs`, `training` rows (one
+    per fine-tuning job) the samples trained; `errors` counts requests or jobs that failed."""
 
     requests: int
     errors: int
@@ -283,6 +284,7 @@ class UsageRow:
     key: str | None = None
     tenant: str | None = None
     tenant_name: str | None = None
+    kind: str = "inference"
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -299,6 +301,7 @@ class UsageRow:
             key=_opt_str(data, "key"),
             tenant=_opt_str(data, "tenant"),
             tenant_name=_opt_str(data, "tenant_name"),
+            kind=_opt_str(data, "kind") or "inference",
             raw=data,
         )
 
@@ -332,8 +335,9 @@ class UsageReport:
 
 @dataclass(frozen=True)
 class InvoiceLine:
-    """One line of a billing export: a tenant's answered requests on one model at one unit price
-    (a price change within the month gives two lines)."""
+    """One line of a billing export: a tenant's answered requests (`kind` `inference`) or
+    fine-tuning jobs (`kind` `training`, `inputs` = samples trained) on one model at one unit
+    price (a price change within the month gives two lines)."""
 
     tenant: str
     model: str
@@ -346,6 +350,7 @@ class InvoiceLine:
     unit_price: Decimal | None = None
     unit_price_micro: int | None = None
     compute_second_price_micro: int | None = None
+    kind: str = "inference"
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -362,6 +367,7 @@ class InvoiceLine:
             unit_price=_opt_decimal(data, "unit_price"),
             unit_price_micro=_opt_int(data, "unit_price_micro"),
             compute_second_price_micro=_opt_int(data, "compute_second_price_micro"),
+            kind=_opt_str(data, "kind") or "inference",
             raw=data,
         )
 
@@ -479,6 +485,7 @@ class FineTuneJob:
     validation_file: str | None = None
     method: str | None = None
     suffix: str | None = None
+    priority: str | None = None
     hyperparameters: JSON | None = None
     progress: FineTuneProgress = field(default_factory=FineTuneProgress)
     metrics: JSON | None = None
@@ -503,6 +510,7 @@ class FineTuneJob:
             validation_file=_opt_str(data, "validation_file"),
             method=_opt_str(data, "method"),
             suffix=_opt_str(data, "suffix"),
+            priority=_opt_str(data, "priority"),
             hyperparameters=_opt_dict(data, "hyperparameters"),
             progress=FineTuneProgress.from_json(_opt_dict(data, "progress")),
             metrics=_opt_dict(data, "metrics"),

@@ -126,6 +126,33 @@ def test_fine_tune_create_wait_with_progress_then_serve_to_its_tenant_only(
             other.fine_tunes.get(job.id)
 
 
+def test_a_lora_job_at_high_priority_is_served_and_billed_as_training(tenant: Client) -> None:
+    training = tenant.files.upload(colour_dataset(per_label=8))
+    job = tenant.fine_tunes.create(
+        "tiny-vit",
+        training.id,
+        method="lora",
+        priority="high",
+        hyperparameters={**FAST, "lora_rank": 4, "lora_alpha": 8},
+    )
+    assert (job.method, job.priority) == ("lora", "high")
+    assert job.hyperparameters and job.hyperparameters["lora_rank"] == 4
+    done = tenant.fine_tunes.wait(job.id, poll_interval=POLL_S, timeout=300)
+    assert done.status == "succeeded" and done.fine_tuned_model, (
+        done.error,
+        tenant.fine_tunes.events(job.id),
+    )
+    answer = tenant.predict(done.fine_tuned_model, png((220, 30, 30)), top_k=2)
+    assert {g.label for g in answer.predictions[0]} == {"red", "blue"}
+
+    rows = tenant.usage.get(group_by="model").data
+    trained = [r for r in rows if r.kind == "training"]
+    assert [(r.model, r.requests, r.inputs) for r in trained] == [("tiny-vit", 1, done.usage.trained_samples)]
+    assert trained[0].compute_seconds > 0
+    with pytest.raises(InvalidInputError):
+        tenant.fine_tunes.create("tiny-vit", training.id, priority="urgent")
+
+
 def test_fine_tune_create_is_idempotent_and_refuses_what_cannot_run(tenant: Client) -> None:
     training = tenant.files.upload(colour_dataset(per_label=5))
     key = unique("once")
