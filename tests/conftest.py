@@ -63,21 +63,33 @@ def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     return path
 
 
+TINY_VIT_BATCHING = "{max_batch_size: 8, max_delay_ms: 2}"
+
+
+def write_tiny_vit(
+    models_dir: Path,
+    source: Path,
+    *,
+    price: str | None = "{per_image: 0.001}",
+    batching: str | None = TINY_VIT_BATCHING,
+) -> Path:
+    """The `tiny-vit` manifest over the tiny test ViT at `source`, with `price` and `batching`
+    (YAML flow mappings; None leaves the key out)."""
+    lines = ["name: tiny-vit", "task: image-classification", f"source: {source}"]
+    lines += [f"batching: {batching}"] if batching else []
+    lines += [f"price: {price}"] if price else []
+    return write_manifest(models_dir, "tiny-vit", "\n".join(lines) + "\n")
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path, tiny_vit_dir: Path) -> Path:
     """A models folder with the tiny ViT and one manifest whose source cannot be found."""
     folder = tmp_path / "models"
     folder.mkdir()
-    write_manifest(
+    write_tiny_vit(
         folder,
-        "tiny-vit",
-        f"""
-        name: tiny-vit
-        task: image-classification
-        source: {tiny_vit_dir}
-        batching: {{max_batch_size: 8, max_delay_ms: 2}}
-        price: {{per_image: 0.001, per_training_sample: 0.0001, per_training_second: 0.01}}
-    """,
+        tiny_vit_dir,
+        price="{per_image: 0.001, per_training_sample: 0.0001, per_training_second: 0.01}",
     )
     write_manifest(
         folder,

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the gateway's own test helpers live in the repo's `tests` package
     sys.path.insert(0, str(REPO))
 
-from tests.conftest import TINY_LABELS, tiny_vit_dir, write_manifest  # noqa: E402
+from tests.conftest import TINY_LABELS, tiny_vit_dir, write_manifest, write_tiny_vit  # noqa: E402
 from tests.e2e.conftest import Server, start_server  # noqa: E402
 
 __all__ = ["TINY_LABELS", "tiny_vit_dir"]  # tiny_vit_dir: the repo's session fixture, re-exported
@@ -49,12 +49,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Ite
     MiniLM embedder, and a model whose source is missing (503); at most MAX_INPUTS inputs per
     request. Tests share it, so each makes its own tenants (`unique`)."""
     models = tmp_path_factory.mktemp("client-models")
-    write_manifest(
-        models,
-        "tiny-vit",
-        f"name: tiny-vit\ntask: image-classification\nsource: {tiny_vit_dir}\n"
-        f"price: {{per_image: {PRICE_MICRO / 1_000_000}}}\n",
-    )
+    write_tiny_vit(models, tiny_vit_dir, price=f"{{per_image: {PRICE_MICRO / 1_000_000}}}", batching=None)
     write_manifest(models, "missing", "name: missing\ntask: image-classification\nsource: ./nowhere\n")
     minilm = (REPO / "models" / "all-minilm-l6-v2.yaml").read_text(encoding="utf-8")
     (models / "all-minilm-l6-v2.yaml").write_text(minilm, encoding="utf-8")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.app import create_app
 from service.db.models import UsageEvent
 from service.settings import Settings
-from tests.conftest import Gateway, image_bytes, write_manifest
+from tests.conftest import Gateway, image_bytes, write_tiny_vit
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/tiny-vit/predict"
@@ -111,16 +111,7 @@ async def test_a_price_change_applies_from_then_on_and_old_usage_keeps_its_price
     settings = settings.model_copy(update={"database_url": database_url})
 
     async def serve(price: str, inputs: int) -> dict[str, Any]:
-        write_manifest(
-            settings.models_dir,
-            "tiny-vit",
-            f"""
-            name: tiny-vit
-            task: image-classification
-            source: {tiny_vit_dir}
-            price: {price}
-        """,
-        )
+        write_tiny_vit(settings.models_dir, tiny_vit_dir, price=price, batching=None)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             await app.state.registry.preload_done.wait()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, write_manifest
+from tests.conftest import REPO, write_manifest, write_tiny_vit
 
 START_TIMEOUT_S = 180
 
@@ -96,15 +96,7 @@ def start_server(models_dir: Path, data_dir: Path, *, env: dict[str, str] | None
 def e2e_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Path:
     """The tiny test ViT plus the shipped models (their manifests point at the repo's folders)."""
     folder = tmp_path_factory.mktemp("e2e-models")
-    write_manifest(
-        folder,
-        "tiny-vit",
-        f"""
-        name: tiny-vit
-        task: image-classification
-        source: {tiny_vit_dir}
-    """,
-    )
+    write_tiny_vit(folder, tiny_vit_dir, price=None, batching=None)
     write_manifest(
         folder,
         "tiny-vit-batched",

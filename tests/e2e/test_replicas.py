@@ -26,7 +26,7 @@ from tests.conftest import (
     image_bytes,
     postgres_url_or_skip,
     redis_url_or_skip,
-    write_manifest,
+    write_tiny_vit,
 )
 from tests.e2e.conftest import Server, start_server
 from tests.training.zips import colour_dataset
@@ -69,17 +69,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> It
         root = tmp_path_factory.mktemp("replicas")
         models = root / "models"
         models.mkdir()
-        write_manifest(
-            models,
-            "tiny-vit",
-            f"""
-            name: tiny-vit
-            task: image-classification
-            source: {tiny_vit_dir}
-            batching: {{max_batch_size: 8, max_delay_ms: 2}}
-            price: {{per_image: 0.001}}
-            """,
-        )
+        write_tiny_vit(models, tiny_vit_dir)
         env = {
             "MAAS_DATABASE_URL": database_url,
             "MAAS_REDIS_URL": redis_url,

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from service.db.models import UsageEvent
-from tests.conftest import ADMIN_KEY, image_bytes, write_manifest
+from tests.conftest import ADMIN_KEY, image_bytes, write_tiny_vit
 from tests.e2e.conftest import start_server
 
 pytestmark = pytest.mark.e2e
@@ -24,17 +24,7 @@ KILL_AFTER = 150  # answered requests before the kill: load is well under way, w
 def test_every_200_has_exactly_one_usage_event_after_sigkill(tmp_path: Path, tiny_vit_dir: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    write_manifest(
-        models,
-        "tiny-vit",
-        f"""
-        name: tiny-vit
-        task: image-classification
-        source: {tiny_vit_dir}
-        batching: {{max_batch_size: 8, max_delay_ms: 2}}
-        price: {{per_image: 0.001}}
-    """,
-    )
+    write_tiny_vit(models, tiny_vit_dir)
     server = start_server(models, tmp_path / "var", env={"MAAS_ADMIN_KEY": ADMIN_KEY})
     answered: list[str] = []  # request ids of the 200s, as the client saw them
     lock = threading.Lock()

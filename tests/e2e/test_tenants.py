@@ -19,7 +19,7 @@ from tests.conftest import (
     image_bytes,
     postgres_url_or_skip,
     redis_url_or_skip,
-    write_manifest,
+    write_tiny_vit,
 )
 from tests.e2e.conftest import start_server
 
@@ -32,9 +32,7 @@ PNG = {"content": image_bytes(), "headers": {"Content-Type": "image/png"}}
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("tenant-models")
-    write_manifest(
-        folder, "tiny-vit", f"name: tiny-vit\ntask: image-classification\nsource: {tiny_vit_dir}\n"
-    )
+    write_tiny_vit(folder, tiny_vit_dir, price=None, batching=None)
     return folder
 
 
