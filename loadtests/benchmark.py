@@ -62,7 +62,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument(
+        "--maas-env",
+        action="append",
+        default=[],
+        metavar="MAAS_NAME=VALUE",
+        help="a gateway setting for the maas server, e.g. MAAS_PREPROCESS_PROCESSES=1 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    pairs = [item.partition("=") for item in args.maas_env]
+    if any(not name.startswith("MAAS_") or not sep for name, sep, _ in pairs):
+        parser.error("--maas-env takes MAAS_NAME=VALUE")
+    args.maas_env = {name: value for name, _, value in pairs}
     if args.quick:
         args.models, args.concurrency = "tiny", "1,16"
         args.duration, args.warmup = min(args.duration, 4.0), min(args.warmup, 1.0)
@@ -144,6 +155,7 @@ def _bench_server(
         bodies[0],
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
+        maas_env=args.maas_env,
     )
     info: dict[str, Any] = {"start_s": round(time.monotonic() - started, 1)}
     rows: list[Row] = []

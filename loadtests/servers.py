@@ -128,8 +128,10 @@ def start_server(
     start_timeout_s: float = 240.0,
     devices: str = "cpu",
     dtype: str = "float32",
+    maas_env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Start server `name` for the model in `model_dir`; returns once it has answered one prediction."""
+    """Start server `name` for the model in `model_dir`; returns once it has answered one prediction.
+    `maas_env` adds gateway settings (MAAS_*) to the gateway's environment."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", str(max_delay_ms)]
@@ -139,6 +141,7 @@ def start_server(
         command = _maas_command(
             model_dir, work, port, max_batch_size, max_delay_ms, devices=devices, dtype=dtype
         )
+        env.update(maas_env or {})
         env["MAAS_ADMIN_KEY"] = BENCH_KEY
         url, headers, cwd = (
             f"http://127.0.0.1:{port}/v1/models/bench/predict",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,7 @@ from service.metering import (
     manifest_prices,
 )
 from service.metrics import Metrics
+from service.preprocess import PreprocessPool
 from service.quota import Quota
 from service.ratelimit import Limiter, LimitMetrics, build_buckets
 from service.registry import ModelEntry, ModelRegistry
@@ -87,6 +89,10 @@ def create_app(settings: Settings) -> FastAPI:
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        preprocess = PreprocessPool(settings.preprocess_processes) if settings.preprocess_processes else None
+        if preprocess is not None:
+            await anyio.to_thread.run_sync(preprocess.start)
+        app.state.preprocess = preprocess
         pool = DevicePool.from_spec(settings.devices)
         registry = ModelRegistry(
             settings.models_dir, pool, app.state.metrics, hub_timeout_s=settings.hub_probe_timeout_s
@@ -128,6 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(preload, return_exceptions=True)
             await registry.close()  # finishes every queued input first
             await writer.close()  # then commits their usage
+            if preprocess is not None:
+                preprocess.close()
             await buckets.close()
             engine.dispose()
 

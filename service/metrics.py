@@ -55,6 +55,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.preprocessed = Counter(
+            "maas_preprocessed_inputs",
+            "Inputs decoded and preprocessed, by where: `process` (MAAS_PREPROCESS_PROCESSES) or `thread`.",
+            ["where"],
+            registry=self.registry,
+        )
         self.queue_wait_seconds = Histogram(
             "maas_queue_wait_seconds",
             "Time an input waited in its model's queue before its batch ran.",

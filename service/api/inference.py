@@ -20,6 +20,7 @@ from service.inputs import InputLimits, RawInput, decode_image, read_body, read_
 from service.metering import Claim, ClaimState, Meter, Outcome, Usage, format_micro, request_hash
 from service.metering.idempotency import MAX_KEY_CHARS
 from service.metrics import Metrics
+from service.preprocess import PreprocessPool
 from service.registry import ModelEntry, ModelRegistry
 from service.requests import request_id_of
 from service.router import infer
@@ -46,6 +47,24 @@ def _prepare(entry: ModelEntry, inputs: list[RawInput], max_pixels: int) -> list
     if entry.input_kind == "image":
         return [adapter.preprocess(decode_image(item, max_pixels)) for item in inputs]
     return [adapter.preprocess(item.data) for item in inputs]
+
+
+async def _features(
+    request: Request, entry: ModelEntry, inputs: list[RawInput], max_pixels: int
+) -> list[Any]:
+    """The inputs' features: from the preprocessing processes where the model's image processor can
+    run there (MAAS_PREPROCESS_PROCESSES), else on a worker thread of this process."""
+    pool: PreprocessPool | None = request.app.state.preprocess
+    counted: Metrics = request.app.state.metrics
+    if pool is not None and entry.input_kind == "image":
+        processor = pool.processor_of(entry.adapter)
+        if processor is not None:
+            features = await pool.prepare(processor, inputs, max_pixels)
+            counted.preprocessed.labels("process").inc(len(features))
+            return features
+    features = await anyio.to_thread.run_sync(_prepare, entry, inputs, max_pixels)
+    counted.preprocessed.labels("thread").inc(len(features))
+    return features
 
 
 def _encode(output: Any) -> Any:
@@ -237,7 +256,7 @@ async def _answer(
             limits: InputLimits = request.app.state.input_limits  # built once, from the settings
             inputs = await read_inputs(request, entry.input_kind, limits, body)
             tally.inputs = len(inputs)
-            features = await anyio.to_thread.run_sync(_prepare, entry, inputs, settings.max_image_pixels)
+            features = await _features(request, entry, inputs, settings.max_image_pixels)
         assert entry.manifest is not None
         outputs = await _unless_client_leaves(
             request,

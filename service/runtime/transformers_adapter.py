@@ -76,8 +76,13 @@ class ImageClassificationAdapter(ModelAdapter):
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_processor(self) -> Any:
+        """The model's own image processor: picklable, so a preprocessing process can run it."""
+        return self.pipe.image_processor
+
     def preprocess(self, item: Image.Image) -> torch.Tensor:
-        pixels: torch.Tensor = self.pipe.image_processor(images=item, return_tensors="pt")["pixel_values"]
+        pixels: torch.Tensor = self.image_processor(images=item, return_tensors="pt")["pixel_values"]
         return pixels
 
     @torch.inference_mode()
