@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from service.cli import _parser, build_settings, main
 from service.settings import Settings
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +93,10 @@ def test_rate_limit_settings_and_the_redis_url_stays_secret(monkeypatch: pytest.
     assert settings.redis_fail_open is False and settings.default_rate_limit_rps == 7.5
     with pytest.raises(ValidationError, match="rate_limit_burst_factor"):
         Settings(rate_limit_burst_factor=0.5)
+
+
+def test_every_setting_is_in_the_readme_settings_table() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Settings") : readme.index("## Running at scale")]
+    missing = [name for name in Settings.model_fields if f"| `MAAS_{name.upper()}` |" not in table]
+    assert not missing, f"settings missing from the README's table: {missing}"
