@@ -171,6 +171,7 @@ class JobRunner:
         control = Control(
             pending=lambda: self.pool.pending(device),
             cpu_threads=self.settings.fine_tune_threads,
+            max_yield_s=self.settings.fine_tune_max_yield_s,
             observer=self.metrics,
         )
         self.controls[job.id] = control

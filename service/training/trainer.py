@@ -54,6 +54,7 @@ class Control:
     """How the runner steers a training thread: inference first, cancel, stop."""
 
     pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
+    max_yield_s: float = 0.0  # take a step anyway after waiting this long (0: wait as long as it takes)
     cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
     observer: StepObserver | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
@@ -72,10 +73,12 @@ class Control:
             raise Interrupted(self.reason)
 
     def yield_to_inference(self) -> None:
-        """Wait while inference has work on this device (woken early by an interrupt)."""
+        """Wait while inference has work on this device (woken early by an interrupt), but no
+        longer than `max_yield_s`: under endless inference, training still takes a step that often."""
         started = time.perf_counter()
+        deadline = started + self.max_yield_s if self.max_yield_s > 0 else float("inf")
         waited = False
-        while self.pending() > 0 and not self.interrupt.is_set():
+        while self.pending() > 0 and not self.interrupt.is_set() and time.perf_counter() < deadline:
             waited = True
             self.interrupt.wait(0.002)
         if waited and self.observer is not None:

@@ -4,6 +4,7 @@ and stops at the next step when interrupted."""
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,34 @@ def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_pat
     assert registry.get_sample_value("maas_training_step_seconds_count") == 6
     assert (registry.get_sample_value("maas_training_yield_seconds_total") or 0) >= 39 * 0.002
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "work" / "checkpoint.pt").exists()
+
+
+def test_endless_inference_slows_training_but_never_starves_it(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    control = Control(pending=lambda: 1, max_yield_s=0.05, observer=TrainingMetrics(registry))
+    finished = threading.Event()
+
+    def run() -> None:
+        train(
+            base_folder=tiny_vit_dir,
+            data=data(),
+            params=Hyperparameters(epochs=1, learning_rate=0.01, batch_size=4),
+            device=torch.device("cpu"),
+            work_dir=tmp_path / "work",
+            output_dir=tmp_path / "out",
+            control=control,
+            on_epoch=lambda report: None,
+        )
+        finished.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    if not finished.wait(120):  # without the cap the job waits for inference forever
+        control.stop("cancelled")
+        pytest.fail("training took no step while inference always had work")
+    # each of the 3 steps came after waiting out the cap for inference
+    assert control.steps_done == 3
+    assert (registry.get_sample_value("maas_training_yield_seconds_total") or 0) >= 3 * 0.05
 
 
 def test_an_interrupt_stops_training_before_the_next_step(tiny_vit_dir: Path, tmp_path: Path) -> None:
