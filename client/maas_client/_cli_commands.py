@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -209,8 +210,8 @@ def follow_job(
     client: Client, job_id: str, interval: float, out: TextIO, *, shown_status: str | None = None
 ) -> int:
     """Print a job's events and status changes until it ends, then its summary as one JSON line;
-    0 when it succeeded, 1 when it failed or was cancelled. `shown_status`: the status already
-    printed (by `create --follow`)."""
+    0 when it succeeded, 1 when it failed or was cancelled, 130 when interrupted (the job goes
+    on). `shown_status`: the status already printed (by `create --follow`)."""
     last_status: list[str] = [] if shown_status is None else [shown_status]
 
     def progress(job: FineTuneJob, events: list[FineTuneEvent]) -> None:
@@ -221,7 +222,11 @@ def follow_job(
             print(f"[{job.id}] {job.status}", file=out, flush=True)
             last_status.append(job.status)
 
-    job = client.fine_tunes.wait(job_id, poll_interval=interval, progress=progress)
+    try:
+        job = client.fine_tunes.wait(job_id, poll_interval=interval, progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C stops the watching, not the job
+        print(f"maas-client: stopped following {job_id}; the job goes on", file=sys.stderr)
+        return 130
     summary: dict[str, Any] = asdict(job)
     summary.pop("raw", None)
     print(json.dumps(summary), file=out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,21 @@ def test_files_and_fine_tunes_from_the_shell(gateway: Server, tmp_path: Path) ->
     long = fields(ok(cli(gateway, key, "fine-tunes", "create", "tiny-vit", file_id, "--epochs", "1000")))
     assert (
         long["status"] in ("queued", "running") and long["method"] == "full" and long["priority"] == "normal"
+    )
+    env = {**os.environ, "MAAS_BASE_URL": gateway.base_url, "MAAS_API_KEY": key}
+    following = subprocess.Popen(
+        [sys.executable, "-m", "maas_client", "fine-tunes", "follow", long["id"], "--interval", POLL_S],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert following.stdout and following.stdout.readline().endswith("job queued\n")  # it is following
+    following.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = following.communicate(timeout=60)
+    assert (
+        following.returncode == 130
+        and stderr == f"maas-client: stopped following {long['id']}; the job goes on\n"
     )
     cancelling = json.loads(ok(cli(gateway, key, "fine-tunes", "cancel", long["id"], "--json")))
     assert cancelling["id"] == long["id"] and cancelling["status"] in ("queued", "running", "cancelled")
