@@ -21,6 +21,7 @@ __all__ = [
     "InternalServerError",
     "InvalidInputError",
     "MaasError",
+    "MethodNotAllowedError",
     "ModelUnavailableError",
     "NotFoundError",
     "OverloadedError",
@@ -96,6 +97,11 @@ class NotFoundError(APIStatusError):
     """404: unknown model, job, file, tenant or route."""
 
 
+class MethodNotAllowedError(APIStatusError):
+    """405 `method_not_allowed`: the route exists but not with this HTTP method (a client newer or
+    older than the gateway)."""
+
+
 class ConflictError(APIStatusError):
     """409: the resource's state forbids this (e.g. cancelling a finished job, a duplicate name)."""
 
@@ -137,6 +143,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    405: MethodNotAllowedError,
     409: ConflictError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,

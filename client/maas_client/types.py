@@ -53,6 +53,12 @@ def _opt_decimal(data: JSON, key: str) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def _decimal(data: JSON, key: str) -> Decimal:
+    # Zero when left out; a zero the gateway sent keeps its scale ("0.000000", not "0").
+    value = _opt_decimal(data, key)
+    return Decimal(0) if value is None else value
+
+
 def _opt_dict(data: JSON, key: str) -> JSON | None:
     value = data.get(key)
     return value if isinstance(value, dict) else None
@@ -293,9 +299,9 @@ class UsageRow:
             requests=int(data.get("requests", 0)),
             errors=int(data.get("errors", 0)),
             inputs=int(data.get("inputs", 0)),
-            compute_seconds=_opt_decimal(data, "compute_seconds") or Decimal(0),
+            compute_seconds=_decimal(data, "compute_seconds"),
             cost_micro=int(data.get("cost_micro", 0)),
-            cost=_opt_decimal(data, "cost") or Decimal(0),
+            cost=_decimal(data, "cost"),
             model=_opt_str(data, "model"),
             day=_opt_str(data, "day"),
             key=_opt_str(data, "key"),
@@ -328,7 +334,7 @@ class UsageReport:
             end=_opt_str(data, "end"),
             group_by=_opt_strs(data, "group_by") or [],
             total_cost_micro=int(data.get("total_cost_micro", 0)),
-            total_cost=_opt_decimal(data, "total_cost") or Decimal(0),
+            total_cost=_decimal(data, "total_cost"),
             raw=data,
         )
 
@@ -361,7 +367,7 @@ class InvoiceLine:
             inputs=int(data.get("inputs", 0)),
             requests=int(data.get("requests", 0)),
             amount_micro=int(data.get("amount_micro", 0)),
-            amount=_opt_decimal(data, "amount") or Decimal(0),
+            amount=_decimal(data, "amount"),
             tenant_id=_opt_str(data, "tenant_id"),
             compute_seconds=_opt_decimal(data, "compute_seconds"),
             unit_price=_opt_decimal(data, "unit_price"),
@@ -389,7 +395,7 @@ class BillingExport:
             period=str(data.get("period", "")),
             lines=[InvoiceLine.from_json(line) for line in lines] if isinstance(lines, list) else [],
             total_micro=int(data.get("total_micro", 0)),
-            total=_opt_decimal(data, "total") or Decimal(0),
+            total=_decimal(data, "total"),
             raw=data,
         )
 

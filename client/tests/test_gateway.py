@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import ADMIN_KEY, MAX_INPUTS, TINY_LABELS, png
 from maas_client import (
@@ -20,12 +21,14 @@ from maas_client import (
     Client,
     InvalidInputError,
     MaasError,
+    MethodNotAllowedError,
     ModelUnavailableError,
     NotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from maas_client.cli import main
+from maas_client.errors import error_from_response
 from PIL import Image
 
 from tests.e2e.conftest import Server
@@ -126,6 +129,17 @@ def test_bytes_that_are_no_image_raise_invalid_input_naming_the_input(client: Cl
     assert "input 1" in error.message
     with pytest.raises(InvalidInputError):
         client.predict("tiny-vit", png(), top_k=0)
+
+
+def test_a_method_the_route_does_not_take_raises_method_not_allowed(gateway: Server) -> None:
+    # The client never sends one; a client and gateway of different versions could.
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=gateway.base_url, headers=headers) as http:
+        answer = http.put("/v1/models/tiny-vit/predict", content=png())
+    error = error_from_response(answer)
+    assert answer.status_code == 405 and isinstance(error, MethodNotAllowedError)
+    assert error.type == "method_not_allowed" and error.message and error.request_id
+    assert error.request_id == answer.headers["x-request-id"]
 
 
 def test_an_unavailable_model_raises_at_once_without_retrying(gateway: Server) -> None:

@@ -6,10 +6,12 @@ import ast
 import asyncio
 import inspect
 import re
+import shlex
 from pathlib import Path
 
 import maas_client
 from maas_client import AsyncClient, Client
+from maas_client.cli import _parser
 
 CLIENT_MODULES = {"maas_client.client", "maas_client.async_client"}
 
@@ -84,3 +86,20 @@ def test_every_client_call_in_the_readme_names_a_real_method_with_valid_argument
                 inspect.signature(target).bind(*positional, **keywords)  # type: ignore[arg-type]
             except TypeError as exc:
                 raise AssertionError(f"README: {path}({ast.unparse(node)}): {exc}") from None
+
+
+def test_every_command_in_the_readme_parses() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["maas-client"]:
+                commands.append(words[1:])
+    assert len(commands) > 20  # the examples are found
+    parser = _parser()
+    for words in commands:
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            raise AssertionError(f"README: maas-client {shlex.join(words)}") from None

@@ -70,3 +70,12 @@ def test_fields_a_newer_gateway_adds_are_kept_in_raw_and_missing_ones_read_as_de
     (row,) = report.data
     assert row.inputs == 2 and row.cost == Decimal("0.5") and row.requests == 0 and row.raw["region"] == "eu"
     assert report.total_cost == 0 and report.group_by == []
+
+
+def test_a_zero_amount_keeps_the_scale_the_gateway_sent(script_server: ScriptServer) -> None:
+    zero = {"cost": "0.000000", "compute_seconds": "0.000000"}
+    script_server.on("GET", "/v1/usage", Reply(200, {"data": [zero, {}], "total_cost": "0.000000"}))
+    with Client(script_server.base_url, "k") as client:
+        report = client.usage.get()
+    assert str(report.total_cost) == "0.000000" and str(report.data[0].cost) == "0.000000"
+    assert report.data[1].cost == Decimal(0) and report.data[1].compute_seconds == Decimal(0)  # left out
