@@ -153,8 +153,10 @@ class _Cached:
 class DatabaseKeyStore:
     """Keys from the `api_keys` table, looked up by hash. Answers are cached in-process for at
     most `ttl_s` (1 s), so a revocation or suspension made by any process sharing the
-    database takes effect here within that time. `fallback` (the bootstrap admin key) is
-    checked first. A suspended tenant's key raises 403 rather than answering None (401)."""
+    database takes effect here within that time; `forget()` (called on a change published
+    through Redis, see `service.keychanges`) makes it hold on the next request. `fallback`
+    (the bootstrap admin key) is checked first. A suspended tenant's key raises 403 rather
+    than answering None (401)."""
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class DatabaseKeyStore:
         self._now = now
         self._max_entries = max_entries
         self._cache: dict[str, _Cached] = {}
+        self._generation = 0  # bumped by forget(): a lookup begun before a change is not cached
         self._lock = threading.Lock()
 
     def verify(self, key: str) -> Principal | None:
@@ -183,12 +186,14 @@ class DatabaseKeyStore:
         digest = hash_key(key)
         with self._lock:
             cached = self._cache.get(digest)
+            generation = self._generation
         if cached is None or self._clock() >= cached.until:
             cached = self._lookup(digest)
             with self._lock:
                 if len(self._cache) >= self._max_entries:
                     self._cache.clear()  # crude, but bounded: a flood of random keys cannot grow it
-                self._cache[digest] = cached
+                if generation == self._generation:  # else it may predate a change: not kept
+                    self._cache[digest] = cached
         if cached.principal is None:
             return None
         if cached.expires_at is not None and self._now() >= cached.expires_at:
@@ -198,9 +203,11 @@ class DatabaseKeyStore:
         return cached.principal
 
     def forget(self) -> None:
-        """Drop every cached answer (this process just changed a key or a tenant)."""
+        """Drop every cached answer (a key or a tenant changed, here or, through `KeyChanges`,
+        on another replica): the next request looks its key up again."""
         with self._lock:
             self._cache.clear()
+            self._generation += 1
 
     def _lookup(self, digest: str) -> _Cached:
         until = self._clock() + self._ttl_s
