@@ -38,8 +38,9 @@ class KeyChanges:
         self._url = url
         self.client_name = f"maas-key-changes-{secrets.token_hex(4)}"  # the listener, in CLIENT LIST
         # a synchronous client: admin routes run on worker threads, the CLI has no event loop
+        # one retry (a pooled connection Redis dropped), not the client's default back-off
         self._publisher = redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=Retry(NoBackoff(), 1)
         )
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
