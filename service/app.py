@@ -22,6 +22,7 @@ from service.db import check_connection, create_db_engine, session_factory, upgr
 from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
 from service.inputs import InputLimits
+from service.keychanges import KeyChanges
 from service.metering import (
     INFERENCE,
     Idempotency,
@@ -78,6 +79,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
         fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
         app.state.keys = DatabaseKeyStore(sessions, fallback=fallback)
+        # with Redis, a key change made on any replica drops every replica's key cache at once
+        key_changes = KeyChanges(settings.redis_url.get_secret_value()) if settings.redis_url else None
+        if key_changes is not None:
+            await key_changes.start(app.state.keys.forget)
+        app.state.key_changes = key_changes
         app.state.quota = Quota(sessions)
         buckets = build_buckets(settings, limit_metrics)
         app.state.limiter = Limiter(
@@ -137,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
             if preprocess is not None:
                 preprocess.close()
             await buckets.close()
+            if key_changes is not None:
+                await key_changes.close()
             engine.dispose()
 
     app = FastAPI(

@@ -7,6 +7,7 @@ error message or a metric label; only its hash is kept, in the database and in m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -153,8 +154,10 @@ class _Cached:
 class DatabaseKeyStore:
     """Keys from the `api_keys` table, looked up by hash. Answers are cached in-process for at
     most `ttl_s` (1 s), so a revocation or suspension made by any process sharing the
-    database takes effect here within that time. `fallback` (the bootstrap admin key) is
-    checked first. A suspended tenant's key raises 403 rather than answering None (401)."""
+    database takes effect here within that time; `forget()` (called on a change published
+    through Redis, see `service.keychanges`) makes it hold on the next request. `fallback`
+    (the bootstrap admin key) is checked first. A suspended tenant's key raises 403 rather
+    than answering None (401)."""
 
     def __init__(
         self,
@@ -175,6 +178,7 @@ class DatabaseKeyStore:
         self._now = now
         self._max_entries = max_entries
         self._cache: dict[str, _Cached] = {}
+        self._generation = 0  # bumped by forget(): a lookup begun before a change is not cached
         self._lock = threading.Lock()
 
     def verify(self, key: str) -> Principal | None:
@@ -183,12 +187,14 @@ class DatabaseKeyStore:
         digest = hash_key(key)
         with self._lock:
             cached = self._cache.get(digest)
+            generation = self._generation
         if cached is None or self._clock() >= cached.until:
             cached = self._lookup(digest)
             with self._lock:
                 if len(self._cache) >= self._max_entries:
                     self._cache.clear()  # crude, but bounded: a flood of random keys cannot grow it
-                self._cache[digest] = cached
+                if generation == self._generation:  # else it may predate a change: not kept
+                    self._cache[digest] = cached
         if cached.principal is None:
             return None
         if cached.expires_at is not None and self._now() >= cached.expires_at:
@@ -198,9 +204,11 @@ class DatabaseKeyStore:
         return cached.principal
 
     def forget(self) -> None:
-        """Drop every cached answer (this process just changed a key or a tenant)."""
+        """Drop every cached answer (a key or a tenant changed, here or, through `KeyChanges`,
+        on another replica): the next request looks its key up again."""
         with self._lock:
             self._cache.clear()
+            self._generation += 1
 
     def _lookup(self, digest: str) -> _Cached:
         until = self._clock() + self._ttl_s
@@ -253,22 +261,57 @@ class AdminKey:
     generated: bool  # True only on the start that created it: print it then, once
 
 
-def bootstrap_admin_key(configured: str | None, data_dir: Path) -> AdminKey:
-    """The configured admin key, else the one kept in `data_dir/admin.key`, else a new one."""
+ADMIN_KEY_WAIT_S = 5.0  # how long a start waits for another one that is writing admin.key
+
+
+def bootstrap_admin_key(
+    configured: str | None, data_dir: Path, *, wait_s: float = ADMIN_KEY_WAIT_S
+) -> AdminKey:
+    """The configured admin key, else the one kept in `data_dir/admin.key`, else a new one.
+
+    Safe for replicas starting together on one shared data directory: the file is created with
+    O_EXCL, so exactly one start generates the key and every other one reads that same key."""
     if configured:
         return AdminKey(configured, None, generated=False)
     path = data_dir / "admin.key"
-    if path.exists():
-        key = path.read_text(encoding="utf-8").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            key = generate_key()
+            if _create_exclusively(path, key + "\n"):
+                return AdminKey(key, path, generated=True)
+            continue  # another start created it first: read its key
         if key:
             return AdminKey(key, path, generated=False)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    os.chmod(path, 0o600)
-    return AdminKey(key, path, generated=True)
+        if time.monotonic() < deadline:
+            # empty: another start has just created it and is about to write its key into it
+            time.sleep(0.01)  # waiting for that one write(), with a deadline
+            continue
+        # still blank: left by a start that died before writing (or made by hand); replace it
+        with contextlib.suppress(FileNotFoundError):
+            if not path.read_text(encoding="utf-8").strip():
+                path.unlink()
+
+
+def _create_exclusively(path: Path, text: str) -> bool:
+    """Create `path` (mode 0600) holding `text`; False if it exists already."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)  # never leave an empty file for the next start to wait on
+        raise
+    os.close(fd)
+    return True
 
 
 def bearer_token(request: Request) -> str:

@@ -1,7 +1,8 @@
 """`maas db …`, `maas tenants …`, `maas keys …`: the admin API's work from the shell, straight on
 the database (the same one the gateway uses: `--data-dir` / `--database-url` or `MAAS_*`).
 
-Changes made here reach running gateways within a second (their key cache's lifetime).
+Changes to keys and tenants made here reach running gateways within a second (their key cache's
+lifetime) and, with `MAAS_REDIS_URL` set, at once: the change is published as the admin API does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from service.auth import SCOPES
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.errors import GatewayError
+from service.keychanges import KeyChanges
 from service.settings import Settings
 from service.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
 
@@ -84,12 +86,17 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     """Run one `db`, `tenants` or `keys` command; errors exit with status 1 and a message."""
     try:
         with _directory(settings) as tenants:
-            _run(args, tenants)
+            changed = _run(args, tenants)
     except GatewayError as exc:
         sys.exit(f"maas: {exc.message}")
+    if changed and settings.redis_url is not None:
+        changes = KeyChanges(settings.redis_url.get_secret_value())
+        changes.publish(changed)  # running gateways drop their key caches now, not within 1 s
+        changes.close_publisher()
 
 
-def _run(args: argparse.Namespace, tenants: Tenants) -> None:
+def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
+    """Run the command; what changed for running gateways' key caches, if anything."""
     command = (args.command, args.action)
     if command == ("db", "upgrade"):
         print("maas: the database schema is up to date")
@@ -116,6 +123,7 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> None:
     elif command in (("tenants", "suspend"), ("tenants", "resume")):
         status = "suspended" if args.action == "suspend" else "active"
         print(f"tenant {tenants.set_status(args.tenant_name, status).name} is {status}")
+        return f"tenant {status}"
     elif command == ("keys", "create"):
         _create_key(args, tenants)
     elif command == ("keys", "list"):
@@ -127,6 +135,8 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> None:
     elif command == ("keys", "revoke"):
         key, tenant = tenants.revoke_key(args.key_or_id)
         print(f"revoked key {key.id} ({key.prefix}…) of tenant {tenant}")
+        return "key revoked"
+    return None
 
 
 def _join(names: list[str] | None) -> str | None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import re
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.auth import (
+    AdminKey,
     AdminKeyStore,
     Principal,
     bootstrap_admin_key,
@@ -80,10 +85,54 @@ def test_first_start_generates_a_private_key_file_and_reuses_it(tmp_path: Path) 
     assert (second.key, second.path, second.generated) == (first.key, first.path, False)
 
 
-def test_empty_key_file_is_replaced(tmp_path: Path) -> None:
+def test_empty_key_file_is_replaced_once_no_writer_fills_it(tmp_path: Path) -> None:
     (tmp_path / "admin.key").write_text("\n")
-    admin = bootstrap_admin_key(None, tmp_path)
+    admin = bootstrap_admin_key(None, tmp_path, wait_s=0)
     assert admin.generated and (tmp_path / "admin.key").read_text().strip() == admin.key
+
+
+def test_starts_racing_on_one_data_dir_agree_on_one_generated_key(tmp_path: Path) -> None:
+    """Replicas starting together on a shared volume: one generates the key, all use that one."""
+    starts = 8
+    for attempt in range(20):  # many rounds: a race that is lost only sometimes still shows
+        data_dir = tmp_path / f"round-{attempt}"
+        together = threading.Barrier(starts)
+
+        def start(data_dir: Path = data_dir, together: threading.Barrier = together) -> AdminKey:
+            together.wait()
+            return bootstrap_admin_key(None, data_dir)
+
+        with ThreadPoolExecutor(starts) as pool:
+            keys = list(pool.map(lambda _: start(), range(starts)))
+        kept = (data_dir / "admin.key").read_text(encoding="utf-8").strip()
+        assert {k.key for k in keys} == {kept}, attempt
+        assert sum(k.generated for k in keys) == 1, attempt  # printed by exactly one start
+        assert stat.S_IMODE((data_dir / "admin.key").stat().st_mode) == 0o600
+
+
+def _start_in_process(data_dir: str, go: Any, answers: Any) -> None:
+    go.wait()
+    admin = bootstrap_admin_key(None, Path(data_dir))
+    answers.put((admin.key, admin.generated))
+
+
+def test_processes_racing_on_one_data_dir_agree_on_one_generated_key(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        data_dir = tmp_path / f"round-{attempt}"
+        go, answers = context.Event(), context.Queue()
+        processes = [
+            context.Process(target=_start_in_process, args=(str(data_dir), go, answers)) for _ in range(4)
+        ]
+        for process in processes:
+            process.start()
+        go.set()
+        got = [answers.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        kept = (data_dir / "admin.key").read_text(encoding="utf-8").strip()
+        assert {key for key, _ in got} == {kept}, got
+        assert sorted(generated for _, generated in got) == [False, False, False, True], got
 
 
 def test_keys_are_redacted_from_log_records() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import DatabaseKeyStore
 from service.db import create_db_engine, session_factory
+from service.keychanges import KeyChanges
+from tests.conftest import redis_url_or_skip
 
 
-def maas(*args: str, database_url: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def maas(
+    *args: str, database_url: str, cwd: Path, check: bool = True, redis_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     env["MAAS_DATABASE_URL"] = database_url
+    if redis_url:
+        env["MAAS_REDIS_URL"] = redis_url
     done = subprocess.run(
         [sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
     )
@@ -90,3 +98,29 @@ def test_db_upgrade_on_the_default_sqlite_file_under_the_data_dir(tmp_path: Path
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=True,
     )  # fmt: skip
     assert "up to date" in done.stdout and (tmp_path / "state" / "maas.db").exists()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_with_redis_a_revocation_from_the_shell_holds_in_running_gateways_at_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    redis_url = redis_url_or_skip()
+    engine = create_db_engine(database_url)
+    gateway = DatabaseKeyStore(session_factory(engine), clock=lambda: 0.0)  # its cache never expires
+    listening = KeyChanges(redis_url)
+    try:
+        await listening.start(gateway.forget)
+        assert listening.subscribed
+        made = maas("keys", "create", "--tenant", "acme", database_url=database_url, cwd=tmp_path)
+        key = made.stdout.splitlines()[-1]
+        assert gateway.verify(key) is not None  # cached, for good
+        maas("keys", "revoke", key, database_url=database_url, cwd=tmp_path, redis_url=redis_url)
+        deadline = time.monotonic() + 1.0
+        while gateway.verify(key) is not None:
+            assert time.monotonic() < deadline, "the shell's revocation never reached the gateway"
+            await asyncio.sleep(0.001)  # lets the listener run; a poll interval
+    finally:
+        await listening.close()
+        engine.dispose()

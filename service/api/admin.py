@@ -1,8 +1,9 @@
 """`/v1/admin/…`: tenants and their keys, for keys with the `admin` scope (gateway operators).
 
 Routes are plain functions, which FastAPI runs on a worker thread: database calls never block
-the event loop. After a change, this process's key cache is dropped so the change holds on the
-next request; other processes sharing the database see it within a second.
+the event loop. After a change, this process's key cache is dropped and, with Redis, every other
+replica is told to drop its own before the answer is sent, so the change holds on the next
+request anywhere; without Redis (or if the message is lost) other replicas see it within a second.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.api.deps import Caller
 from service.auth import KEY_PREFIX, Principal
 from service.errors import InvalidRequest
+from service.keychanges import KeyChanges
 from service.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -35,8 +37,11 @@ Admin = Annotated[Principal, Depends(_admin)]
 Directory = Annotated[Tenants, Depends(_tenants)]
 
 
-def _changed(request: Request) -> None:
+def _changed(request: Request, reason: str) -> None:
     request.app.state.keys.forget()
+    key_changes: KeyChanges | None = request.app.state.key_changes
+    if key_changes is not None:
+        key_changes.publish(reason)
 
 
 class TenantIn(BaseModel):
@@ -113,21 +118,21 @@ def update_tenant(
     tenant: str, body: TenantChanges, request: Request, _: Admin, tenants: Directory
 ) -> dict[str, Any]:
     found = tenants.update_tenant(tenant, body.model_dump(include=body.model_fields_set))
-    _changed(request)
+    _changed(request, "tenant updated")
     return describe_tenant(found)
 
 
 @router.post("/tenants/{tenant}/suspend")
 def suspend_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "suspended")
-    _changed(request)
+    _changed(request, "tenant suspended")
     return describe_tenant(found)
 
 
 @router.post("/tenants/{tenant}/resume")
 def resume_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "active")
-    _changed(request)
+    _changed(request, "tenant resumed")
     return describe_tenant(found)
 
 
@@ -146,7 +151,7 @@ def list_keys(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
 @router.delete("/keys/{key_id}")
 def revoke_key(key_id: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
     key, tenant = tenants.revoke_key(_key_id(key_id))
-    _changed(request)
+    _changed(request, "key revoked")
     return describe_key(key, tenant)
 
 
@@ -156,6 +161,6 @@ def rotate_key(
 ) -> dict[str, Any]:
     """A new key like the old one; the old one works `grace_seconds` more, then stops."""
     made, old = tenants.rotate_key(_key_id(key_id), grace_seconds=(body or RotateIn()).grace_seconds)
-    _changed(request)
+    _changed(request, "key rotated")
     replaced = describe_key(old, made.tenant)
     return {**describe_key(made.row, made.tenant), "key": made.key, "replaces": replaced}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,7 +67,8 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> dict[str, Any]:
     tenant = tenant_of(caller)
-    base = registry.get_for(caller, body.base_model)
+    # on the event loop, which owns the registry: finds a base another replica fine-tuned
+    base = anyio.from_thread.run(registry.find_for, caller, body.base_model)
     if base.manifest is None or base.manifest.task != "image-classification":
         raise InvalidInput(f"base model {body.base_model!r} is not an image-classification model")
     try:

@@ -100,6 +100,10 @@ class JobRunner:
             return  # known, or not a fine-tuned name: no database read
         jobs = await asyncio.to_thread(self.store.succeeded, tenant_id=tenant_id, model=model)
         for job in jobs:  # on the event loop: registering never races the routes reading the registry
+            if job.base_model not in self.registry.entries:
+                # trained from a fine-tuned model (of the same tenant): its base first, which it
+                # inherits its price, batching and allow-list root from
+                await self.discover(job.tenant_id, job.base_model)
             self._register_finished(job)
 
     def _register_finished(self, job: FineTuneJob) -> None:
@@ -179,8 +183,10 @@ class JobRunner:
             self.metrics.running.inc()
         if self._stopping:
             control.stop("stopping")
-        work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
         try:
+            # a base fine-tuned by another replica after this one started: registered before training
+            await self.discover(job.tenant_id, job.base_model)
+            work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
             while not work.done():
                 await asyncio.wait({work}, timeout=min(1.0, self.settings.fine_tune_lease_s / 3))
                 if not work.done():

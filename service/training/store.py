@@ -367,14 +367,16 @@ class FineTuneStore:
 
     def succeeded(self, *, tenant_id: str | None = None, model: str | None = None) -> Sequence[FineTuneJob]:
         """Every job that produced a model (registered again at start-up), or only the tenant's, or
-        only the one that produced `model` (replicas find models finished by others)."""
+        only the one that produced `model` (replicas find models finished by others). In the order
+        they finished, so a model trained from a fine-tuned one comes after its base."""
         with self.sessions() as session:
             query = select(FineTuneJob).where(FineTuneJob.status == "succeeded")
             if tenant_id is not None:
                 query = query.where(FineTuneJob.tenant_id == tenant_id)
             if model is not None:
                 query = query.where(FineTuneJob.fine_tuned_model == model)
-            return session.scalars(query.where(FineTuneJob.fine_tuned_model.is_not(None))).all()
+            query = query.where(FineTuneJob.fine_tuned_model.is_not(None))
+            return session.scalars(query.order_by(FineTuneJob.finished_at, FineTuneJob.id)).all()
 
 
 def _event(

@@ -4,6 +4,7 @@ when its data directory lacks the model's folder (SQLite and, when available, Po
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -31,9 +32,9 @@ def caller(tenant_id: str) -> Principal:
     return Principal(key_id="key_x", tenant="t", scopes=frozenset({"inference"}), tenant_id=tenant_id)
 
 
-def finished_elsewhere(store: FineTuneStore, tenant_id: str, name: str) -> None:
+def finished_elsewhere(store: FineTuneStore, tenant_id: str, name: str, base: str = "tiny-vit") -> None:
     """What another replica's runner leaves: a succeeded job naming its model."""
-    job = store.create_job(tenant_id, SPEC, None)
+    job = store.create_job(tenant_id, dataclasses.replace(SPEC, base_model=base), None)
     claimed = store.claim("replica-b", lease_s=60)
     assert claimed is not None and claimed.id == job.id
     assert store.finish(job.id, "replica-b", "succeeded", "done", fine_tuned_model=name)
@@ -92,3 +93,56 @@ async def test_a_model_whose_folder_this_replica_cannot_see_is_not_served_and_sa
             await registry.list_for(caller(acme))
     warnings = [r.getMessage() for r in caplog.records if name in r.getMessage()]
     assert len(warnings) == 1 and "MAAS_DATA_DIR" in warnings[0], warnings
+
+
+async def test_a_model_trained_from_another_fine_tuned_one_is_found_with_its_base_first(
+    sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
+) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "shared", devices="cpu")
+    store = FineTuneStore(sessions, settings.data_dir)
+    pool = DevicePool.from_spec("cpu")
+    registry = ModelRegistry(models_dir, pool, Metrics())
+    registry.discover()
+    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    acme = Tenants(sessions).ensure_tenant("acme").id
+    first, second = "ft-tiny-vit-first-0a1b2c3d", "ft-ft-tiny-vit-first-second-4e5f6a7b"
+    for name in (first, second):
+        shutil.copytree(tiny_vit_dir, settings.data_dir / "models" / name)
+    finished_elsewhere(store, acme, first)
+    finished_elsewhere(store, acme, second, base=first)  # fine-tuned from the first
+
+    entry = await registry.find_for(caller(acme), second)
+    assert first in registry.entries  # registered on the way
+    assert entry.base_model == "tiny-vit"  # allow-lists naming the public root allow it
+    assert entry.manifest is not None and entry.manifest.price.per_image == 0.001  # the root's price
+    only_root = Principal(
+        key_id="key_x",
+        tenant="t",
+        scopes=frozenset({"inference"}),
+        tenant_id=acme,
+        models=frozenset({"tiny-vit"}),
+    )
+    assert registry.get_for(only_root, second) is entry
+
+
+def test_models_finished_in_a_chain_are_registered_again_at_start_up_bases_first(
+    sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
+) -> None:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "shared", devices="cpu")
+    store = FineTuneStore(sessions, settings.data_dir)
+    acme = Tenants(sessions).ensure_tenant("acme").id
+    chain = ["ft-tiny-vit-a-0a1b2c3d", "ft-ft-tiny-vit-a-b-4e5f6a7b", "ft-ft-ft-tiny-vit-a-b-c-8c9d0e1f"]
+    jobs = {}
+    for base, name in reversed(list(zip(["tiny-vit", *chain], chain, strict=False))):
+        # stored derived-first (as rows may come back in any order), finished bases-first (as they must)
+        shutil.copytree(tiny_vit_dir, settings.data_dir / "models" / name)
+        jobs[name] = store.create_job(acme, dataclasses.replace(SPEC, base_model=base), None).id
+        claimed = store.claim("replica-b", lease_s=60)
+        assert claimed is not None and claimed.id == jobs[name]
+    for name in chain:
+        assert store.finish(jobs[name], "replica-b", "succeeded", "done", fine_tuned_model=name)
+    pool = DevicePool.from_spec("cpu")
+    registry = ModelRegistry(models_dir, pool, Metrics())
+    registry.discover()
+    JobRunner(store, registry, pool, settings).register_finished_models()
+    assert [registry.entries[name].base_model for name in chain] == ["tiny-vit"] * 3
