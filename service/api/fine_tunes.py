@@ -14,6 +14,7 @@ from service.api.files import FineTuner, Store, tenant_of
 from service.errors import InvalidInput
 from service.runtime.sources import SourceError, resolve_local_folder
 from service.training.store import JobSpec, describe_event, describe_job
+from service.training.trainer import LORA_TARGETS, lora_targets_in
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tuning"])
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
@@ -84,6 +85,11 @@ def create_job(
     if base.manifest.base_source is not None:
         raise InvalidInput(
             f"base model {body.base_model!r} is a LoRA adapter; fine-tune the model it adapts instead"
+        )
+    if body.method == "lora" and not lora_targets_in(local):
+        raise InvalidInput(
+            f"base model {body.base_model!r} has no attention query/value layers for LoRA "
+            f"(looked for {', '.join(LORA_TARGETS)}); use method 'full'"
         )
     if body.suffix is not None and not SUFFIX.match(body.suffix):
         raise InvalidInput("suffix must be 1-20 of a-z, 0-9 and '-', starting with a letter or digit")

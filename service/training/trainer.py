@@ -148,6 +148,17 @@ def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
     return model, processor
 
 
+def lora_targets_in(base_folder: Path) -> list[str]:
+    """The layers of the model in `base_folder` that LoRA would adapt (none: it cannot be LoRA
+    fine-tuned). Built on the meta device from its config alone: no weights are read."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(base_folder, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForImageClassification.from_config(config)  # type: ignore[no-untyped-call]
+    return [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
+
+
 def with_lora(model: Any, params: Hyperparameters) -> Any:
     """`model` wrapped by PEFT: LoRA adapters on the attention query/value projections, the new
     classifier head trained in full, every other weight frozen."""

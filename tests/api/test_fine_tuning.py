@@ -308,6 +308,35 @@ async def test_a_lora_job_saves_a_small_adapter_served_over_its_base(
         assert blue.json()["predictions"][0][0]["label"] == "blue"
 
 
+def _tiny_resnet(folder: Path) -> Path:
+    """An image classifier without attention: nothing for LoRA's query/value adapters."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], num_labels=2)
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
+    return folder
+
+
+async def test_lora_on_a_model_without_attention_is_refused_when_the_job_is_created(
+    settings: Settings, tmp_path: Path
+) -> None:
+    source = _tiny_resnet(tmp_path / "tiny-resnet")
+    manifest = f"name: tiny-resnet\ntask: image-classification\nsource: {source}\npreload: false\n"
+    (settings.models_dir / "tiny-resnet.yaml").write_text(manifest, encoding="utf-8")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        file_id = (await upload(http, colour_dataset(per_label=5))).json()["id"]
+        job = {"base_model": "tiny-resnet", "training_file": file_id}
+        lora = await http.post("/v1/fine-tunes", json={**job, "method": "lora"})
+        assert lora.status_code == 422, lora.text
+        assert "no attention query/value layers" in lora.json()["error"]["message"]
+        full = await http.post("/v1/fine-tunes", json={**job, "method": "full"})
+        assert full.status_code == 201, full.text
+        await http.post(f"/v1/fine-tunes/{full.json()['id']}/cancel")
+        assert not (await http.get("/v1/fine-tunes")).json()["data"][1:]  # the refused job was never made
+
+
 async def test_cancel_stops_a_running_job(client: httpx.AsyncClient) -> None:
     file_id = (await upload(client, colour_dataset(per_label=10))).json()["id"]
     urgent = await client.post(
