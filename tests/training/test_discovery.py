@@ -40,15 +40,23 @@ def finished_elsewhere(store: FineTuneStore, tenant_id: str, name: str, base: st
     assert store.finish(job.id, "replica-b", "succeeded", "done", fine_tuned_model=name)
 
 
-async def test_a_model_finished_by_another_replica_is_found_by_its_tenant_only(
-    sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
-) -> None:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "shared", devices="cpu")
+def this_replica(
+    sessions: sessionmaker[Session], models_dir: Path, data_dir: Path
+) -> tuple[Settings, FineTuneStore, ModelRegistry]:
+    """A replica's settings, job store and registry, finding other replicas' models on demand."""
+    settings = Settings(models_dir=models_dir, data_dir=data_dir, devices="cpu")
     store = FineTuneStore(sessions, settings.data_dir)
     pool = DevicePool.from_spec("cpu")
     registry = ModelRegistry(models_dir, pool, Metrics())
     registry.discover()
     registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    return settings, store, registry
+
+
+async def test_a_model_finished_by_another_replica_is_found_by_its_tenant_only(
+    sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
+) -> None:
+    settings, store, registry = this_replica(sessions, models_dir, tmp_path / "shared")
     tenants = Tenants(sessions)
     acme, other = tenants.ensure_tenant("acme").id, tenants.ensure_tenant("other").id
     name = "ft-tiny-vit-colours-0a1b2c3d"
@@ -77,11 +85,7 @@ async def test_a_model_whose_folder_this_replica_cannot_see_is_not_served_and_sa
     models_dir: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "own", devices="cpu")
-    store = FineTuneStore(sessions, settings.data_dir)
-    pool = DevicePool.from_spec("cpu")
-    registry = ModelRegistry(models_dir, pool, Metrics())
-    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    _, store, registry = this_replica(sessions, models_dir, tmp_path / "own")
     acme = Tenants(sessions).ensure_tenant("acme").id
     name = "ft-tiny-vit-elsewhere-0a1b2c3d"
     finished_elsewhere(store, acme, name)  # its folder is on another replica's disk
@@ -98,12 +102,7 @@ async def test_a_model_whose_folder_this_replica_cannot_see_is_not_served_and_sa
 async def test_a_model_trained_from_another_fine_tuned_one_is_found_with_its_base_first(
     sessions: sessionmaker[Session], tmp_path: Path, models_dir: Path, tiny_vit_dir: Path
 ) -> None:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "shared", devices="cpu")
-    store = FineTuneStore(sessions, settings.data_dir)
-    pool = DevicePool.from_spec("cpu")
-    registry = ModelRegistry(models_dir, pool, Metrics())
-    registry.discover()
-    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
+    settings, store, registry = this_replica(sessions, models_dir, tmp_path / "shared")
     acme = Tenants(sessions).ensure_tenant("acme").id
     first, second = "ft-tiny-vit-first-0a1b2c3d", "ft-ft-tiny-vit-first-second-4e5f6a7b"
     for name in (first, second):

@@ -36,6 +36,30 @@ def data(per_label: int = 6) -> TrainingData:
     return TrainingData(["red", "blue"], images, labels, images[:2] + images[-2:], [0, 0, 1, 1])
 
 
+def train_tiny(
+    folder: Path,
+    tmp_path: Path,
+    control: Control,
+    *,
+    epochs: int,
+    on_epoch: Callable[[EpochReport], None] = lambda report: None,
+    method: str = "full",
+    lora_rank: int = 8,
+) -> Outcome:
+    """Train the tiny ViT at `folder` on `data()`, batches of 4 (3 steps an epoch), under `control`."""
+    return train(
+        base_folder=folder,
+        data=data(),
+        params=Hyperparameters(epochs=epochs, learning_rate=0.01, batch_size=4, lora_rank=lora_rank),
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        output_dir=tmp_path / "out",
+        control=control,
+        on_epoch=on_epoch,
+        method=method,
+    )
+
+
 def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     control = Control(observer=TrainingMetrics(registry))
@@ -48,16 +72,7 @@ def test_no_step_is_taken_while_inference_is_pending(tiny_vit_dir: Path, tmp_pat
 
     control.pending = pending
     epochs: list[EpochReport] = []
-    train(
-        base_folder=tiny_vit_dir,
-        data=data(),
-        params=Hyperparameters(epochs=2, learning_rate=0.01, batch_size=4),
-        device=torch.device("cpu"),
-        work_dir=tmp_path / "work",
-        output_dir=tmp_path / "out",
-        control=control,
-        on_epoch=epochs.append,
-    )
+    train_tiny(tiny_vit_dir, tmp_path, control, epochs=2, on_epoch=epochs.append)
     assert all(steps == 0 for queued, steps in seen if queued)  # waited for inference before step 1
     assert control.steps_done == 6 and control.samples == 24
     assert [e.epoch for e in epochs] == [1, 2]
@@ -75,16 +90,7 @@ def test_endless_inference_slows_training_but_never_starves_it(tiny_vit_dir: Pat
     finished = threading.Event()
 
     def run() -> None:
-        train(
-            base_folder=tiny_vit_dir,
-            data=data(),
-            params=Hyperparameters(epochs=1, learning_rate=0.01, batch_size=4),
-            device=torch.device("cpu"),
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-            control=control,
-            on_epoch=lambda report: None,
-        )
+        train_tiny(tiny_vit_dir, tmp_path, control, epochs=1)
         finished.set()
 
     worker = threading.Thread(target=run, daemon=True)
@@ -104,39 +110,21 @@ def test_an_interrupt_stops_training_before_the_next_step(tiny_vit_dir: Path, tm
         control.stop("cancelled")
 
     with pytest.raises(Interrupted) as stopped:
-        train(
-            base_folder=tiny_vit_dir,
-            data=data(),
-            params=Hyperparameters(epochs=5, learning_rate=0.01, batch_size=4),
-            device=torch.device("cpu"),
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-            control=control,
-            on_epoch=cancel_after_first_epoch,
-        )
+        train_tiny(tiny_vit_dir, tmp_path, control, epochs=5, on_epoch=cancel_after_first_epoch)
     assert stopped.value.reason == "cancelled"
     assert control.steps_done == 3  # epoch 1 only
     assert not (tmp_path / "out").exists()
 
 
 def test_a_lora_run_checkpoints_only_what_trains_and_resumes(tiny_vit_dir: Path, tmp_path: Path) -> None:
-    params = Hyperparameters(epochs=2, learning_rate=0.01, batch_size=4, lora_rank=4)
     first = Control()
 
     def stop_after_first_epoch(report: EpochReport) -> None:
         first.stop("stopping")
 
     def run(control: Control, on_epoch: Callable[[EpochReport], None]) -> Outcome:
-        return train(
-            base_folder=tiny_vit_dir,
-            data=data(),
-            params=params,
-            device=torch.device("cpu"),
-            work_dir=tmp_path / "work",
-            output_dir=tmp_path / "out",
-            control=control,
-            on_epoch=on_epoch,
-            method="lora",
+        return train_tiny(
+            tiny_vit_dir, tmp_path, control, epochs=2, on_epoch=on_epoch, method="lora", lora_rank=4
         )
 
     with pytest.raises(Interrupted):
