@@ -22,7 +22,7 @@ from service.db import check_connection, create_db_engine, session_factory, upgr
 from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
 from service.inputs import InputLimits
-from service.keychanges import KeyChanges
+from service.keychanges import KeyChangeMetrics, KeyChanges
 from service.metering import (
     INFERENCE,
     Idempotency,
@@ -80,7 +80,13 @@ def create_app(settings: Settings) -> FastAPI:
         fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
         app.state.keys = DatabaseKeyStore(sessions, fallback=fallback)
         # with Redis, a key change made on any replica drops every replica's key cache at once
-        key_changes = KeyChanges(settings.redis_url.get_secret_value()) if settings.redis_url else None
+        key_changes = (
+            KeyChanges(
+                settings.redis_url.get_secret_value(), metrics=KeyChangeMetrics(app.state.metrics.registry)
+            )
+            if settings.redis_url
+            else None
+        )
         if key_changes is not None:
             await key_changes.start(app.state.keys.forget)
         app.state.key_changes = key_changes

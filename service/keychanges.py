@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -30,11 +31,40 @@ TIMEOUT_S = 0.5  # connect and command timeout: an admin change never waits long
 RECONNECT_S = (0.1, 5.0)  # the listener's back-off after a failure: first, longest
 
 
+class KeyChangeMetrics:
+    """The listener's state and the messages it saw, on the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.subscribed = Gauge(
+            "maas_key_changes_subscribed",
+            "1 while this replica listens for key changes on Redis; 0: only the 1 s key cache bounds them.",
+            registry=registry,
+        )
+        self.received = Counter(
+            "maas_key_changes_received",
+            "Key changes heard from any replica (each drops the key cache).",
+            registry=registry,
+        )
+        self.published = Counter(
+            "maas_key_changes_published",
+            "Key changes this replica announced, by outcome: sent, or failed (Redis unreachable).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "maas_key_changes_reconnects",
+            "Times the listener lost Redis and connected again.",
+            registry=registry,
+        )
+
+
 class KeyChanges:
     """Publishes key changes to, and listens for them on, the Redis at `url`."""
 
-    def __init__(self, url: str, *, channel: str = CHANNEL) -> None:
+    def __init__(self, url: str, *, channel: str = CHANNEL, metrics: KeyChangeMetrics | None = None) -> None:
         self.channel = channel
+        self.metrics = metrics
         self._url = url
         self.client_name = f"maas-key-changes-{secrets.token_hex(4)}"  # the listener, in CLIENT LIST
         # a synchronous client: admin routes run on worker threads, the CLI has no event loop
@@ -54,6 +84,11 @@ class KeyChanges:
         except (RedisError, OSError) as exc:  # an admin change is rare: every failure is logged
             error = type(exc).__name__
             log.warning("could not publish a key change to Redis (%s); replicas see it within 1 s", error)
+            if self.metrics is not None:
+                self.metrics.published.labels("failed").inc()
+            return
+        if self.metrics is not None:
+            self.metrics.published.labels("sent").inc()
 
     async def start(self, on_change: Callable[[], None], *, wait_s: float = TIMEOUT_S) -> None:
         """Listen in the background, calling `on_change` for each change published anywhere (and
@@ -93,12 +128,20 @@ class KeyChanges:
                     await pubsub.subscribe(self.channel)
                     on_change()  # changes published while this replica was not subscribed
                     self._subscribed.set()
+                    if self.metrics is not None:
+                        self.metrics.subscribed.set(1)
                     backoff = RECONNECT_S[0]
                     while True:
                         # waits on the socket; the timeout only bounds each wait
                         if await pubsub.get_message(timeout=1.0) is not None:
                             on_change()
+                            if self.metrics is not None:
+                                self.metrics.received.inc()
             except (RedisError, OSError) as exc:
+                if self._subscribed.is_set() and self.metrics is not None:
+                    self.metrics.reconnects.inc()
+                if self.metrics is not None:
+                    self.metrics.subscribed.set(0)
                 self._subscribed.clear()
                 on_change()
                 self._warn(f"key changes: lost Redis ({type(exc).__name__}); retrying, the 1 s bound holds")

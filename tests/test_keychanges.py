@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import DatabaseKeyStore
-from service.keychanges import KeyChanges
+from service.keychanges import KeyChangeMetrics, KeyChanges
 from service.tenants import Tenants
 from tests.conftest import redis_url_or_skip
 from tests.e2e.conftest import free_port
@@ -31,14 +32,23 @@ def frozen() -> float:
 
 
 @pytest.fixture
-async def changes() -> AsyncIterator[tuple[KeyChanges, KeyChanges]]:
+async def changes() -> AsyncIterator[tuple[KeyChanges, ...]]:
     """Two replicas' KeyChanges on one real Redis, on a channel of this test's own."""
     url = redis_url_or_skip()
     channel = f"maas:test:keys:{secrets.token_hex(4)}"
-    pair = (KeyChanges(url, channel=channel), KeyChanges(url, channel=channel))
+    pair = tuple(
+        KeyChanges(url, channel=channel, metrics=KeyChangeMetrics(CollectorRegistry())) for _ in range(2)
+    )
+    assert len(pair) == 2
     yield pair
     for each in pair:
         await each.close()
+
+
+def sample(changes: KeyChanges, name: str, **labels: str) -> float:
+    """A metric of `changes` (0 when never set)."""
+    assert changes.metrics is not None
+    return changes.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def refused_within(store: DatabaseKeyStore, key: str, deadline_s: float) -> float:
@@ -52,7 +62,7 @@ async def refused_within(store: DatabaseKeyStore, key: str, deadline_s: float) -
 
 @pytest.mark.redis
 async def test_a_change_published_by_one_replica_drops_the_other_replicas_cache(
-    sessions: sessionmaker[Session], changes: tuple[KeyChanges, KeyChanges]
+    sessions: sessionmaker[Session], changes: tuple[KeyChanges, ...]
 ) -> None:
     tenants = Tenants(sessions)
     tenants.create_tenant("acme")
@@ -82,11 +92,15 @@ async def test_a_change_published_by_one_replica_drops_the_other_replicas_cache(
             break
         assert time.monotonic() < deadline, "the suspension never reached the other store"
         await asyncio.sleep(0.001)  # a poll interval
+    # both announced by the first replica, both heard by the second (which drops its cache each time)
+    assert sample(changes[0], "maas_key_changes_published_total", outcome="sent") == 2
+    assert sample(changes[1], "maas_key_changes_received_total") == 2
+    assert sample(changes[1], "maas_key_changes_subscribed") == 1
 
 
 @pytest.mark.redis
 async def test_a_listener_whose_connection_dies_reconnects_and_hears_the_next_change(
-    sessions: sessionmaker[Session], changes: tuple[KeyChanges, KeyChanges]
+    sessions: sessionmaker[Session], changes: tuple[KeyChanges, ...]
 ) -> None:
     tenants = Tenants(sessions)
     tenants.create_tenant("acme")
@@ -110,6 +124,8 @@ async def test_a_listener_whose_connection_dies_reconnects_and_hears_the_next_ch
             assert time.monotonic() < deadline, "the listener never subscribed again"
             await asyncio.sleep(0.01)  # a poll interval
         assert there.verify(second.key) is not None  # cached again
+        assert sample(listener, "maas_key_changes_reconnects_total") == 1
+        assert sample(listener, "maas_key_changes_subscribed") == 1
         tenants.revoke_key(second.row.id)
         publisher.publish("key revoked")
         await refused_within(there, second.key, DELIVERY_DEADLINE_S)
@@ -124,7 +140,8 @@ async def test_an_unreachable_redis_breaks_neither_publishing_nor_key_checks(
     tenants.create_tenant("acme")
     made = tenants.create_key("acme")
     store = DatabaseKeyStore(sessions)
-    nowhere = KeyChanges(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    metrics = KeyChangeMetrics(CollectorRegistry())
+    nowhere = KeyChanges(f"redis://127.0.0.1:{free_port()}/0", metrics=metrics)  # nothing listens there
     try:
         with caplog.at_level(logging.WARNING, logger="service.keychanges"):
             started = time.monotonic()
@@ -138,6 +155,8 @@ async def test_an_unreachable_redis_breaks_neither_publishing_nor_key_checks(
         messages = [r.getMessage() for r in caplog.records]
         assert any("could not publish a key change to Redis" in m for m in messages), messages
         assert any("key changes: lost Redis" in m for m in messages), messages
+        assert sample(nowhere, "maas_key_changes_published_total", outcome="failed") == 1
+        assert sample(nowhere, "maas_key_changes_subscribed") == 0
     finally:
         await nowhere.close()
 
