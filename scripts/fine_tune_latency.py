@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import write_manifest  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
 from tests.e2e.test_fine_tune_digits import digits_zip  # noqa: E402
-from tests.shipped import digit_images, training_script  # noqa: E402
+from tests.shipped import digit_images, save_untrained_digits_vit  # noqa: E402
 
 ADMIN = "mk_latency_script_admin_key_0123456789abcdef"
 
@@ -58,17 +58,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
 
-    import torch
-    from transformers import ViTForImageClassification
-
-    script = training_script()
     root = Path(tempfile.mkdtemp(prefix="maas-ft-latency-"))
-    base = root / "scratch-vit"
-    torch.manual_seed(0)
-    config = script.make_model_config()
-    config.id2label, config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
-    ViTForImageClassification(config).save_pretrained(base)
-    script.make_image_processor().save_pretrained(base)
+    base = save_untrained_digits_vit(root / "scratch-vit")
     models = root / "models"
     models.mkdir()
     write_manifest(models, "scratch-vit", f"name: scratch-vit\ntask: image-classification\nsource: {base}\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+from pathlib import Path
 from types import ModuleType
 
 from tests.conftest import REPO
@@ -17,6 +18,21 @@ def training_script() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def save_untrained_digits_vit(folder: Path) -> Path:
+    """The digits model's architecture and image processor with random weights (seed 0) and two
+    labels of another task (cat, dog), saved like a hub model: a base that knows no digits."""
+    import torch
+    from transformers import ViTForImageClassification
+
+    script = training_script()
+    torch.manual_seed(0)
+    config = script.make_model_config()
+    config.id2label, config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
+    ViTForImageClassification(config).save_pretrained(folder)
+    script.make_image_processor().save_pretrained(folder)
+    return folder
 
 
 def digit_images(count: int) -> tuple[list[bytes], list[int]]:

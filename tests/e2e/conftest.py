@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,6 +46,16 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def wait_until_finished(http: httpx.Client, job_id: str, deadline_s: float) -> dict[str, Any]:
+    """The fine-tune job once it left `queued` and `running` (fails past `deadline_s`)."""
+    deadline = time.monotonic() + deadline_s
+    while (job := http.get(f"/v1/fine-tunes/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)  # a poll interval, not a timing assumption
+    assert isinstance(job, dict)
+    return job
 
 
 def start_server(models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None) -> Server:

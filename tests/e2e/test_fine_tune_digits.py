@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import write_manifest
-from tests.e2e.conftest import Server, start_server
-from tests.shipped import digit_images, training_script
+from tests.e2e.conftest import Server, start_server, wait_until_finished
+from tests.shipped import digit_images, save_untrained_digits_vit, training_script
 
 pytestmark = pytest.mark.e2e
 ADMIN = "mk_e2e_fine_tune_admin_key_0123456789abcdef"
@@ -45,17 +45,8 @@ def digits_zip() -> bytes:
 def scratch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A gateway whose only model is an UNTRAINED ViT (the digits model's architecture, random
     weights, two labels of another task): the fine-tune learns digits from scratch."""
-    import torch
-    from transformers import ViTForImageClassification
-
-    script = training_script()
     root = tmp_path_factory.mktemp("fine-tune-e2e")
-    base = root / "scratch-vit"
-    torch.manual_seed(0)
-    config = script.make_model_config()
-    config.id2label, config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
-    ViTForImageClassification(config).save_pretrained(base)
-    script.make_image_processor().save_pretrained(base)
+    base = save_untrained_digits_vit(root / "scratch-vit")
     models = root / "models"
     models.mkdir()
     write_manifest(models, "scratch-vit", f"name: scratch-vit\ntask: image-classification\nsource: {base}\n")
@@ -96,10 +87,7 @@ def test_fine_tune_digits_to_90_percent_and_serve_to_the_tenant_only(scratch_ser
         )
         assert made.status_code == 201, made.text
         job_id = made.json()["id"]
-        deadline = time.monotonic() + DEADLINE_S
-        while (job := mine.get(f"/v1/fine-tunes/{job_id}").json())["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)  # a poll interval, not a timing assumption
+        job = wait_until_finished(mine, job_id, DEADLINE_S)
         elapsed = time.monotonic() - started
         assert job["status"] == "succeeded", (job, mine.get(f"/v1/fine-tunes/{job_id}/events").text)
         accuracy = job["metrics"]["validation_accuracy"]

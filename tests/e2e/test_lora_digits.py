@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import REPO, write_manifest
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, start_server, wait_until_finished
 from tests.shipped import training_script
 
 pytestmark = pytest.mark.e2e
@@ -114,10 +114,7 @@ def test_a_lora_adapter_teaches_the_digits_model_inverted_digits(digits_server: 
         )
         assert made.status_code == 201, made.text
         job_id = made.json()["id"]
-        deadline = time.monotonic() + DEADLINE_S
-        while (job := http.get(f"/v1/fine-tunes/{job_id}").json())["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)  # a poll interval, not a timing assumption
+        job = wait_until_finished(http, job_id, DEADLINE_S)
         elapsed = time.monotonic() - started
         assert job["status"] == "succeeded", (job, http.get(f"/v1/fine-tunes/{job_id}/events").text)
         validation = job["metrics"]["validation_accuracy"]

@@ -29,7 +29,7 @@ from tests.conftest import (
     redis_url_or_skip,
     write_tiny_vit,
 )
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, start_server, wait_until_finished
 from tests.training.zips import colour_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -216,15 +216,6 @@ def test_one_rate_limit_holds_across_both_replicas(replicas: Replicas) -> None:
     assert all(int(a.headers["retry-after"]) >= 1 for a in answers if a.status_code == 429)
 
 
-def wait_until_finished(http: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_DEADLINE_S
-    while (job := http.get(f"/v1/fine-tunes/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)  # a poll interval, not a timing assumption
-    assert isinstance(job, dict)
-    return job
-
-
 def test_each_fine_tune_runs_on_exactly_one_replica_and_serves_its_tenant_on_both(
     replicas: Replicas,
 ) -> None:
@@ -254,7 +245,7 @@ def test_each_fine_tune_runs_on_exactly_one_replica_and_serves_its_tenant_on_bot
             )
             assert made.status_code == 201, made.text
             jobs.append(made.json()["id"])
-        finished = [wait_until_finished(mine[1 - i], job_id) for i, job_id in enumerate(jobs)]
+        finished = [wait_until_finished(mine[1 - i], job_id, JOB_DEADLINE_S) for i, job_id in enumerate(jobs)]
         logs = [server.log() for server in replicas.servers]
         for job in finished:
             assert job["status"] == "succeeded", (job, mine[0].get(f"/v1/fine-tunes/{job['id']}/events").text)
