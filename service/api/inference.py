@@ -50,20 +50,19 @@ def _prepare(entry: ModelEntry, inputs: list[RawInput], max_pixels: int) -> list
 
 
 async def _features(
-    request: Request, entry: ModelEntry, inputs: list[RawInput], max_pixels: int
+    request: Request, entry: ModelEntry, inputs: list[RawInput], max_pixels: int, metrics: Metrics
 ) -> list[Any]:
     """The inputs' features: from the preprocessing processes where the model's image processor can
     run there (MAAS_PREPROCESS_PROCESSES), else on a worker thread of this process."""
     pool: PreprocessPool | None = request.app.state.preprocess
-    counted: Metrics = request.app.state.metrics
     if pool is not None and entry.input_kind == "image":
         processor = pool.processor_of(entry.adapter)
         if processor is not None:
             features = await pool.prepare(processor, inputs, max_pixels)
-            counted.preprocessed.labels("process").inc(len(features))
+            metrics.preprocessed.labels("process").inc(len(features))
             return features
     features = await anyio.to_thread.run_sync(_prepare, entry, inputs, max_pixels)
-    counted.preprocessed.labels("thread").inc(len(features))
+    metrics.preprocessed.labels("thread").inc(len(features))
     return features
 
 
@@ -256,7 +255,7 @@ async def _answer(
             limits: InputLimits = request.app.state.input_limits  # built once, from the settings
             inputs = await read_inputs(request, entry.input_kind, limits, body)
             tally.inputs = len(inputs)
-            features = await _features(request, entry, inputs, settings.max_image_pixels)
+            features = await _features(request, entry, inputs, settings.max_image_pixels, metrics)
         assert entry.manifest is not None
         outputs = await _unless_client_leaves(
             request,
