@@ -55,9 +55,9 @@ def measure_in_this_process(model_dir: Path, dtype: str) -> dict[str, float]:
     import transformers.models.vit.modeling_vit  # noqa: F401
     from transformers import pipeline  # noqa: F401
 
-    from service.devices import DevicePool
-    from service.metrics import Metrics
-    from service.registry import ModelRegistry
+    from service.observability.metrics import Metrics
+    from service.serving.devices import DevicePool
+    from service.serving.registry import ModelRegistry
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as manifests:

@@ -15,14 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.access_log import AccessLogMiddleware
 from service.api import admin, files, fine_tunes, health, inference, models, usage
-from service.auth import SCOPES, AdminKeyStore, DatabaseKeyStore, bootstrap_admin_key, redact_keys_in_logs
 from service.db import check_connection, create_db_engine, session_factory, upgrade
-from service.devices import DevicePool, used_bytes
 from service.errors import Conflict, GatewayError, error_response, install_error_handlers
-from service.inputs import InputLimits
-from service.keychanges import KeyChangeMetrics, KeyChanges
 from service.metering import (
     INFERENCE,
     Idempotency,
@@ -33,15 +28,22 @@ from service.metering import (
     UsageWriter,
     manifest_prices,
 )
-from service.metrics import Metrics
-from service.preprocess import PreprocessPool
-from service.quota import Quota
-from service.ratelimit import Limiter, LimitMetrics, build_buckets
-from service.registry import ModelEntry, ModelRegistry
-from service.requests import RequestIdMiddleware
+from service.observability.metrics import Metrics
+from service.observability.middleware import RequestMiddleware
+from service.observability.tracing import instrument
+from service.redaction import redact_keys_in_logs
+from service.serving.devices import DevicePool, used_bytes
+from service.serving.inputs import InputLimits
+from service.serving.preprocess import PreprocessPool
+from service.serving.registry import ModelEntry, ModelRegistry
 from service.settings import Settings
-from service.tenants import DEFAULT_TENANT, Tenants
-from service.tracing import instrument
+from service.tenancy.bootstrap import bootstrap_admin_key
+from service.tenancy.keychanges import KeyChangeMetrics, KeyChanges
+from service.tenancy.keys import SCOPES
+from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
+from service.tenancy.quota import Quota
+from service.tenancy.ratelimit import Limiter, LimitMetrics, build_buckets
+from service.tenancy.tenants import DEFAULT_TENANT, Tenants
 from service.training.metrics import TrainingMetrics
 from service.training.runner import JobRunner
 from service.training.store import FineTuneStore
@@ -174,8 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
             request, GatewayError("internal error; the request id identifies it in the logs")
         )
 
-    app.add_middleware(AccessLogMiddleware)  # inside RequestIdMiddleware: sees the request id
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestMiddleware)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(inference.router)

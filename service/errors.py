@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.requests import request_id_of
+from service.observability.middleware import request_id_of
 
 
 class GatewayError(Exception):

@@ -119,7 +119,7 @@ def held_gateway(
     import uvicorn
 
     from service.app import create_app
-    from service.runtime.transformers_adapter import ImageClassificationAdapter
+    from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
     from service.settings import Settings
     from tests.conftest import write_manifest
     from tests.e2e.conftest import free_port

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import Caller
-from service.auth import KEY_PREFIX, Principal
 from service.errors import InvalidRequest
-from service.keychanges import KeyChanges
-from service.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
+from service.redaction import KEY_PREFIX
+from service.tenancy.keychanges import KeyChanges
+from service.tenancy.principal import Principal
+from service.tenancy.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

@@ -9,15 +9,37 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request, Response
 
-from service.auth import Principal, authenticate
-from service.errors import GatewayError, RateLimited
+from service.errors import AuthenticationFailed, GatewayError, RateLimited
 from service.metering import Meter
-from service.metrics import Metrics
-from service.quota import Quota
-from service.ratelimit import Limiter
-from service.registry import ModelRegistry
-from service.requests import request_id_of
+from service.observability.metrics import Metrics
+from service.observability.middleware import request_id_of
+from service.serving.registry import ModelRegistry
 from service.settings import Settings
+from service.tenancy.keystore import KeyStore
+from service.tenancy.principal import Principal
+from service.tenancy.quota import Quota
+from service.tenancy.ratelimit import Limiter
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed("malformed Authorization header: expected 'Bearer <key>'")
+    return token
+
+
+def authenticate(request: Request) -> Principal:
+    """FastAPI dependency: the caller, or 401."""
+    store: KeyStore = request.app.state.keys
+    principal = store.verify(bearer_token(request))
+    if principal is None:
+        raise AuthenticationFailed("invalid API key")
+    request.state.principal = principal  # for the access log (tenant, key id; never the key)
+    return principal
 
 
 def _registry(request: Request) -> ModelRegistry:

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from service.api.deps import AppSettings, Caller
-from service.auth import Principal
 from service.errors import InvalidInput, PayloadTooLarge
+from service.tenancy.principal import Principal
 from service.training.datasets import DatasetLimits
 from service.training.store import FineTuneStore, describe_file
 

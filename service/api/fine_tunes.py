@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.deps import Registry
 from service.api.files import FineTuner, Store, tenant_of
 from service.errors import InvalidInput
-from service.runtime.sources import SourceError, resolve_local_folder
+from service.serving.runtime.sources import SourceError, resolve_local_folder
 from service.training.store import JobSpec, describe_event, describe_job
 from service.training.trainer import LORA_TARGETS, lora_targets_in
 

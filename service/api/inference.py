@@ -13,19 +13,19 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.api.deps import Admitted, AppMeter, AppMetrics, AppSettings, Caller, Registry
-from service.auth import Principal
-from service.batching import Tally
 from service.errors import Conflict, GatewayError, InvalidInput, InvalidRequest, error_response
-from service.inputs import InputLimits, RawInput, decode_image, read_body, read_inputs
 from service.metering import Claim, ClaimState, Meter, Outcome, Usage, format_micro, request_hash
 from service.metering.idempotency import MAX_KEY_CHARS
-from service.metrics import Metrics
-from service.preprocess import PreprocessPool
-from service.registry import ModelEntry, ModelRegistry
-from service.requests import request_id_of
-from service.router import infer
-from service.runtime.base import Classification
+from service.observability.metrics import Metrics
+from service.observability.middleware import request_id_of
+from service.serving.batching import Tally
+from service.serving.dispatch import infer
+from service.serving.inputs import InputLimits, RawInput, decode_image, read_body, read_inputs
+from service.serving.preprocess import PreprocessPool
+from service.serving.registry import ModelEntry, ModelRegistry
+from service.serving.runtime.base import Classification
 from service.settings import Settings
+from service.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 

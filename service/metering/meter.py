@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.batching import Tally
 from service.errors import GatewayError
 from service.metering.idempotency import Claim, Idempotency
 from service.metering.prices import TRAINING, PriceBook
 from service.metering.writer import GroupStats, Outcome, Usage, UsageWriter
+from service.serving.batching import Tally
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

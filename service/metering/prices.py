@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PriceRow
-from service.manifests import Price
+from service.serving.manifests import Price
 
 MICRO = 1_000_000
 

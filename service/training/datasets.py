@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from service.errors import GatewayError, InvalidInput
-from service.inputs import RawInput, decode_image
+from service.serving.inputs import RawInput, decode_image
 
 SPLITS = ("train", "validation")
 IGNORED = re.compile(r"(^|/)(__MACOSX/|\.)")  # macOS resource forks, .DS_Store and other dot files

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from service.db.models import FineTuneJob
-from service.devices import DevicePool
 from service.metering import Meter
-from service.registry import ModelRegistry
-from service.runtime.sources import resolve_local_folder
+from service.serving.devices import DevicePool
+from service.serving.registry import ModelRegistry
+from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.datasets import Example, load_dataset, read_image, split_validation
 from service.training.metrics import TrainingMetrics

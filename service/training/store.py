@@ -6,7 +6,6 @@ asks for is looked up with its tenant id: another tenant's file or job is simply
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
 from service.errors import Conflict, NotFound
+from service.ids import new_id
 from service.metering import Usage, insert_usage
 from service.training.datasets import DatasetLimits, check_dataset
 
@@ -26,10 +26,6 @@ FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # the queue is FIFO per priority; higher numbers are claimed first
 PRIORITIES = {"high": 1, "normal": 0, "low": -1}
 PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
-
-
-def new_id(kind: str) -> str:
-    return f"{kind}_{secrets.token_hex(12)}"
 
 
 def _iso(when: datetime | None) -> str | None:

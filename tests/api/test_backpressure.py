@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.runtime.base import Output
-from service.runtime.transformers_adapter import ImageClassificationAdapter
+from service.serving.runtime.base import Output
+from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, image_bytes, write_manifest
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.runtime.base import Output
-from service.runtime.transformers_adapter import ImageClassificationAdapter
+from service.serving.runtime.base import Output
+from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from tests.conftest import ADMIN_KEY, image_bytes
 
 pytestmark = pytest.mark.anyio

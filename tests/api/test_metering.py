@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
 from service.db.models import UsageEvent
-from service.runtime.base import Output
-from service.runtime.transformers_adapter import ImageClassificationAdapter
+from service.serving.runtime.base import Output
+from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.conftest import ADMIN_KEY, image_bytes
 

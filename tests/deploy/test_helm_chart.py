@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service.manifests import read_manifest
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
+from service.serving.manifests import read_manifest
 from tests.conftest import REPO
 from tests.deploy.conftest import CHART, import_or_skip
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.auth import Principal
-from service.devices import DevicePool
 from service.errors import NotFound
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ModelStatus
+from service.observability.metrics import Metrics
+from service.serving.devices import DevicePool
+from service.serving.registry import ModelRegistry, ModelStatus
 from service.settings import Settings
-from service.tenants import Tenants
+from service.tenancy.principal import Principal
+from service.tenancy.tenants import Tenants
 from service.training.runner import JobRunner
 from service.training.store import FineTuneStore, JobSpec
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import FineTuneEvent, UsageEvent
 from service.metering import TRAINING, UnitPrice, Usage
-from service.tenants import Tenants
+from service.tenancy.tenants import Tenants
 from service.training.store import FineTuneStore, JobSpec, describe_job
 
 SPEC = JobSpec(

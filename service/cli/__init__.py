@@ -1,0 +1,87 @@
+"""The `maas` command: `maas serve` starts the gateway; `maas db|tenants|keys …` manage the
+database (service/cli/tenants.py). Flags override `MAAS_*` variables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.cli import tenants as cli_tenants
+from service.observability.logs import configure_logging
+from service.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maas", description="maas-gateway: models as a service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--data-dir", type=Path, help="state folder (MAAS_DATA_DIR, default ./var)")
+    database.add_argument("--database-url", help="SQLAlchemy URL (MAAS_DATABASE_URL)")
+    serve = commands.add_parser("serve", parents=[database], help="start the gateway")
+    serve.add_argument("--host", help="address to bind (MAAS_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (MAAS_PORT, default 8000)")
+    serve.add_argument("--models-dir", type=Path, help="manifests folder (MAAS_MODELS_DIR)")
+    serve.add_argument("--devices", help="auto, cpu, or cuda:0,cuda:1,… (MAAS_DEVICES)")
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="MAAS_LOG_LEVEL, default info",
+    )
+    serve.add_argument("--log-format", choices=["json", "text"], help="MAAS_LOG_FORMAT, default text")
+    cli_tenants.add_commands(commands, database)
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Flags first, then MAAS_* variables, then defaults."""
+    overrides: dict[str, Any] = {
+        key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None
+    }
+    return Settings(**overrides)
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
+    import uvicorn
+
+    from service.app import create_app
+
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.draining = True  # /readyz answers 503 from now on
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # configure_logging routes uvicorn's loggers
+        access_log=False,  # service/observability/middleware.py writes one richer line per request
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )
+    DrainingServer(config).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        sys.exit(f"maas: invalid setting: {exc}")
+    if args.command == "serve":
+        serve(settings)
+    elif args.command in cli_tenants.COMMANDS:
+        cli_tenants.run(args, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Observability: metrics, logs, the request middleware (ids and access log), tracing."""

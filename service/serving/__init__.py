@@ -1,0 +1,1 @@
+"""Serving: inputs, preprocessing, batching, dispatch to replicas, the model registry, devices, adapters."""

@@ -1,0 +1,67 @@
+"""The model router: a request's inputs -> the least-loaded replica's batcher, with backpressure
+(a bounded queue per model, 503 + Retry-After from the measured service rate) and deadlines
+(504 when the deadline passes before the batch runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from service.errors import DeadlineExceeded, Overloaded
+from service.serving.batching import Batcher, Tally
+from service.serving.registry import ModelEntry
+from service.serving.runtime import Output
+
+MAX_RETRY_AFTER_S = 60
+
+
+def retry_after_s(queued: int, batchers: list[Batcher]) -> int:
+    """Seconds until the queue should have room, from the replicas' measured service rate."""
+    rate = sum(b.rate.inputs_per_s or 0.0 for b in batchers)
+    if rate <= 0:
+        return 1
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queued / rate)))
+
+
+def pick_replica(entry: ModelEntry) -> Batcher:
+    """The least-loaded replica (queued + running inputs)."""
+    return min(entry.batchers, key=lambda b: b.load)
+
+
+async def infer(
+    entry: ModelEntry,
+    features: list[Any],
+    *,
+    top_k: int,
+    max_queue: int,
+    deadline: float | None,
+    tally: Tally | None = None,
+) -> list[Output]:
+    """Queue `features` (one request's inputs) on one replica and wait for their outputs.
+
+    `deadline` is on the batchers' clock (time.monotonic). If the caller is cancelled (client
+    gone), the inputs still queued are dropped before they reach the device. `tally` collects
+    the request's compute and queue time for metering.
+    """
+    batchers = entry.batchers
+    queued = sum(b.load for b in batchers)
+    if queued + len(features) > max_queue:
+        raise Overloaded(
+            f"model {entry.name!r} has {queued} inputs queued (limit {max_queue}); retry later",
+            retry_after_s=retry_after_s(queued, batchers),
+        )
+    batcher = pick_replica(entry)
+    futures = [batcher.submit(f, top_k=top_k, deadline=deadline, tally=tally) for f in features]
+    timeout = None if deadline is None else max(0.0, deadline - batcher.clock())
+    try:
+        async with asyncio.timeout(timeout):
+            outputs = await asyncio.gather(*futures)
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"no answer within the request's deadline ({len(features)} input(s) for {entry.name!r})"
+        ) from None
+    finally:
+        for future in futures:
+            future.cancel()  # no-op for resolved ones; queued ones are skipped by the batcher
+    return [o[:top_k] if entry.input_kind == "image" else o for o in outputs]

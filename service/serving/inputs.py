@@ -1,0 +1,245 @@
+"""Reading a predict request's inputs, and refusing bad ones before they reach a model.
+
+Three body shapes (see the contract): raw image bytes, multipart `file` parts, and JSON
+`{"inputs": [...]}` (base64 images, or strings for text models). Every refusal is a 4xx
+that names the input (0-based, in request order) and what was wrong with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.serving.runtime.base import InputKind
+from service.settings import Settings
+
+# Declared media type -> the Pillow format the bytes must have.
+IMAGE_TYPES = {
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/pjpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+    "image/bmp": "BMP",
+    "image/x-ms-bmp": "BMP",
+    "image/tiff": "TIFF",
+}
+ALLOWED_FORMATS = frozenset(IMAGE_TYPES.values())
+UNTYPED = frozenset({"", "application/octet-stream"})  # sniff the bytes instead
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """One input as received: bytes of an image (with the type the client declared) or a string."""
+
+    index: int
+    data: bytes | str
+    declared_type: str = ""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    max_body_bytes: int
+    max_image_pixels: int
+    max_inputs: int
+    max_text_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> InputLimits:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_inputs=settings.max_inputs_per_request,
+            max_text_chars=settings.max_text_chars,
+        )
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_inputs(request: Request, body: bytes, limits: InputLimits) -> list[RawInput]:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    # Starlette's own file cap stays well above ours, so that the count check below can say how many.
+    parser = MultiPartParser(request.headers, stream(), max_files=max(1000, limits.max_inputs), max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise PayloadTooLarge(
+                f"more than {limits.max_inputs} inputs in one request; the limit is {limits.max_inputs}"
+            ) from exc
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+    try:
+        inputs: list[RawInput] = []
+        for name, value in form.multi_items():
+            if name != "file":
+                raise InvalidRequest(f"unexpected form field {name!r}: send each input as a 'file' part")
+            if not isinstance(value, UploadFile):
+                raise InvalidInput(f"input {len(inputs)}: the 'file' part must be a file upload")
+            inputs.append(RawInput(len(inputs), await value.read(), _media_type(value.content_type)))
+        return inputs
+    finally:
+        await form.close()
+
+
+def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise InvalidRequest('JSON body must be an object like {"inputs": [...]}')
+    unknown = sorted(set(payload) - {"inputs"})
+    if unknown:
+        raise InvalidRequest(f"unknown JSON field(s): {', '.join(unknown)}")
+    items = payload["inputs"]
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list):
+        raise InvalidRequest('"inputs" must be a list of strings')
+    inputs: list[RawInput] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidInput(f"input {i}: expected a string, got {type(item).__name__}")
+        if kind == "text":
+            inputs.append(RawInput(i, item))
+        else:
+            data, declared = _decode_base64(i, item)
+            inputs.append(RawInput(i, data, declared))
+    return inputs
+
+
+def _decode_base64(index: int, text: str) -> tuple[bytes, str]:
+    """The bytes of a base64 string or `data:` URL, and the media type a data URL declares."""
+    declared = ""
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise InvalidInput(f"input {index}: a data URL must be 'data:<type>;base64,<data>'")
+        declared = header[5:].removesuffix(";base64").lower()
+        if declared and declared not in IMAGE_TYPES:
+            raise UnsupportedMediaType(f"input {index}: {declared!r} is not a supported image type")
+    try:
+        return base64.b64decode(text, validate=True), declared
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"input {index}: not valid base64 ({exc})") from exc
+
+
+async def read_inputs(
+    request: Request, kind: InputKind, limits: InputLimits, body: bytes | None = None
+) -> list[RawInput]:
+    """Parse the predict body (`body` if it was read already) into raw inputs; checks sizes and
+    counts, not image contents."""
+    content_type = _media_type(request.headers.get("content-type"))
+    if body is None:
+        body = await read_body(request, limits.max_body_bytes)
+    if not body:
+        raise InvalidRequest("request body is empty: send an image, multipart files or JSON inputs")
+    if content_type == "multipart/form-data":
+        inputs = await _multipart_inputs(request, body, limits)
+    elif content_type == "application/json":
+        inputs = _json_inputs(body, kind)
+    elif kind == "image" and (content_type.startswith("image/") or content_type in UNTYPED):
+        inputs = [RawInput(0, body, content_type)]
+    elif kind == "text" and content_type == "text/plain":
+        try:
+            inputs = [RawInput(0, body.decode("utf-8"))]
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"input 0: text is not valid UTF-8 ({exc})") from exc
+    else:
+        accepted = (
+            "image/jpeg, image/png, image/webp (raw bytes), multipart/form-data or application/json"
+            if kind == "image"
+            else "text/plain or application/json"
+        )
+        shown = content_type or "no Content-Type"
+        raise UnsupportedMediaType(f"{shown} is not accepted by this model; send {accepted}")
+    if not inputs:
+        raise InvalidRequest("no inputs: send at least one image or text")
+    if len(inputs) > limits.max_inputs:
+        raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {limits.max_inputs}")
+    for item in inputs:
+        if isinstance(item.data, str):
+            _check_text(item, limits)
+        elif not item.data:
+            raise InvalidInput(f"input {item.index}: empty file")
+    return inputs
+
+
+def _check_text(item: RawInput, limits: InputLimits) -> None:
+    assert isinstance(item.data, str)
+    if not item.data.strip():
+        raise InvalidInput(f"input {item.index}: empty text")
+    if len(item.data) > limits.max_text_chars:
+        raise PayloadTooLarge(
+            f"input {item.index}: text is {len(item.data)} characters; the limit is {limits.max_text_chars}"
+        )
+
+
+def decode_image(item: RawInput, max_pixels: int) -> Image.Image:
+    """Decode one image safely: check its format against its declared type and its size from the
+    header alone (decompression bombs never get decoded), then decode it fully as RGB."""
+    assert isinstance(item.data, bytes)
+    where = f"input {item.index}"
+    declared = item.declared_type
+    if declared not in UNTYPED and declared not in IMAGE_TYPES:
+        raise UnsupportedMediaType(f"{where}: {declared!r} is not a supported image type")
+    try:
+        image = Image.open(io.BytesIO(item.data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{where}: image has too many pixels ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(f"{where}: not a recognisable image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"{where}: corrupt image header ({exc})") from exc
+    actual = image.format or "unknown"
+    if actual not in ALLOWED_FORMATS:
+        raise UnsupportedMediaType(f"{where}: {actual} images are not supported")
+    if declared in IMAGE_TYPES and IMAGE_TYPES[declared] != actual:
+        raise UnsupportedMediaType(f"{where}: declared {declared} but the bytes are a {actual} image")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{where}: image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise InvalidInput(f"{where}: image has no pixels")
+    try:
+        image.load()
+        return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{where}: image has too many pixels ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"{where}: image is truncated or corrupt ({exc})") from exc

@@ -1,0 +1,152 @@
+"""The main adapter: a `transformers` pipeline, loaded once per replica, run one batch per forward pass.
+
+The pipeline does the loading (from a folder or the hub, with the dtype asked for) and owns
+the preprocessing components; batching is ours, so that requests from many clients share one
+forward pass instead of the pipeline's per-call loop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from service.serving.manifests import ModelManifest
+from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.sources import ResolvedSource
+
+
+def load_pipeline(
+    manifest: ModelManifest, source: ResolvedSource, device: torch.device, dtype: torch.dtype
+) -> Any:
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # bars would flood the log
+
+    model_kwargs = {"local_files_only": True} if source.local_files_only else {}
+    return pipeline(
+        manifest.task,
+        model=source.location,
+        device=device,
+        dtype=dtype,
+        model_kwargs=model_kwargs,
+    )
+
+
+def load_lora_pipeline(
+    adapter: ResolvedSource, base: ResolvedSource, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """An image-classification pipeline from a base model and a PEFT (LoRA) adapter folder: the
+    base is loaded with the adapter's label set, the adapter (and its classifier head) applied and
+    merged into the weights, so a forward pass costs what the base's does."""
+    from peft import PeftModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    folder = Path(adapter.location)
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    model = AutoModelForImageClassification.from_pretrained(
+        base.location,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,  # the head comes from the adapter
+        local_files_only=base.local_files_only,
+    )
+    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+    merged.to(device=device, dtype=dtype)
+    return pipeline("image-classification", model=merged, image_processor=processor, device=device)
+
+
+class ImageClassificationAdapter(ModelAdapter):
+    input_kind: ClassVar[InputKind] = "image"
+    output_key = "predictions"
+
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(device, dtype)
+        self.pipe = pipe
+        config = pipe.model.config
+        self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_processor(self) -> Any:
+        """The model's own image processor: picklable, so a preprocessing process can run it."""
+        return self.pipe.image_processor
+
+    def preprocess(self, item: Image.Image) -> torch.Tensor:
+        pixels: torch.Tensor = self.image_processor(images=item, return_tensors="pt")["pixel_values"]
+        return pixels
+
+    @torch.inference_mode()
+    def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
+        batch = torch.cat(features).to(self.device, self.dtype, non_blocking=True)
+        logits = self.pipe.model(pixel_values=batch).logits
+        return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
+
+    def warmup_input(self) -> Image.Image:
+        return Image.new("RGB", (224, 224), (127, 127, 127))
+
+
+class FeatureExtractionAdapter(ModelAdapter):
+    """Sentence embeddings: token vectors pooled (mean over real tokens, or CLS), optionally L2-normed."""
+
+    input_kind: ClassVar[InputKind] = "text"
+    output_key = "embeddings"
+
+    def __init__(
+        self, pipe: Any, device: torch.device, dtype: torch.dtype, *, pooling: str, normalize: bool
+    ) -> None:
+        super().__init__(device, dtype)
+        self.pipe = pipe
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def preprocess(self, item: str) -> str:
+        return item  # tokenised per batch, so that padding fits the batch's longest input
+
+    @torch.inference_mode()
+    def predict(self, features: list[str], *, top_k: int) -> list[Output]:
+        encoded = self.pipe.tokenizer(features, padding=True, truncation=True, return_tensors="pt").to(
+            self.device
+        )
+        hidden = self.pipe.model(**encoded).last_hidden_state.float()
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return [[round(v, 7) for v in row] for row in vectors.tolist()]
+
+    def warmup_input(self) -> str:
+        return "warm-up"
+
+
+def load_transformers_adapter(
+    manifest: ModelManifest,
+    source: ResolvedSource,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    base: ResolvedSource | None = None,
+) -> ModelAdapter:
+    """`base` set: `source` is a LoRA adapter over it."""
+    if base is not None:
+        pipe = load_lora_pipeline(source, base, device, dtype)
+    else:
+        pipe = load_pipeline(manifest, source, device, dtype)
+    pipe.model.eval()
+    if manifest.task == "image-classification":
+        return ImageClassificationAdapter(pipe, device, dtype)
+    return FeatureExtractionAdapter(
+        pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
+    )
