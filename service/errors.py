@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -11,17 +12,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.observability.middleware import request_id_of
 
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request": in usage events and metrics only
+
 
 class GatewayError(Exception):
     """An error the client caused or should know about; carries its HTTP status and type."""
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
+    # the Retry-After of an error of this class when the raiser names none (None: no header)
+    default_retry_after_s: ClassVar[int | None] = None
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+        if retry_after_s is None:
+            retry_after_s = self.default_retry_after_s
+        if retry_after_s is not None:  # whole seconds, at least one: a client must not spin
+            self.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
 
 
 class InvalidRequest(GatewayError):
@@ -77,9 +88,7 @@ class Overloaded(GatewayError):
 
     status_code = 503
     error_type = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    default_retry_after_s = 1
 
 
 class DeadlineExceeded(GatewayError):
@@ -90,9 +99,7 @@ class DeadlineExceeded(GatewayError):
 class ModelUnavailable(GatewayError):
     status_code = 503
     error_type = "model_unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 30) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    default_retry_after_s = 30
 
 
 class RateLimited(GatewayError):
@@ -100,9 +107,7 @@ class RateLimited(GatewayError):
 
     status_code = 429
     error_type = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after_s: int, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, headers={**(headers or {}), "Retry-After": str(max(1, retry_after_s))})
+    default_retry_after_s = 1
 
 
 class LimiterUnavailable(GatewayError):
@@ -110,9 +115,7 @@ class LimiterUnavailable(GatewayError):
 
     status_code = 503
     error_type = "unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    default_retry_after_s = 1
 
 
 _BY_STATUS: dict[int, type[GatewayError]] = {

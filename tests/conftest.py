@@ -121,7 +121,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process, started (lifespan) and ready, with the admin key set."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport,
@@ -203,7 +203,7 @@ async def gateway(settings: Settings, database_url: str) -> AsyncIterator[Gatewa
     """The gateway in-process on `database_url`, started and ready."""
     app = create_app(settings.model_copy(update={"database_url": database_url}))
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         yield Gateway(app)
 
 

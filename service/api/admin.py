@@ -9,40 +9,17 @@ request anywhere; without Redis (or if the message is lost) other replicas see i
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.deps import Caller
+from service.api.deps import Admin, App, Directory
 from service.errors import InvalidRequest
 from service.redaction import KEY_PREFIX
-from service.tenancy.keychanges import KeyChanges
-from service.tenancy.principal import Principal
-from service.tenancy.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
+from service.tenancy.tenants import DEFAULT_SCOPES, describe_key, describe_tenant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-
-def _admin(caller: Caller) -> Principal:
-    caller.require_scope("admin")
-    return caller
-
-
-def _tenants(request: Request) -> Tenants:
-    tenants: Tenants = request.app.state.tenants
-    return tenants
-
-
-Admin = Annotated[Principal, Depends(_admin)]
-Directory = Annotated[Tenants, Depends(_tenants)]
-
-
-def _changed(request: Request, reason: str) -> None:
-    request.app.state.keys.forget()
-    key_changes: KeyChanges | None = request.app.state.key_changes
-    if key_changes is not None:
-        key_changes.publish(reason)
 
 
 class TenantIn(BaseModel):
@@ -116,24 +93,24 @@ def get_tenant(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
 
 @router.patch("/tenants/{tenant}")
 def update_tenant(
-    tenant: str, body: TenantChanges, request: Request, _: Admin, tenants: Directory
+    tenant: str, body: TenantChanges, gateway: App, _: Admin, tenants: Directory
 ) -> dict[str, Any]:
     found = tenants.update_tenant(tenant, body.model_dump(include=body.model_fields_set))
-    _changed(request, "tenant updated")
+    gateway.keys_changed("tenant updated")
     return describe_tenant(found)
 
 
 @router.post("/tenants/{tenant}/suspend")
-def suspend_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+def suspend_tenant(tenant: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "suspended")
-    _changed(request, "tenant suspended")
+    gateway.keys_changed("tenant suspended")
     return describe_tenant(found)
 
 
 @router.post("/tenants/{tenant}/resume")
-def resume_tenant(tenant: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+def resume_tenant(tenant: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "active")
-    _changed(request, "tenant resumed")
+    gateway.keys_changed("tenant resumed")
     return describe_tenant(found)
 
 
@@ -150,18 +127,18 @@ def list_keys(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
 
 
 @router.delete("/keys/{key_id}")
-def revoke_key(key_id: str, request: Request, _: Admin, tenants: Directory) -> dict[str, Any]:
+def revoke_key(key_id: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     key, tenant = tenants.revoke_key(_key_id(key_id))
-    _changed(request, "key revoked")
+    gateway.keys_changed("key revoked")
     return describe_key(key, tenant)
 
 
 @router.post("/keys/{key_id}/rotate", status_code=201)
 def rotate_key(
-    key_id: str, request: Request, _: Admin, tenants: Directory, body: RotateIn | None = None
+    key_id: str, gateway: App, _: Admin, tenants: Directory, body: RotateIn | None = None
 ) -> dict[str, Any]:
     """A new key like the old one; the old one works `grace_seconds` more, then stops."""
     made, old = tenants.rotate_key(_key_id(key_id), grace_seconds=(body or RotateIn()).grace_seconds)
-    _changed(request, "key rotated")
+    gateway.keys_changed("key rotated")
     replaced = describe_key(old, made.tenant)
     return {**describe_key(made.row, made.tenant), "key": made.key, "replaces": replaced}

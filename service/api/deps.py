@@ -1,24 +1,35 @@
-"""Request-scoped inputs of the routes, as `Annotated` aliases in one place."""
+"""The routes' only way to the `Gateway` container, and their request-scoped inputs as
+`Annotated` aliases in one place: the caller (authentication), its admission (rate limits,
+quota, in-flight cap), the container's parts."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import AuthenticationFailed, GatewayError, RateLimited
-from service.metering import Meter
+from service.errors import AuthenticationFailed, InvalidInput, RateLimited
+from service.gateway import Gateway
 from service.observability.metrics import Metrics
-from service.observability.middleware import request_id_of
 from service.serving.registry import ModelRegistry
 from service.settings import Settings
-from service.tenancy.keystore import KeyStore
 from service.tenancy.principal import Principal
 from service.tenancy.quota import Quota
-from service.tenancy.ratelimit import Limiter
+from service.tenancy.tenants import Tenants
+from service.training.store import FineTuneStore
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+App = Annotated[Gateway, Depends(gateway_of)]
 
 
 def bearer_token(request: Request) -> str:
@@ -32,41 +43,52 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the caller, or 401."""
-    store: KeyStore = request.app.state.keys
-    principal = store.verify(bearer_token(request))
+def authenticate(request: Request, gateway: App) -> Principal:
+    """The caller, or 401 (403 for a suspended tenant's key)."""
+    principal = gateway.keys.verify(bearer_token(request))
     if principal is None:
         raise AuthenticationFailed("invalid API key")
     request.state.principal = principal  # for the access log (tenant, key id; never the key)
     return principal
 
 
-def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
+def _admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    caller.require_scope("admin")
+    return caller
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _fine_tuner(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """The caller, if its key has the `fine_tune` scope (or `admin`), and belongs to a tenant."""
+    caller.require_scope("fine_tune")
+    if caller.tenant_id is None:
+        raise InvalidInput("this key belongs to no tenant; fine-tuning needs one")
+    return caller
 
 
-def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+def tenant_of(caller: Principal) -> str:
+    """The tenant of a caller that has one (a `FineTuner`)."""
+    assert caller.tenant_id is not None  # checked by `_fine_tuner`
+    return caller.tenant_id
 
 
-def _meter(request: Request) -> Meter:
-    meter: Meter = request.app.state.meter
-    return meter
+def _part(name: str) -> Any:
+    """A dependency on one part of the container."""
+
+    def part(request: Request) -> Any:
+        return getattr(gateway_of(request), name)
+
+    return Depends(part)
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
-AppMeter = Annotated[Meter, Depends(_meter)]
-Registry = Annotated[ModelRegistry, Depends(_registry)]
-AppSettings = Annotated[Settings, Depends(_settings)]
-AppMetrics = Annotated[Metrics, Depends(_metrics)]
+Admin = Annotated[Principal, Depends(_admin)]
+FineTuner = Annotated[Principal, Depends(_fine_tuner)]
+Registry = Annotated[ModelRegistry, _part("registry")]
+AppSettings = Annotated[Settings, _part("settings")]
+AppMetrics = Annotated[Metrics, _part("metrics")]
+Directory = Annotated[Tenants, _part("tenants")]
+Sessions = Annotated[sessionmaker[Session], _part("sessions")]
+Store = Annotated[FineTuneStore, _part("fine_tunes")]
 
 
 @dataclass(frozen=True)
@@ -83,45 +105,17 @@ class Admission:
             await anyio.to_thread.run_sync(self.quota.charge, self.caller.tenant_id, inputs)
 
 
-async def _admit(request: Request, response: Response, caller: Caller) -> AsyncIterator[Admission]:
+@asynccontextmanager
+async def admit(request: Request, gateway: Gateway, caller: Principal) -> AsyncIterator[Admission]:
     """Rate buckets (429 + Retry-After), then the monthly quota, then an in-flight slot held
-    until the request ends. The RateLimit-* headers go on the answer, error or not."""
-    limiter: Limiter = request.app.state.limiter
-    quota: Quota = request.app.state.quota
-    admitted = False
-    try:
-        headers = await limiter.check_rate(caller)
-        request.state.rate_limit_headers = headers
-        response.headers.update(headers)
-        if caller.monthly_quota_inputs is not None:
-            try:
-                await anyio.to_thread.run_sync(quota.check, caller)
-            except RateLimited:
-                limiter.refused.labels("quota").inc()
-                raise
-        async with limiter.concurrency(caller):
-            admitted = True
-            yield Admission(caller, quota, headers)
-    except GatewayError as exc:
-        if not admitted:  # the route meters what it answers itself
-            await _meter_refusal(request, caller, exc.status_code)
-        raise
-
-
-async def _meter_refusal(request: Request, caller: Principal, status: int) -> None:
-    """A request refused before it ran (429, 503) is answered, so it gets its event (free)."""
-    meter: Meter = request.app.state.meter
-    if not meter.enabled or caller.tenant_id is None:
-        return
-    usage = meter.usage(
-        request_id=request_id_of(request),
-        tenant_id=caller.tenant_id,
-        key_id=caller.key_id,
-        model=str(request.path_params.get("model", "")),
-        inputs=0,
-        status=status,
-    )
-    await meter.record(usage)
-
-
-Admitted = Annotated[Admission, Depends(_admit)]
+    until the block ends. The RateLimit-* headers go on the answer, error or not."""
+    headers = await gateway.limiter.check_rate(caller)
+    request.state.rate_limit_headers = headers
+    if caller.monthly_quota_inputs is not None:
+        try:
+            await anyio.to_thread.run_sync(gateway.quota.check, caller)
+        except RateLimited:
+            gateway.limiter.refused.labels("quota").inc()
+            raise
+    async with gateway.limiter.concurrency(caller):
+        yield Admission(caller, gateway.quota, headers)

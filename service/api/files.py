@@ -7,39 +7,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from service.api.deps import AppSettings, Caller
+from service.api.deps import AppSettings, FineTuner, Store, tenant_of
 from service.errors import InvalidInput, PayloadTooLarge
-from service.tenancy.principal import Principal
 from service.training.datasets import DatasetLimits
-from service.training.store import FineTuneStore, describe_file
+from service.training.store import describe_file
 
 router = APIRouter(prefix="/v1/files", tags=["fine-tuning"])
 PURPOSES = ("fine-tune",)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field, on top of the file itself
-
-
-def _store(request: Request) -> FineTuneStore:
-    store: FineTuneStore = request.app.state.fine_tunes
-    return store
-
-
-def fine_tuner(caller: Caller) -> Principal:
-    """The caller, if its key has the `fine_tune` scope (or `admin`), and belongs to a tenant."""
-    caller.require_scope("fine_tune")
-    if caller.tenant_id is None:
-        raise InvalidInput("this key belongs to no tenant; fine-tuning needs one")
-    return caller
-
-
-Store = Annotated[FineTuneStore, Depends(_store)]
-FineTuner = Annotated[Principal, Depends(fine_tuner)]
-
-
-def tenant_of(caller: Principal) -> str:
-    assert caller.tenant_id is not None  # checked by `fine_tuner`
-    return caller.tenant_id
 
 
 @router.post("", status_code=201)

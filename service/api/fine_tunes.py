@@ -6,11 +6,10 @@ import re
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import Registry
-from service.api.files import FineTuner, Store, tenant_of
+from service.api.deps import App, FineTuner, Store, tenant_of
 from service.errors import InvalidInput
 from service.serving.runtime.sources import SourceError, resolve_local_folder
 from service.training.store import JobSpec, describe_event, describe_job
@@ -48,28 +47,17 @@ class FineTuneIn(BaseModel):
     )
 
 
-def _runner_notify(request: Request, job_id: str | None = None, cancel: bool = False) -> None:
-    runner = getattr(request.app.state, "runner", None)
-    if runner is None:
-        return
-    if cancel and job_id:
-        runner.cancel(job_id)
-    else:
-        runner.notify()
-
-
 @router.post("", status_code=201)
 def create_job(
     body: FineTuneIn,
-    request: Request,
     caller: FineTuner,
     store: Store,
-    registry: Registry,
+    gateway: App,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> dict[str, Any]:
     tenant = tenant_of(caller)
     # on the event loop, which owns the registry: finds a base another replica fine-tuned
-    base = anyio.from_thread.run(registry.find_for, caller, body.base_model)
+    base = anyio.from_thread.run(gateway.registry.find_for, caller, body.base_model)
     if base.manifest is None or base.manifest.task != "image-classification":
         raise InvalidInput(f"base model {body.base_model!r} is not an image-classification model")
     try:
@@ -106,7 +94,7 @@ def create_job(
         priority=body.priority,
     )
     job = store.create_job(tenant, spec, idempotency_key, key_id=caller.key_id)
-    _runner_notify(request)
+    gateway.runner.notify()  # runs here at once if this replica trains (else at another's next poll)
     return describe_job(job)
 
 
@@ -127,7 +115,7 @@ def list_events(job_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request, caller: FineTuner, store: Store) -> dict[str, Any]:
+def cancel_job(job_id: str, caller: FineTuner, store: Store, gateway: App) -> dict[str, Any]:
     job = store.cancel(tenant_of(caller), job_id)
-    _runner_notify(request, job_id, cancel=True)
+    gateway.runner.cancel(job_id)  # stops at its next step if this replica runs it
     return describe_job(job)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import AppMetrics, Registry
+from service.api.deps import App, AppMetrics
 
 router = APIRouter(tags=["health"])
 
@@ -18,11 +18,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, registry: Registry) -> JSONResponse:
+async def readyz(gateway: App) -> JSONResponse:
     """200 once every preload model is ready or has failed as unavailable; 503 before and while draining."""
-    draining = bool(getattr(request.app.state, "draining", False))
-    models = {e.name: e.status.value for e in registry.list()}
-    if draining or not registry.preload_done.is_set():
+    draining = gateway.draining
+    models = {e.name: e.status.value for e in gateway.registry.list()}
+    if draining or not gateway.registry.preload_done.is_set():
         status = "draining" if draining else "loading"
         return JSONResponse(
             {"status": status, "models": models}, status_code=503, headers={"Retry-After": "1"}

@@ -7,11 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.orm import Session, sessionmaker
+from fastapi import APIRouter, Query, Response
 
-from service.api.admin import Admin, Directory
-from service.api.deps import Caller
+from service.api.deps import Admin, Caller, Directory, Sessions
 from service.errors import InvalidInput, NotFound
 from service.metering.reports import GROUPS, billing_csv, billing_export, parse_group_by, usage_summary
 
@@ -22,11 +20,6 @@ Start = Annotated[
 ]
 End = Annotated[datetime | None, Query(description="Until this time, excluded (default: now).")]
 GroupBy = Annotated[str | None, Query(description="Comma-separated: model, day, key (admin: tenant too).")]
-
-
-def _sessions(request: Request) -> sessionmaker[Session]:
-    sessions: sessionmaker[Session] = request.app.state.sessions
-    return sessions
 
 
 def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -48,21 +41,19 @@ def _groups(group_by: str | None, allowed: tuple[str, ...]) -> list[str]:
 
 @router.get("/v1/usage")
 def tenant_usage(
-    request: Request, caller: Caller, start: Start = None, end: End = None, group_by: GroupBy = None
+    sessions: Sessions, caller: Caller, start: Start = None, end: End = None, group_by: GroupBy = None
 ) -> dict[str, Any]:
     """The caller's tenant's requests, inputs, compute and cost in [start, end), per group."""
     if caller.tenant_id is None:
         raise NotFound("this key belongs to no tenant")
     begin, until = _window(start, end)
     groups = _groups(group_by, tuple(g for g in GROUPS if g != "tenant"))
-    return usage_summary(
-        _sessions(request), tenant_id=caller.tenant_id, start=begin, end=until, group_by=groups
-    )
+    return usage_summary(sessions, tenant_id=caller.tenant_id, start=begin, end=until, group_by=groups)
 
 
 @router.get("/v1/admin/usage")
 def admin_usage(
-    request: Request,
+    sessions: Sessions,
     _: Admin,
     tenants: Directory,
     tenant: Annotated[str | None, Query(description="A tenant's name; all tenants when left out.")] = None,
@@ -73,13 +64,13 @@ def admin_usage(
     tenant_id = tenants.get_tenant(tenant).id if tenant else None
     begin, until = _window(start, end)
     return usage_summary(
-        _sessions(request), tenant_id=tenant_id, start=begin, end=until, group_by=_groups(group_by, GROUPS)
+        sessions, tenant_id=tenant_id, start=begin, end=until, group_by=_groups(group_by, GROUPS)
     )
 
 
 @router.get("/v1/admin/billing/export", response_model=None)
 def export_billing(
-    request: Request,
+    sessions: Sessions,
     _: Admin,
     period: Annotated[
         str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="The month, YYYY-MM (UTC).")
@@ -87,7 +78,7 @@ def export_billing(
     format: Literal["json", "csv"] = "json",
 ) -> dict[str, Any] | Response:
     """Invoice lines per tenant, model and unit price; amounts in micro-units and as decimals."""
-    export = billing_export(_sessions(request), period)
+    export = billing_export(sessions, period)
     if format == "csv":
         return Response(
             billing_csv(export),

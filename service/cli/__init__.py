@@ -1,18 +1,18 @@
-"""The `maas` command: `maas serve` starts the gateway; `maas db|tenants|keys …` manage the
-database (service/cli/tenants.py). Flags override `MAAS_*` variables."""
+"""The `maas` command: `maas serve` starts the gateway (cli/serve.py); `maas db …` migrates the
+database (cli/db.py); `maas tenants|keys …` manage tenants and keys (cli/tenants.py). Flags
+override `MAAS_*` variables."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
 
-from service.cli import tenants as cli_tenants
-from service.observability.logs import configure_logging
+from service.cli import db, tenants
+from service.cli.serve import serve
 from service.settings import Settings
 
 
@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         help="MAAS_LOG_LEVEL, default info",
     )
     serve.add_argument("--log-format", choices=["json", "text"], help="MAAS_LOG_FORMAT, default text")
-    cli_tenants.add_commands(commands, database)
+    db.add_commands(commands, database)
+    tenants.add_commands(commands, database)
     return parser
 
 
@@ -45,32 +46,6 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def serve(settings: Settings) -> None:
-    """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
-    import uvicorn
-
-    from service.app import create_app
-
-    configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            app.state.draining = True  # /readyz answers 503 from now on
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # configure_logging routes uvicorn's loggers
-        access_log=False,  # service/observability/middleware.py writes one richer line per request
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
-    DrainingServer(config).run()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -79,8 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"maas: invalid setting: {exc}")
     if args.command == "serve":
         serve(settings)
-    elif args.command in cli_tenants.COMMANDS:
-        cli_tenants.run(args, settings)
+    elif args.command in db.COMMANDS:
+        db.run(args, settings)
+    elif args.command in tenants.COMMANDS:
+        tenants.run(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`maas db …`, `maas tenants …`, `maas keys …`: the admin API's work from the shell, straight on
-the database (the same one the gateway uses: `--data-dir` / `--database-url` or `MAAS_*`).
+"""`maas tenants …`, `maas keys …`: the admin API's work from the shell, straight on the database
+(the same one the gateway uses: `--data-dir` / `--database-url` or `MAAS_*`).
 
 Changes to keys and tenants made here reach running gateways within a second (their key cache's
 lifetime) and, with `MAAS_REDIS_URL` set, at once: the change is published as the admin API does.
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from service.db import check_connection, create_db_engine, session_factory, upgrade
+from service.cli.db import open_database
 from service.errors import GatewayError
 from service.settings import Settings
 from service.tenancy.keychanges import KeyChanges
 from service.tenancy.keys import SCOPES
 from service.tenancy.tenants import DEFAULT_SCOPES, Tenants, describe_key, describe_tenant
 
-COMMANDS = ("db", "tenants", "keys")
+COMMANDS = ("tenants", "keys")
 
 
 def _names(text: str) -> list[str]:
@@ -30,10 +29,7 @@ def _names(text: str) -> list[str]:
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Add `db`, `tenants` and `keys` to the `maas` parser; `common` carries the database flags."""
-    db = commands.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
-    db.add_parser("upgrade", parents=[common], help="apply the schema migrations (start-up does it too)")
-
+    """Add `tenants` and `keys` to the `maas` parser; `common` carries the database flags."""
     tenants = commands.add_parser("tenants", help="tenants").add_subparsers(dest="action", required=True)
     create = tenants.add_parser("create", parents=[common], help="create a tenant")
     create.add_argument("tenant_name", metavar="NAME")
@@ -63,18 +59,6 @@ def add_commands(
     revoke.add_argument("key_or_id", metavar="KEY_OR_ID")
 
 
-@contextmanager
-def _directory(settings: Settings) -> Iterator[Tenants]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        check_connection(engine)
-        upgrade(engine)
-        yield Tenants(session_factory(engine))
-    finally:
-        engine.dispose()
-
-
 def _table(rows: Sequence[Sequence[object]]) -> None:
     cells = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
@@ -83,10 +67,10 @@ def _table(rows: Sequence[Sequence[object]]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> None:
-    """Run one `db`, `tenants` or `keys` command; errors exit with status 1 and a message."""
+    """Run one `tenants` or `keys` command; errors exit with status 1 and a message."""
     try:
-        with _directory(settings) as tenants:
-            changed = _run(args, tenants)
+        with open_database(settings) as sessions:
+            changed = _run(args, Tenants(sessions))
     except GatewayError as exc:
         sys.exit(f"maas: {exc.message}")
     if changed and settings.redis_url is not None:
@@ -98,9 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
 def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
     """Run the command; what changed for running gateways' key caches, if anything."""
     command = (args.command, args.action)
-    if command == ("db", "upgrade"):
-        print("maas: the database schema is up to date")
-    elif command == ("tenants", "create"):
+    if command == ("tenants", "create"):
         made = tenants.create_tenant(
             args.tenant_name,
             rate_limit_rps=args.rps,

@@ -3,6 +3,7 @@ usage and billing reports. See the README's "Usage and billing"."""
 
 from service.metering.idempotency import Claim, ClaimState, Idempotency, request_hash
 from service.metering.meter import Meter, UsageMetrics, UsageUnavailable
+from service.metering.metered import MeteredRequest
 from service.metering.prices import (
     INFERENCE,
     TRAINING,
@@ -21,6 +22,7 @@ __all__ = [
     "ClaimState",
     "Idempotency",
     "Meter",
+    "MeteredRequest",
     "Outcome",
     "PriceBook",
     "UnitPrice",

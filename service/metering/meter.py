@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.errors import GatewayError
 from service.metering.idempotency import Claim, Idempotency
+from service.metering.metered import MeteredRequest
 from service.metering.prices import TRAINING, PriceBook
 from service.metering.writer import GroupStats, Outcome, Usage, UsageWriter
 from service.serving.batching import Tally
@@ -25,9 +26,7 @@ class UsageUnavailable(GatewayError):
 
     status_code = 503
     error_type = "unavailable"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+    default_retry_after_s = 1
 
 
 class UsageMetrics:
@@ -143,6 +142,26 @@ class Meter:
             price=self.prices.current(base_model, TRAINING),
             created_at=self._now(),
             kind=TRAINING,
+        )
+
+    def request(
+        self,
+        *,
+        request_id: str,
+        tenant_id: str | None,
+        key_id: str,
+        model: str,
+        render_error: Callable[[GatewayError], bytes],
+    ) -> MeteredRequest:
+        """One request's metering, an async context manager (see `service.metering.metered`);
+        `render_error` gives an error's answer, kept for Idempotency-Key replays."""
+        return MeteredRequest(
+            self,
+            request_id=request_id,
+            tenant_id=tenant_id if self.enabled else None,
+            key_id=key_id,
+            model=model,
+            render_error=render_error,
         )
 
     async def record(self, usage: Usage | None, outcome: Outcome | None = None) -> None:

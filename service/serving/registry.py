@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -123,20 +123,32 @@ class ModelEntry:
         return self.replicas[0].adapter
 
 
+class ModelFinder(Protocol):
+    """Registers models made while the gateway runs (fine-tunes other replicas finished) that
+    `registry` does not know yet: the tenant's (None: all), or only the one named `model`."""
+
+    async def discover(self, registry: ModelRegistry, tenant_id: str | None, model: str | None) -> None: ...
+
+
 class ModelRegistry:
     """All models the gateway knows, by name."""
 
     def __init__(
-        self, models_dir: Path, pool: DevicePool, metrics: Metrics, *, hub_timeout_s: float = 3.0
+        self,
+        models_dir: Path,
+        pool: DevicePool,
+        metrics: Metrics,
+        *,
+        hub_timeout_s: float = 3.0,
+        finder: ModelFinder | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.pool = pool
         self.metrics = metrics
         self.hub_timeout_s = hub_timeout_s
+        self.finder = finder
         self.entries: dict[str, ModelEntry] = {}
         self.preload_done = asyncio.Event()
-        # set by the app: registers fine-tuned models that other replicas finished, (tenant, model)
-        self.discover_fine_tuned: Callable[[str | None, str | None], Awaitable[None]] | None = None
 
     def discover(self) -> None:
         """Read every manifest in the models directory (does not load anything)."""
@@ -172,14 +184,14 @@ class ModelRegistry:
     async def find_for(self, caller: Principal, name: str) -> ModelEntry:
         """`get_for`, once a model this replica does not know yet was looked for among those that
         other replicas fine-tuned."""
-        if name not in self.entries and self.discover_fine_tuned is not None:
-            await self.discover_fine_tuned(caller.tenant_id, name)
+        if name not in self.entries and self.finder is not None:
+            await self.finder.discover(self, caller.tenant_id, name)
         return self.get_for(caller, name)
 
     async def list_for(self, caller: Principal) -> list[ModelEntry]:
         """The models `caller` may use, the tenant's fine-tuned ones included wherever they were trained."""
-        if self.discover_fine_tuned is not None and caller.tenant_id is not None:
-            await self.discover_fine_tuned(caller.tenant_id, None)
+        if self.finder is not None and caller.tenant_id is not None:
+            await self.finder.discover(self, caller.tenant_id, None)
         return [e for e in self.list() if caller.may_use(e.name, e.owner, e.base_model)]
 
     def add_fine_tuned(self, name: str, folder: Path, owner: str, base_model: str) -> ModelEntry:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import socket
 import zipfile
@@ -35,6 +34,7 @@ from service.serving.registry import ModelRegistry
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.datasets import Example, load_dataset, read_image, split_validation
+from service.training.finished import FinishedModels, fine_tuned_name, models_dir
 from service.training.metrics import TrainingMetrics
 from service.training.store import FineTuneStore
 from service.training.trainer import Control, EpochReport, Hyperparameters, Interrupted, TrainingData, train
@@ -43,21 +43,6 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
 VALIDATION_FRACTION = 0.2
-
-
-FINE_TUNED_PREFIX = "ft-"
-
-
-def fine_tuned_name(base: str, suffix: str | None, job_id: str) -> str:
-    """`ft-<base>-<suffix>-<8 hex of the job id>`: URL-safe, unique, at most 64 characters."""
-    short = job_id.rsplit("_", 1)[-1][:8]
-    clean = re.sub(r"[^a-z0-9]+", "-", (suffix or "").lower()).strip("-")[:20]
-    head = f"{FINE_TUNED_PREFIX}{base[: 64 - len(short) - len(clean) - 6]}"
-    return "-".join(part for part in (head, clean, short) if part)
-
-
-def models_dir(data_dir: Path) -> Path:
-    return data_dir / "models"
 
 
 class JobRunner:
@@ -69,6 +54,8 @@ class JobRunner:
         registry: ModelRegistry,
         pool: DevicePool,
         settings: Settings,
+        finished: FinishedModels,
+        *,
         meter: Meter | None = None,
         metrics: TrainingMetrics | None = None,
     ) -> None:
@@ -76,6 +63,7 @@ class JobRunner:
         self.registry = registry
         self.pool = pool
         self.settings = settings
+        self.finished = finished
         self.meter = meter  # None: training is not metered (tests of the runner alone)
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -86,45 +74,6 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self._missing: set[str] = set()  # fine-tuned models whose folder this replica cannot see
-
-    def register_finished_models(self) -> None:
-        """Register the model of every succeeded job (at start-up: they survive restarts)."""
-        for job in self.store.succeeded():
-            self._register_finished(job)
-
-    async def discover(self, tenant_id: str | None, model: str | None) -> None:
-        """Register the models other replicas finished since this one started (they share the
-        database and the data directory): the tenant's (None: all), or only the one named `model`."""
-        if model is not None and (model in self.registry.entries or not model.startswith(FINE_TUNED_PREFIX)):
-            return  # known, or not a fine-tuned name: no database read
-        jobs = await asyncio.to_thread(self.store.succeeded, tenant_id=tenant_id, model=model)
-        for job in jobs:  # on the event loop: registering never races the routes reading the registry
-            if job.base_model not in self.registry.entries:
-                # trained from a fine-tuned model (of the same tenant): its base first, which it
-                # inherits its price, batching and allow-list root from
-                await self.discover(job.tenant_id, job.base_model)
-            self._register_finished(job)
-
-    def _register_finished(self, job: FineTuneJob) -> None:
-        name = job.fine_tuned_model
-        assert name is not None
-        if name in self.registry.entries:
-            return
-        folder = models_dir(self.settings.data_dir) / name
-        if not folder.is_dir():
-            if name in self._missing:
-                return
-            self._missing.add(name)  # said once, not on every listing
-            log.warning(
-                "fine-tuned model %s: job %s succeeded but %s is missing here; replicas must share "
-                "MAAS_DATA_DIR (a ReadWriteMany volume)",
-                name,
-                job.id,
-                folder,
-            )
-            return
-        self.registry.add_fine_tuned(name, folder, job.tenant_id, job.base_model)
 
     def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()
@@ -185,7 +134,7 @@ class JobRunner:
             control.stop("stopping")
         try:
             # a base fine-tuned by another replica after this one started: registered before training
-            await self.discover(job.tenant_id, job.base_model)
+            await self.finished.discover(self.registry, job.tenant_id, job.base_model)
             work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
             while not work.done():
                 await asyncio.wait({work}, timeout=min(1.0, self.settings.fine_tune_lease_s / 3))

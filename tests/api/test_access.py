@@ -18,7 +18,7 @@ PNG = {"content": image_bytes(), "headers": {"Content-Type": "image/png"}}
 async def _key(
     gateway: Gateway, tenant: str, tenant_fields: dict[str, Any] | None = None, **fields: Any
 ) -> str:
-    tenants = gateway.app.state.tenants
+    tenants = gateway.app.state.gateway.tenants
     if tenant not in {t.name for t in tenants.list_tenants()}:
         tenants.create_tenant(tenant, **(tenant_fields or {}))
     made: str = tenants.create_key(tenant, **fields).key
@@ -48,6 +48,22 @@ async def test_a_tenants_allowed_models_bind_all_its_keys(gateway: Gateway) -> N
         assert (await tenant.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 200
         assert (await tenant.get("/v1/models/missing")).status_code == 403
         assert [m["id"] for m in (await tenant.get("/v1/models")).json()["data"]] == ["tiny-vit"]
+
+
+async def test_refusals_for_scope_or_model_spend_no_rate_limit_tokens(gateway: Gateway) -> None:
+    # the tenant's one token (burst 1, no refill within the test) is shared by all its keys
+    fine_tuner = await _key(gateway, "acme", {"rate_limit_rps": 0.01}, scopes=["fine_tune"])
+    other_model = await _key(gateway, "acme", models=["missing"])
+    predictor = await _key(gateway, "acme")
+    for key in (fine_tuner, other_model):
+        async with gateway.client(key) as refused:
+            for _ in range(3):
+                assert (await refused.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 403
+    async with gateway.client(predictor) as tenant:
+        assert (await tenant.post("/v1/models/nope/predict", **PNG)).status_code == 404
+        allowed = await tenant.post("/v1/models/tiny-vit/predict", **PNG)
+        assert allowed.status_code == 200, allowed.text  # the token was still there
+        assert (await tenant.post("/v1/models/tiny-vit/predict", **PNG)).status_code == 429
 
 
 async def test_the_rate_limit_answers_429_with_retry_after_and_headers_on_every_answer(
@@ -85,8 +101,8 @@ async def test_a_spent_monthly_quota_answers_429_with_a_clear_message(gateway: G
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     message = refused.json()["error"]["message"]
     assert message.startswith("monthly quota of 3 inputs spent; resets on ") and message.endswith("-01")
-    acme = gateway.app.state.tenants.get_tenant("acme")
-    assert gateway.app.state.quota.used(acme.id) == 3  # the refused request was not counted
+    acme = gateway.app.state.gateway.tenants.get_tenant("acme")
+    assert gateway.app.state.gateway.quota.used(acme.id) == 3  # the refused request was not counted
 
 
 async def test_failed_requests_do_not_count_against_the_quota(gateway: Gateway) -> None:
@@ -99,9 +115,9 @@ async def test_failed_requests_do_not_count_against_the_quota(gateway: Gateway) 
 
 async def test_a_tenant_over_its_in_flight_cap_gets_429(gateway: Gateway) -> None:
     key = await _key(gateway, "acme", {"max_concurrency": 1})
-    caller = gateway.app.state.keys.verify(key)
+    caller = gateway.app.state.gateway.keys.verify(key)
     async with gateway.client(key) as tenant:
-        async with gateway.app.state.limiter.concurrency(caller):  # one request of acme's in flight
+        async with gateway.app.state.gateway.limiter.concurrency(caller):  # one request of acme's in flight
             refused = await tenant.post("/v1/models/tiny-vit/predict", **PNG)
             assert refused.status_code == 429 and "in flight" in refused.json()["error"]["message"]
             assert refused.headers["retry-after"] == "1"
@@ -117,7 +133,7 @@ async def test_an_unreachable_redis_fails_open_or_closed(settings: Settings, fai
     unreachable = {"redis_url": SecretStr("redis://127.0.0.1:1/0"), "redis_fail_open": fail_open}
     app = create_app(settings.model_copy(update=unreachable))
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         gateway = Gateway(app)
         key = await _key(gateway, "acme", {"rate_limit_rps": 1})
         async with gateway.client(key) as tenant:

@@ -124,7 +124,7 @@ async def test_a_revoked_key_fails_on_the_next_request(gateway: Gateway) -> None
 
 async def test_an_expired_key_is_401(gateway: Gateway) -> None:
     await _tenant(gateway, "acme")
-    tenants = gateway.app.state.tenants
+    tenants = gateway.app.state.gateway.tenants
     expired = tenants.create_key("acme", expires_at=datetime.now(UTC) - timedelta(seconds=1))
     async with gateway.client(expired.key) as tenant:
         assert (await tenant.get("/v1/models")).status_code == 401

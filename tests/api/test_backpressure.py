@@ -66,7 +66,7 @@ async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterato
     settings = Settings(models_dir=models, data_dir=tmp_path / "var", admin_key=ADMIN_KEY, devices="cpu")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         gate.batches.clear()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(

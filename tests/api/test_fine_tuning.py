@@ -79,14 +79,14 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def training_events(app: FastAPI) -> list[UsageEvent]:
-    sessions: sessionmaker[Session] = app.state.sessions
+    sessions: sessionmaker[Session] = app.state.gateway.sessions
     with sessions() as session:
         return list(session.scalars(select(UsageEvent).where(UsageEvent.kind == "training")))
 
 
 def billed_total(app: FastAPI) -> int:
     """The sum of every charged event's amount, straight from the table."""
-    sessions: sessionmaker[Session] = app.state.sessions
+    sessions: sessionmaker[Session] = app.state.gateway.sessions
     with sessions() as session:
         total = session.scalar(select(func.sum(UsageEvent.amount_micro)).where(UsageEvent.status == 200))
     return int(total or 0)
@@ -298,7 +298,7 @@ async def test_a_lora_job_saves_a_small_adapter_served_over_its_base(
 
     restarted = create_app(settings)  # the adapter is registered again over its base, and serves
     async with restarted.router.lifespan_context(restarted), Gateway(restarted).client() as http:
-        await restarted.state.registry.preload_done.wait()
+        await restarted.state.gateway.registry.preload_done.wait()
         blue = await http.post(
             f"/v1/models/{model}/predict",
             content=png(COLOURS["blue"], seed=3),
@@ -375,18 +375,18 @@ async def test_a_restarted_gateway_resumes_the_job_from_its_checkpoint(settings:
 
     first = create_app(settings)
     async with first.router.lifespan_context(first):
-        first.state.runner.checkpoint_listeners.append(hold_after_first_epoch)
+        first.state.gateway.runner.checkpoint_listeners.append(hold_after_first_epoch)
         async with Gateway(first).client() as http:
             file_id = (await upload(http, colour_dataset(per_label=10))).json()["id"]
             job = await create_job(http, file_id, epochs=3)
         try:
             assert await asyncio.to_thread(reached.wait, DEADLINE_S)
-            stopping = asyncio.create_task(first.state.runner.stop())
+            stopping = asyncio.create_task(first.state.gateway.runner.stop())
             await asyncio.sleep(0)  # let stop() flag the job before it goes on
         finally:
             release.set()
         await stopping
-        first_part = first.state.fine_tunes.get_job(None, job["id"])
+        first_part = first.state.gateway.fine_tunes.get_job(None, job["id"])
         assert first_part.trained_samples == 16 and first_part.device_seconds > 0
         assert training_events(first) == []  # not ended: nothing billed yet
 

@@ -57,11 +57,14 @@ async def test_a_job_based_on_a_model_another_replica_fine_tuned_is_accepted_tra
         front, back = Gateway(api_only), Gateway(trainer)
         async with front.client() as admin:
             key, stranger = await tenant_key(admin, "acme"), await tenant_key(admin, "other")
-        acme = api_only.state.tenants.get_tenant("acme").id
+        acme = api_only.state.gateway.tenants.get_tenant("acme").id
         base = "ft-tiny-vit-elsewhere-0a1b2c3d"
         shutil.copytree(tiny_vit_dir, shared.data_dir / "models" / base)
-        finished_elsewhere(api_only.state.sessions, acme, base, "tiny-vit")
-        assert base not in api_only.state.registry.entries and base not in trainer.state.registry.entries
+        finished_elsewhere(api_only.state.gateway.sessions, acme, base, "tiny-vit")
+        assert (
+            base not in api_only.state.gateway.registry.entries
+            and base not in trainer.state.gateway.registry.entries
+        )
 
         async with front.client(key) as mine, front.client(stranger) as theirs:
             file_id = (await upload(mine, colour_dataset(per_label=5))).json()["id"]
@@ -80,7 +83,7 @@ async def test_a_job_based_on_a_model_another_replica_fine_tuned_is_accepted_tra
             job = await wait_for(mine, made.json()["id"], {"succeeded", "failed", "cancelled"})
             assert job["status"] == "succeeded", job
             model = job["fine_tuned_model"]
-            assert base in trainer.state.registry.entries  # the runner found the base it trained from
+            assert base in trainer.state.gateway.registry.entries  # the runner found the base it trained from
 
         image = png(COLOURS["red"], seed=3)
         for gateway in (front, back):
@@ -93,5 +96,5 @@ async def test_a_job_based_on_a_model_another_replica_fine_tuned_is_accepted_tra
                 )
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["usage"]["cost_micro"] == 1000  # the root's price
-        assert trainer.state.registry.entries[model].base_model == "tiny-vit"
-        assert api_only.state.registry.entries[model].base_model == "tiny-vit"
+        assert trainer.state.gateway.registry.entries[model].base_model == "tiny-vit"
+        assert api_only.state.gateway.registry.entries[model].base_model == "tiny-vit"

@@ -54,7 +54,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         yield app
 
 
@@ -69,7 +69,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def events(app: FastAPI) -> list[UsageEvent]:
-    sessions: sessionmaker[Session] = app.state.sessions
+    sessions: sessionmaker[Session] = app.state.gateway.sessions
     with sessions() as session:
         return list(session.scalars(select(UsageEvent).order_by(UsageEvent.created_at)))
 
@@ -209,7 +209,7 @@ async def test_a_client_error_is_replayed_and_a_server_error_frees_the_key(
 async def test_metering_off_records_nothing(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"metering": False}))
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://gateway",

@@ -23,7 +23,7 @@ async def pooled(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The same gateway as `client`, with one preprocessing process."""
     app = create_app(settings.model_copy(update={"preprocess_processes": 1}))
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as http:

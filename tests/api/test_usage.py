@@ -33,7 +33,7 @@ def files(count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 def event_totals(app: FastAPI) -> tuple[int, int]:
     """(amount, inputs) summed straight from the events answered 200."""
-    sessions: sessionmaker[Session] = app.state.sessions
+    sessions: sessionmaker[Session] = app.state.gateway.sessions
     with sessions() as session:
         row = session.execute(
             select(func.sum(UsageEvent.amount_micro), func.sum(UsageEvent.inputs)).where(
@@ -114,7 +114,7 @@ async def test_a_price_change_applies_from_then_on_and_old_usage_keeps_its_price
         write_tiny_vit(settings.models_dir, tiny_vit_dir, price=price, batching=None)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            await app.state.registry.preload_done.wait()
+            await app.state.gateway.registry.preload_done.wait()
             gateway = Gateway(app)
             async with gateway.client() as admin:
                 assert (await admin.post(PREDICT, files=files(inputs))).status_code == 200
@@ -148,7 +148,7 @@ async def test_a_rate_limited_request_is_recorded_free_with_its_429(gateway: Gat
         assert refused.status_code == 429
         usage = (await tenant.get("/v1/usage")).json()["data"]
     assert usage[0]["requests"] == 2 and usage[0]["errors"] == 1 and usage[0]["cost_micro"] == 1000
-    sessions: sessionmaker[Session] = gateway.app.state.sessions
+    sessions: sessionmaker[Session] = gateway.app.state.gateway.sessions
     with sessions() as session:
         event = session.get(UsageEvent, refused.headers["x-request-id"])
     assert event is not None and (event.status, event.amount_micro, event.model) == (429, 0, "tiny-vit")

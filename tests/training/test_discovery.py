@@ -19,7 +19,7 @@ from service.serving.registry import ModelRegistry, ModelStatus
 from service.settings import Settings
 from service.tenancy.principal import Principal
 from service.tenancy.tenants import Tenants
-from service.training.runner import JobRunner
+from service.training.finished import FinishedModels
 from service.training.store import FineTuneStore, JobSpec
 
 pytestmark = pytest.mark.anyio
@@ -46,10 +46,9 @@ def this_replica(
     """A replica's settings, job store and registry, finding other replicas' models on demand."""
     settings = Settings(models_dir=models_dir, data_dir=data_dir, devices="cpu")
     store = FineTuneStore(sessions, settings.data_dir)
-    pool = DevicePool.from_spec("cpu")
-    registry = ModelRegistry(models_dir, pool, Metrics())
+    finished = FinishedModels(store, settings.data_dir)
+    registry = ModelRegistry(models_dir, DevicePool.from_spec("cpu"), Metrics(), finder=finished)
     registry.discover()
-    registry.discover_fine_tuned = JobRunner(store, registry, pool, settings).discover
     return settings, store, registry
 
 
@@ -140,8 +139,7 @@ def test_models_finished_in_a_chain_are_registered_again_at_start_up_bases_first
         assert claimed is not None and claimed.id == jobs[name]
     for name in chain:
         assert store.finish(jobs[name], "replica-b", "succeeded", "done", fine_tuned_model=name)
-    pool = DevicePool.from_spec("cpu")
-    registry = ModelRegistry(models_dir, pool, Metrics())
+    registry = ModelRegistry(models_dir, DevicePool.from_spec("cpu"), Metrics())
     registry.discover()
-    JobRunner(store, registry, pool, settings).register_finished_models()
+    FinishedModels(store, settings.data_dir).register_all(registry)
     assert [registry.entries[name].base_model for name in chain] == ["tiny-vit"] * 3

@@ -1,0 +1,235 @@
+"""The gateway's one typed container: everything the routes use, built once by `Gateway.start` in
+the app's lifespan and read by the routes only through `service/api/deps.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import anyio
+import torch
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import check_connection, create_db_engine, session_factory, upgrade
+from service.errors import Conflict
+from service.metering import (
+    INFERENCE,
+    Idempotency,
+    Meter,
+    PriceBook,
+    UnitPrice,
+    UsageMetrics,
+    UsageWriter,
+    manifest_prices,
+)
+from service.observability.metrics import Metrics
+from service.redaction import redact_keys_in_logs
+from service.serving.devices import DevicePool, used_bytes
+from service.serving.inference import Inference
+from service.serving.inputs import InputLimits
+from service.serving.preprocess import PreprocessPool
+from service.serving.registry import ModelEntry, ModelRegistry
+from service.settings import Settings
+from service.tenancy.bootstrap import bootstrap_admin_key
+from service.tenancy.keychanges import KeyChangeMetrics, KeyChanges
+from service.tenancy.keys import SCOPES
+from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
+from service.tenancy.quota import Quota
+from service.tenancy.ratelimit import Limiter, LimitMetrics, MemoryBuckets, RedisBuckets, build_buckets
+from service.tenancy.tenants import DEFAULT_TENANT, Tenants
+from service.training.finished import FinishedModels
+from service.training.metrics import TrainingMetrics
+from service.training.runner import JobRunner
+from service.training.store import FineTuneStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """What one running gateway holds. `draining` turns true on SIGTERM: readiness answers 503."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine
+    sessions: sessionmaker[Session]
+    tenants: Tenants
+    keys: DatabaseKeyStore
+    key_changes: KeyChanges | None
+    quota: Quota
+    limiter: Limiter
+    buckets: MemoryBuckets | RedisBuckets
+    pool: DevicePool
+    registry: ModelRegistry
+    preprocess: PreprocessPool | None
+    inference: Inference
+    meter: Meter
+    writer: UsageWriter
+    fine_tunes: FineTuneStore
+    runner: JobRunner
+    draining: bool = False
+    _preload: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Gateway:
+        """Open the database (migrated), the key store, the limits, the model registry (preloading
+        in the background), the usage writer and the fine-tuning runner."""
+        redact_keys_in_logs()
+        metrics = Metrics()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_db_engine(settings.resolved_database_url)
+        check_connection(engine)
+        upgrade(engine)
+        sessions = session_factory(engine)
+        tenants = Tenants(sessions)
+        keys = _key_store(settings, sessions, tenants)
+        key_changes = None
+        if settings.redis_url:  # a key change made on any replica drops every replica's key cache at once
+            key_changes = KeyChanges(
+                settings.redis_url.get_secret_value(), metrics=KeyChangeMetrics(metrics.registry)
+            )
+            await key_changes.start(keys.forget)
+        limit_metrics = LimitMetrics(metrics.registry)
+        buckets = build_buckets(settings, limit_metrics)
+        limiter = Limiter(
+            buckets,
+            limit_metrics,
+            default_rps=settings.default_rate_limit_rps,
+            burst_factor=settings.rate_limit_burst_factor,
+        )
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        preprocess = PreprocessPool(settings.preprocess_processes) if settings.preprocess_processes else None
+        if preprocess is not None:
+            await anyio.to_thread.run_sync(preprocess.start)
+        pool = DevicePool.from_spec(settings.devices)
+        fine_tunes = FineTuneStore(sessions, settings.data_dir)
+        finished = FinishedModels(fine_tunes, settings.data_dir)  # also those other replicas finish
+        registry = ModelRegistry(
+            settings.models_dir, pool, metrics, hub_timeout_s=settings.hub_probe_timeout_s, finder=finished
+        )
+        registry.discover()
+        finished.register_all(registry)  # fine-tuned models survive restarts
+        metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
+        metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
+
+        usage_metrics = UsageMetrics(metrics.registry)
+        writer = UsageWriter(
+            sessions,
+            flush_s=settings.usage_flush_ms / 1000,
+            max_group=settings.usage_max_group,
+            on_commit=usage_metrics.observe_group,
+        )
+        meter = _meter(settings, sessions, registry, writer, usage_metrics)
+        runner = JobRunner(
+            fine_tunes,
+            registry,
+            pool,
+            settings,
+            finished,
+            meter=meter,  # training is metered through the same meter
+            metrics=TrainingMetrics(metrics.registry),
+        )
+        gateway = cls(
+            settings=settings,
+            metrics=metrics,
+            engine=engine,
+            sessions=sessions,
+            tenants=tenants,
+            keys=keys,
+            key_changes=key_changes,
+            quota=Quota(sessions),
+            limiter=limiter,
+            buckets=buckets,
+            pool=pool,
+            registry=registry,
+            preprocess=preprocess,
+            inference=Inference(registry, metrics, InputLimits.of(settings), preprocess),
+            meter=meter,
+            writer=writer,
+            fine_tunes=fine_tunes,
+            runner=runner,
+        )
+        writer.start()
+        gateway._preload = asyncio.create_task(registry.preload(), name="maas-preload")
+        if settings.fine_tune_runner:
+            runner.start()
+        log.info(
+            "maas gateway starting: %d model manifest(s) in %s", len(registry.entries), settings.models_dir
+        )
+        return gateway
+
+    async def close(self) -> None:
+        """Stop in order: training (resumable), then serving (every queued input answered), then
+        metering (their usage committed), then the connections."""
+        self.draining = True
+        await self.runner.stop()  # the running job stops after its step; another start resumes it
+        if self._preload is not None:
+            self._preload.cancel()
+            await asyncio.gather(self._preload, return_exceptions=True)
+        await self.registry.close()  # finishes every queued input first
+        await self.writer.close()  # then commits their usage
+        if self.preprocess is not None:
+            self.preprocess.close()
+        await self.buckets.close()
+        if self.key_changes is not None:
+            await self.key_changes.close()
+        self.engine.dispose()
+
+    def keys_changed(self, reason: str) -> None:
+        """A key or tenant changed: drop this process's key cache and, with Redis, every replica's,
+        so the change holds on the next request anywhere."""
+        self.keys.forget()
+        if self.key_changes is not None:
+            self.key_changes.publish(reason)
+
+
+def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Tenants) -> DatabaseKeyStore:
+    """The key store, with the bootstrap admin key: MAAS_ADMIN_KEY as is, or the one kept in
+    `var/admin.key` (generated and printed once on the first start)."""
+    default = tenants.ensure_tenant(DEFAULT_TENANT)
+    configured = settings.admin_key.get_secret_value() if settings.admin_key else None
+    admin = bootstrap_admin_key(configured, settings.data_dir)
+    if admin.path is not None and not tenants.has_key(admin.key):
+        # the kept admin key is a key of the default tenant: listed, revocable like any other
+        with contextlib.suppress(Conflict):  # another replica sharing the database got there first
+            tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
+    if admin.generated:
+        # Shown once, on purpose outside the logs: keys never go into log lines.
+        print(f"maas: generated an admin key (also saved to {admin.path}):\n{admin.key}", flush=True)
+    fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
+    return DatabaseKeyStore(sessions, fallback=fallback)
+
+
+def _meter(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    registry: ModelRegistry,
+    writer: UsageWriter,
+    metrics: UsageMetrics,
+) -> Meter:
+    """The meter, with the manifests' prices made current in the price book."""
+
+    def unit_price(entry: ModelEntry | None, kind: str = INFERENCE) -> UnitPrice | None:
+        if entry is None or entry.manifest is None:
+            return None
+        return manifest_prices(entry.manifest.price)[kind]
+
+    prices = PriceBook(sessions, unlisted=lambda model, kind: unit_price(registry.entries.get(model), kind))
+    changed = prices.sync_manifests(
+        (entry.name, entry.manifest.price) for entry in registry.list() if entry.manifest is not None
+    )
+    if changed:
+        log.info("price book: new prices for %s", ", ".join(changed))
+    idempotency = Idempotency(
+        sessions,
+        ttl=timedelta(hours=settings.idempotency_ttl_h),
+        # an in-progress key older than the longest deadline belongs to a process that died
+        stale_after=timedelta(milliseconds=settings.max_request_timeout_ms) + timedelta(minutes=1),
+    )
+    return Meter(writer, prices, idempotency, metrics, enabled=settings.metering)

@@ -1,0 +1,151 @@
+"""Inference below the route: a request's inputs read and checked, decoded and preprocessed off
+the event loop, queued on the model's least-loaded replica, and its outputs encoded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from starlette.requests import Request
+
+from service.errors import CLIENT_CLOSED, GatewayError, InvalidInput
+from service.observability.metrics import Metrics
+from service.serving.batching import Tally
+from service.serving.dispatch import infer
+from service.serving.inputs import InputLimits, RawInput, decode_image, read_inputs
+from service.serving.preprocess import PreprocessPool
+from service.serving.registry import ModelEntry, ModelRegistry
+from service.serving.runtime.base import Classification
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Answer:
+    output_key: str  # "predictions" or "embeddings"
+    outputs: list[Any]  # one JSON-ready output per input, in input order
+
+
+def deadline_of(header: str | None, default_ms: int, max_ms: int) -> float:
+    """The request's deadline on the monotonic clock, from X-Request-Timeout-Ms or the default."""
+    timeout_ms = default_ms
+    if header is not None:
+        if not header.strip().isdigit() or not 0 < int(header) <= max_ms:
+            raise InvalidInput(f"X-Request-Timeout-Ms must be an integer from 1 to {max_ms}")
+        timeout_ms = int(header)
+    return time.monotonic() + timeout_ms / 1000
+
+
+class Inference:
+    """Runs predict requests on the registry's models."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        limits: InputLimits,
+        preprocess: PreprocessPool | None = None,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = limits
+        self.preprocess = preprocess
+
+    async def run(
+        self,
+        request: Request,
+        entry: ModelEntry,
+        *,
+        body: bytes | None,
+        top_k: int,
+        deadline: float,
+        tally: Tally,
+    ) -> Answer | None:
+        """Answer the request's inputs (read from `body`, or streamed from `request` when None);
+        None when the client left first (its queued inputs are dropped before the device)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            await self.registry.ensure_loaded(entry)
+            with entry.arriving_request():
+                inputs = await read_inputs(request, entry.input_kind, self.limits, body)
+                tally.inputs = len(inputs)
+                features = await self._features(entry, inputs)
+            assert entry.manifest is not None
+            queued = infer(
+                entry,
+                features,
+                top_k=top_k,
+                max_queue=entry.manifest.batching.max_queue,
+                deadline=deadline,
+                tally=tally,
+            )
+            outputs = await unless_client_leaves(request, queued)
+            status = 200 if outputs is not None else CLIENT_CLOSED
+        except GatewayError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self.metrics.requests.labels(entry.name, str(status)).inc()
+            self.metrics.request_seconds.labels(entry.name, str(status)).observe(
+                time.perf_counter() - started
+            )
+        if outputs is None:
+            return None
+        self.metrics.inputs.labels(entry.name).inc(len(inputs))
+        return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
+
+    async def _features(self, entry: ModelEntry, inputs: list[RawInput]) -> list[Any]:
+        """The inputs' features: from the preprocessing processes where the model's image processor
+        can run there (MAAS_PREPROCESS_PROCESSES), else on a worker thread of this process."""
+        max_pixels = self.limits.max_image_pixels
+        if self.preprocess is not None and entry.input_kind == "image":
+            processor = self.preprocess.processor_of(entry.adapter)
+            if processor is not None:
+                features = await self.preprocess.prepare(processor, inputs, max_pixels)
+                self.metrics.preprocessed.labels("process").inc(len(features))
+                return features
+        features = await anyio.to_thread.run_sync(_prepare, entry, inputs, max_pixels)
+        self.metrics.preprocessed.labels("thread").inc(len(features))
+        return features
+
+
+def _prepare(entry: ModelEntry, inputs: list[RawInput], max_pixels: int) -> list[Any]:
+    """Decode and preprocess every input (on a worker thread); the first bad input fails the request."""
+    adapter = entry.adapter
+    if entry.input_kind == "image":
+        return [adapter.preprocess(decode_image(item, max_pixels)) for item in inputs]
+    return [adapter.preprocess(item.data) for item in inputs]
+
+
+def _encode(output: Any) -> Any:
+    if output and isinstance(output[0], Classification):
+        return [{"label": c.label, "score": c.score} for c in output]
+    return output
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """Await `work`; if the client disconnects first, cancel it and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
