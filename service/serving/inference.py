@@ -119,7 +119,7 @@ def _prepare(entry: ModelEntry, inputs: list[RawInput], max_pixels: int) -> list
     """Decode and preprocess every input (on a worker thread); the first bad input fails the request."""
     adapter = entry.adapter
     if entry.input_kind == "image":
-        return [adapter.preprocess(decode_image(item, max_pixels)) for item in inputs]
+        return [adapter.preprocess(decode_image(item, max_pixels, adapter.draft)) for item in inputs]
     return [adapter.preprocess(item.data) for item in inputs]
 
 

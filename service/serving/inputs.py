@@ -11,7 +11,7 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -208,9 +208,12 @@ def _check_text(item: RawInput, limits: InputLimits) -> None:
         )
 
 
-def decode_image(item: RawInput, max_pixels: int) -> Image.Image:
+def decode_image(
+    item: RawInput, max_pixels: int, draft: Callable[[Image.Image], None] | None = None
+) -> Image.Image:
     """Decode one image safely: check its format against its declared type and its size from the
-    header alone (decompression bombs never get decoded), then decode it fully as RGB."""
+    header alone (decompression bombs never get decoded), then decode it as RGB (`draft`, given
+    the image before its pixels are read, may ask a JPEG for a reduced scale)."""
     assert isinstance(item.data, bytes)
     where = f"input {item.index}"
     declared = item.declared_type
@@ -237,6 +240,8 @@ def decode_image(item: RawInput, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         raise InvalidInput(f"{where}: image has no pixels")
     try:
+        if draft is not None:
+            draft(image)
         image.load()
         return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -68,6 +68,10 @@ class ModelManifest(BaseModel):
     entrypoint: str | None = None
     labels: str | None = None  # torch adapter: a text file of class names, one per line
     preprocess: Preprocess = Preprocess()
+    # image models: fast = JPEGs decoded at reduced scale, uint8 to the device, normalised there
+    # (where the model's processor is a standard resize/crop/rescale/normalise); exact = always
+    # the model's own processor on the CPU
+    preprocessing: Literal["fast", "exact"] = "fast"
     # feature-extraction: how token vectors become one vector per input
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from service.serving.inputs import RawInput, decode_image
+from service.serving.runtime.fast_images import ImagePlan
 
 
 def _warm() -> None:
@@ -28,7 +29,10 @@ def _warm() -> None:
 
 
 def _prepare_images(processor: Any, items: list[RawInput], max_pixels: int) -> list[np.ndarray[Any, Any]]:
-    """In the worker: decode each input (the first bad one raises its 4xx error) and preprocess."""
+    """In the worker: decode each input (the first bad one raises its 4xx error) and preprocess,
+    with the fast path's plan (uint8) or the model's own processor."""
+    if isinstance(processor, ImagePlan):
+        return [processor.pixels(decode_image(item, max_pixels, processor.draft)).numpy() for item in items]
     images = [decode_image(item, max_pixels) for item in items]
     pixels = processor(images=images, return_tensors="np")["pixel_values"]
     return [np.ascontiguousarray(pixels[i : i + 1]) for i in range(len(images))]

@@ -36,6 +36,11 @@ class ModelAdapter(abc.ABC):
         self.device = device
         self.dtype = dtype
 
+    def draft(self, image: Any) -> None:
+        """Called with an image whose header is read but whose pixels are not: a JPEG may be told
+        to decode at a reduced scale (the fast image path). Does nothing by default."""
+        return None
+
     @abc.abstractmethod
     def preprocess(self, item: Any) -> Any:
         """Turn one decoded input into features (runs on a worker thread, off the event loop)."""

@@ -12,12 +12,12 @@ import importlib.util
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from PIL import Image
 
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.fast_images import ImagePlan, Normalizer
 from service.serving.runtime.sources import ResolvedSource
 
 _RESAMPLE = {
@@ -62,32 +62,38 @@ class TorchImageClassifierAdapter(ModelAdapter):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.labels = labels
         pre = manifest.preprocess
-        self.resize = pre.resize
         self.crop = pre.crop_size
-        self.resample = _RESAMPLE[pre.interpolation]
-        self.mean = torch.tensor(pre.mean).view(3, 1, 1)
-        self.std = torch.tensor(pre.std).view(3, 1, 1)
+        # the manifest's resize, crop and normalisation: uint8 on the CPU, normalised on the device
+        self.plan = ImagePlan(
+            resample=int(_RESAMPLE[pre.interpolation]),
+            scale=1 / 255,
+            mean=pre.mean,
+            std=pre.std,
+            shortest_edge=pre.resize,
+            crop=(pre.crop_size, pre.crop_size),
+        )
+        self.normalizer = Normalizer(self.plan, device, dtype)
+        self.fast = manifest.preprocessing == "fast"  # else JPEGs are decoded at full scale
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_processor(self) -> ImagePlan:
+        """The CPU side of preprocessing, picklable for a preprocessing process."""
+        return self.plan
+
+    def draft(self, image: Image.Image) -> None:
+        if self.fast:
+            self.plan.draft(image)
+
     def preprocess(self, item: Image.Image) -> torch.Tensor:
-        image = item.convert("RGB")
-        scale = self.resize / min(image.size)
-        size = (
-            max(self.crop, round(image.width * scale)),
-            max(self.crop, round(image.height * scale)),
-        )
-        image = image.resize(size, self.resample)
-        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return ((pixels - self.mean) / self.std).unsqueeze(0)
+        return self.plan.pixels(item)
 
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        batch = torch.cat(features).to(self.device, self.dtype, non_blocking=True)
+        batch = self.normalizer(torch.cat(features))
         logits = self.model(batch)
         if logits.shape != (batch.shape[0], len(self.labels)):
             raise RuntimeError(

@@ -8,6 +8,7 @@ forward pass instead of the pipeline's per-call loop.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,10 @@ from PIL import Image
 
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.fast_images import ImagePlan, Normalizer
 from service.serving.runtime.sources import ResolvedSource
+
+log = logging.getLogger(__name__)
 
 
 def load_pipeline(
@@ -65,12 +69,15 @@ class ImageClassificationAdapter(ModelAdapter):
     input_kind: ClassVar[InputKind] = "image"
     output_key = "predictions"
 
-    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, *, fast: bool = True) -> None:
         super().__init__(device, dtype)
         self.pipe = pipe
         config = pipe.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
         self.multi_label = config.problem_type == "multi_label_classification"
+        # the fast image path where the model's processor is a standard one, else the processor
+        self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
+        self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
 
     @property
     def num_labels(self) -> int:
@@ -78,16 +85,27 @@ class ImageClassificationAdapter(ModelAdapter):
 
     @property
     def image_processor(self) -> Any:
-        """The model's own image processor: picklable, so a preprocessing process can run it."""
-        return self.pipe.image_processor
+        """What turns a decoded image into features on the CPU (the fast path's plan, or the model's
+        own processor): picklable, so a preprocessing process can run it."""
+        return self.plan or self.pipe.image_processor
+
+    def draft(self, image: Image.Image) -> None:
+        if self.plan is not None:
+            self.plan.draft(image)
 
     def preprocess(self, item: Image.Image) -> torch.Tensor:
-        pixels: torch.Tensor = self.image_processor(images=item, return_tensors="pt")["pixel_values"]
+        if self.plan is not None:
+            return self.plan.pixels(item)
+        pixels: torch.Tensor = self.pipe.image_processor(images=item, return_tensors="pt")["pixel_values"]
         return pixels
 
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        batch = torch.cat(features).to(self.device, self.dtype, non_blocking=True)
+        batch = torch.cat(features)
+        if self.normalizer is not None:
+            batch = self.normalizer(batch)
+        else:
+            batch = batch.to(self.device, self.dtype, non_blocking=True)
         logits = self.pipe.model(pixel_values=batch).logits
         return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
 
@@ -146,7 +164,10 @@ def load_transformers_adapter(
         pipe = load_pipeline(manifest, source, device, dtype)
     pipe.model.eval()
     if manifest.task == "image-classification":
-        return ImageClassificationAdapter(pipe, device, dtype)
+        adapter = ImageClassificationAdapter(pipe, device, dtype, fast=manifest.preprocessing == "fast")
+        how = "fast (uint8, normalised on the device)" if adapter.plan else "the model's image processor"
+        log.info("model %s: image preprocessing: %s", manifest.name, how)
+        return adapter
     return FeatureExtractionAdapter(
         pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
     )
