@@ -48,10 +48,20 @@ def parse_devices(spec: str) -> list[torch.device]:
     return devices
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on CUDA and float32 on CPU; explicit dtypes are taken as asked."""
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch's kernels use it."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(
+    requested: str, device: torch.device, *, native_bfloat16: Callable[[], bool] = cpu_has_native_bfloat16
+) -> torch.dtype:
+    """`auto` is float16 on CUDA; on a CPU, bfloat16 where it computes it natively (AVX512-BF16,
+    AMX), else float32. Explicit dtypes are taken as asked."""
     if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bfloat16() else torch.float32
     try:
         return _DTYPES[requested]
     except KeyError:

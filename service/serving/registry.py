@@ -285,7 +285,7 @@ class ModelRegistry:
         log.info(
             "model %s ready on %s in %.2fs",
             entry.name,
-            ", ".join(str(r.device) for r in replicas),
+            ", ".join(f"{r.device} ({dtype_name(r.adapter.dtype)})" for r in replicas),  # what `auto` chose
             entry.load_seconds,
         )
 

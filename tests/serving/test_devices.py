@@ -61,7 +61,8 @@ def test_cuda_index_past_the_last_gpu_is_refused() -> None:
 
 
 def test_auto_dtype_is_float32_on_cpu_and_float16_on_cuda() -> None:
-    assert resolve_dtype("auto", CPU) is torch.float32
+    assert resolve_dtype("auto", CPU, native_bfloat16=lambda: False) is torch.float32
+    assert resolve_dtype("auto", CPU, native_bfloat16=lambda: True) is torch.bfloat16  # AVX512-BF16, AMX
     assert resolve_dtype("auto", torch.device("cuda", 0)) is torch.float16
 
 
