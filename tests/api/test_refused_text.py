@@ -42,7 +42,7 @@ def error_message(response: httpx.Response, status: int, error_type: str) -> str
 
 
 def usage_rows(gateway: Gateway) -> list[UsageEvent]:
-    sessions: sessionmaker[Session] = gateway.app.state.sessions
+    sessions: sessionmaker[Session] = gateway.app.state.gateway.sessions
     with sessions() as session:
         return list(session.scalars(select(UsageEvent)))
 
