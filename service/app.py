@@ -7,10 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.api import admin, files, fine_tunes, health, inference, models, usage
+from service.api.guard import plain_text_parameters
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.gateway import Gateway
 from service.observability.middleware import RequestMiddleware
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Model-as-a-Service inference gateway for transformers pipelines.",
         lifespan=lifespan,
+        dependencies=[Depends(plain_text_parameters)],  # before every route, before authentication
     )
     install_error_handlers(app)
 

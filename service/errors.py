@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.observability.middleware import request_id_of
+from service.redaction import redact
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": in usage events and metrics only
 
@@ -125,11 +126,12 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
 
 
 def error_response(request: Request, exc: GatewayError) -> JSONResponse:
-    """Render `exc` in the gateway's one error shape."""
+    """Render `exc` in the gateway's one error shape. A key pasted where a name or an id goes is
+    never echoed back: the message is redacted."""
     body: dict[str, Any] = {
         "error": {
             "type": exc.error_type,
-            "message": exc.message,
+            "message": redact(exc.message),
             "request_id": request_id_of(request),
         }
     }

@@ -8,13 +8,14 @@ request anywhere; without Redis (or if the message is lost) other replicas see i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import Admin, App, Directory
+from service.bounds import Concurrency, GraceSeconds, Name, Names, QuotaInputs, Rps, UtcTime
 from service.errors import InvalidRequest
 from service.redaction import KEY_PREFIX
 from service.tenancy.tenants import DEFAULT_SCOPES, describe_key, describe_tenant
@@ -23,13 +24,15 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 class TenantIn(BaseModel):
+    """A new tenant; the ranges are `service.bounds`'s (docs: "Value ranges")."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    rate_limit_rps: float | None = Field(None, gt=0)
-    max_concurrency: int | None = Field(None, gt=0)
-    monthly_quota_inputs: int | None = Field(None, ge=0)
-    allowed_models: list[str] | None = None
+    name: Name
+    rate_limit_rps: Rps | None = None
+    max_concurrency: Concurrency | None = None
+    monthly_quota_inputs: QuotaInputs | None = None
+    allowed_models: Names | None = None
 
 
 class TenantChanges(BaseModel):
@@ -37,28 +40,25 @@ class TenantChanges(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rate_limit_rps: float | None = Field(None, gt=0)
-    max_concurrency: int | None = Field(None, gt=0)
-    monthly_quota_inputs: int | None = Field(None, ge=0)
-    allowed_models: list[str] | None = None
+    rate_limit_rps: Rps | None = None
+    max_concurrency: Concurrency | None = None
+    monthly_quota_inputs: QuotaInputs | None = None
+    allowed_models: Names | None = None
 
 
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=128)
-    scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
-    models: list[str] | None = None
-    expires_at: datetime | None = None
-    rate_limit_rps: float | None = Field(None, gt=0)
+    name: Name | None = None
+    scopes: Names = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    models: Names | None = None
+    expires_at: UtcTime | None = None
+    rate_limit_rps: Rps | None = None
 
     @field_validator("expires_at")
     @classmethod
     def _in_the_future(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        value = value if value.tzinfo else value.replace(tzinfo=UTC)  # a time without zone is UTC
-        if value <= datetime.now(UTC):
+        if value is not None and value <= datetime.now(UTC):
             raise ValueError("must be in the future")
         return value
 
@@ -66,7 +66,7 @@ class KeyIn(BaseModel):
 class RotateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: float = Field(0, ge=0, le=timedelta(days=30).total_seconds())
+    grace_seconds: GraceSeconds = 0
 
 
 def _key_id(key_id: str) -> str:

@@ -10,37 +10,51 @@ from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import App, FineTuner, Store, tenant_of
+from service.bounds import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEED,
+    Ref,
+    Text,
+)
 from service.errors import InvalidInput
 from service.serving.runtime.sources import SourceError, resolve_local_folder
 from service.training.store import JobSpec, describe_event, describe_job
 from service.training.trainer import LORA_TARGETS, lora_targets_in
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tuning"])
-SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+SUFFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 
 
 class HyperparametersIn(BaseModel):
+    """The ranges are `service.bounds`'s (docs: "Value ranges")."""
+
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(3, ge=1, le=1000)
-    learning_rate: float = Field(5e-4, gt=0, le=1)
-    batch_size: int = Field(16, ge=1, le=1024)
-    seed: int = Field(0, ge=0)
-    lora_rank: int = Field(8, ge=1, le=256, description="method lora: the adapters' rank")
-    lora_alpha: int = Field(16, ge=1, le=4096, description="method lora: adapter scale is alpha / rank")
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
+    learning_rate: float = Field(5e-4, gt=0, le=MAX_LEARNING_RATE, allow_inf_nan=False)
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK, description="method lora: the adapters' rank")
+    lora_alpha: int = Field(
+        16, ge=1, le=MAX_LORA_ALPHA, description="method lora: adapter scale is alpha / rank"
+    )
 
 
 class FineTuneIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_model: str
-    training_file: str
-    validation_file: str | None = None
+    base_model: Ref
+    training_file: Ref
+    validation_file: Ref | None = None
     hyperparameters: HyperparametersIn = HyperparametersIn()
     method: Literal["full", "lora"] = Field(
         "full", description="full: every weight; lora: PEFT adapters over the frozen base (a small artifact)"
     )
-    suffix: str | None = Field(None, description="1-20 of a-z 0-9 -, put in the model's name")
+    suffix: Text | None = Field(None, description="1-20 of a-z 0-9 -, put in the model's name")
     priority: Literal["high", "normal", "low"] = Field(
         "normal",
         description="The queue is FIFO per priority: high jobs run before normal, normal before low.",
@@ -79,7 +93,7 @@ def create_job(
             f"base model {body.base_model!r} has no attention query/value layers for LoRA "
             f"(looked for {', '.join(LORA_TARGETS)}); use method 'full'"
         )
-    if body.suffix is not None and not SUFFIX.match(body.suffix):
+    if body.suffix is not None and not SUFFIX.fullmatch(body.suffix):
         raise InvalidInput("suffix must be 1-20 of a-z, 0-9 and '-', starting with a letter or digit")
     store.get_file(tenant, body.training_file)
     if body.validation_file is not None:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from service.api.deps import App, Caller, admit
+from service.bounds import MAX_TOP_K
 from service.errors import error_response
 from service.metering import Claim, request_hash
 from service.observability.middleware import request_id_of
@@ -16,7 +17,7 @@ from service.serving.inputs import read_body
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 
-TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per input.")]
+TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to return per input.")]
 TimeoutMs = Annotated[
     str | None,
     Header(alias="X-Request-Timeout-Ms", description="Give up (504) if not served within this time."),

@@ -10,15 +10,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 
 from service.api.deps import Admin, Caller, Directory, Sessions
+from service.bounds import FIRST_PERIOD, LAST_PERIOD, PERIOD, OptionalUtcTime, Period
 from service.errors import InvalidInput, NotFound
 from service.metering.reports import GROUPS, billing_csv, billing_export, parse_group_by, usage_summary
 
 router = APIRouter(tags=["usage"])
 
 Start = Annotated[
-    datetime | None, Query(description="From this time (ISO 8601; default: start of this month, UTC).")
+    OptionalUtcTime, Query(description="From this time (ISO 8601; default: start of this month, UTC).")
 ]
-End = Annotated[datetime | None, Query(description="Until this time, excluded (default: now).")]
+End = Annotated[OptionalUtcTime, Query(description="Until this time, excluded (default: now).")]
 GroupBy = Annotated[str | None, Query(description="Comma-separated: model, day, key (admin: tenant too).")]
 
 
@@ -26,7 +27,6 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     now = datetime.now(UTC)
     start = start or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = end or now
-    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))  # no zone: UTC
     if end <= start:
         raise InvalidInput("end must be after start")
     return start, end
@@ -73,7 +73,11 @@ def export_billing(
     sessions: Sessions,
     _: Admin,
     period: Annotated[
-        str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="The month, YYYY-MM (UTC).")
+        Period,
+        Query(
+            pattern=f"^{PERIOD.pattern}$",
+            description=f"The month, YYYY-MM (UTC), from {FIRST_PERIOD} to {LAST_PERIOD}.",
+        ),
     ],
     format: Literal["json", "csv"] = "json",
 ) -> dict[str, Any] | Response:

@@ -5,7 +5,8 @@ writer takes what has arrived (after an optional short window, `MAAS_USAGE_FLUSH
 group is full already) and writes it in ONE transaction on its own thread; the events that
 arrive meanwhile form the next group, so under load groups grow with no added wait. A request's
 answer is sent only after its future resolves, i.e. after the commit: a crash can lose an event
-only for a request that got no answer.
+only for a request that got no answer. A row the database refuses fails its own request only:
+the rest of its group is written (see `_write_isolating`).
 """
 
 from __future__ import annotations
@@ -19,18 +20,31 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, insert, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.bounds import storable
 from service.db.models import Base, IdempotencyRecord, UsageEvent
 from service.metering.prices import INFERENCE, UnitPrice
+from service.redaction import redact
 
 log = logging.getLogger(__name__)
 _EVENTS = Base.metadata.tables[UsageEvent.__tablename__]
 
 
+MODEL_CHARS = 128  # the usage_events.model column
+
+
+def recorded_name(model: str) -> str:
+    """A model's name as a usage event keeps it: whatever a client put in the URL, with anything
+    shaped like a key redacted and what the database refuses replaced, cut to the column."""
+    return storable(redact(model))[:MODEL_CHARS]
+
+
 @dataclass(frozen=True)
 class Usage:
-    """One answered request (or, `kind` training, one fine-tuning job), as it will be billed."""
+    """One answered request (or, `kind` training, one fine-tuning job), as it will be billed.
+    Its `model` is kept as `recorded_name` makes it, however the event was built."""
 
     request_id: str
     tenant_id: str
@@ -44,6 +58,9 @@ class Usage:
     created_at: datetime
     kind: str = INFERENCE
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", recorded_name(self.model))  # frozen: set once, here
+
     @property
     def amount_micro(self) -> int:
         """Only a 200 is charged; a failure is recorded with its status and costs nothing."""
@@ -55,7 +72,7 @@ class Usage:
             "kind": self.kind,
             "tenant_id": self.tenant_id,
             "key_id": self.key_id,
-            "model": self.model[:128],
+            "model": self.model,
             "inputs": self.inputs,
             "compute_us": self.compute_us,
             "queue_us": self.queue_us,
@@ -156,20 +173,34 @@ class UsageWriter:
                     pass
             group, self._pending = self._pending[: self.max_group], self._pending[self.max_group :]
             started = time.perf_counter()
-            try:
-                await loop.run_in_executor(self._executor, self._write, group)
-            except Exception as exc:
-                log.error("usage: a group of %d event(s) could not be written: %s", len(group), exc)
-                for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.transactions += 1
-            if self.on_commit is not None:
-                self.on_commit(GroupStats(sum(1 for i in group if i.usage), time.perf_counter() - started))
+            failed = await loop.run_in_executor(self._executor, self._write_isolating, group)
+            if len(failed) < len(group) and self.on_commit is not None:
+                written = sum(1 for i in group if i.usage and id(i) not in failed)
+                self.on_commit(GroupStats(written, time.perf_counter() - started))
             for item in group:
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if id(item) in failed:
+                    item.future.set_exception(failed[id(item)])
+                else:
                     item.future.set_result(None)
+
+    def _write_isolating(self, group: list[_Pending]) -> dict[int, Exception]:
+        """Write `group` in one transaction. If the database refuses one of its rows, write each
+        half on its own, and so on down: the others are written, a refused event fails alone
+        (one tenant's bad request never fails another's). If the database itself fails, the
+        whole group does. Returns the failed items (by `id`) with their errors."""
+        try:
+            self._write(group)
+        except Exception as exc:
+            if len(group) == 1 or not _refused_a_row(exc):
+                log.error("usage: %d event(s) could not be written: %s", len(group), exc)
+                return {id(item): exc for item in group}
+        else:
+            self.transactions += 1
+            return {}
+        half = len(group) // 2
+        return {**self._write_isolating(group[:half]), **self._write_isolating(group[half:])}
 
     def _write(self, group: list[_Pending]) -> None:
         """One transaction for the whole group."""
@@ -178,6 +209,14 @@ class UsageWriter:
             for item in group:
                 if item.outcome is not None:
                     _settle(session, item.outcome)
+
+
+def _refused_a_row(exc: Exception) -> bool:
+    """Whether the database refused what a row holds (a value it cannot store, a duplicate),
+    rather than failing as a whole (connection lost, server down)."""
+    if isinstance(exc, DBAPIError):
+        return isinstance(exc, DataError | IntegrityError)
+    return isinstance(exc, StatementError | ValueError)  # a value the driver could not send
 
 
 def insert_usage(session: Session, usages: list[Usage]) -> None:

@@ -23,7 +23,7 @@ from service.redaction import KEY_PREFIX
 from service.tenancy.keys import SCOPES, generate_key, hash_key
 
 DEFAULT_TENANT = "default"
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 DEFAULT_SCOPES = ("inference", "fine_tune")  # what a customer key needs; admin only when asked
 PREFIX_CHARS = 8  # how much of a key (after `mk_`) lists show
 
@@ -42,7 +42,7 @@ def display_prefix(key: str) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not TENANT_NAME.match(name):
+    if not TENANT_NAME.fullmatch(name):
         raise InvalidInput(
             f"tenant name {name!r}: use 1-63 characters a-z 0-9 . _ -, starting with a letter or digit"
         )

@@ -16,8 +16,9 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.bounds import text_problem
 from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
 from service.metering import Usage, insert_usage
 from service.training.datasets import DatasetLimits, check_dataset
@@ -108,15 +109,14 @@ class FineTuneStore:
     def create_file(
         self, tenant_id: str, filename: str, data: bytes, purpose: str, limits: DatasetLimits
     ) -> DatasetFile:
-        """Check the zip (422 on any problem), keep it, and record it."""
+        """Check the name and the zip (422 on any problem), keep it, and record it. A file whose
+        row cannot be written is not kept."""
+        problem = text_problem(filename)
+        if problem is not None:
+            raise InvalidInput(f"the file's name {problem}")
         dataset = check_dataset(data, limits)
         file_id = new_id("file")
         relative = Path("files") / tenant_id / f"{file_id}.zip"
-        path = self.data_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.replace(path)
         row = DatasetFile(
             id=file_id,
             tenant_id=tenant_id,
@@ -127,8 +127,17 @@ class FineTuneStore:
             summary=dataset.summary(),
             path=str(relative),
         )
-        with self.sessions.begin() as session:
-            session.add(row)
+        path = self.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return row
 
     def list_files(self, tenant_id: str) -> Sequence[DatasetFile]:

@@ -1,9 +1,11 @@
 """Group commit: concurrent events go to the database in a few transactions, each event's
-future resolving only after its transaction commits; a failed group fails all of its events."""
+future resolving only after its transaction commits; a row the database refuses fails its own
+event only."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -59,19 +61,62 @@ async def test_the_flush_window_gathers_events_that_arrive_while_it_is_open(
     await writer.close()
 
 
-async def test_a_failed_group_fails_every_event_in_it_and_writes_none(
+async def test_a_refused_event_fails_alone_and_the_rest_of_its_group_is_written(
+    sessions: sessionmaker[Session],
+) -> None:
+    writer = UsageWriter(sessions, flush_s=10, max_group=20)  # the 20 events go as one group
+    writer.start()
+    await writer.record(usage("req_taken"))
+    refused = {
+        3: usage("req_taken"),  # a duplicate of an event already written
+        11: replace(usage("req_11"), key_id="key_\ud800"),  # text no database driver can send
+    }
+    group = [refused.get(i, usage(f"req_{i}")) for i in range(20)]
+    results = await asyncio.gather(*(writer.record(u) for u in group), return_exceptions=True)
+    assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [3, 11]
+    assert count(sessions) == 1 + 18
+    assert writer.transactions < 1 + 18  # halved down to the refused rows, not one by one
+    await writer.record(usage("req_next"))  # the writer goes on
+    assert count(sessions) == 1 + 18 + 1
+    await writer.close()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_nul_byte_postgresql_refuses_fails_only_its_own_request(
+    sessions: sessionmaker[Session],
+) -> None:
+    """PostgreSQL refuses text holding NUL (SQLite keeps it): the event and idempotency outcome of
+    that one request fail, the others committed with it do not."""
+    writer = UsageWriter(sessions, flush_s=10, max_group=4)
+    writer.start()
+    bad = Outcome("ten_a", "key\x00", "req_1", 200, b"{}")
+    results = await asyncio.gather(
+        writer.record(usage("req_0")),
+        writer.record(usage("req_1"), bad),
+        writer.record(replace(usage("req_2"), request_id="req_\x00")),
+        writer.record(usage("req_3")),
+        return_exceptions=True,
+    )
+    assert [isinstance(r, Exception) for r in results] == [False, True, True, False]
+    with sessions() as session:
+        written = set(session.scalars(select(UsageEvent.request_id)))
+    assert written == {"req_0", "req_3"}
+    await writer.close()
+
+
+async def test_a_model_name_is_recorded_without_keys_or_text_the_database_refuses(
     sessions: sessionmaker[Session],
 ) -> None:
     writer = UsageWriter(sessions, flush_s=0)
     writer.start()
-    results = await asyncio.gather(
-        writer.record(usage("req_same")), writer.record(usage("req_same")), return_exceptions=True
-    )
-    assert all(isinstance(r, Exception) for r in results)
-    assert count(sessions) == 0
-    await writer.record(usage("req_next"))  # the writer goes on
-    assert count(sessions) == 1
+    await writer.record(replace(usage("req_1"), model="mk_PastedSecret0123\x00\ud800" + "x" * 200))
     await writer.close()
+    with sessions() as session:
+        model = session.scalars(select(UsageEvent.model)).one()
+    assert model.startswith("mk_[redacted]\ufffd\ufffdxxx") and len(model) == 128
+    assert "PastedSecret" not in model
 
 
 async def test_close_writes_what_is_queued(sessions: sessionmaker[Session]) -> None:

@@ -7,13 +7,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import FineTuneEvent, UsageEvent
 from service.metering import TRAINING, UnitPrice, Usage
 from service.tenancy.tenants import Tenants
 from service.training.store import FineTuneStore, JobSpec, describe_job
+from tests.training.test_datasets import LIMITS as DATASET_LIMITS
+from tests.training.zips import colour_dataset
 
 SPEC = JobSpec(
     "tiny-vit", "file_x", None, {"epochs": 1, "learning_rate": 0.001, "batch_size": 4}, "full", None
@@ -117,3 +121,17 @@ def test_the_queue_is_fifo_per_priority(sessions: sessionmaker[Session], tmp_pat
         None,
     ]
     assert describe_job(store.get_job(tenant, low))["priority"] == "low"
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_dataset_whose_row_the_database_refuses_leaves_no_file_behind(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """PostgreSQL refuses a file of a tenant that is gone (SQLite does not check foreign keys):
+    the zip, already written, goes too."""
+    store = FineTuneStore(sessions, tmp_path)
+    with pytest.raises(IntegrityError):
+        store.create_file("ten_gone", "colours.zip", colour_dataset(), "fine-tune", DATASET_LIMITS)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
