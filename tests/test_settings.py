@@ -19,7 +19,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"MAAS_{name.upper()}", raising=False)
 
 
-def test_defaults_match_the_contract() -> None:
+def test_defaults_match_the_settings_docs() -> None:
     settings = Settings()
     assert (settings.host, settings.port, settings.devices) == ("127.0.0.1", 8000, "auto")
     assert settings.models_dir == Path("models") and settings.data_dir == Path("var")

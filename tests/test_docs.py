@@ -1,5 +1,6 @@
-"""The README stays a first page, and every relative link in it and in docs/ leads somewhere real:
-a file in the repository and, for `#anchor`, a heading of that file."""
+"""The README stays a first page; every relative link in it and in docs/ leads somewhere real (a
+file in the repository and, for `#anchor`, a heading of that file); examples in docs/ are valid.
+(The commands in the docs are run by tests/e2e/test_docs_commands.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.manifests import read_manifest
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -59,3 +61,11 @@ def test_the_readme_is_a_first_page_that_links_into_docs() -> None:
         assert path.parent == REPO / "docs" or path in README_MAY_LINK_TO, target
     linked = {(REPO / t.partition("#")[0]).resolve() for t in relative_links(readme)}
     assert set(PAGES[1:]) <= linked, "a page of docs/ the README does not link to"
+
+
+def test_the_manifest_example_in_the_docs_is_a_valid_manifest(tmp_path: Path) -> None:
+    example = re.findall(r"^```yaml\n(.*?)^```", (REPO / "docs" / "models.md").read_text(), re.M | re.S)
+    assert len(example) == 1
+    (tmp_path / "vit-base.yaml").write_text(example[0], encoding="utf-8")
+    manifest = read_manifest(tmp_path / "vit-base.yaml")
+    assert manifest.name == "vit-base" and manifest.price.per_image == 0.0002
