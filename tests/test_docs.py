@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.manifests import read_manifest
+from service.serving.manifests import read_manifest
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
