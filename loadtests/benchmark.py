@@ -9,7 +9,7 @@ For each model (ViTs built from `ViTConfig`, see workload.py) it measures the ra
 then starts each server as a separate process with the same model and batch settings, drives it with
 the closed-loop load generator at each concurrency, and prints throughput, p50/p90/p99 latency,
 errors and the share of the raw limit. A server that cannot be installed or started is reported and
-skipped. The Markdown table at the end is the one recorded in the README.
+skipped. The Markdown table at the end is the one recorded in docs/serving.md.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.api import admin, files, fine_tunes, health, inference, models, usage
+from service.api.docs import install_docs
 from service.api.guard import plain_text_parameters
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.gateway import Gateway
@@ -39,6 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Model-as-a-Service inference gateway for transformers pipelines.",
         lifespan=lifespan,
         dependencies=[Depends(plain_text_parameters)],  # before every route, before authentication
+        docs_url=None,  # install_docs serves /docs and /redoc from local files, not a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
 
@@ -52,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMiddleware)
     for module in (health, models, inference, admin, usage, files, fine_tunes):
         app.include_router(module.router)
+    install_docs(app)
     instrument(app)  # OpenTelemetry traces, only where the package is installed
     return app
 

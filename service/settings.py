@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every setting of the gateway. The README's settings table documents each one."""
+    """Every setting of the gateway. docs/settings.md documents each one."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore")
 

@@ -1,5 +1,5 @@
 """Every API call of the gateway as a `Call`: path, body and answer parser, written once for
-both clients. The paths and bodies follow the gateway's contract (shared/CONTRACT.md)."""
+both clients. The paths and bodies follow the gateway's HTTP API (docs/api.md in its repository)."""
 
 from __future__ import annotations
 

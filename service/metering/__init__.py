@@ -1,5 +1,5 @@
 """Metering: usage events written with group commit, idempotency keys, the price book, and the
-usage and billing reports. See the README's "Usage and billing"."""
+usage and billing reports. See docs/billing.md."""
 
 from service.metering.idempotency import Claim, ClaimState, Idempotency, request_hash
 from service.metering.meter import Meter, UsageMetrics, UsageUnavailable

@@ -1,6 +1,6 @@
 """Reading a predict request's inputs, and refusing bad ones before they reach a model.
 
-Three body shapes (see the contract): raw image bytes, multipart `file` parts, and JSON
+Three body shapes (see docs/api.md): raw image bytes, multipart `file` parts, and JSON
 `{"inputs": [...]}` (base64 images, or strings for text models). Every refusal is a 4xx
 that names the input (0-based, in request order) and what was wrong with it.
 """

@@ -48,7 +48,7 @@ class Preprocess(BaseModel):
 
 
 class ModelManifest(BaseModel):
-    """What `models/<name>.yaml` may say; see the contract's "Model manifests"."""
+    """What `models/<name>.yaml` may say; see docs/models.md, "Model manifests"."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""The Dockerfile passes hadolint and keeps the promises the README and the chart rely on.
+"""The Dockerfile passes hadolint and keeps the promises docs/deploy.md and the chart rely on.
 (Docker cannot build here: the image is checked by reading and linting it.)"""
 
 from __future__ import annotations

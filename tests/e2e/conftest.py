@@ -61,26 +61,22 @@ def wait_until_finished(http: httpx.Client, job_id: str, deadline_s: float) -> d
 def start_server(models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None) -> Server:
     """Start `python -m service serve` and return once /readyz answers 200."""
     port = free_port()
+    command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
+    command += ["--models-dir", str(models_dir), "--data-dir", str(data_dir), "--devices", "cpu"]
+    return launch(command, port, data_dir, env=env)
+
+
+def launch(command: list[str], port: int, data_dir: Path, *, env: dict[str, str] | None = None) -> Server:
+    """Run `command`, a gateway serving on `port` with its state in `data_dir`, in the folder above
+    `data_dir` (no MAAS_* variables but those in `env`, the hub offline); return once /readyz
+    answers 200."""
     log_path = data_dir.parent / f"server-{port}.log"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     child_env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                "--port",
-                str(port),
-                "--models-dir",
-                str(models_dir),
-                "--data-dir",
-                str(data_dir),
-                "--devices",
-                "cpu",
-            ],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
