@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.bounds import Name, Ref
 from service.errors import GatewayError, InvalidInput
 from service.protocols import parse_body
 from service.serving.registry import ModelEntry
@@ -36,13 +37,13 @@ class EmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=128, description="An embedding model's id.")
+    model: Name = Field(min_length=1, description="An embedding model's id.")
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="A text or a list of texts; token arrays are refused."
     )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="The model's size or a Matryoshka size.")
-    user: str | None = Field(None, max_length=256, description="The end user's id (accepted, unused).")
+    user: Ref | None = Field(None, description="The end user's id (accepted, unused).")
 
 
 class Embedding(BaseModel):

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from service.bounds import MAX_TOP_K, Ref
 from service.errors import GatewayError, InvalidInput, InvalidRequest, ModelUnavailable
 from service.protocols import parse_body
 from service.serving.inference import Answer
@@ -31,7 +32,6 @@ from service.serving.runtime.base import InputKind
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON part's bytes, when binary data follows
 EXTENSIONS = ["binary_tensor_data"]
 DEFAULT_TOP_K = 5
-MAX_TOP_K = 1000
 INPUT_NAMES: dict[InputKind, str] = {"image": "image", "text": "text"}
 OUTPUT_NAMES: dict[InputKind, list[str]] = {"image": ["label", "score"], "text": ["embedding"]}
 
@@ -103,7 +103,7 @@ class InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, max_length=256)
+    id: Ref | None = None
     parameters: Parameters = {}
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
