@@ -23,6 +23,7 @@ class GatewayError(Exception):
     error_type: ClassVar[str] = "internal_error"
     # the Retry-After of an error of this class when the raiser names none (None: no header)
     default_retry_after_s: ClassVar[int | None] = None
+    param: str | None = None  # the request field at fault, where known (OpenAI's error shape names it)
 
     def __init__(
         self, message: str, *, retry_after_s: float | None = None, headers: dict[str, str] | None = None
@@ -125,6 +126,12 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
 }
 
 
+def error_headers(request: Request, exc: GatewayError) -> dict[str, str]:
+    """The headers of an error's answer, whatever its shape: its own (Retry-After, WWW-Authenticate)
+    and the rate-limit headers, which go on every answer of a limited route, errors included."""
+    return {**getattr(request.state, "rate_limit_headers", {}), **exc.headers}
+
+
 def error_response(request: Request, exc: GatewayError) -> JSONResponse:
     """Render `exc` in the gateway's one error shape. A key pasted where a name or an id goes is
     never echoed back: the message is redacted."""
@@ -135,9 +142,19 @@ def error_response(request: Request, exc: GatewayError) -> JSONResponse:
             "request_id": request_id_of(request),
         }
     }
-    # the rate-limit headers go on every answer of a limited route, errors included
-    headers = {**getattr(request.state, "rate_limit_headers", {}), **exc.headers}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+    return JSONResponse(body, status_code=exc.status_code, headers=error_headers(request, exc))
+
+
+def framework_error(exc: StarletteHTTPException | RequestValidationError) -> GatewayError:
+    """The framework's error as ours (a validation error names each field at fault)."""
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return InvalidInput(problems or "invalid request")
+    err = _BY_STATUS.get(exc.status_code, InvalidRequest)(str(exc.detail))
+    err.headers = dict(exc.headers or {})
+    return err
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -149,19 +166,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        cls = _BY_STATUS.get(exc.status_code, InvalidRequest)
-        err = cls(str(exc.detail))
-        err.headers = dict(exc.headers or {})
-        response = error_response(request, err)
+        response = error_response(request, framework_error(exc))
         response.status_code = exc.status_code
         return response
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
-        )
-        return error_response(request, InvalidInput(problems or "invalid request"))
+        return error_response(request, framework_error(exc))
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

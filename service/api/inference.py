@@ -1,5 +1,5 @@
 """`POST /v1/models/{model}/predict`: authorize, admit, read the inputs, infer, answer, with the
-request's usage event recorded on the way out (service/metering/metered.py)."""
+request's usage event recorded on the way out (service/api/calls.py, service/metering/metered.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from service.api.deps import App, Caller, admit
+from service.api.calls import inference_call
+from service.api.deps import App, Caller
 from service.bounds import MAX_TOP_K
 from service.errors import error_response
 from service.metering import Claim, request_hash
-from service.observability.middleware import request_id_of
-from service.serving.inference import deadline_of
 from service.serving.inputs import read_body
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
@@ -42,41 +41,27 @@ async def predict(
 
     The request's usage event is committed before the answer goes out (errors too, with their
     status). With an Idempotency-Key, a retry gets the first answer and is not billed again."""
-    settings = gateway.settings
-    metered = gateway.meter.request(
-        request_id=request_id_of(request),
-        tenant_id=caller.tenant_id,
-        key_id=caller.key_id,
-        model=model,
-        render_error=lambda error: bytes(error_response(request, error).body),
-    )
-    async with metered:
-        caller.require_scope("inference")  # scope and model access first: a refusal spends no tokens
-        entry = await gateway.registry.find_for(caller, model)
-        deadline = deadline_of(timeout_ms, settings.request_timeout_ms, settings.max_request_timeout_ms)
-        async with admit(request, gateway, caller) as admission:
-            body = None  # streamed, unless an Idempotency-Key needs it whole to hash it
-            if idempotency_key is not None and metered.metered:
-                body = await read_body(request, settings.max_body_bytes)
-                content_type = request.headers.get("content-type", "")
-                digest = request_hash(model, request.url.query, content_type, body)
-                if (replay := await metered.claim(idempotency_key, digest)) is not None:
-                    return _replay(request, replay)
-            answer = await gateway.inference.run(
-                request, entry, body=body, top_k=top_k, deadline=deadline, tally=metered.tally
-            )
-            if answer is None:  # the client left: nobody is listening, and it is not charged
-                return Response(status_code=metered.client_left())
-            await admission.charge(metered.tally.inputs)
-            payload = metered.answer(
-                {
-                    "id": metered.request_id,
-                    "object": "prediction",
-                    "model": model,
-                    answer.output_key: answer.outputs,
-                }
-            )
-            return Response(payload, media_type="application/json", headers=admission.headers)
+    async with inference_call(
+        request, gateway, caller, model, timeout_ms=timeout_ms, render_error=error_response
+    ) as call:
+        body = None  # streamed, unless an Idempotency-Key needs it whole to hash it
+        if idempotency_key is not None and call.metered.metered:
+            body = await read_body(request, gateway.settings.max_body_bytes)
+            content_type = request.headers.get("content-type", "")
+            digest = request_hash(model, request.url.query, content_type, body)
+            if (replay := await call.metered.claim(idempotency_key, digest)) is not None:
+                return _replay(request, replay)
+        answer = await call.run_predict_body(body, top_k=top_k)
+        if answer is None:  # the client left: nobody is listening, and it is not charged
+            return call.client_left()
+        return call.answer(
+            {
+                "id": call.metered.request_id,
+                "object": "prediction",
+                "model": model,
+                answer.output_key: answer.outputs,
+            }
+        )
 
 
 def _replay(request: Request, claim: Claim) -> Response:

@@ -101,8 +101,9 @@ class MeteredRequest:
         return claim
 
     def answer(self, body: dict[str, Any]) -> bytes:
-        """The 200 answer's JSON: `body` with its `usage` (inputs; compute and cost when metered)."""
-        usage: dict[str, Any] = {"inputs": self.tally.inputs}
+        """The 200 answer's JSON: `body` with its `usage` (inputs; compute and cost when metered),
+        beside any usage of the body's own protocol (OpenAI's token counts)."""
+        usage: dict[str, Any] = {**body.get("usage", {}), "inputs": self.tally.inputs}
         if self.tenant_id is not None:
             self._usage = self._event(200)
             usage.update(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from service.errors import CLIENT_CLOSED, GatewayError, InvalidInput
 from service.observability.metrics import Metrics
 from service.serving.batching import Tally
 from service.serving.dispatch import infer
-from service.serving.inputs import InputLimits, RawInput, decode_image, read_inputs
+from service.serving.inputs import InputLimits, RawInput, check_inputs, decode_image, read_inputs
 from service.serving.preprocess import PreprocessPool
 from service.serving.registry import ModelEntry, ModelRegistry
 from service.serving.runtime.base import Classification
@@ -68,12 +68,46 @@ class Inference:
     ) -> Answer | None:
         """Answer the request's inputs (read from `body`, or streamed from `request` when None);
         None when the client left first (its queued inputs are dropped before the device)."""
+
+        async def read() -> list[RawInput]:
+            return await read_inputs(request, entry.input_kind, self.limits, body)
+
+        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally)
+
+    async def run_inputs(
+        self,
+        request: Request,
+        entry: ModelEntry,
+        inputs: list[RawInput],
+        *,
+        top_k: int,
+        deadline: float,
+        tally: Tally,
+    ) -> Answer | None:
+        """`run` for inputs that a protocol's route parsed from its own body shape (its body read
+        already): the same checks and limits, queue, metrics and answer."""
+
+        async def given() -> list[RawInput]:
+            return check_inputs(inputs, self.limits)
+
+        return await self._run(request, entry, given, top_k=top_k, deadline=deadline, tally=tally)
+
+    async def _run(
+        self,
+        request: Request,
+        entry: ModelEntry,
+        read: Callable[[], Awaitable[list[RawInput]]],
+        *,
+        top_k: int,
+        deadline: float,
+        tally: Tally,
+    ) -> Answer | None:
         started = time.perf_counter()
         status = 500
         try:
             await self.registry.ensure_loaded(entry)
             with entry.arriving_request():
-                inputs = await read_inputs(request, entry.input_kind, self.limits, body)
+                inputs = await read()
                 tally.inputs = len(inputs)
                 features = await self._features(entry, inputs)
             assert entry.manifest is not None

@@ -136,12 +136,12 @@ def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
         if kind == "text":
             inputs.append(RawInput(i, item))
         else:
-            data, declared = _decode_base64(i, item)
+            data, declared = decode_base64(i, item)
             inputs.append(RawInput(i, data, declared))
     return inputs
 
 
-def _decode_base64(index: int, text: str) -> tuple[bytes, str]:
+def decode_base64(index: int, text: str) -> tuple[bytes, str]:
     """The bytes of a base64 string or `data:` URL, and the media type a data URL declares."""
     declared = ""
     if text.startswith("data:"):
@@ -186,6 +186,12 @@ async def read_inputs(
         )
         shown = content_type or "no Content-Type"
         raise UnsupportedMediaType(f"{shown} is not accepted by this model; send {accepted}")
+    return check_inputs(inputs, limits)
+
+
+def check_inputs(inputs: list[RawInput], limits: InputLimits) -> list[RawInput]:
+    """`inputs`, once their count and each one's size are within `limits` (contents unchecked):
+    the checks every request's inputs pass, whichever body shape or protocol they came in."""
     if not inputs:
         raise InvalidRequest("no inputs: send at least one image or text")
     if len(inputs) > limits.max_inputs:

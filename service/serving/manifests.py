@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,6 +75,9 @@ class ModelManifest(BaseModel):
     # feature-extraction: how token vectors become one vector per input
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
+    # feature-extraction: the sizes a vector may be cut to (its first N numbers, renormalised),
+    # for a model trained for that (Matryoshka representation learning); OpenAI's `dimensions`
+    matryoshka_dimensions: list[Annotated[int, Field(ge=1, le=65_536)]] = []
 
     @model_validator(mode="after")
     def _adapters_need_a_classifier(self) -> ModelManifest:
@@ -85,6 +88,12 @@ class ModelManifest(BaseModel):
             raise ValueError(
                 "base_source (a LoRA adapter's base) needs adapter transformers and task image-classification"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _only_embeddings_are_cut(self) -> ModelManifest:
+        if self.matryoshka_dimensions and self.task != "feature-extraction":
+            raise ValueError("matryoshka_dimensions needs task feature-extraction")
         return self
 
     @field_validator("name")

@@ -88,12 +88,22 @@ class ModelEntry:
     def num_labels(self) -> int | None:
         return self.adapter.num_labels if self.replicas else None
 
+    @property
+    def created(self) -> int:
+        """When the model was made, in Unix seconds: when its manifest (a fine-tuned model: its
+        folder) was last written."""
+        for path in (self.manifest_path, self.manifest_path.parent):
+            with contextlib.suppress(OSError):
+                return int(path.stat().st_mtime)
+        return 0
+
     def describe(self) -> dict[str, Any]:
-        """The public view of this model (models list and detail)."""
+        """The public view of this model (models list and detail; OpenAI's `Model` fields included)."""
         m = self.manifest
         return {
             "id": self.name,
             "object": "model",
+            "created": self.created,
             "task": m.task if m else None,
             "adapter": m.adapter if m else None,
             "status": self.status.value,

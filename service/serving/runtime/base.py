@@ -61,6 +61,16 @@ class ModelAdapter(abc.ABC):
         """How many classes a classifier has (None for other tasks)."""
         return None
 
+    @property
+    def embedding_size(self) -> int | None:
+        """How many numbers an embedding model's vectors have (None for other tasks)."""
+        return None
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens of each text the model reads (special tokens included, after
+        truncation), for the protocols that report tokens; only models with a tokenizer count."""
+        raise NotImplementedError(f"{type(self).__name__} has no tokenizer")
+
 
 def top_k_classes(
     logits: torch.Tensor, labels: list[str], *, top_k: int, multi_label: bool = False

@@ -7,8 +7,10 @@ forward pass instead of the pipeline's per-call loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -126,6 +128,19 @@ class FeatureExtractionAdapter(ModelAdapter):
         self.pipe = pipe
         self.pooling = pooling
         self.normalize = normalize
+        # A fast tokenizer is not safe to share between threads (its truncation and padding state
+        # is changed per call): token counting has its own copy, used by one thread at a time.
+        self._counter = copy.deepcopy(pipe.tokenizer)
+        self._counter_lock = threading.Lock()
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.pipe.model.config.hidden_size)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        with self._counter_lock:
+            encoded = self._counter(texts, truncation=True)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def preprocess(self, item: str) -> str:
         return item  # tokenised per batch, so that padding fits the batch's longest input
