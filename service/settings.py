@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"  # json: one object per line, for log shippers
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)  # also bounds what preprocessing makes of one
+    max_image_aspect_ratio: float = Field(32.0, ge=1, le=1_000_000)  # long side / short side
     max_inputs_per_request: int = Field(64, gt=0)
     max_text_chars: int = Field(10_000, gt=0)
     hub_probe_timeout_s: float = Field(3.0, gt=0)
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)  # one dataset zip, as uploaded
     max_dataset_files: int = Field(20_000, gt=0)  # entries in one zip
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # zip bombs stop here
+    max_dataset_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # one entry, uncompressed
     min_images_per_label: int = Field(5, ge=1)
     fine_tune_threads: int = Field(1, ge=1, le=256)  # torch CPU threads of the training thread
     fine_tune_runner: bool = True  # run jobs in this process (off: an API-only replica)

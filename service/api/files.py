@@ -1,53 +1,98 @@
 """`/v1/files`: upload, list and delete the caller's dataset files (zips in image-folder layout).
 
-Routes are plain functions (run on a worker thread): checking a zip decodes every image.
+An upload is refused (413) by its `Content-Length` before any of it is read, and counted while
+it streams into a temporary file (on disk past 1 MB), so that neither a large declaration nor
+a client that sends more than it declared costs memory. The zip is checked (every image
+decoded) on a worker thread; the other routes are plain functions, run on worker threads too.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+import anyio
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import AppSettings, FineTuner, Store, tenant_of
-from service.errors import InvalidInput, PayloadTooLarge
+from service.bodies import bounded_stream
+from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.training.datasets import DatasetLimits
 from service.training.store import describe_file
 
 router = APIRouter(prefix="/v1/files", tags=["fine-tuning"])
 PURPOSES = ("fine-tune",)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field, on top of the file itself
+UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI cannot infer it
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "contentMediaType": "application/octet-stream",
+                        "description": "a zip: <label>/<image> or train|validation/<label>/<image>",
+                    },
+                    "purpose": {"type": "string", "enum": list(PURPOSES), "default": PURPOSES[0]},
+                },
+            }
+        }
+    },
+}
 
 
-@router.post("", status_code=201)
-def upload_file(
-    request: Request,
-    caller: FineTuner,
-    store: Store,
-    settings: AppSettings,
-    file: Annotated[
-        UploadFile, File(description="a zip: <label>/<image> or train|validation/<label>/<image>")
-    ],
-    purpose: Annotated[str, Form()] = "fine-tune",
+@router.post("", status_code=201, openapi_extra={"requestBody": UPLOAD_BODY})
+async def upload_file(
+    request: Request, caller: FineTuner, store: Store, settings: AppSettings
 ) -> dict[str, Any]:
     """Check the dataset completely (422 naming the first problem), then keep it."""
-    if purpose not in PURPOSES:
-        raise InvalidInput(f"purpose must be one of {list(PURPOSES)}; got {purpose!r}")
     limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} bytes")
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the file exceeds the upload limit of {limit} bytes")
-    limits = DatasetLimits(
-        max_files=settings.max_dataset_files,
-        max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
-        max_image_pixels=settings.max_image_pixels,
-        min_images_per_label=settings.min_images_per_label,
-    )
-    row = store.create_file(tenant_of(caller), file.filename or "dataset.zip", data, purpose, limits)
+    form = await _read_form(request, limit + MULTIPART_OVERHEAD)
+    try:
+        upload, purpose = _dataset_part(form, limit)
+        row = await anyio.to_thread.run_sync(
+            store.create_file,
+            tenant_of(caller),
+            upload.filename or "dataset.zip",
+            upload.file,
+            purpose,
+            DatasetLimits.of(settings),
+        )
+    finally:
+        await form.close()
     return describe_file(row)
+
+
+async def _read_form(request: Request, limit: int) -> FormData:
+    """The multipart body, at most `limit` bytes: one file part, spooled, and one field."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType("send the dataset as multipart/form-data with a 'file' part")
+    parser = MultiPartParser(request.headers, bounded_stream(request, limit), max_files=1, max_fields=1)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+
+
+def _dataset_part(form: FormData, limit: int) -> tuple[UploadFile, str]:
+    """The `file` part (at most `limit` bytes) and the `purpose` field of an upload."""
+    unknown = sorted(set(form.keys()) - {"file", "purpose"})
+    if unknown:
+        raise InvalidRequest(f"unexpected form field(s) {unknown}: send 'file' and 'purpose'")
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInput("send the dataset zip as the multipart file part 'file'")
+    purpose = form.get("purpose", PURPOSES[0])
+    if not isinstance(purpose, str) or purpose not in PURPOSES:
+        raise InvalidInput(f"purpose must be one of {list(PURPOSES)}; got {purpose!r}")
+    if upload.size is None or upload.size > limit:
+        raise PayloadTooLarge(f"the file exceeds the upload limit of {limit} bytes")
+    return upload, purpose
 
 
 @router.get("")

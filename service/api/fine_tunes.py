@@ -21,6 +21,7 @@ from service.bounds import (
     Text,
 )
 from service.errors import InvalidInput
+from service.metering.idempotency import parse_idempotency_key
 from service.serving.runtime.sources import SourceError, resolve_local_folder
 from service.training.store import JobSpec, describe_event, describe_job
 from service.training.trainer import LORA_TARGETS, lora_targets_in
@@ -67,9 +68,10 @@ def create_job(
     caller: FineTuner,
     store: Store,
     gateway: App,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> dict[str, Any]:
     tenant = tenant_of(caller)
+    idempotency_key = parse_idempotency_key(idempotency_key)
     # on the event loop, which owns the registry: finds a base another replica fine-tuned
     base = anyio.from_thread.run(gateway.registry.find_for, caller, body.base_model)
     if base.manifest is None or base.manifest.task != "image-classification":

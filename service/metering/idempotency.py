@@ -23,8 +23,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import IdempotencyRecord
+from service.errors import InvalidRequest
 
 MAX_KEY_CHARS = 255
+_KEY_CHARS = frozenset(map(chr, range(0x20, 0x7F)))  # printable ASCII, space included
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header (None when absent): 1 to 255 printable ASCII characters, else
+    400. It is stored, so a NUL or another control character must never get that far."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= MAX_KEY_CHARS or not value.strip() or not _KEY_CHARS.issuperset(value):
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters")
+    return value
 
 
 def request_hash(model: str, query: str, content_type: str, body: bytes) -> str:

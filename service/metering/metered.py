@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from service.errors import CLIENT_CLOSED, Conflict, GatewayError, InvalidInput, InvalidRequest
-from service.metering.idempotency import MAX_KEY_CHARS, Claim, ClaimState
+from service.errors import CLIENT_CLOSED, Conflict, GatewayError, InvalidInput
+from service.metering.idempotency import Claim, ClaimState, parse_idempotency_key
 from service.metering.prices import format_micro
 from service.metering.writer import Outcome, Usage
 from service.serving.batching import Tally
@@ -83,8 +83,7 @@ class MeteredRequest:
         """Claim `key` for this request (`digest`: the request's hash): None to run it, or the
         stored answer to replay; 422 when the key was used for another request, 409 while its
         first request runs."""
-        if not 0 < len(key) <= MAX_KEY_CHARS:
-            raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters")
+        parse_idempotency_key(key)
         assert self.tenant_id is not None, "only a metered request has keys to claim"
         claim = await self.meter.claim(self.tenant_id, key, digest, self.request_id)
         if claim.state is ClaimState.NEW:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from service.bodies import parse_decimal
 from service.bounds import MAX_TOP_K, Ref
 from service.errors import GatewayError, InvalidInput, InvalidRequest, ModelUnavailable
 from service.protocols import parse_body
@@ -171,9 +172,10 @@ def parse_infer(body: bytes, header_length: str | None) -> InferCall:
     followed by the binary tensors, in input order, each `parameters.binary_data_size` long."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        length = parse_decimal(header_length, HEADER_LENGTH)  # ASCII digits only: int() takes "²"
+        if length > len(body):
             raise InvalidRequest(f"{HEADER_LENGTH} must be a number of bytes within the body's {len(body)}")
-        body, binary = body[: int(header_length)], body[int(header_length) :]
+        body, binary = body[:length], body[length:]
     request = parse_body(InferRequest, body)
     tensors: list[bytes | None] = []
     offset = 0

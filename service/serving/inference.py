@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
 from starlette.requests import Request
 
-from service.errors import CLIENT_CLOSED, GatewayError, InvalidInput
+from service.errors import CLIENT_CLOSED, GatewayError
 from service.observability.metrics import Metrics
 from service.serving.batching import Tally
+from service.serving.deadlines import parse_timeout_ms
 from service.serving.dispatch import infer
-from service.serving.inputs import InputLimits, RawInput, check_inputs, decode_image, read_inputs
-from service.serving.preprocess import PreprocessPool
+from service.serving.inputs import InputLimits, RawInput, check_inputs, read_inputs
+from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelRegistry
 from service.serving.runtime.base import Classification
 
@@ -33,11 +33,7 @@ class Answer:
 
 def deadline_of(header: str | None, default_ms: int, max_ms: int) -> float:
     """The request's deadline on the monotonic clock, from X-Request-Timeout-Ms or the default."""
-    timeout_ms = default_ms
-    if header is not None:
-        if not header.strip().isdigit() or not 0 < int(header) <= max_ms:
-            raise InvalidInput(f"X-Request-Timeout-Ms must be an integer from 1 to {max_ms}")
-        timeout_ms = int(header)
+    timeout_ms = parse_timeout_ms(header, max_ms) or default_ms
     return time.monotonic() + timeout_ms / 1000
 
 
@@ -109,7 +105,7 @@ class Inference:
             with entry.arriving_request():
                 inputs = await read()
                 tally.inputs = len(inputs)
-                features = await self._features(entry, inputs)
+                features = await self._features(entry, inputs, deadline)
             assert entry.manifest is not None
             queued = infer(
                 entry,
@@ -134,27 +130,14 @@ class Inference:
         self.metrics.inputs.labels(entry.name).inc(len(inputs))
         return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
 
-    async def _features(self, entry: ModelEntry, inputs: list[RawInput]) -> list[Any]:
-        """The inputs' features: from the preprocessing processes where the model's image processor
-        can run there (MAAS_PREPROCESS_PROCESSES), else on a worker thread of this process."""
-        max_pixels = self.limits.max_image_pixels
-        if self.preprocess is not None and entry.input_kind == "image":
-            processor = self.preprocess.processor_of(entry.adapter)
-            if processor is not None:
-                features = await self.preprocess.prepare(processor, inputs, max_pixels)
-                self.metrics.preprocessed.labels("process").inc(len(features))
-                return features
-        features = await anyio.to_thread.run_sync(_prepare, entry, inputs, max_pixels)
-        self.metrics.preprocessed.labels("thread").inc(len(features))
+    async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:
+        """The inputs' features, off the event loop (see `prepare_features`); 504 past the deadline."""
+        kind = entry.input_kind
+        features, where = await prepare_features(
+            self.preprocess, entry.adapter, kind, inputs, self.limits.image, deadline
+        )
+        self.metrics.preprocessed.labels(where).inc(len(features))
         return features
-
-
-def _prepare(entry: ModelEntry, inputs: list[RawInput], max_pixels: int) -> list[Any]:
-    """Decode and preprocess every input (on a worker thread); the first bad input fails the request."""
-    adapter = entry.adapter
-    if entry.input_kind == "image":
-        return [adapter.preprocess(decode_image(item, max_pixels, adapter.draft)) for item in inputs]
-    return [adapter.preprocess(item.data) for item in inputs]
 
 
 def _encode(output: Any) -> Any:

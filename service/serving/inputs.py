@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from service.bodies import bounded_stream
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.serving.runtime.base import InputKind
 from service.settings import Settings
@@ -49,20 +50,39 @@ class RawInput:
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be, judged from its header before it is decoded: at most `max_pixels`
+    (width x height), and no thinner than `max_aspect_ratio` to 1; and what a model's
+    preprocessing makes of it may not exceed `max_pixels` either."""
+
+    max_pixels: int
+    max_aspect_ratio: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> ImageLimits:
+        return cls(max_pixels=settings.max_image_pixels, max_aspect_ratio=settings.max_image_aspect_ratio)
+
+
+@dataclass(frozen=True)
 class InputLimits:
     max_body_bytes: int
-    max_image_pixels: int
     max_inputs: int
     max_text_chars: int
+    image: ImageLimits
 
     @classmethod
     def of(cls, settings: Settings) -> InputLimits:
         return cls(
             max_body_bytes=settings.max_body_bytes,
-            max_image_pixels=settings.max_image_pixels,
             max_inputs=settings.max_inputs_per_request,
             max_text_chars=settings.max_text_chars,
+            image=ImageLimits.of(settings),
         )
+
+
+# (width, height) of an image -> (width, height) of the largest image a model's preprocessing
+# makes of it (see `ModelAdapter.resized_size`).
+ResizedSize = Callable[[int, int], tuple[int, int]]
 
 
 def _media_type(value: str | None) -> str:
@@ -70,24 +90,14 @@ def _media_type(value: str | None) -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("Content-Length is not a number")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes: from
+    `Content-Length` before reading, else while counting what arrives."""
+    return b"".join([chunk async for chunk in bounded_stream(request, limit)])
 
 
-async def _multipart_inputs(request: Request, body: bytes, limits: InputLimits) -> list[RawInput]:
+async def _multipart_inputs(
+    request: Request, body: bytes, kind: InputKind, limits: InputLimits
+) -> list[RawInput]:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
@@ -108,16 +118,29 @@ async def _multipart_inputs(request: Request, body: bytes, limits: InputLimits) 
                 raise InvalidRequest(f"unexpected form field {name!r}: send each input as a 'file' part")
             if not isinstance(value, UploadFile):
                 raise InvalidInput(f"input {len(inputs)}: the 'file' part must be a file upload")
-            inputs.append(RawInput(len(inputs), await value.read(), _media_type(value.content_type)))
+            data = await value.read()
+            if kind == "text":
+                inputs.append(RawInput(len(inputs), _utf8(len(inputs), data)))
+            else:
+                inputs.append(RawInput(len(inputs), data, _media_type(value.content_type)))
         return inputs
     finally:
         await form.close()
 
 
+def _utf8(index: int, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input {index}: text is not valid UTF-8 ({exc})") from exc
+
+
 def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:  # the C parser's bound on nesting; a valid body is 2 deep
+        raise InvalidRequest("body is not valid JSON here: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidRequest('JSON body must be an object like {"inputs": [...]}')
@@ -168,16 +191,13 @@ async def read_inputs(
     if not body:
         raise InvalidRequest("request body is empty: send an image, multipart files or JSON inputs")
     if content_type == "multipart/form-data":
-        inputs = await _multipart_inputs(request, body, limits)
+        inputs = await _multipart_inputs(request, body, kind, limits)
     elif content_type == "application/json":
         inputs = _json_inputs(body, kind)
     elif kind == "image" and (content_type.startswith("image/") or content_type in UNTYPED):
         inputs = [RawInput(0, body, content_type)]
     elif kind == "text" and content_type == "text/plain":
-        try:
-            inputs = [RawInput(0, body.decode("utf-8"))]
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"input 0: text is not valid UTF-8 ({exc})") from exc
+        inputs = [RawInput(0, _utf8(0, body))]
     else:
         accepted = (
             "image/jpeg, image/png, image/webp (raw bytes), multipart/form-data or application/json"
@@ -212,14 +232,25 @@ def _check_text(item: RawInput, limits: InputLimits) -> None:
         raise PayloadTooLarge(
             f"input {item.index}: text is {len(item.data)} characters; the limit is {limits.max_text_chars}"
         )
+    try:
+        item.data.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800": a lone surrogate, which no tokenizer takes
+        raise InvalidInput(
+            f"input {item.index}: text is not valid Unicode (a lone surrogate"
+            f" U+{ord(item.data[exc.start]):04X} at character {exc.start})"
+        ) from exc
 
 
 def decode_image(
-    item: RawInput, max_pixels: int, draft: Callable[[Image.Image], None] | None = None
+    item: RawInput,
+    limits: ImageLimits,
+    resized: ResizedSize | None = None,
+    draft: Callable[[Image.Image], None] | None = None,
 ) -> Image.Image:
-    """Decode one image safely: check its format against its declared type and its size from the
-    header alone (decompression bombs never get decoded), then decode it as RGB (`draft`, given
-    the image before its pixels are read, may ask a JPEG for a reduced scale)."""
+    """Decode one image safely: check its format against its declared type, and its size, shape
+    and (with `resized`, the model's) preprocessed size from the header alone, so that bombs and
+    absurd shapes never get decoded; then decode it as RGB (`draft`, given the image before its
+    pixels are read, may ask a JPEG for a reduced scale)."""
     assert isinstance(item.data, bytes)
     where = f"input {item.index}"
     declared = item.declared_type
@@ -238,19 +269,38 @@ def decode_image(
         raise UnsupportedMediaType(f"{where}: {actual} images are not supported")
     if declared in IMAGE_TYPES and IMAGE_TYPES[declared] != actual:
         raise UnsupportedMediaType(f"{where}: declared {declared} but the bytes are a {actual} image")
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"{where}: image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
-    if width == 0 or height == 0:
-        raise InvalidInput(f"{where}: image has no pixels")
+    _check_size(where, *image.size, limits, resized)
     try:
         if draft is not None:
             draft(image)
         image.load()
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy it
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{where}: image has too many pixels ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"{where}: image is truncated or corrupt ({exc})") from exc
+
+
+def _check_size(
+    where: str, width: int, height: int, limits: ImageLimits, resized: ResizedSize | None
+) -> None:
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"{where}: image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise InvalidInput(f"{where}: image has no pixels")
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        raise InvalidInput(
+            f"{where}: image is {width}x{height}, an aspect ratio of {ratio:.4g} to 1;"
+            f" the limit is {limits.max_aspect_ratio:g} to 1"
+        )
+    if resized is not None:
+        new_width, new_height = resized(width, height)
+        if new_width * new_height > limits.max_pixels:
+            pixels = new_width * new_height
+            raise PayloadTooLarge(
+                f"{where}: this model's preprocessing would resize the {width}x{height} image to"
+                f" {new_width}x{new_height} = {pixels} pixels; the limit is {limits.max_pixels}"
+            )

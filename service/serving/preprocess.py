@@ -1,26 +1,38 @@
-"""Image decoding and preprocessing in worker processes (`MAAS_PREPROCESS_PROCESSES`).
+"""Decoding and preprocessing a request's inputs, on a worker thread or in worker processes.
 
-Decoding a JPEG and running a model's image processor hold the GIL for much of their time, so in
-one process they compete with the HTTP stack and the batcher for one interpreter. With a pool,
-the request's raw image bytes go to a worker process, which checks and decodes them exactly as
-the gateway would (`decode_image`: same limits, same errors) and runs the model's own image
-processor (sent along: a small picklable object); the pixel arrays come back and go to the
-batcher as they would from a thread. Models without a transformers image processor (the torch
-adapter's own preprocessing, text models) stay on threads.
+`prepare_features` is the one entry: each input is decoded with the gateway's checks
+(`decode_image`: the pixel and aspect-ratio limits, and the size the model's preprocessing would
+resize it to, all from the header) and preprocessed, and the request's deadline is checked
+before each input and awaited with a timeout, so a slow input answers 504 on time.
+
+With `MAAS_PREPROCESS_PROCESSES`: decoding a JPEG and running a model's image processor hold
+the GIL for much of their time, so in one process they compete with the HTTP stack and the
+batcher for one interpreter. With a pool, the request's raw image bytes go to a worker process,
+which checks and decodes them exactly as the gateway would (same limits, same errors) and runs
+the model's image processor (the fast path's plan or the model's own processor, sent along: a
+small picklable object); the pixel arrays come back and go to the batcher as they would from a
+thread. Text models stay on threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
+import anyio
 import numpy as np
 import torch
 
-from service.serving.inputs import RawInput, decode_image
+from service.serving.deadlines import before_deadline, check_deadline
+from service.serving.inputs import ImageLimits, RawInput, decode_image
+from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.fast_images import ImagePlan
+from service.serving.runtime.transformers_adapter import processor_resized_size
+
+STAGE = "decoding and preprocessing the inputs"
 
 
 def _warm() -> None:
@@ -28,14 +40,63 @@ def _warm() -> None:
     import transformers.image_processing_utils  # noqa: F401
 
 
-def _prepare_images(processor: Any, items: list[RawInput], max_pixels: int) -> list[np.ndarray[Any, Any]]:
-    """In the worker: decode each input (the first bad one raises its 4xx error) and preprocess,
-    with the fast path's plan (uint8) or the model's own processor."""
-    if isinstance(processor, ImagePlan):
-        return [processor.pixels(decode_image(item, max_pixels, processor.draft)).numpy() for item in items]
-    images = [decode_image(item, max_pixels) for item in items]
-    pixels = processor(images=images, return_tensors="np")["pixel_values"]
-    return [np.ascontiguousarray(pixels[i : i + 1]) for i in range(len(images))]
+def prepare_inputs(
+    adapter: ModelAdapter, kind: InputKind, inputs: list[RawInput], limits: ImageLimits, deadline: float
+) -> list[Any]:
+    """Decode and preprocess every input, in order (on a worker thread): the first bad input fails
+    the request with its 4xx, and a passed `deadline` with 504 before the next input starts."""
+    features: list[Any] = []
+    for item in inputs:
+        check_deadline(deadline, f"preprocessing input {item.index}")
+        # one decoded image alive at a time: it is dropped as soon as its features exist
+        if kind == "image":
+            image = decode_image(item, limits, adapter.resized_size, adapter.draft)
+            features.append(adapter.preprocess(image))
+            del image
+        else:
+            features.append(adapter.preprocess(item.data))
+    return features
+
+
+def _prepare_images(
+    processor: Any, items: list[RawInput], limits: ImageLimits, deadline: float
+) -> list[np.ndarray[Any, Any]]:
+    """In the worker: decode and preprocess each input in turn, as a thread would (the first bad
+    one raises its 4xx error), with the fast path's plan (uint8) or the model's own processor,
+    holding one decoded image at a time."""
+    resized = functools.partial(processor_resized_size, processor)
+    plan = processor if isinstance(processor, ImagePlan) else None
+    arrays = []
+    for item in items:
+        check_deadline(deadline, f"preprocessing input {item.index}")
+        image = decode_image(item, limits, resized, plan.draft if plan is not None else None)
+        if plan is not None:
+            arrays.append(plan.pixels(image).numpy())
+        else:
+            arrays.append(np.ascontiguousarray(processor(images=image, return_tensors="np")["pixel_values"]))
+        del image
+    return arrays
+
+
+async def prepare_features(
+    pool: PreprocessPool | None,
+    adapter: ModelAdapter,
+    kind: InputKind,
+    inputs: list[RawInput],
+    limits: ImageLimits,
+    deadline: float,
+) -> tuple[list[Any], Literal["process", "thread"]]:
+    """The inputs' features, and where they were made: in the preprocessing processes where the
+    model's image processor can run there, else on a worker thread of this process. 504 as soon
+    as `deadline` passes (the work stops before its next input)."""
+    if pool is not None and kind == "image":
+        processor = pool.processor_of(adapter)
+        if processor is not None:
+            return await pool.prepare(processor, inputs, limits, deadline), "process"
+    work = anyio.to_thread.run_sync(
+        prepare_inputs, adapter, kind, inputs, limits, deadline, abandon_on_cancel=True
+    )
+    return await before_deadline(deadline, STAGE, work), "thread"
 
 
 class PreprocessPool:
@@ -56,9 +117,12 @@ class PreprocessPool:
         """The adapter's image processor when it has one the workers can run, else None."""
         return getattr(adapter, "image_processor", None)
 
-    async def prepare(self, processor: Any, inputs: list[RawInput], max_pixels: int) -> list[torch.Tensor]:
+    async def prepare(
+        self, processor: Any, inputs: list[RawInput], limits: ImageLimits, deadline: float
+    ) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
-        arrays = await loop.run_in_executor(self._executor, _prepare_images, processor, inputs, max_pixels)
+        work = loop.run_in_executor(self._executor, _prepare_images, processor, inputs, limits, deadline)
+        arrays = await before_deadline(deadline, STAGE, work)
         return [torch.from_numpy(array) for array in arrays]
 
     def close(self) -> None:

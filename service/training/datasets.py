@@ -3,8 +3,11 @@
 Layout: `<label>/<image>`, or `train/<label>/<image>` plus `validation/<label>/<image>`.
 Nothing is ever extracted to disk: images are read from the zip by entry name, so a hostile
 name cannot write anywhere; such names are refused anyway (zip-slip `..`, absolute paths,
-drive letters, backslashes, symlink entries), as are zip bombs (entry count, uncompressed
-total). Every refusal is an `InvalidInput` (422) naming the entry and the problem.
+drive letters, backslashes, symlink entries), as are zip bombs: the entry count, each entry's
+and the total uncompressed size are checked from the zip's directory first, then each entry is
+read in chunks and counted against its budget, never decompressed whole; only stored and
+deflated entries are read (bzip2 and LZMA cannot be decompressed in bounded steps). Every
+refusal is an `InvalidInput` (422) naming the entry and the problem.
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ import random
 import re
 import stat
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
 from service.errors import GatewayError, InvalidInput
-from service.serving.inputs import RawInput, decode_image
+from service.serving.inputs import ImageLimits, RawInput, decode_image
+from service.settings import Settings
 
 SPLITS = ("train", "validation")
+COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+CHUNK_BYTES = 1024 * 1024  # what one read of an entry may decompress
 IGNORED = re.compile(r"(^|/)(__MACOSX/|\.)")  # macOS resource forks, .DS_Store and other dot files
 DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_LABEL_CHARS = 64
@@ -33,9 +40,20 @@ MAX_LABEL_CHARS = 64
 @dataclass(frozen=True)
 class DatasetLimits:
     max_files: int
-    max_uncompressed_bytes: int
-    max_image_pixels: int
+    max_uncompressed_bytes: int  # all entries together
+    max_image_bytes: int  # one entry, uncompressed
+    image: ImageLimits
     min_images_per_label: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> DatasetLimits:
+        return cls(
+            max_files=settings.max_dataset_files,
+            max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
+            max_image_bytes=settings.max_dataset_image_bytes,
+            image=ImageLimits.of(settings),
+            min_images_per_label=settings.min_images_per_label,
+        )
 
 
 @dataclass
@@ -98,7 +116,7 @@ def _place(name: str, split_layout: bool) -> tuple[str, str]:
     return split, label
 
 
-def open_zip(data: bytes | Path) -> zipfile.ZipFile:
+def open_zip(data: bytes | Path | BinaryIO) -> zipfile.ZipFile:
     source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         return zipfile.ZipFile(source)
@@ -106,19 +124,52 @@ def open_zip(data: bytes | Path) -> zipfile.ZipFile:
         raise InvalidInput(f"not a zip archive ({exc})") from exc
 
 
-def read_image(archive: zipfile.ZipFile, entry: str, max_pixels: int) -> Image.Image:
+def _check_entry(info: zipfile.ZipInfo, limit: int) -> None:
+    """From the zip's directory alone: a compression that can be read in bounded steps, and at
+    most `limit` bytes once unpacked."""
+    where = f"entry {info.filename!r}"
+    if info.compress_type not in COMPRESSIONS:
+        raise InvalidInput(f"{where}: compression method {info.compress_type} is not supported (use deflate)")
+    if info.file_size > limit:
+        raise InvalidInput(f"{where} unpacks to {info.file_size} bytes; the limit for one image is {limit}")
+
+
+def read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """One entry's bytes: refused from the directory when it says more than `limit`, then read in
+    chunks and counted, and refused as soon as it unpacks to more than the directory said. So
+    each entry costs at most what its size in the directory says, and the zip at most the sum
+    of those sizes, which `check_dataset` bounds before reading any entry."""
+    _check_entry(info, limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with archive.open(info) as stream:
+            while chunk := stream.read(CHUNK_BYTES):
+                size += len(chunk)
+                if size > info.file_size:
+                    raise InvalidInput(
+                        f"entry {info.filename!r} unpacks to more than the {info.file_size} bytes"
+                        " the zip's directory says"
+                    )
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
+        raise InvalidInput(f"entry {info.filename!r}: cannot be read from the zip ({exc})") from exc
+    return b"".join(chunks)
+
+
+def read_image(archive: zipfile.ZipFile, entry: str, limits: DatasetLimits) -> Image.Image:
     """One image of the zip, decoded with the inference path's checks (format, pixel limit) as RGB."""
     try:
-        data = archive.read(entry)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise InvalidInput(f"entry {entry!r}: cannot be read from the zip ({exc})") from exc
+        data = read_entry(archive, archive.getinfo(entry), limits.max_image_bytes)
+    except KeyError as exc:
+        raise InvalidInput(f"entry {entry!r}: not in the zip") from exc
     try:
-        return decode_image(RawInput(0, data), max_pixels)
+        return decode_image(RawInput(0, data), limits.image)
     except GatewayError as exc:
         raise InvalidInput(f"entry {entry!r}: {exc.message.removeprefix('input 0: ')}") from exc
 
 
-def check_dataset(data: bytes | Path, limits: DatasetLimits) -> Dataset:
+def check_dataset(data: bytes | Path | BinaryIO, limits: DatasetLimits) -> Dataset:
     """Check a dataset zip completely (names, layout, sizes, every image decodes); 422 on a problem."""
     with open_zip(data) as archive:
         everything = archive.infolist()
@@ -133,13 +184,15 @@ def check_dataset(data: bytes | Path, limits: DatasetLimits) -> Dataset:
             raise InvalidInput(
                 f"the zip unpacks to {total} bytes; the limit is {limits.max_uncompressed_bytes}"
             )
+        for info in files:  # from the directory, before anything is decompressed
+            _check_entry(info, limits.max_image_bytes)
         if not files:
             raise InvalidInput("the zip holds no images")
         split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
         dataset = Dataset()
         for info in files:
             split, label = _place(info.filename, split_layout)
-            read_image(archive, info.filename, limits.max_image_pixels)
+            read_image(archive, info.filename, limits)
             target = dataset.train if split == "train" else dataset.validation
             target.append(Example(info.filename, label))
     _check_counts(dataset, limits.min_images_per_label)

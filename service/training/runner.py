@@ -33,7 +33,7 @@ from service.serving.devices import DevicePool
 from service.serving.registry import ModelRegistry
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
-from service.training.datasets import Example, load_dataset, read_image, split_validation
+from service.training.datasets import DatasetLimits, Example, load_dataset, read_image, split_validation
 from service.training.finished import FinishedModels, fine_tuned_name, models_dir
 from service.training.metrics import TrainingMetrics
 from service.training.store import FineTuneStore
@@ -292,15 +292,15 @@ class JobRunner:
             train_examples, validation = split_validation(train_examples, VALIDATION_FRACTION, seed)
         labels = dataset.labels
         index = {label: i for i, label in enumerate(labels)}
-        pixels = self.settings.max_image_pixels
+        limits = DatasetLimits.of(self.settings)
         with zipfile.ZipFile(self.store.file_path(train_file)) as archive:
-            train_images = [read_image(archive, e.entry, pixels) for e in train_examples]
+            train_images = [read_image(archive, e.entry, limits) for e in train_examples]
             if extra is None:
-                val_images = [read_image(archive, e.entry, pixels) for e in validation]
+                val_images = [read_image(archive, e.entry, limits) for e in validation]
         if extra is not None:
             validation = [e for e in extra[1] if e.label in index]
             with zipfile.ZipFile(extra[0]) as archive:
-                val_images = [read_image(archive, e.entry, pixels) for e in validation]
+                val_images = [read_image(archive, e.entry, limits) for e in validation]
         return TrainingData(
             labels=labels,
             train_images=train_images,

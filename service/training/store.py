@@ -6,11 +6,12 @@ asks for is looked up with its tenant id: another tenant's file or job is simply
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -107,31 +108,34 @@ class FineTuneStore:
     # -- files --------------------------------------------------------------------------------
 
     def create_file(
-        self, tenant_id: str, filename: str, data: bytes, purpose: str, limits: DatasetLimits
+        self, tenant_id: str, filename: str, upload: BinaryIO, purpose: str, limits: DatasetLimits
     ) -> DatasetFile:
-        """Check the name and the zip (422 on any problem), keep it, and record it. A file whose
-        row cannot be written is not kept."""
+        """Check the name and the zip in `upload` (422 on any problem; nothing is kept), keep it,
+        and record it. A file whose row cannot be written is not kept."""
         problem = text_problem(filename)
         if problem is not None:
             raise InvalidInput(f"the file's name {problem}")
-        dataset = check_dataset(data, limits)
+        dataset = check_dataset(upload, limits)
         file_id = new_id("file")
         relative = Path("files") / tenant_id / f"{file_id}.zip"
+        path = self.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        upload.seek(0)
+        with partial.open("wb") as kept:
+            shutil.copyfileobj(upload, kept)
+            size = kept.tell()
+        partial.replace(path)
         row = DatasetFile(
             id=file_id,
             tenant_id=tenant_id,
             filename=filename[:255],
-            bytes=len(data),
+            bytes=size,
             purpose=purpose,
             status="processed",
             summary=dataset.summary(),
             path=str(relative),
         )
-        path = self.data_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.replace(path)
         try:
             with self.sessions.begin() as session:
                 session.add(row)

@@ -121,7 +121,9 @@ def test_binary_data_follows_the_json_header() -> None:
         (binary_body(element(b"abc"), 8), InvalidRequest, "binary data ends before"),
         (binary_body(element(b"abc") + b"??", 7), InvalidRequest, "2 bytes of binary data follow"),
         ((b'{"inputs": []}', "99"), InvalidRequest, "within the body"),
-        ((b'{"inputs": []}', "x"), InvalidRequest, "within the body"),
+        ((b'{"inputs": []}', "x"), InvalidRequest, "Inference-Header-Content-Length must be a whole number"),
+        ((b'{"inputs": []}', "²"), InvalidRequest, "at most 18 ASCII digits"),  # int() would take it
+        ((b'{"inputs": []}', "1" * 5000), InvalidRequest, "at most 18 ASCII digits"),
         (
             (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}', None),
             InvalidRequest,

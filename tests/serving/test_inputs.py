@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageSequence
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.serving.inputs import RawInput, decode_image
+from service.serving.inputs import ImageLimits, RawInput, decode_image
 
-LIMIT = 1_000_000
+LIMIT = ImageLimits(max_pixels=1_000_000, max_aspect_ratio=32)
 RED = (220, 20, 20)
 
 
@@ -87,26 +87,55 @@ def test_palette_image_comes_out_rgb_in_its_palette_colours() -> None:
 
 def test_pixel_limit_is_inclusive_and_named() -> None:
     data = encode(Image.new("RGB", (1000, 1000)), "PNG")
-    assert decode_image(raw(data), 1_000_000).size == (1000, 1000)
+    assert decode_image(raw(data), LIMIT).size == (1000, 1000)
     with pytest.raises(
         PayloadTooLarge,
         match=r"input 3: image is 1000x1000 = 1000000 pixels; "
         r"the limit is 999999",
     ):
-        decode_image(raw(data, index=3), 999_999)
+        decode_image(raw(data, index=3), ImageLimits(max_pixels=999_999, max_aspect_ratio=32))
 
 
-def test_pixel_limit_comes_from_the_header_before_decoding() -> None:
-    # A header that claims 5000x5000 with no pixel data behind it: decoding would fail as
-    # truncated, so PayloadTooLarge shows the header alone was judged.
-    ihdr = struct.pack(">IIBBBBB", 5000, 5000, 8, 2, 0, 0, 0)
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height with no pixel data behind it: decoding it would fail as
+    truncated, so any other refusal shows that the header alone was judged."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header_only = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_comes_from_the_header_before_decoding() -> None:
     with pytest.raises(PayloadTooLarge, match="5000x5000"):
-        decode_image(raw(header_only, "image/png"), LIMIT)
+        decode_image(raw(png_header_only(5000, 5000), "image/png"), LIMIT)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 6000), (20000, 1), (33, 1)])
+def test_aspect_ratio_limit_comes_from_the_header_before_decoding(width: int, height: int) -> None:
+    with pytest.raises(
+        InvalidInput, match=rf"input 2: image is {width}x{height}, an aspect ratio of .* the limit is 32 to 1"
+    ):
+        decode_image(raw(png_header_only(width, height), index=2), LIMIT)
+
+
+def test_aspect_ratio_limit_is_inclusive() -> None:
+    assert decode_image(raw(encode(Image.new("RGB", (32, 1)), "PNG")), LIMIT).size == (32, 1)
+    assert decode_image(raw(encode(Image.new("RGB", (3, 96)), "PNG")), LIMIT).size == (3, 96)
+
+
+def test_what_the_model_would_resize_to_is_judged_from_the_header() -> None:
+    def keeps_aspect(width: int, height: int) -> tuple[int, int]:  # shorter side to 800
+        scale = 800 / min(width, height)
+        return round(width * scale), round(height * scale)
+
+    with pytest.raises(
+        PayloadTooLarge, match=r"input 0: .* resize the 10x300 image to 800x24000 = 19200000 pixels"
+    ):
+        decode_image(raw(png_header_only(10, 300)), LIMIT, keeps_aspect)
+    image = encode(Image.new("RGB", (40, 30)), "PNG")
+    assert decode_image(raw(image), LIMIT, keeps_aspect).size == (40, 30)
 
 
 def test_declared_type_must_match_the_bytes() -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from service.errors import InvalidInput
+from service.serving.inputs import ImageLimits
 from service.training.datasets import DatasetLimits, check_dataset, split_validation
 from tests.training.zips import COLOURS, build_zip, colour_dataset, png
 
 LIMITS = DatasetLimits(
-    max_files=100, max_uncompressed_bytes=2_000_000, max_image_pixels=100_000, min_images_per_label=3
+    max_files=100,
+    max_uncompressed_bytes=2_000_000,
+    max_image_bytes=1_000_000,
+    image=ImageLimits(max_pixels=100_000, max_aspect_ratio=32),
+    min_images_per_label=3,
 )
 
 
@@ -91,7 +98,7 @@ def test_wrong_layout() -> None:
 
 
 def test_too_many_entries() -> None:
-    limits = DatasetLimits(5, LIMITS.max_uncompressed_bytes, LIMITS.max_image_pixels, 1)
+    limits = dataclasses.replace(LIMITS, max_files=5, min_images_per_label=1)
     assert refused(build_zip(good()), limits) == "the zip has 6 entries; the limit is 5"
 
 

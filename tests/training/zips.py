@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import random
 import stat
+import struct
 import zipfile
+import zlib
 
 from PIL import Image
 
@@ -44,3 +46,30 @@ def colour_dataset(per_label: int = 8, labels: tuple[str, ...] = ("red", "blue")
             for i in range(per_label)
         }
     )
+
+
+def zero_bomb(size: int = 10**9, name: str = "red/bomb.png", *, step: int = 10**6) -> bytes:
+    """A valid zip of about size/1000 bytes holding one deflated entry of `size` zero bytes (a
+    multiple of `step`). Built from one deflate block repeated, in well under a second: zipfile
+    would take seconds to compress a gigabyte."""
+    assert size % step == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(step)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    data = block * (size // step) + compressor.flush(zlib.Z_FINISH)
+    crc = 0
+    zeros = bytes(step)
+    for _ in range(size // step):
+        crc = zlib.crc32(zeros, crc)
+    encoded = name.encode()
+    # version 20, no flags, deflate, 1980-01-01 00:00, crc, compressed and uncompressed sizes
+    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0x21, crc, len(data), size)
+    local = b"PK\x03\x04" + fields + struct.pack("<HH", len(encoded), 0) + encoded
+    central = (
+        b"PK\x01\x02"
+        + struct.pack("<H", 20)
+        + fields
+        + struct.pack("<HHHHHII", len(encoded), 0, 0, 0, 0, 0o644 << 16, 0)
+        + encoded
+    )
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    return local + data + central + end

@@ -45,6 +45,12 @@ class ModelAdapter(abc.ABC):
     def preprocess(self, item: Any) -> Any:
         """Turn one decoded input into features (runs on a worker thread, off the event loop)."""
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the largest image `preprocess` makes from a width x height image,
+        computed without decoding it, so that a request can be refused before preprocessing
+        would blow up (an adapter that resizes keeping the aspect ratio says how far)."""
+        return width, height
+
     @abc.abstractmethod
     def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
         """One forward pass over the batch; one output per feature, in order."""

@@ -88,6 +88,10 @@ class TorchImageClassifierAdapter(ModelAdapter):
         if self.fast:
             self.plan.draft(image)
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The shorter side scaled to the manifest's `resize` (the longer one with it), before the crop."""
+        return self.plan.resized(width, height)
+
     def preprocess(self, item: Image.Image) -> torch.Tensor:
         return self.plan.pixels(item)
 

@@ -67,6 +67,41 @@ def load_lora_pipeline(
     return pipeline("image-classification", model=merged, image_processor=processor, device=device)
 
 
+def processor_resized_size(processor: Any, width: int, height: int) -> tuple[int, int]:
+    """The size a transformers image processor (or the fast path's plan) resizes a width x height
+    image to (before any crop), from its `size` settings: a fixed height and width, or the aspect
+    ratio kept with a shortest and/or longest edge, or a bounding box or pixel budget."""
+    if isinstance(processor, ImagePlan):
+        return processor.resized(width, height)
+    size = getattr(processor, "size", None)
+    if not getattr(processor, "do_resize", True) or size is None:
+        return width, height
+
+    def field(name: str) -> float | None:
+        value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+        return float(value) if value else None
+
+    fixed_height, fixed_width = field("height"), field("width")
+    if fixed_height and fixed_width:
+        return round(fixed_width), round(fixed_height)
+    scales: list[float] = []
+    if shortest := field("shortest_edge"):
+        crop_pct = getattr(processor, "crop_pct", None)  # ConvNeXt resizes past the crop first
+        if crop_pct and shortest < 384:
+            shortest /= crop_pct
+        scales.append(shortest / min(width, height))
+    if longest := field("longest_edge"):
+        scales.append(longest / max(width, height))
+    if (max_height := field("max_height")) and (max_width := field("max_width")):
+        scales.append(min(max_height / height, max_width / width))
+    if max_pixels := field("max_pixels"):
+        scales.append((max_pixels / (width * height)) ** 0.5)
+    if not scales:
+        return width, height
+    scale = min(scales)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 class ImageClassificationAdapter(ModelAdapter):
     input_kind: ClassVar[InputKind] = "image"
     output_key = "predictions"
@@ -94,6 +129,9 @@ class ImageClassificationAdapter(ModelAdapter):
     def draft(self, image: Image.Image) -> None:
         if self.plan is not None:
             self.plan.draft(image)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        return processor_resized_size(self.image_processor, width, height)
 
     def preprocess(self, item: Image.Image) -> torch.Tensor:
         if self.plan is not None:
