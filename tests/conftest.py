@@ -8,7 +8,7 @@ import os
 import secrets
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -116,9 +116,10 @@ def settings(tmp_path: Path, models_dir: Path) -> Settings:
     )
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway in-process, started (lifespan) and ready, with the admin key set."""
+@asynccontextmanager
+async def started_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway on `settings` in-process, started (lifespan) and ready, and a client for it with
+    the admin key set."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await app.state.gateway.registry.preload_done.wait()
@@ -129,6 +130,13 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             headers={"Authorization": f"Bearer {ADMIN_KEY}"},
         ) as http:
             yield http
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process, started (lifespan) and ready, with the admin key set."""
+    async with started_client(settings) as http:
+        yield http
 
 
 def image_bytes(

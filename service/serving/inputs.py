@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from service.bodies import bounded_stream
+from service.bodies import MAX_DIGITS, bounded_stream
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.serving.runtime.base import InputKind
 from service.settings import Settings
@@ -135,12 +135,21 @@ def _utf8(index: int, data: bytes) -> str:
         raise InvalidInput(f"input {index}: text is not valid UTF-8 ({exc})") from exc
 
 
+def _json_int(digits: str) -> int:
+    """A JSON integer, of at most MAX_DIGITS digits: int() of thousands of them is slow, then fails."""
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise InvalidRequest(
+            f"JSON body holds a number of {len(digits.lstrip('-'))} digits; the limit is {MAX_DIGITS}"
+        )
+    return int(digits)
+
+
 def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
     try:
-        payload = json.loads(body)
-    except RecursionError as exc:  # the C parser's bound on nesting; a valid body is 2 deep
-        raise InvalidRequest("body is not valid JSON here: nested too deeply") from exc
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
+        payload = json.loads(body, parse_int=_json_int)
+    except RecursionError as exc:  # the parser's own bound on nesting; a valid body is 2 deep
+        raise InvalidRequest("JSON body is nested too deeply") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidRequest('JSON body must be an object like {"inputs": [...]}')

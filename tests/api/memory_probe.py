@@ -92,7 +92,7 @@ async def main(workdir: Path) -> dict[str, dict[str, object]]:
     results: dict[str, dict[str, object]] = {}
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.registry.preload_done.wait()
+        await app.state.gateway.registry.preload_done.wait()
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as http:

@@ -16,8 +16,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.serving.runtime.base import Output
-from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from tests.conftest import ADMIN_KEY, image_bytes
 
 pytestmark = pytest.mark.anyio
@@ -27,22 +25,6 @@ PNG = {"Content-Type": "image/png"}
 MAX_BODY = 2 * 1024 * 1024  # the `settings` fixture's limits
 MAX_PIXELS = 4_000_000
 MAX_INPUTS = 8
-
-
-@pytest.fixture
-def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many inputs each forward pass got: a spy on the image classifier, which still runs it."""
-    calls: list[int] = []
-    predict = ImageClassificationAdapter.predict
-
-    def counting_predict(
-        self: ImageClassificationAdapter, features: list[Any], *, top_k: int
-    ) -> list[Output]:
-        calls.append(len(features))
-        return predict(self, features, top_k=top_k)
-
-    monkeypatch.setattr(ImageClassificationAdapter, "predict", counting_predict)
-    return calls
 
 
 async def assert_refused(

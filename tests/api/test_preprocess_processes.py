@@ -10,9 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.app import create_app
 from service.settings import Settings
-from tests.conftest import ADMIN_KEY, image_bytes
+from tests.conftest import image_bytes, started_client
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/tiny-vit/predict"
@@ -21,13 +20,8 @@ PREDICT = "/v1/models/tiny-vit/predict"
 @pytest.fixture
 async def pooled(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The same gateway as `client`, with one preprocessing process."""
-    app = create_app(settings.model_copy(update={"preprocess_processes": 1}))
-    async with app.router.lifespan_context(app):
-        await app.state.gateway.registry.preload_done.wait()
-        transport = httpx.ASGITransport(app=app)
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as http:
-            yield http
+    async with started_client(settings.model_copy(update={"preprocess_processes": 1})) as http:
+        yield http
 
 
 def _metric(text: str, where: str) -> float:
@@ -62,8 +56,9 @@ def _huge_png() -> bytes:
         (image_bytes("JPEG"), "image/png", 415),
         (image_bytes()[:60], "application/octet-stream", 422),
         (_huge_png(), "image/png", 413),
+        (image_bytes(size=(1, 6000)), "image/png", 422),
     ],
-    ids=["not-an-image", "declared-png-is-jpeg", "truncated", "too-many-pixels"],
+    ids=["not-an-image", "declared-png-is-jpeg", "truncated", "too-many-pixels", "too-thin"],
 )
 async def test_bad_images_get_the_same_error_from_processes(
     client: httpx.AsyncClient, pooled: httpx.AsyncClient, body: bytes, content_type: str, status: int

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import zipfile
 
 import pytest
+from PIL import Image
 
 from service.errors import InvalidInput
 from service.serving.inputs import ImageLimits
-from service.training.datasets import DatasetLimits, check_dataset, split_validation
-from tests.training.zips import COLOURS, build_zip, colour_dataset, png
+from service.training.datasets import DatasetLimits, check_dataset, read_entry, split_validation
+from tests.training.zips import COLOURS, build_zip, colour_dataset, png, zero_bomb
 
 LIMITS = DatasetLimits(
     max_files=100,
@@ -108,6 +111,47 @@ def test_zip_bomb_uncompressed_total() -> None:
     assert refused(data).startswith("the zip unpacks to ")
 
 
+def test_one_entry_over_its_limit_is_refused_from_the_directory() -> None:
+    # 1 MB + 1 of zeros, under the 2 MB total: refused before any image is read (the first
+    # entries are fine; the order in the zip does not matter)
+    data = build_zip(good({"red/zeros.png": b"\0" * 1_000_001}))
+    assert (
+        refused(data) == "entry 'red/zeros.png' unpacks to 1000001 bytes; the limit for one image is 1000000"
+    )
+
+
+def test_a_gigabyte_entry_is_refused_without_being_decompressed() -> None:
+    # were it decompressed, this would take seconds and a gigabyte (test_memory_bounds measures it)
+    limits = dataclasses.replace(LIMITS, max_uncompressed_bytes=2 * 10**9)
+    assert refused(zero_bomb(10**9), limits) == (
+        "entry 'red/bomb.png' unpacks to 1000000000 bytes; the limit for one image is 1000000"
+    )
+
+
+def test_an_entry_that_unpacks_to_more_than_its_directory_says_is_refused() -> None:
+    # the directory says 1,000 bytes; the data inflates to 10 MB: reading stops at 1,000
+    message = refused(zero_bomb(10**7, step=10**6, declared=1000))
+    assert message.startswith("entry 'red/bomb.png': cannot be read from the zip (Bad CRC-32")
+
+
+def test_an_entry_is_read_whole_in_chunks() -> None:
+    honest = zipfile.ZipFile(io.BytesIO(zero_bomb(10**7, step=10**6)))
+    assert read_entry(honest, honest.infolist()[0], 10**7) == bytes(10**7)
+
+
+@pytest.mark.parametrize(("method", "name"), [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "LZMA")])
+def test_entries_that_decompress_in_unbounded_steps_are_refused(method: int, name: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for entry, data in good().items():
+            archive.writestr(
+                entry, data, compress_type=method if entry == "red/1.png" else zipfile.ZIP_STORED
+            )
+    assert refused(buffer.getvalue()) == (
+        f"entry 'red/1.png': compression method {method} is not supported (use deflate)"
+    ), name
+
+
 def test_too_many_pixels() -> None:
     big = png((10, 10, 10), size=400)  # 160,000 pixels > 100,000
     message = refused(build_zip(good({"red/big.png": big})))
@@ -121,3 +165,11 @@ def test_validation_split_is_stratified_and_seeded() -> None:
     assert len(train) == 16
     again = split_validation(dataset.train, 0.2, seed=1)[1]
     assert [e.entry for e in again] == [e.entry for e in validation]
+
+
+def test_too_thin_images_are_refused() -> None:
+    thin = Image.new("RGB", (1, 40))
+    buffer = io.BytesIO()
+    thin.save(buffer, format="PNG")
+    message = refused(build_zip(good({"red/thin.png": buffer.getvalue()})))
+    assert message == "entry 'red/thin.png': image is 1x40, an aspect ratio of 40 to 1; the limit is 32 to 1"

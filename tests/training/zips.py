@@ -48,10 +48,13 @@ def colour_dataset(per_label: int = 8, labels: tuple[str, ...] = ("red", "blue")
     )
 
 
-def zero_bomb(size: int = 10**9, name: str = "red/bomb.png", *, step: int = 10**6) -> bytes:
+def zero_bomb(
+    size: int = 10**9, name: str = "red/bomb.png", *, step: int = 10**6, declared: int | None = None
+) -> bytes:
     """A valid zip of about size/1000 bytes holding one deflated entry of `size` zero bytes (a
-    multiple of `step`). Built from one deflate block repeated, in well under a second: zipfile
-    would take seconds to compress a gigabyte."""
+    multiple of `step`), whose headers say it holds `declared` bytes (default: the truth). Built
+    from one deflate block repeated, in well under a second: zipfile would take seconds to
+    compress a gigabyte."""
     assert size % step == 0
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     block = compressor.compress(bytes(step)) + compressor.flush(zlib.Z_FULL_FLUSH)
@@ -62,7 +65,9 @@ def zero_bomb(size: int = 10**9, name: str = "red/bomb.png", *, step: int = 10**
         crc = zlib.crc32(zeros, crc)
     encoded = name.encode()
     # version 20, no flags, deflate, 1980-01-01 00:00, crc, compressed and uncompressed sizes
-    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0x21, crc, len(data), size)
+    fields = struct.pack(
+        "<HHHHHIII", 20, 0, 8, 0, 0x21, crc, len(data), size if declared is None else declared
+    )
     local = b"PK\x03\x04" + fields + struct.pack("<HH", len(encoded), 0) + encoded
     central = (
         b"PK\x01\x02"

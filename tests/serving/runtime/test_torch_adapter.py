@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import load_adapter
-from tests.conftest import REPO
+from tests.conftest import REPO, write_manifest
 
 BUILD_PY = """
 import torch
@@ -29,13 +29,36 @@ def not_a_model():
 """
 
 
+def write_colour_model(folder: Path) -> Path:
+    """The colour classifier's source folder, `folder`/colour."""
+    source = folder / "colour"
+    source.mkdir(parents=True)
+    (source / "build.py").write_text(textwrap.dedent(BUILD_PY))
+    (source / "labels.txt").write_text("red\ngreen\nblue\n")
+    return source
+
+
+def write_colour_manifest(models_dir: Path, name: str = "colour", resize: int = 256) -> None:
+    """A manifest in `models_dir` serving the colour classifier (its folder next to it) with
+    EfficientNet's preprocessing: the shorter side resized to `resize`, a 224 centre crop."""
+    write_manifest(
+        models_dir,
+        name,
+        f"""
+        name: {name}
+        task: image-classification
+        adapter: torch
+        source: colour
+        entrypoint: build.py:build
+        labels: labels.txt
+        preprocess: {{resize: {resize}, crop_size: 224, interpolation: bicubic}}
+        """,
+    )
+
+
 @pytest.fixture
 def colour_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "colour"
-    folder.mkdir()
-    (folder / "build.py").write_text(textwrap.dedent(BUILD_PY))
-    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
-    return folder
+    return write_colour_model(tmp_path)
 
 
 def manifest(**overrides: object) -> ModelManifest:
@@ -67,6 +90,16 @@ def test_bfloat16_is_honoured_on_cpu(colour_folder: Path) -> None:
     assert adapter.dtype is torch.bfloat16
     [[best, *_]] = adapter.predict([adapter.preprocess(Image.new("RGB", (8, 8), (0, 0, 255)))], top_k=3)
     assert best.label == "blue"  # type: ignore[union-attr]
+
+
+def test_the_size_an_image_is_resized_to_is_known_before_decoding(colour_folder: Path) -> None:
+    pre = {"resize": 256, "crop_size": 224, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    adapter = load_adapter(manifest(preprocess=pre), colour_folder.parent, torch.device("cpu"), torch.float32)
+    assert adapter.resized_size(640, 480) == (341, 256)
+    assert adapter.resized_size(100, 100) == (256, 256)
+    assert adapter.resized_size(1, 6000) == (256, 1_536_000)  # why a thin image once took 1.4 GB
+    assert adapter.resized_size(1000, 10) == (25_600, 256)
+    assert adapter.preprocess(Image.new("RGB", (640, 480))).shape == (1, 3, 224, 224)
 
 
 @pytest.mark.parametrize(

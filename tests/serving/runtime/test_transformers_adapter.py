@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from PIL import Image
 
 from service.serving.manifests import ModelManifest, read_manifest
 from service.serving.runtime import load_adapter
+from service.serving.runtime.transformers_adapter import processor_resized_size
 from tests.conftest import REPO, TINY_LABELS
 
 
@@ -56,3 +58,28 @@ def test_shipped_minilm_embeds_similar_sentences_close_together() -> None:
     # padding in a batch does not change an input's embedding
     [alone] = adapter.predict([texts[0]], top_k=1)
     assert torch.allclose(torch.tensor(alone), vectors[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("size", "extra", "image", "resized"),
+    [
+        ({"height": 224, "width": 224}, {}, (1, 6000), (224, 224)),  # ViT, BEiT, SigLIP: fixed
+        ({"shortest_edge": 256}, {}, (100, 3000), (256, 7680)),  # CLIP, MobileNet: aspect kept
+        ({"shortest_edge": 224}, {"crop_pct": 0.875}, (100, 200), (256, 512)),  # ConvNeXt: past the crop
+        ({"shortest_edge": 800, "longest_edge": 1333}, {}, (100, 3000), (44, 1333)),  # DETR: capped
+        ({"longest_edge": 512}, {}, (2000, 1000), (512, 256)),
+        ({"max_height": 100, "max_width": 50}, {}, (200, 200), (50, 50)),
+        ({}, {}, (300, 200), (300, 200)),  # nothing it resizes by
+        ({"height": 224, "width": 224}, {"do_resize": False}, (300, 200), (300, 200)),
+    ],
+)
+def test_processor_resized_size_follows_the_processors_size(
+    size: dict[str, int], extra: dict[str, object], image: tuple[int, int], resized: tuple[int, int]
+) -> None:
+    processor = SimpleNamespace(size=size, **extra)
+    assert processor_resized_size(processor, *image) == resized
+
+
+def test_the_tiny_vit_resizes_every_image_to_its_square(tiny_vit_dir: Path) -> None:
+    adapter = load_adapter(vit_manifest(tiny_vit_dir), tiny_vit_dir, torch.device("cpu"), torch.float32)
+    assert adapter.resized_size(1, 6000) == (32, 32)  # its SizeDict, as the pipeline loads it
