@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workload import MODELS, build_model  # noqa: E402
 
-from service.serving.inputs import RawInput, decode_image  # noqa: E402
+from service.serving.inputs import ImageLimits, RawInput, decode_image  # noqa: E402
 from service.serving.manifests import read_manifest  # noqa: E402
 from service.serving.runtime import ModelAdapter, load_adapter  # noqa: E402
 from tests.serving.runtime.test_fast_images import digits_as_large_jpegs  # noqa: E402
 
 CPU = torch.device("cpu")
+LIMITS = ImageLimits(max_pixels=10**8, max_aspect_ratio=32)
 
 
 def photos_640x480() -> list[bytes]:
@@ -60,7 +61,8 @@ def adapters(manifest_path: Path) -> dict[str, ModelAdapter]:
 
 def features(adapter: ModelAdapter, bodies: list[bytes]) -> list[Any]:
     return [
-        adapter.preprocess(decode_image(RawInput(i, b), 10**8, adapter.draft)) for i, b in enumerate(bodies)
+        adapter.preprocess(decode_image(RawInput(i, b), LIMITS, draft=adapter.draft))
+        for i, b in enumerate(bodies)
     ]
 
 

@@ -25,6 +25,7 @@ ADMIN_KEY = "mk_memory_probe_admin_key_0123456789abcdef"
 MB = 1024 * 1024
 TORCH_MODEL = "/v1/models/colour/predict"
 VIT_MODEL = "/v1/models/vit/predict"
+VIT_EXACT_MODEL = "/v1/models/vit-exact/predict"  # the model's own image processor
 Case = Callable[[httpx.AsyncClient, Path], Awaitable[tuple[httpx.Response, int]]]
 
 
@@ -81,6 +82,7 @@ CASES: dict[str, Case] = {
     "chunked-300mb": chunked_300mb,
     "largest-image-torch": lambda http, inputs: predict(http, inputs, "largest.png"),
     "largest-image-vit": lambda http, inputs: predict(http, inputs, "largest.png", VIT_MODEL),
+    "largest-image-vit-exact": lambda http, inputs: predict(http, inputs, "largest.png", VIT_EXACT_MODEL),
 }
 
 
@@ -99,6 +101,7 @@ async def main(workdir: Path) -> dict[str, dict[str, object]]:
             for warm_up in (
                 predict(http, inputs, "small.png"),
                 predict(http, inputs, "small.png", VIT_MODEL),
+                predict(http, inputs, "small.png", VIT_EXACT_MODEL),
                 upload(http, inputs, "small.zip"),
             ):
                 response, _ = await warm_up

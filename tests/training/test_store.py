@@ -3,6 +3,7 @@ another replica resumes a job whose replica died (SQLite and, when available, Po
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,5 +134,7 @@ def test_a_dataset_whose_row_the_database_refuses_leaves_no_file_behind(
     the zip, already written, goes too."""
     store = FineTuneStore(sessions, tmp_path)
     with pytest.raises(IntegrityError):
-        store.create_file("ten_gone", "colours.zip", colour_dataset(), "fine-tune", DATASET_LIMITS)
+        store.create_file(
+            "ten_gone", "colours.zip", io.BytesIO(colour_dataset()), "fine-tune", DATASET_LIMITS
+        )
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

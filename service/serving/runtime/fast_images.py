@@ -86,7 +86,8 @@ class ImagePlan:
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """One decoded image as the model's uint8 input, (1, 3, height, width)."""
-        image = image.convert("RGB").resize(self.resized(*image.size), Image.Resampling(self.resample))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy it
+        image = rgb.resize(self.resized(*image.size), Image.Resampling(self.resample))
         if self.crop is not None:
             width, height = self.crop
             left, top = (image.width - width) // 2, (image.height - height) // 2

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, ViTImageProcessorPil
 
-from service.serving.inputs import RawInput, decode_image
+from service.serving.inputs import ImageLimits, RawInput, decode_image
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import load_adapter
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
@@ -22,6 +22,7 @@ from tests.shipped import training_script
 
 CPU = torch.device("cpu")
 DIGITS = REPO / "models" / "digits-vit"
+LIMITS = ImageLimits(max_pixels=10**8, max_aspect_ratio=32)
 
 
 def photo(width: int, height: int, fmt: str, seed: int = 0) -> bytes:
@@ -35,7 +36,7 @@ def photo(width: int, height: int, fmt: str, seed: int = 0) -> bytes:
 
 
 def fast_features(plan: ImagePlan, data: bytes) -> torch.Tensor:
-    image = decode_image(RawInput(0, data), 10**8)  # no draft: the same decoded pixels for both
+    image = decode_image(RawInput(0, data), LIMITS)  # no draft: the same decoded pixels for both
     return Normalizer(plan, CPU, torch.float32)(plan.pixels(image))
 
 
@@ -59,7 +60,7 @@ def test_the_fast_path_gives_the_processors_own_pixels(processor: Any, size: tup
     plan = ImagePlan.of_processor(processor)
     assert plan is not None
     data = photo(*size, "PNG")
-    expected = processor(images=decode_image(RawInput(0, data), 10**8), return_tensors="pt")["pixel_values"]
+    expected = processor(images=decode_image(RawInput(0, data), LIMITS), return_tensors="pt")["pixel_values"]
     got = fast_features(plan, data)
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) < 1e-5
@@ -80,9 +81,9 @@ def test_a_processor_with_steps_of_its_own_keeps_the_exact_path() -> None:
 def test_a_jpeg_is_decoded_at_the_smallest_scale_that_covers_the_models_input() -> None:
     plan = ImagePlan.of_processor(AutoImageProcessor.from_pretrained(DIGITS))  # 32x32
     assert plan is not None
-    jpeg = decode_image(RawInput(0, photo(640, 480, "JPEG")), 10**8, plan.draft)
+    jpeg = decode_image(RawInput(0, photo(640, 480, "JPEG")), LIMITS, draft=plan.draft)
     assert jpeg.size == (80, 60)  # 1/8 scale: still at least 32x32
-    png = decode_image(RawInput(0, photo(640, 480, "PNG")), 10**8, plan.draft)
+    png = decode_image(RawInput(0, photo(640, 480, "PNG")), LIMITS, draft=plan.draft)
     assert png.size == (640, 480)  # only JPEG decodes at a reduced scale
     assert plan.pixels(jpeg).shape == plan.pixels(png).shape == (1, 3, 32, 32)
     assert plan.pixels(jpeg).dtype == torch.uint8
@@ -123,7 +124,7 @@ def test_fast_and_exact_paths_agree_on_held_out_digits_sent_as_large_jpegs(tmp_p
     top: dict[str, list[str]] = {}
     for how, adapter in adapters.items():
         features = [
-            adapter.preprocess(decode_image(RawInput(i, b), 10**8, adapter.draft))
+            adapter.preprocess(decode_image(RawInput(i, b), LIMITS, draft=adapter.draft))
             for i, b in enumerate(bodies)
         ]
         top[how] = [str(output[0].label) for output in adapter.predict(features, top_k=1)]  # type: ignore[union-attr]
