@@ -1,4 +1,4 @@
-"""The memory one request may cost (docs: README "The serving engine", "Memory"), measured as the
+"""The memory one request may cost (docs/serving.md, "Memory per request"), measured as the
 growth of peak RSS in a process of its own (tests/api/memory_probe.py), with the default limits:
 hostile requests that used to cost 1.4-1.9 GB are refused for almost nothing, and the largest
 valid image stays within the documented bound."""
