@@ -1,0 +1,51 @@
+"""What every transformers image model's adapter shares: its image processor, or the fast image
+path (service/serving/runtime/fast_images.py) where that processor is a standard one."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from service.serving.runtime.base import InputKind, ModelAdapter
+from service.serving.runtime.fast_images import ImagePlan, Normalizer
+
+
+class ImageAdapter(ModelAdapter):
+    """An image model behind a transformers pipeline: images in, pixel batches on the device."""
+
+    input_kind: ClassVar[InputKind] = "image"
+
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, *, fast: bool = True) -> None:
+        super().__init__(device, dtype)
+        self.pipe = pipe
+        # the fast image path where the model's processor is a standard one, else the processor
+        self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
+        self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
+
+    @property
+    def image_processor(self) -> Any:
+        """What turns a decoded image into features on the CPU (the fast path's plan, or the model's
+        own processor): picklable, so a preprocessing process can run it."""
+        return self.plan or self.pipe.image_processor
+
+    def draft(self, image: Image.Image) -> None:
+        if self.plan is not None:
+            self.plan.draft(image)
+
+    def preprocess(self, item: Image.Image) -> torch.Tensor:
+        if self.plan is not None:
+            return self.plan.pixels(item)
+        pixels: torch.Tensor = self.pipe.image_processor(images=item, return_tensors="pt")["pixel_values"]
+        return pixels
+
+    def pixel_batch(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The batch's pixels on the device, in the model's dtype, normalised."""
+        batch = torch.cat(features)
+        if self.normalizer is not None:
+            return self.normalizer(batch)
+        return batch.to(self.device, self.dtype, non_blocking=True)
+
+    def warmup_input(self) -> Image.Image:
+        return Image.new("RGB", (224, 224), (127, 127, 127))
