@@ -225,3 +225,10 @@ async def test_bad_inputs_are_refused_with_a_4xx_that_says_why(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert says in error["message"] and error["type"] and error["request_id"]
+
+
+async def test_the_v2_protocol_points_the_new_tasks_to_the_predict_route(client: httpx.AsyncClient) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["good"]}]}
+    response = await client.post("/v2/models/tiny-sentiment/infer", json=body)
+    assert response.status_code == 400
+    assert "/v1/models/tiny-sentiment/predict" in response.json()["error"]
