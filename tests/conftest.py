@@ -57,6 +57,77 @@ def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_WORDS = [
+    *("the", "a", "to", "of", "and", "in", "is", "was", "went", "visited"),
+    *("alice", "bob", "paris", "london", "good", "bad", "great", "terrible", "movie"),
+]
+TINY_SENTIMENTS = ["negative", "neutral", "positive"]
+TINY_ENTITY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def _tiny_bert(folder: Path, model_class: str, labels: list[str]) -> Path:
+    """A real (untrained) small BERT `model_class` over `labels`, saved with a WordPiece tokenizer
+    built offline from a vocabulary written here."""
+    import torch
+    import transformers
+    from transformers import BertConfig, BertTokenizerFast
+
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, "##s", "##ed"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(
+        vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=32
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    getattr(transformers, model_class)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small BERT sentiment classifier (random weights) over TINY_SENTIMENTS."""
+    folder = tmp_path_factory.mktemp("tiny-sentiment")
+    return _tiny_bert(folder, "BertForSequenceClassification", TINY_SENTIMENTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_token_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small BERT named-entity tagger (random weights) over TINY_ENTITY_LABELS (B-/I- tags)."""
+    folder = tmp_path_factory.mktemp("tiny-ner")
+    return _tiny_bert(folder, "BertForTokenClassification", TINY_ENTITY_LABELS)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_features_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ViT backbone (random weights, no head) with its image processor: image features."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-vit-features")
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+    )
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
 def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     path = models_dir / f"{name}.yaml"
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")

@@ -18,6 +18,7 @@ from maas_client.types import (
     APIKey,
     BillingExport,
     Embeddings,
+    Entities,
     FileObject,
     FineTuneEvent,
     FineTuneJob,
@@ -103,9 +104,26 @@ def _idempotency(key: str | None) -> dict[str, str]:
 def predict(
     model: str, images: ImageInput | Sequence[ImageInput], top_k: int | None, idempotency_key: str | None
 ) -> Call[Prediction]:
-    uploads = image_uploads(images)
     params = {} if top_k is None else {"top_k": top_k}
-    path, parse = f"/v1/models/{_seg(model)}/predict", _one(Prediction.from_json)
+    return _images(model, images, params, _one(Prediction.from_json), idempotency_key)
+
+
+def embed_images(
+    model: str, images: ImageInput | Sequence[ImageInput], idempotency_key: str | None
+) -> Call[Embeddings]:
+    return _images(model, images, {}, _one(Embeddings.from_json), idempotency_key)
+
+
+def _images(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    params: dict[str, Any],
+    parse: Callable[[httpx.Response], T],
+    idempotency_key: str | None,
+) -> Call[T]:
+    """The predict call for images: one as raw bytes, several as multipart `file` parts."""
+    uploads = image_uploads(images)
+    path = f"/v1/models/{_seg(model)}/predict"
     if len(uploads) == 1:
         (one,) = uploads
         headers = {"Content-Type": one.content_type, **_idempotency(idempotency_key)}
@@ -116,13 +134,36 @@ def predict(
 
 
 def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:
+    return _texts(model, texts, {}, _one(Embeddings.from_json), idempotency_key)
+
+
+def classify_text(
+    model: str, texts: str | Sequence[str], top_k: int | None, idempotency_key: str | None
+) -> Call[Prediction]:
+    params = {} if top_k is None else {"top_k": top_k}
+    return _texts(model, texts, params, _one(Prediction.from_json), idempotency_key)
+
+
+def extract_entities(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Entities]:
+    return _texts(model, texts, {}, _one(Entities.from_json), idempotency_key)
+
+
+def _texts(
+    model: str,
+    texts: str | Sequence[str],
+    params: dict[str, Any],
+    parse: Callable[[httpx.Response], T],
+    idempotency_key: str | None,
+) -> Call[T]:
+    """The predict call for texts: JSON `{"inputs": [...]}`."""
     inputs = [texts] if isinstance(texts, str) else list(texts)
     if not inputs:
         raise ValueError("no texts given")
     path = f"/v1/models/{_seg(model)}/predict"
-    body = {"inputs": inputs}
     headers = _idempotency(idempotency_key)
-    return Call("POST", path, _one(Embeddings.from_json), json=body, headers=headers, replay_safe=True)
+    return Call(
+        "POST", path, parse, params=params, json={"inputs": inputs}, headers=headers, replay_safe=True
+    )
 
 
 def list_models() -> Call[list[Model]]:

@@ -33,6 +33,7 @@ from maas_client.types import (
     APIKey,
     BillingExport,
     Embeddings,
+    Entities,
     FileObject,
     FineTuneEvent,
     FineTuneJob,
@@ -145,6 +146,36 @@ class AsyncClient:
         """Embed one text or several with a text (feature-extraction) model; one vector per text
         (`idempotency_key` as in `predict`)."""
         return await self._request(ops.embed(model, texts, idempotency_key))
+
+    async def classify_text(
+        self,
+        model: str,
+        texts: str | Sequence[str],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
+    ) -> Prediction:
+        """Classify one text or several with a text-classification model; one ranked label list
+        per text, in order, at most `top_k` labels each (`idempotency_key` as in `predict`)."""
+        return await self._request(ops.classify_text(model, texts, top_k, idempotency_key))
+
+    async def extract_entities(
+        self, model: str, texts: str | Sequence[str], *, idempotency_key: str | None = None
+    ) -> Entities:
+        """The named entities of one text or several, with a token-classification model; one
+        list per text, in order (`idempotency_key` as in `predict`)."""
+        return await self._request(ops.extract_entities(model, texts, idempotency_key))
+
+    async def embed_images(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        idempotency_key: str | None = None,
+    ) -> Embeddings:
+        """Embed one image or several with an image-feature-extraction model; one vector per
+        image, in order (images as in `predict`, `idempotency_key` too)."""
+        return await self._request(ops.embed_images(model, images, idempotency_key))
 
     async def ready(self) -> bool:
         """True when the gateway answers /readyz with 200 (every preloaded model is settled)."""

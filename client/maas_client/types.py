@@ -133,7 +133,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """The answer to `embed`: one vector per text, in input order."""
+    """The answer to `embed` and `embed_images`: one vector per input, in input order."""
 
     id: str
     model: str
@@ -147,6 +147,51 @@ class Embeddings:
             id=str(data.get("id", "")),
             model=str(data.get("model", "")),
             embeddings=[[float(x) for x in v] for v in data.get("embeddings") or []],
+            usage=Usage.from_json(data.get("usage")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One entity a token-classification model found: its group (e.g. `PER`), score, the words
+    and where they are in the text (`text[start:end]`, in characters)."""
+
+    entity_group: str
+    score: float
+    word: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Entities:
+    """The answer to `extract_entities`: the entities of each text, in input order."""
+
+    id: str
+    model: str
+    entities: list[list[Entity]]
+    usage: Usage
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Entities:
+        return cls(
+            id=str(data.get("id", "")),
+            model=str(data.get("model", "")),
+            entities=[
+                [
+                    Entity(
+                        str(e["entity_group"]),
+                        float(e["score"]),
+                        str(e["word"]),
+                        int(e["start"]),
+                        int(e["end"]),
+                    )
+                    for e in found
+                ]
+                for found in data.get("entities") or []
+            ],
             usage=Usage.from_json(data.get("usage")),
             raw=data,
         )

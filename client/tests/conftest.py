@@ -24,10 +24,30 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the gateway's own test helpers live in the repo's `tests` package
     sys.path.insert(0, str(REPO))
 
-from tests.conftest import TINY_LABELS, tiny_vit_dir, write_manifest, write_tiny_vit  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    TINY_LABELS,
+    tiny_text_classifier_dir,
+    tiny_token_classifier_dir,
+    tiny_vit_dir,
+    tiny_vit_features_dir,
+    write_manifest,
+    write_tiny_vit,
+)
 from tests.e2e.conftest import Server, start_server  # noqa: E402
 
-__all__ = ["TINY_LABELS", "tiny_vit_dir"]  # tiny_vit_dir: the repo's session fixture, re-exported
+# the repo's session fixtures of small models, re-exported
+__all__ = [
+    "TINY_LABELS",
+    "tiny_text_classifier_dir",
+    "tiny_token_classifier_dir",
+    "tiny_vit_dir",
+    "tiny_vit_features_dir",
+]
+TASK_MODELS = {  # name -> task, of the small task models the gateway serves (random weights)
+    "tiny-sentiment": "text-classification",
+    "tiny-ner": "token-classification",
+    "tiny-features": "image-feature-extraction",
+}
 
 ADMIN_KEY = "mk_client_suite_admin_key_0123456789abcdef"
 MAX_INPUTS = 4
@@ -44,11 +64,21 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Iterator[Server]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_vit_dir: Path,
+    tiny_text_classifier_dir: Path,
+    tiny_token_classifier_dir: Path,
+    tiny_vit_features_dir: Path,
+) -> Iterator[Server]:
     """One real gateway for the client suite: the tiny ViT (priced, fine-tunable), the shipped
-    MiniLM embedder, and a model whose source is missing (503); at most MAX_INPUTS inputs per
-    request. Tests share it, so each makes its own tenants (`unique`)."""
+    MiniLM embedder, small models of the other tasks (TASK_MODELS), and a model whose source is
+    missing (503); at most MAX_INPUTS inputs per request. Tests share it, so each makes its own
+    tenants (`unique`)."""
     models = tmp_path_factory.mktemp("client-models")
+    sources = [tiny_text_classifier_dir, tiny_token_classifier_dir, tiny_vit_features_dir]
+    for (name, task), source in zip(TASK_MODELS.items(), sources, strict=True):
+        write_manifest(models, name, f"name: {name}\ntask: {task}\nsource: {source}\n")
     write_tiny_vit(models, tiny_vit_dir, price=f"{{per_image: {PRICE_MICRO / 1_000_000}}}", batching=None)
     write_manifest(models, "missing", "name: missing\ntask: image-classification\nsource: ./nowhere\n")
     minilm = (REPO / "models" / "all-minilm-l6-v2.yaml").read_text(encoding="utf-8")

@@ -33,6 +33,7 @@ from service.serving.runtime.base import InputKind
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON part's bytes, when binary data follows
 EXTENSIONS = ["binary_tensor_data"]
 DEFAULT_TOP_K = 5
+V2_TASKS = frozenset({"image-classification", "feature-extraction"})  # the tasks with tensors below
 INPUT_NAMES: dict[InputKind, str] = {"image": "image", "text": "text"}
 OUTPUT_NAMES: dict[InputKind, list[str]] = {"image": ["label", "score"], "text": ["embedding"]}
 
@@ -144,9 +145,15 @@ class InferCall:
 
 
 def model_kind(entry: ModelEntry) -> InputKind:
-    """What `entry` takes; 503 with the reason when its manifest could not be read."""
+    """What `entry` takes; 503 with the reason when its manifest could not be read, 400 for a
+    task this protocol does not serve (the predict route serves every task)."""
     if entry.manifest is None or entry.manifest.task not in INPUT_KIND:
         raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
+    if entry.manifest.task not in V2_TASKS:
+        raise InvalidRequest(
+            f"model {entry.name!r} ({entry.manifest.task}) is not served over v2; "
+            f"use POST /v1/models/{entry.name}/predict"
+        )
     return INPUT_KIND[entry.manifest.task]
 
 

@@ -64,4 +64,5 @@ async def infer(
     finally:
         for future in futures:
             future.cancel()  # no-op for resolved ones; queued ones are skipped by the batcher
-    return [o[:top_k] if entry.input_kind == "image" else o for o in outputs]
+    ranked = entry.adapter.output_key == "predictions"  # a batch ranks to its largest top_k
+    return [o[:top_k] if ranked else o for o in outputs]

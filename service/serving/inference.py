@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Answer:
-    output_key: str  # "predictions" or "embeddings"
+    output_key: str  # "predictions", "entities" or "embeddings": the adapter's, by task
     outputs: list[Any]  # one JSON-ready output per input, in input order
 
 

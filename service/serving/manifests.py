@@ -12,7 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-Task = Literal["image-classification", "feature-extraction"]
+Task = Literal[
+    "image-classification",
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "image-feature-extraction",
+]
 Adapter = Literal["transformers", "torch"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -72,7 +78,8 @@ class ModelManifest(BaseModel):
     # (where the model's processor is a standard resize/crop/rescale/normalise); exact = always
     # the model's own processor on the CPU
     preprocessing: Literal["fast", "exact"] = "fast"
-    # feature-extraction: how token vectors become one vector per input
+    # feature-extraction and image-feature-extraction: how token (patch) vectors become one vector
+    # per input: their mean, or the first (CLS) token's
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     # feature-extraction: the sizes a vector may be cut to (its first N numbers, renormalised),

@@ -30,7 +30,7 @@ from service.serving.deadlines import before_deadline, check_deadline
 from service.serving.inputs import ImageLimits, RawInput, decode_image
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.fast_images import ImagePlan
-from service.serving.runtime.transformers_adapter import processor_resized_size
+from service.serving.runtime.images import processor_resized_size
 
 STAGE = "decoding and preprocessing the inputs"
 

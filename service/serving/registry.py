@@ -33,7 +33,13 @@ from service.tenancy.principal import Principal
 
 log = logging.getLogger(__name__)
 
-INPUT_KIND: dict[str, InputKind] = {"image-classification": "image", "feature-extraction": "text"}
+INPUT_KIND: dict[str, InputKind] = {
+    "image-classification": "image",
+    "feature-extraction": "text",
+    "text-classification": "text",
+    "token-classification": "text",
+    "image-feature-extraction": "image",
+}
 
 
 class ModelStatus(StrEnum):

@@ -66,9 +66,10 @@ def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
         "max_delay_ms": 5.0,
         "max_queue": 256,
     }
-    hub = models["vit-base"]
-    assert hub["status"] == "unavailable" and "hub" in hub["reason"]
-    assert http.get("/v1/models/vit-base").json()["status"] == "unavailable"
+    for name in ["vit-base", "distilbert-sst2", "bert-base-ner", "dinov2-small"]:  # hub models, offline
+        hub = models[name]
+        assert hub["status"] == "unavailable" and "hub" in hub["reason"], name
+        assert http.get(f"/v1/models/{name}").json()["status"] == "unavailable"
 
 
 def test_the_pretrained_imagenet_classifier_sees_a_cat(http: httpx.Client) -> None:

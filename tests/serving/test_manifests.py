@@ -163,3 +163,9 @@ def test_shipped_manifests_are_valid() -> None:
     found = discover_manifests(models)
     assert found, "models/ has no manifests"
     assert [(f.path.name, f.error) for f in found if f.error] == []
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification", "image-feature-extraction"])
+def test_the_text_and_image_feature_tasks_are_manifest_tasks(tmp_path: Path, task: str) -> None:
+    path = write(tmp_path, "m.yaml", f"name: m\ntask: {task}\nsource: ./w\npooling: cls\n")
+    assert read_manifest(path).task == task

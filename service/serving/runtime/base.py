@@ -22,15 +22,17 @@ class Classification:
     score: float
 
 
-# One input's output: a ranked list of classes, or one embedding vector.
-Output = list[Classification] | list[float]
+# One input's output: a ranked list of classes, one embedding vector, or a list of JSON objects
+# (a token classifier's entities).
+Output = list[Classification] | list[float] | list[dict[str, Any]]
+OutputKey = Literal["predictions", "embeddings", "entities"]
 
 
 class ModelAdapter(abc.ABC):
     """The lifecycle of one loaded model replica on one device."""
 
     input_kind: ClassVar[InputKind]
-    output_key: ClassVar[Literal["predictions", "embeddings"]]
+    output_key: ClassVar[OutputKey]  # the answer's key; "predictions" outputs are ranked (top_k)
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
@@ -89,3 +91,21 @@ def top_k_classes(
         [Classification(labels[i], round(float(v), 6)) for v, i in zip(row_v, row_i, strict=True)]
         for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
     ]
+
+
+def pooled(
+    hidden: torch.Tensor, mask: torch.Tensor | None, *, pooling: str, normalize: bool
+) -> list[list[float]]:
+    """One vector per row of `hidden` (N, tokens, D): the first token's ("cls") or the mean over
+    the tokens `mask` (N, tokens) marks real (all when None), L2-normed if `normalize`."""
+    hidden = hidden.float()
+    if pooling == "cls":
+        vectors = hidden[:, 0]
+    elif mask is None:
+        vectors = hidden.mean(dim=1)
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    return [[round(v, 7) for v in row] for row in vectors.tolist()]

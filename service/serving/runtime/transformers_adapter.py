@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from PIL import Image
 
 from service.serving.manifests import ModelManifest
-from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
-from service.serving.runtime.fast_images import ImagePlan, Normalizer
+from service.serving.runtime.base import InputKind, ModelAdapter, Output, pooled, top_k_classes
+from service.serving.runtime.image_features import ImageFeatureExtractionAdapter
+from service.serving.runtime.images import ImageAdapter
 from service.serving.runtime.sources import ResolvedSource
+from service.serving.runtime.text_classification import TextClassificationAdapter
+from service.serving.runtime.token_classification import TokenClassificationAdapter
 
 log = logging.getLogger(__name__)
 
@@ -67,90 +69,23 @@ def load_lora_pipeline(
     return pipeline("image-classification", model=merged, image_processor=processor, device=device)
 
 
-def processor_resized_size(processor: Any, width: int, height: int) -> tuple[int, int]:
-    """The size a transformers image processor (or the fast path's plan) resizes a width x height
-    image to (before any crop), from its `size` settings: a fixed height and width, or the aspect
-    ratio kept with a shortest and/or longest edge, or a bounding box or pixel budget."""
-    if isinstance(processor, ImagePlan):
-        return processor.resized(width, height)
-    size = getattr(processor, "size", None)
-    if not getattr(processor, "do_resize", True) or size is None:
-        return width, height
-
-    def field(name: str) -> float | None:
-        value = size.get(name) if isinstance(size, dict) else getattr(size, name, None)
-        return float(value) if value else None
-
-    fixed_height, fixed_width = field("height"), field("width")
-    if fixed_height and fixed_width:
-        return round(fixed_width), round(fixed_height)
-    scales: list[float] = []
-    if shortest := field("shortest_edge"):
-        crop_pct = getattr(processor, "crop_pct", None)  # ConvNeXt resizes past the crop first
-        if crop_pct and shortest < 384:
-            shortest /= crop_pct
-        scales.append(shortest / min(width, height))
-    if longest := field("longest_edge"):
-        scales.append(longest / max(width, height))
-    if (max_height := field("max_height")) and (max_width := field("max_width")):
-        scales.append(min(max_height / height, max_width / width))
-    if max_pixels := field("max_pixels"):
-        scales.append((max_pixels / (width * height)) ** 0.5)
-    if not scales:
-        return width, height
-    scale = min(scales)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-class ImageClassificationAdapter(ModelAdapter):
-    input_kind: ClassVar[InputKind] = "image"
+class ImageClassificationAdapter(ImageAdapter):
     output_key = "predictions"
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, *, fast: bool = True) -> None:
-        super().__init__(device, dtype)
-        self.pipe = pipe
+        super().__init__(pipe, device, dtype, fast=fast)
         config = pipe.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
         self.multi_label = config.problem_type == "multi_label_classification"
-        # the fast image path where the model's processor is a standard one, else the processor
-        self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
-        self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
-    @property
-    def image_processor(self) -> Any:
-        """What turns a decoded image into features on the CPU (the fast path's plan, or the model's
-        own processor): picklable, so a preprocessing process can run it."""
-        return self.plan or self.pipe.image_processor
-
-    def draft(self, image: Image.Image) -> None:
-        if self.plan is not None:
-            self.plan.draft(image)
-
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        return processor_resized_size(self.image_processor, width, height)
-
-    def preprocess(self, item: Image.Image) -> torch.Tensor:
-        if self.plan is not None:
-            return self.plan.pixels(item)
-        pixels: torch.Tensor = self.pipe.image_processor(images=item, return_tensors="pt")["pixel_values"]
-        return pixels
-
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        batch = torch.cat(features)
-        if self.normalizer is not None:
-            batch = self.normalizer(batch)
-        else:
-            batch = batch.to(self.device, self.dtype, non_blocking=True)
-        logits = self.pipe.model(pixel_values=batch).logits
+        logits = self.pipe.model(pixel_values=self.pixel_batch(features)).logits
         return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
-
-    def warmup_input(self) -> Image.Image:
-        return Image.new("RGB", (224, 224), (127, 127, 127))
 
 
 class FeatureExtractionAdapter(ModelAdapter):
@@ -188,15 +123,9 @@ class FeatureExtractionAdapter(ModelAdapter):
         encoded = self.pipe.tokenizer(features, padding=True, truncation=True, return_tensors="pt").to(
             self.device
         )
-        hidden = self.pipe.model(**encoded).last_hidden_state.float()
-        if self.pooling == "cls":
-            vectors = hidden[:, 0]
-        else:
-            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vectors = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        if self.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        return [[round(v, 7) for v in row] for row in vectors.tolist()]
+        hidden = self.pipe.model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"]
+        return list(pooled(hidden, mask, pooling=self.pooling, normalize=self.normalize))
 
     def warmup_input(self) -> str:
         return "warm-up"
@@ -216,11 +145,23 @@ def load_transformers_adapter(
     else:
         pipe = load_pipeline(manifest, source, device, dtype)
     pipe.model.eval()
+    fast = manifest.preprocessing == "fast"
+    adapter: ModelAdapter
     if manifest.task == "image-classification":
-        adapter = ImageClassificationAdapter(pipe, device, dtype, fast=manifest.preprocessing == "fast")
+        adapter = ImageClassificationAdapter(pipe, device, dtype, fast=fast)
+    elif manifest.task == "image-feature-extraction":
+        adapter = ImageFeatureExtractionAdapter(
+            pipe, device, dtype, fast=fast, pooling=manifest.pooling, normalize=manifest.normalize
+        )
+    elif manifest.task == "text-classification":
+        adapter = TextClassificationAdapter(pipe, device, dtype)
+    elif manifest.task == "token-classification":
+        adapter = TokenClassificationAdapter(pipe, device, dtype)
+    else:
+        return FeatureExtractionAdapter(
+            pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
+        )
+    if isinstance(adapter, ImageAdapter):
         how = "fast (uint8, normalised on the device)" if adapter.plan else "the model's image processor"
         log.info("model %s: image preprocessing: %s", manifest.name, how)
-        return adapter
-    return FeatureExtractionAdapter(
-        pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
-    )
+    return adapter

@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.serving.manifests import ModelManifest, read_manifest
 from service.serving.runtime import load_adapter
-from service.serving.runtime.transformers_adapter import processor_resized_size
+from service.serving.runtime.images import processor_resized_size
 from tests.conftest import REPO, TINY_LABELS
 
 
