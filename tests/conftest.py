@@ -74,9 +74,8 @@ def _tiny_bert(folder: Path, model_class: str, labels: list[str]) -> Path:
 
     torch.manual_seed(0)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, "##s", "##ed"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(
-        vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=32
+    tokenizer = BertTokenizerFast(  # transformers 5 takes the vocabulary itself, not its file
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=32
     )
     config = BertConfig(
         vocab_size=len(vocab),

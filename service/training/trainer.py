@@ -144,7 +144,7 @@ def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
         ignore_mismatched_sizes=True,  # the head is new: its shape follows the new label set
         local_files_only=True,
     )
-    processor = AutoImageProcessor.from_pretrained(base_folder, local_files_only=True)  # type: ignore[no-untyped-call]
+    processor = AutoImageProcessor.from_pretrained(base_folder, local_files_only=True)
     return model, processor
 
 

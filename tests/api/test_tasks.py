@@ -36,7 +36,8 @@ def task_models(
     tiny_token_classifier_dir: Path,
     tiny_vit_features_dir: Path,
 ) -> None:
-    """The three task models next to the suite's tiny ViT, priced per input like it."""
+    """The three task models next to the suite's tiny ViT, priced per input like it, in float32 so
+    that their answers can be compared with the pipeline's own."""
     for name, task, source in [
         ("tiny-sentiment", "text-classification", tiny_text_classifier_dir),
         ("tiny-ner", "token-classification", tiny_token_classifier_dir),
@@ -49,6 +50,7 @@ def task_models(
             name: {name}
             task: {task}
             source: {source}
+            dtype: float32  # compared with the float32 pipeline below; auto may pick bfloat16
             batching: {{max_batch_size: 8, max_delay_ms: 2}}
             price: {{per_image: 0.001}}
             """,

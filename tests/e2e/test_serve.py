@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.serving.devices import cpu_has_native_bfloat16
 from tests.conftest import TINY_LABELS, image_bytes
 from tests.e2e.conftest import Server
 from tests.shipped import digit_images
@@ -60,7 +61,8 @@ def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
 ) -> None:
     models = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     assert models["tiny-vit"]["status"] == "ready"
-    assert models["tiny-vit"]["dtype"] == "float32" and models["tiny-vit"]["devices"] == ["cpu"]
+    auto_dtype = "bfloat16" if cpu_has_native_bfloat16() else "float32"  # `dtype: auto` on a CPU
+    assert models["tiny-vit"]["dtype"] == auto_dtype and models["tiny-vit"]["devices"] == ["cpu"]
     assert models["tiny-vit"]["batching"] == {
         "max_batch_size": 32,
         "max_delay_ms": 5.0,

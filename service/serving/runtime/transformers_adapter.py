@@ -64,7 +64,7 @@ def load_lora_pipeline(
         local_files_only=base.local_files_only,
     )
     merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     merged.to(device=device, dtype=dtype)
     return pipeline("image-classification", model=merged, image_processor=processor, device=device)
 
