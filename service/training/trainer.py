@@ -143,6 +143,7 @@ def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,  # the head is new: its shape follows the new label set
         local_files_only=True,
+        dtype=torch.float32,  # trained in float32 whatever the checkpoint holds (and see LOAD_DTYPE)
     )
     processor = AutoImageProcessor.from_pretrained(base_folder, local_files_only=True)
     return model, processor

@@ -26,6 +26,12 @@ from service.serving.runtime.token_classification import TokenClassificationAdap
 
 log = logging.getLogger(__name__)
 
+# transformers builds a model under torch.set_default_dtype(<the dtype asked for>) and puts the old
+# default back after: that default is process-wide, so two loads at once in different threads (a
+# replica loading while a fine-tune builds its model) can leave the whole process on bfloat16.
+# Every load asks for torch's own default and casts the model afterwards.
+LOAD_DTYPE = torch.float32
+
 
 def load_pipeline(
     manifest: ModelManifest, source: ResolvedSource, device: torch.device, dtype: torch.dtype
@@ -36,13 +42,15 @@ def load_pipeline(
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # bars would flood the log
 
     model_kwargs = {"local_files_only": True} if source.local_files_only else {}
-    return pipeline(
+    pipe: Any = pipeline(
         manifest.task,
         model=source.location,
         device=device,
-        dtype=dtype,
+        dtype=LOAD_DTYPE,
         model_kwargs=model_kwargs,
     )
+    pipe.model.to(dtype=dtype)
+    return pipe
 
 
 def load_lora_pipeline(
@@ -62,6 +70,7 @@ def load_lora_pipeline(
         label2id={label: i for i, label in enumerate(labels)},
         ignore_mismatched_sizes=True,  # the head comes from the adapter
         local_files_only=base.local_files_only,
+        dtype=LOAD_DTYPE,
     )
     merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
     processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
