@@ -23,6 +23,7 @@ from service.serving.runtime.images import ImageAdapter
 from service.serving.runtime.sources import ResolvedSource
 from service.serving.runtime.text_classification import TextClassificationAdapter
 from service.serving.runtime.token_classification import TokenClassificationAdapter
+from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,10 @@ def load_transformers_adapter(
     elif manifest.task == "image-feature-extraction":
         adapter = ImageFeatureExtractionAdapter(
             pipe, device, dtype, fast=fast, pooling=manifest.pooling, normalize=manifest.normalize
+        )
+    elif manifest.task == "zero-shot-image-classification":
+        adapter = ZeroShotImageClassificationAdapter(
+            pipe, device, dtype, fast=fast, template=manifest.hypothesis_template
         )
     elif manifest.task == "text-classification":
         adapter = TextClassificationAdapter(pipe, device, dtype)
