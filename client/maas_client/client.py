@@ -165,6 +165,20 @@ class Client:
         list per text, in order (`idempotency_key` as in `predict`)."""
         return self._request(ops.extract_entities(model, texts, idempotency_key))
 
+    def classify_zero_shot(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        candidate_labels: Sequence[str],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
+    ) -> Prediction:
+        """Classify one image or several with a zero-shot model (CLIP, SigLIP) among
+        `candidate_labels` (the same for every image); one ranked label list per image, in order,
+        at most `top_k` labels each (images as in `predict`, `idempotency_key` too)."""
+        return self._request(ops.classify_zero_shot(model, images, candidate_labels, top_k, idempotency_key))
+
     def embed_images(
         self,
         model: str,
