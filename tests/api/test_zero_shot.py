@@ -1,12 +1,14 @@
-"""Zero-shot image classification through the predict route, on a small CLIP built from its config
-(random weights): each image's labels and scores are the transformers pipeline's, one image at a
-time; requests with different candidate labels share one forward pass; bad candidate labels are
-refused with a 422 that names the field; each request is metered once, priced per image."""
+"""Zero-shot image classification through the predict route, on a small CLIP and a small SigLIP
+built from their configs (random weights): each image's labels and scores are the transformers
+pipeline's, one image at a time; requests with different candidate labels share one forward pass;
+bad candidate labels are refused with a 422 that names the field; each request is metered once,
+priced per image."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,20 +38,21 @@ IMAGES = [
 
 
 @pytest.fixture(autouse=True)
-def clip_model(models_dir: Path, tiny_clip_dir: Path) -> None:
-    write_manifest(
-        models_dir,
-        "tiny-clip",
-        f"""
-        name: tiny-clip
+def zero_shot_models(models_dir: Path, tiny_clip_dir: Path, tiny_siglip_dir: Path) -> None:
+    for name, source in [("tiny-clip", tiny_clip_dir), ("tiny-siglip", tiny_siglip_dir)]:
+        write_manifest(
+            models_dir,
+            name,
+            f"""
+        name: {name}
         task: zero-shot-image-classification
-        source: {tiny_clip_dir}
+        source: {source}
         dtype: float32  # compared with the float32 pipeline below; auto may pick bfloat16
         preprocessing: exact  # the pipeline's own image processor, for equal answers
         batching: {{max_batch_size: 8, max_delay_ms: 2}}
         price: {{per_image: 0.001}}
         """,
-    )
+        )
 
 
 def files(images: list[bytes], labels: list[str]) -> dict[str, Any]:
@@ -62,22 +65,25 @@ def as_json(images: list[bytes], labels: Any) -> dict[str, Any]:
     return {"json": {"inputs": inputs, "candidate_labels": labels}}
 
 
+@pytest.mark.parametrize("model", ["tiny-clip", "tiny-siglip"])
 async def test_each_image_gets_the_pipelines_labels_and_scores_best_first(
-    client: httpx.AsyncClient, tiny_clip_dir: Path
+    client: httpx.AsyncClient, tiny_clip_dir: Path, tiny_siglip_dir: Path, model: str
 ) -> None:
     from transformers import pipeline
 
-    response = await client.post(PREDICT, params={"top_k": 10}, **files(IMAGES, LABELS))
+    path = f"/v1/models/{model}/predict"
+    response = await client.post(path, params={"top_k": 10}, **files(IMAGES, LABELS))
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["predictions"]) == len(IMAGES) and body["usage"]["inputs"] == len(IMAGES)
-    reference = pipeline("zero-shot-image-classification", model=str(tiny_clip_dir), device="cpu")
+    source = tiny_clip_dir if model == "tiny-clip" else tiny_siglip_dir
+    reference = pipeline("zero-shot-image-classification", model=str(source), device="cpu")
     for data, ranked in zip(IMAGES, body["predictions"], strict=True):
-        image = Image.open(__import__("io").BytesIO(data)).convert("RGB")
+        image = Image.open(io.BytesIO(data)).convert("RGB")
         expected = reference(image, candidate_labels=LABELS)  # one image at a time
         assert [p["label"] for p in ranked] == [e["label"] for e in expected]
         assert [p["score"] for p in ranked] == pytest.approx([e["score"] for e in expected], abs=1e-5)
-    top2 = await client.post(PREDICT, params={"top_k": 2}, **as_json(IMAGES[:1], LABELS))
+    top2 = await client.post(path, params={"top_k": 2}, **as_json(IMAGES[:1], LABELS))
     assert top2.json()["predictions"] == [body["predictions"][0][:2]]  # JSON body: the same answer
 
 
