@@ -191,6 +191,31 @@ def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_OBJECTS = ["cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_yolos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small YOLOS object detector (random weights, 5 detection tokens) over TINY_OBJECTS, whose
+    processor resizes an image to a shortest edge of 32 and a longest of at most 64 pixels."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-yolos")
+    config = YolosConfig(
+        **TINY_TOWER,
+        image_size=[32, 32],
+        patch_size=8,
+        num_detection_tokens=5,
+        id2label=dict(enumerate(TINY_OBJECTS)),
+        label2id={n: i for i, n in enumerate(TINY_OBJECTS)},
+    )
+    YolosForObjectDetection(config).save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(folder)
+    return folder
+
+
 def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     path = models_dir / f"{name}.yaml"
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Answer:
-    output_key: str  # "predictions", "entities" or "embeddings": the adapter's, by task
+    output_key: str  # "predictions", "entities", "detections" or "embeddings": the adapter's, by task
     outputs: list[Any]  # one JSON-ready output per input, in input order
 
 
@@ -59,6 +60,7 @@ class Inference:
         *,
         body: bytes | None,
         top_k: int,
+        threshold: float | None = None,
         deadline: float,
         tally: Tally,
     ) -> Answer | None:
@@ -66,7 +68,8 @@ class Inference:
         None when the client left first (its queued inputs are dropped before the device)."""
 
         async def read() -> tuple[list[RawInput], TaskParams]:
-            return await read_inputs(request, entry.input_kind, self.limits, body)
+            inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
+            return inputs, dataclasses.replace(params, threshold=threshold)
 
         return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally)
 
@@ -150,6 +153,8 @@ def check_params(adapter: ModelAdapter, params: TaskParams) -> None:
         raise InvalidInput(f"{LABELS_FIELD}: required by a zero-shot classification model")
     if params.candidate_labels and not wants_labels:
         raise InvalidInput(f"{LABELS_FIELD}: only zero-shot classification models take candidate labels")
+    if params.threshold is not None and "threshold" not in adapter.reads_params:
+        raise InvalidInput("threshold: only object detection models take a threshold")
 
 
 def _encode(output: Any) -> Any:

@@ -19,6 +19,7 @@ Task = Literal[
     "token-classification",
     "image-feature-extraction",
     "zero-shot-image-classification",
+    "object-detection",
 ]
 Adapter = Literal["transformers", "torch"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]

@@ -40,6 +40,7 @@ INPUT_KIND: dict[str, InputKind] = {
     "token-classification": "text",
     "image-feature-extraction": "image",
     "zero-shot-image-classification": "image",
+    "object-detection": "image",
 }
 
 

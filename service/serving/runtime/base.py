@@ -23,6 +23,7 @@ class TaskParams:
     parameters share a batch."""
 
     candidate_labels: tuple[str, ...] = ()  # zero-shot classification
+    threshold: float | None = None  # object detection: the lowest score a box may have
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ class Classification:
 
 
 # One input's output: a ranked list of classes, one embedding vector, or a list of JSON objects
-# (a token classifier's entities).
+# (a token classifier's entities, a detector's boxes).
 Output = list[Classification] | list[float] | list[dict[str, Any]]
-OutputKey = Literal["predictions", "embeddings", "entities"]
+OutputKey = Literal["predictions", "embeddings", "entities", "detections"]
 
 
 class ModelAdapter(abc.ABC):
