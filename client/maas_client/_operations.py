@@ -17,6 +17,7 @@ from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_
 from maas_client.types import (
     APIKey,
     BillingExport,
+    Detections,
     Embeddings,
     Entities,
     FileObject,
@@ -126,6 +127,16 @@ def classify_zero_shot(
     params = {} if top_k is None else {"top_k": top_k}
     fields: dict[str, str | list[str]] = {"candidate_labels": list(candidate_labels)}
     return _images(model, images, params, _one(Prediction.from_json), idempotency_key, fields)
+
+
+def detect_objects(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    threshold: float | None,
+    idempotency_key: str | None,
+) -> Call[Detections]:
+    params = {} if threshold is None else {"threshold": threshold}
+    return _images(model, images, params, _one(Detections.from_json), idempotency_key)
 
 
 def _images(
