@@ -6,10 +6,8 @@ priced per image."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.bounds import MAX_CANDIDATE_LABELS, MAX_LABEL_CHARS
 from service.db.models import UsageEvent
-from service.serving.runtime.base import Output, WithParams
 from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
+from tests.api.conftest import Gate
 from tests.conftest import image_bytes, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -87,30 +85,10 @@ async def test_each_image_gets_the_pipelines_labels_and_scores_best_first(
     assert top2.json()["predictions"] == [body["predictions"][0][:2]]  # JSON body: the same answer
 
 
-class Gate:
-    """Holds the forward passes until opened; records each batch's label sets."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[list[tuple[str, ...]]] = []
-
-
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate = Gate()
-    gate.open.set()
-    predict = ZeroShotImageClassificationAdapter.predict
-
-    def held(
-        self: ZeroShotImageClassificationAdapter, features: list[WithParams], *, top_k: int
-    ) -> list[Output]:
-        gate.batches.append([f.params.candidate_labels for f in features])
-        gate.entered.set()
-        gate.open.wait(timeout=30)
-        return predict(self, features, top_k=top_k)
-
-    monkeypatch.setattr(ZeroShotImageClassificationAdapter, "predict", held)
+    gate.hold(ZeroShotImageClassificationAdapter, monkeypatch)
     yield gate
     gate.open.set()
 
@@ -121,26 +99,15 @@ async def test_requests_with_different_labels_share_a_batch_and_each_gets_its_ow
     label_sets = [["cat", "dog"], ["red car", "cat", "dog"], ["cat", "dog"], ["photo"]]
     bodies = [as_json([IMAGES[i % len(IMAGES)]], labels) for i, labels in enumerate(label_sets)]
     alone = [(await client.post(PREDICT, **body)).json()["predictions"] for body in bodies]
-    gate.batches.clear()
-    gate.open.clear()
-    gate.entered.clear()
-    first = asyncio.create_task(client.post(PREDICT, **bodies[0]))
-    await asyncio.to_thread(gate.entered.wait, 30)  # the first request holds the model
-    rest = [asyncio.create_task(client.post(PREDICT, **body)) for body in bodies[1:]]
-    entry = client._transport.app.state.gateway.registry.entries["tiny-clip"]  # type: ignore[attr-defined]
-    async with asyncio.timeout(30):
-        while entry.queue_depth < len(rest):  # all three queued behind the held forward pass
-            await asyncio.sleep(0.001)
-    gate.open.set()
-    answers = [(await task).json()["predictions"] for task in [first, *rest]]
-    [held_alone, shared] = gate.batches  # the three waiting requests share one forward pass
+    answers = [r.json()["predictions"] for r in await gate.one_then_the_rest(client, "tiny-clip", bodies)]
+    [held_alone, shared] = [[f.params.candidate_labels for f in b] for b in gate.batches]  # 2 passes
     assert held_alone == [tuple(label_sets[0])]
-    assert sorted(shared) == sorted(tuple(labels) for labels in label_sets[1:])  # in arrival order
+    assert sorted(shared) == sorted(tuple(labels) for labels in label_sets[1:])  # queued in any order
     for mine, single, labels in zip(answers, alone, label_sets, strict=True):
         assert [p["label"] for p in mine[0]] == [p["label"] for p in single[0]]
         assert sorted(p["label"] for p in mine[0]) == sorted(labels)
         assert [p["score"] for p in mine[0]] == pytest.approx([p["score"] for p in single[0]], abs=1e-5)
-    adapter = entry.adapter
+    adapter = client._transport.app.state.gateway.registry.entries["tiny-clip"].adapter  # type: ignore[attr-defined]
     assert set(adapter._texts) == {("cat", "dog"), ("red car", "cat", "dog"), ("photo",)}  # cached
 
 
