@@ -36,6 +36,8 @@ MAX_ID_CHARS = 255  # a file id, a base model's name as given
 
 # predict
 MAX_TOP_K = 1000
+MAX_CANDIDATE_LABELS = 100  # zero-shot classification: labels per request
+MAX_LABEL_CHARS = 200  # one candidate label
 
 # times and billing periods: what Python (and so both databases) can hold in UTC
 EARLIEST = datetime.min.replace(tzinfo=UTC)

@@ -127,6 +127,95 @@ def tiny_vit_features_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _tiny_bpe(folder: Path, max_length: int) -> dict[str, int]:
+    """A byte-pair tokenizer built offline (letters, digits, a few merges), saved in `folder` as
+    CLIP's; its vocabulary."""
+    import string
+
+    from transformers import CLIPTokenizerFast
+
+    chars = list(string.ascii_lowercase + string.digits + ".,'-!?")
+    merges = [("p", "h"), ("ph", "o"), ("t", "o</w>"), ("pho", "to</w>")]
+    tokens = [*chars, *(c + "</w>" for c in chars), *("".join(m) for m in merges)]
+    vocab = {t: i for i, t in enumerate([*tokens, "<|startoftext|>", "<|endoftext|>"])}
+    # transformers 5 takes the vocabulary and merges themselves, not their files
+    CLIPTokenizerFast(vocab=vocab, merges=merges, model_max_length=max_length).save_pretrained(folder)
+    return vocab
+
+
+TINY_TOWER = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CLIP (random weights) with a byte-pair tokenizer and its image processor: zero-shot
+    image classification (a softmax over the labels)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    vocab = _tiny_bpe(folder, 32)
+    end = vocab["<|endoftext|>"]
+    text = {"vocab_size": len(vocab), "max_position_embeddings": 32, "bos_token_id": end - 1}
+    config = CLIPConfig(
+        text_config={**TINY_TOWER, **text, "eos_token_id": end, "pad_token_id": end},
+        vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SigLIP (random weights; CLIP's byte-pair tokenizer, padded to 64 tokens as the
+    pipeline pads SigLIP's): zero-shot image classification with a sigmoid per label."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-siglip")
+    vocab = _tiny_bpe(folder, 64)
+    end = vocab["<|endoftext|>"]
+    text = {"vocab_size": len(vocab), "max_position_embeddings": 64, "pad_token_id": end}
+    config = SiglipConfig(
+        text_config={**TINY_TOWER, **text, "eos_token_id": end, "bos_token_id": end - 1},
+        vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8},
+    )
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+TINY_OBJECTS = ["cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_yolos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small YOLOS object detector (random weights, 5 detection tokens) over TINY_OBJECTS, whose
+    processor resizes an image to a shortest edge of 32 and a longest of at most 64 pixels."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-yolos")
+    config = YolosConfig(
+        **TINY_TOWER,
+        image_size=[32, 32],
+        patch_size=8,
+        num_detection_tokens=5,
+        id2label=dict(enumerate(TINY_OBJECTS)),
+        label2id={n: i for i, n in enumerate(TINY_OBJECTS)},
+    )
+    YolosForObjectDetection(config).save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(folder)
+    return folder
+
+
 def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     path = models_dir / f"{name}.yaml"
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")

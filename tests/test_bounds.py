@@ -54,6 +54,8 @@ def test_the_docs_list_every_range_the_code_enforces() -> None:
     documented("`start`", bounds.EARLIEST.date(), bounds.LATEST.date())
     documented("`period`", bounds.FIRST_PERIOD, bounds.LAST_PERIOD)
     documented("`top_k`", bounds.MAX_TOP_K)
+    documented("`candidate_labels`", bounds.MAX_CANDIDATE_LABELS, bounds.MAX_LABEL_CHARS)
+    documented("`threshold`", 0, 1)
     documented("epochs", bounds.MAX_EPOCHS)
     documented("learning_rate", int(bounds.MAX_LEARNING_RATE))
     documented("batch_size", bounds.MAX_BATCH_SIZE)

@@ -72,7 +72,7 @@ class Call(Generic[T]):
     json: Any = None
     content: bytes | None = None
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
-    data: Mapping[str, str] | None = None
+    data: Mapping[str, str | list[str]] | None = None  # form fields next to `files`
     headers: Mapping[str, str] = field(default_factory=dict)
     retry: bool = True
     replay_safe: bool = False  # the gateway answers a repeat of this call as it did the first

@@ -17,6 +17,7 @@ from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_
 from maas_client.types import (
     APIKey,
     BillingExport,
+    Detections,
     Embeddings,
     Entities,
     FileObject,
@@ -114,23 +115,51 @@ def embed_images(
     return _images(model, images, {}, _one(Embeddings.from_json), idempotency_key)
 
 
+def classify_zero_shot(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    candidate_labels: Sequence[str],
+    top_k: int | None,
+    idempotency_key: str | None,
+) -> Call[Prediction]:
+    if isinstance(candidate_labels, str):
+        raise TypeError("candidate_labels is a list of labels, not one string")
+    params = {} if top_k is None else {"top_k": top_k}
+    fields: dict[str, str | list[str]] = {"candidate_labels": list(candidate_labels)}
+    return _images(model, images, params, _one(Prediction.from_json), idempotency_key, fields)
+
+
+def detect_objects(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    threshold: float | None,
+    idempotency_key: str | None,
+) -> Call[Detections]:
+    params = {} if threshold is None else {"threshold": threshold}
+    return _images(model, images, params, _one(Detections.from_json), idempotency_key)
+
+
 def _images(
     model: str,
     images: ImageInput | Sequence[ImageInput],
     params: dict[str, Any],
     parse: Callable[[httpx.Response], T],
     idempotency_key: str | None,
+    fields: dict[str, str | list[str]] | None = None,
 ) -> Call[T]:
-    """The predict call for images: one as raw bytes, several as multipart `file` parts."""
+    """The predict call for images: one as raw bytes, several (or any with form `fields`) as
+    multipart `file` parts."""
     uploads = image_uploads(images)
     path = f"/v1/models/{_seg(model)}/predict"
-    if len(uploads) == 1:
+    if len(uploads) == 1 and fields is None:
         (one,) = uploads
         headers = {"Content-Type": one.content_type, **_idempotency(idempotency_key)}
         return Call("POST", path, parse, params=params, content=one.data, headers=headers, replay_safe=True)
     files = [("file", (u.filename, u.data, u.content_type)) for u in uploads]
     headers = _idempotency(idempotency_key)
-    return Call("POST", path, parse, params=params, files=files, headers=headers, replay_safe=True)
+    return Call(
+        "POST", path, parse, params=params, files=files, data=fields, headers=headers, replay_safe=True
+    )
 
 
 def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:

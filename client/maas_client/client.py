@@ -31,6 +31,7 @@ from maas_client.errors import MaasError
 from maas_client.types import (
     APIKey,
     BillingExport,
+    Detections,
     Embeddings,
     Entities,
     FileObject,
@@ -164,6 +165,33 @@ class Client:
         """The named entities of one text or several, with a token-classification model; one
         list per text, in order (`idempotency_key` as in `predict`)."""
         return self._request(ops.extract_entities(model, texts, idempotency_key))
+
+    def classify_zero_shot(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        candidate_labels: Sequence[str],
+        *,
+        top_k: int | None = 5,
+        idempotency_key: str | None = None,
+    ) -> Prediction:
+        """Classify one image or several with a zero-shot model (CLIP, SigLIP) among
+        `candidate_labels` (the same for every image); one ranked label list per image, in order,
+        at most `top_k` labels each (images as in `predict`, `idempotency_key` too)."""
+        return self._request(ops.classify_zero_shot(model, images, candidate_labels, top_k, idempotency_key))
+
+    def detect_objects(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Detections:
+        """The objects an object-detection model finds in one image or several: per image, the
+        boxes scoring above `threshold` (0 to 1; the gateway's default 0.5 when None), best first,
+        in the image's own pixels (images as in `predict`, `idempotency_key` too)."""
+        return self._request(ops.detect_objects(model, images, threshold, idempotency_key))
 
     def embed_images(
         self,

@@ -165,6 +165,52 @@ class Entity:
 
 
 @dataclass(frozen=True)
+class Box:
+    """Where an object is, in the pixels of the image as sent (corners, inclusive of xmin/ymin)."""
+
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object an object-detection model found: its label, score and box."""
+
+    label: str
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The answer to `detect_objects`: the objects found in each image, best first, in input order."""
+
+    id: str
+    model: str
+    detections: list[list[Detection]]
+    usage: Usage
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Detections:
+        def box(b: JSON) -> Box:
+            return Box(int(b["xmin"]), int(b["ymin"]), int(b["xmax"]), int(b["ymax"]))
+
+        return cls(
+            id=str(data.get("id", "")),
+            model=str(data.get("model", "")),
+            detections=[
+                [Detection(str(d["label"]), float(d["score"]), box(d["box"])) for d in found]
+                for found in data.get("detections") or []
+            ],
+            usage=Usage.from_json(data.get("usage")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
 class Entities:
     """The answer to `extract_entities`: the entities of each text, in input order."""
 

@@ -26,10 +26,12 @@ if str(REPO) not in sys.path:  # the gateway's own test helpers live in the repo
 
 from tests.conftest import (  # noqa: E402
     TINY_LABELS,
+    tiny_clip_dir,
     tiny_text_classifier_dir,
     tiny_token_classifier_dir,
     tiny_vit_dir,
     tiny_vit_features_dir,
+    tiny_yolos_dir,
     write_manifest,
     write_tiny_vit,
 )
@@ -38,15 +40,19 @@ from tests.e2e.conftest import Server, start_server  # noqa: E402
 # the repo's session fixtures of small models, re-exported
 __all__ = [
     "TINY_LABELS",
+    "tiny_clip_dir",
     "tiny_text_classifier_dir",
     "tiny_token_classifier_dir",
     "tiny_vit_dir",
     "tiny_vit_features_dir",
+    "tiny_yolos_dir",
 ]
 TASK_MODELS = {  # name -> task, of the small task models the gateway serves (random weights)
     "tiny-sentiment": "text-classification",
     "tiny-ner": "token-classification",
     "tiny-features": "image-feature-extraction",
+    "tiny-clip": "zero-shot-image-classification",
+    "tiny-detector": "object-detection",
 }
 
 ADMIN_KEY = "mk_client_suite_admin_key_0123456789abcdef"
@@ -70,13 +76,21 @@ def gateway(
     tiny_text_classifier_dir: Path,
     tiny_token_classifier_dir: Path,
     tiny_vit_features_dir: Path,
+    tiny_clip_dir: Path,
+    tiny_yolos_dir: Path,
 ) -> Iterator[Server]:
     """One real gateway for the client suite: the tiny ViT (priced, fine-tunable), the shipped
     MiniLM embedder, small models of the other tasks (TASK_MODELS), and a model whose source is
     missing (503); at most MAX_INPUTS inputs per request. Tests share it, so each makes its own
     tenants (`unique`)."""
     models = tmp_path_factory.mktemp("client-models")
-    sources = [tiny_text_classifier_dir, tiny_token_classifier_dir, tiny_vit_features_dir]
+    sources = [
+        tiny_text_classifier_dir,
+        tiny_token_classifier_dir,
+        tiny_vit_features_dir,
+        tiny_clip_dir,
+        tiny_yolos_dir,
+    ]
     for (name, task), source in zip(TASK_MODELS.items(), sources, strict=True):
         write_manifest(models, name, f"name: {name}\ntask: {task}\nsource: {source}\n")
     write_tiny_vit(models, tiny_vit_dir, price=f"{{per_image: {PRICE_MICRO / 1_000_000}}}", batching=None)

@@ -68,3 +68,44 @@ async def test_the_async_client_has_the_same_task_methods(gateway: Server) -> No
         assert len(entities.entities) == 2
         embedded = await client.embed_images("tiny-features", [png(), png((0, 200, 0))])
         assert [len(v) for v in embedded.embeddings] == [24, 24]
+
+
+def test_classify_zero_shot_ranks_the_given_labels_per_image(client: Client) -> None:
+    labels = ["cat", "dog", "red car"]
+    result = client.classify_zero_shot(
+        "tiny-clip", [png(), png((0, 0, 200), size=(50, 70))], labels, top_k=10
+    )
+    assert result.usage.inputs == 2 and len(result.predictions) == 2
+    for ranked in result.predictions:
+        assert sorted(p.label for p in ranked) == sorted(labels)
+        assert [p.score for p in ranked] == sorted((p.score for p in ranked), reverse=True)
+    alone = client.classify_zero_shot("tiny-clip", png(), labels, top_k=1)  # one image: multipart too
+    assert alone.predictions == [result.predictions[0][:1]]
+    with pytest.raises(InvalidInputError, match="candidate_labels"):
+        client.classify_zero_shot("tiny-clip", png(), [])
+
+
+@pytest.mark.anyio
+async def test_the_async_client_classifies_zero_shot(gateway: Server) -> None:
+    async with AsyncClient(gateway.base_url, ADMIN_KEY) as client:
+        result = await client.classify_zero_shot("tiny-clip", png(), ["cat", "dog"], top_k=1)
+        assert [len(r) for r in result.predictions] == [1]
+
+
+def test_detect_objects_gives_boxes_inside_each_image(client: Client) -> None:
+    images = [png(size=(90, 60)), png((0, 0, 200), size=(50, 70))]
+    result = client.detect_objects("tiny-detector", images, threshold=0.0)
+    assert result.usage.inputs == 2 and [len(found) for found in result.detections] == [5, 5]
+    for (width, height), found in zip([(90, 60), (50, 70)], result.detections, strict=True):
+        assert [d.score for d in found] == sorted((d.score for d in found), reverse=True)
+        for d in found:
+            assert 0 <= d.box.xmin <= d.box.xmax <= width and 0 <= d.box.ymin <= d.box.ymax <= height
+    with pytest.raises(InvalidInputError, match="threshold"):
+        client.detect_objects("tiny-detector", images[0], threshold=2.0)
+
+
+@pytest.mark.anyio
+async def test_the_async_client_detects_objects(gateway: Server) -> None:
+    async with AsyncClient(gateway.base_url, ADMIN_KEY) as client:
+        result = await client.detect_objects("tiny-detector", png(), threshold=0.0)
+        assert len(result.detections) == 1 and len(result.detections[0]) == 5

@@ -43,11 +43,18 @@ class InferenceCall:
         )
         return await self._charged(answer)
 
-    async def run_predict_body(self, body: bytes | None, *, top_k: int) -> Answer | None:
+    async def run_predict_body(
+        self, body: bytes | None, *, top_k: int, threshold: float | None = None
+    ) -> Answer | None:
         """`run` for predict's body shapes: read from `body`, or streamed when None."""
-        tally = self.metered.tally
         answer = await self.gateway.inference.run(
-            self.request, self.entry, body=body, top_k=top_k, deadline=self.deadline, tally=tally
+            self.request,
+            self.entry,
+            body=body,
+            top_k=top_k,
+            threshold=threshold,
+            deadline=self.deadline,
+            tally=self.metered.tally,
         )
         return await self._charged(answer)
 

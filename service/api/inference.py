@@ -17,6 +17,10 @@ from service.serving.inputs import read_body
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to return per input.")]
+Threshold = Annotated[
+    float | None,
+    Query(ge=0, le=1, allow_inf_nan=False, description="Object detection: the lowest score a box may have."),
+]
 TimeoutMs = Annotated[
     str | None,
     Header(alias="X-Request-Timeout-Ms", description="Give up (504) if not served within this time."),
@@ -34,6 +38,7 @@ async def predict(
     caller: Caller,
     gateway: App,
     top_k: TopK = 5,
+    threshold: Threshold = None,
     timeout_ms: TimeoutMs = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -51,7 +56,7 @@ async def predict(
             digest = request_hash(model, request.url.query, content_type, body)
             if (replay := await call.metered.claim(idempotency_key, digest)) is not None:
                 return _replay(request, replay)
-        answer = await call.run_predict_body(body, top_k=top_k)
+        answer = await call.run_predict_body(body, top_k=top_k, threshold=threshold)
         if answer is None:  # the client left: nobody is listening, and it is not charged
             return call.client_left()
         return call.answer(

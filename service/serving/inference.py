@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,22 +13,22 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from service.errors import CLIENT_CLOSED, GatewayError
+from service.errors import CLIENT_CLOSED, GatewayError, InvalidInput
 from service.observability.metrics import Metrics
 from service.serving.batching import Tally
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.dispatch import infer
-from service.serving.inputs import InputLimits, RawInput, check_inputs, read_inputs
+from service.serving.inputs import LABELS_FIELD, InputLimits, RawInput, check_inputs, read_inputs
 from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelRegistry
-from service.serving.runtime.base import Classification
+from service.serving.runtime.base import Classification, ModelAdapter, TaskParams, WithParams
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Answer:
-    output_key: str  # "predictions", "entities" or "embeddings": the adapter's, by task
+    output_key: str  # "predictions", "entities", "detections" or "embeddings": the adapter's, by task
     outputs: list[Any]  # one JSON-ready output per input, in input order
 
 
@@ -59,14 +60,16 @@ class Inference:
         *,
         body: bytes | None,
         top_k: int,
+        threshold: float | None = None,
         deadline: float,
         tally: Tally,
     ) -> Answer | None:
         """Answer the request's inputs (read from `body`, or streamed from `request` when None);
         None when the client left first (its queued inputs are dropped before the device)."""
 
-        async def read() -> list[RawInput]:
-            return await read_inputs(request, entry.input_kind, self.limits, body)
+        async def read() -> tuple[list[RawInput], TaskParams]:
+            inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
+            return inputs, dataclasses.replace(params, threshold=threshold)
 
         return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally)
 
@@ -83,8 +86,8 @@ class Inference:
         """`run` for inputs that a protocol's route parsed from its own body shape (its body read
         already): the same checks and limits, queue, metrics and answer."""
 
-        async def given() -> list[RawInput]:
-            return check_inputs(inputs, self.limits)
+        async def given() -> tuple[list[RawInput], TaskParams]:
+            return check_inputs(inputs, self.limits), TaskParams()
 
         return await self._run(request, entry, given, top_k=top_k, deadline=deadline, tally=tally)
 
@@ -92,7 +95,7 @@ class Inference:
         self,
         request: Request,
         entry: ModelEntry,
-        read: Callable[[], Awaitable[list[RawInput]]],
+        read: Callable[[], Awaitable[tuple[list[RawInput], TaskParams]]],
         *,
         top_k: int,
         deadline: float,
@@ -103,9 +106,12 @@ class Inference:
         try:
             await self.registry.ensure_loaded(entry)
             with entry.arriving_request():
-                inputs = await read()
+                inputs, params = await read()
+                check_params(entry.adapter, params)
                 tally.inputs = len(inputs)
                 features = await self._features(entry, inputs, deadline)
+            if entry.adapter.reads_params:  # each input carries them through the batcher
+                features = [WithParams(f, params) for f in features]
             assert entry.manifest is not None
             queued = infer(
                 entry,
@@ -138,6 +144,17 @@ class Inference:
         )
         self.metrics.preprocessed.labels(where).inc(len(features))
         return features
+
+
+def check_params(adapter: ModelAdapter, params: TaskParams) -> None:
+    """422 naming the field when the request's task parameters do not fit the model's task."""
+    wants_labels = LABELS_FIELD in adapter.reads_params
+    if wants_labels and not params.candidate_labels:
+        raise InvalidInput(f"{LABELS_FIELD}: required by a zero-shot classification model")
+    if params.candidate_labels and not wants_labels:
+        raise InvalidInput(f"{LABELS_FIELD}: only zero-shot classification models take candidate labels")
+    if params.threshold is not None and "threshold" not in adapter.reads_params:
+        raise InvalidInput("threshold: only object detection models take a threshold")
 
 
 def _encode(output: Any) -> Any:

@@ -20,8 +20,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from service.bodies import MAX_DIGITS, bounded_stream
+from service.bounds import MAX_CANDIDATE_LABELS, MAX_LABEL_CHARS, text_problem
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from service.serving.runtime.base import InputKind
+from service.serving.runtime.base import InputKind, TaskParams
 from service.settings import Settings
 
 # Declared media type -> the Pillow format the bytes must have.
@@ -38,6 +39,7 @@ IMAGE_TYPES = {
 }
 ALLOWED_FORMATS = frozenset(IMAGE_TYPES.values())
 UNTYPED = frozenset({"", "application/octet-stream"})  # sniff the bytes instead
+LABELS_FIELD = "candidate_labels"  # zero-shot classification's labels: a JSON field, or form fields
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,42 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join([chunk async for chunk in bounded_stream(request, limit)])
 
 
+def candidate_labels(labels: object) -> tuple[str, ...]:
+    """The request's candidate labels, checked: a list of 1 to MAX_CANDIDATE_LABELS distinct
+    non-empty strings of at most MAX_LABEL_CHARS characters each; 422 naming the field otherwise."""
+    where = LABELS_FIELD
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise InvalidInput(f"{where}: must be a list of strings")
+    if not labels:
+        raise InvalidInput(f"{where}: give at least one label")
+    if len(labels) > MAX_CANDIDATE_LABELS:
+        raise InvalidInput(f"{where}: {len(labels)} labels; the limit is {MAX_CANDIDATE_LABELS}")
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise InvalidInput(f"{where}[{i}]: empty label")
+        if len(label) > MAX_LABEL_CHARS:
+            raise InvalidInput(f"{where}[{i}]: {len(label)} characters; the limit is {MAX_LABEL_CHARS}")
+        if (problem := text_problem(label)) is not None:
+            raise InvalidInput(f"{where}[{i}]: {problem}")
+    if len(set(labels)) < len(labels):
+        twice = next(label for i, label in enumerate(labels) if label in labels[:i])
+        raise InvalidInput(f"{where}: {twice!r} is given more than once")
+    return tuple(labels)
+
+
 async def _multipart_inputs(
     request: Request, body: bytes, kind: InputKind, limits: InputLimits
-) -> list[RawInput]:
+) -> tuple[list[RawInput], TaskParams]:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     # Starlette's own file cap stays well above ours, so that the count check below can say how many.
-    parser = MultiPartParser(request.headers, stream(), max_files=max(1000, limits.max_inputs), max_fields=16)
+    parser = MultiPartParser(
+        request.headers,
+        stream(),
+        max_files=max(1000, limits.max_inputs),
+        max_fields=MAX_CANDIDATE_LABELS + 16,  # each candidate label is a field
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -113,7 +143,11 @@ async def _multipart_inputs(
         raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
     try:
         inputs: list[RawInput] = []
+        labels: list[str] | None = None
         for name, value in form.multi_items():
+            if name == LABELS_FIELD and isinstance(value, str):
+                labels = [*(labels or []), value]
+                continue
             if name != "file":
                 raise InvalidRequest(f"unexpected form field {name!r}: send each input as a 'file' part")
             if not isinstance(value, UploadFile):
@@ -123,7 +157,7 @@ async def _multipart_inputs(
                 inputs.append(RawInput(len(inputs), _utf8(len(inputs), data)))
             else:
                 inputs.append(RawInput(len(inputs), data, _media_type(value.content_type)))
-        return inputs
+        return inputs, TaskParams(candidate_labels(labels) if labels is not None else ())
     finally:
         await form.close()
 
@@ -144,7 +178,7 @@ def _json_int(digits: str) -> int:
     return int(digits)
 
 
-def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
+def _json_inputs(body: bytes, kind: InputKind) -> tuple[list[RawInput], TaskParams]:
     try:
         payload = json.loads(body, parse_int=_json_int)
     except RecursionError as exc:  # the parser's own bound on nesting; a valid body is 2 deep
@@ -153,7 +187,7 @@ def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidRequest('JSON body must be an object like {"inputs": [...]}')
-    unknown = sorted(set(payload) - {"inputs"})
+    unknown = sorted(set(payload) - {"inputs", LABELS_FIELD})
     if unknown:
         raise InvalidRequest(f"unknown JSON field(s): {', '.join(unknown)}")
     items = payload["inputs"]
@@ -170,7 +204,8 @@ def _json_inputs(body: bytes, kind: InputKind) -> list[RawInput]:
         else:
             data, declared = decode_base64(i, item)
             inputs.append(RawInput(i, data, declared))
-    return inputs
+    labels = payload.get(LABELS_FIELD)
+    return inputs, TaskParams(candidate_labels(labels) if labels is not None else ())
 
 
 def decode_base64(index: int, text: str) -> tuple[bytes, str]:
@@ -191,18 +226,19 @@ def decode_base64(index: int, text: str) -> tuple[bytes, str]:
 
 async def read_inputs(
     request: Request, kind: InputKind, limits: InputLimits, body: bytes | None = None
-) -> list[RawInput]:
-    """Parse the predict body (`body` if it was read already) into raw inputs; checks sizes and
-    counts, not image contents."""
+) -> tuple[list[RawInput], TaskParams]:
+    """Parse the predict body (`body` if it was read already) into raw inputs and the task
+    parameters it carries; checks sizes and counts, not image contents."""
     content_type = _media_type(request.headers.get("content-type"))
     if body is None:
         body = await read_body(request, limits.max_body_bytes)
     if not body:
         raise InvalidRequest("request body is empty: send an image, multipart files or JSON inputs")
+    params = TaskParams()
     if content_type == "multipart/form-data":
-        inputs = await _multipart_inputs(request, body, kind, limits)
+        inputs, params = await _multipart_inputs(request, body, kind, limits)
     elif content_type == "application/json":
-        inputs = _json_inputs(body, kind)
+        inputs, params = _json_inputs(body, kind)
     elif kind == "image" and (content_type.startswith("image/") or content_type in UNTYPED):
         inputs = [RawInput(0, body, content_type)]
     elif kind == "text" and content_type == "text/plain":
@@ -215,7 +251,7 @@ async def read_inputs(
         )
         shown = content_type or "no Content-Type"
         raise UnsupportedMediaType(f"{shown} is not accepted by this model; send {accepted}")
-    return check_inputs(inputs, limits)
+    return check_inputs(inputs, limits), params
 
 
 def check_inputs(inputs: list[RawInput], limits: InputLimits) -> list[RawInput]:

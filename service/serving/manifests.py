@@ -18,6 +18,8 @@ Task = Literal[
     "text-classification",
     "token-classification",
     "image-feature-extraction",
+    "zero-shot-image-classification",
+    "object-detection",
 ]
 Adapter = Literal["transformers", "torch"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -85,6 +87,9 @@ class ModelManifest(BaseModel):
     # feature-extraction: the sizes a vector may be cut to (its first N numbers, renormalised),
     # for a model trained for that (Matryoshka representation learning); OpenAI's `dimensions`
     matryoshka_dimensions: list[Annotated[int, Field(ge=1, le=65_536)]] = []
+    # zero-shot-image-classification: the sentence each candidate label is put in ("{}" is the
+    # label) before the text tower reads it, as the pipeline does
+    hypothesis_template: Annotated[str, Field(min_length=2, max_length=500)] = "This is a photo of {}."
 
     @model_validator(mode="after")
     def _adapters_need_a_classifier(self) -> ModelManifest:
@@ -102,6 +107,13 @@ class ModelManifest(BaseModel):
         if self.matryoshka_dimensions and self.task != "feature-extraction":
             raise ValueError("matryoshka_dimensions needs task feature-extraction")
         return self
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _one_place_for_the_label(cls, value: str) -> str:
+        if "{}" not in value or value.count("{") != 1 or value.count("}") != 1:
+            raise ValueError('must hold "{}" (where the label goes) once, and no other braces')
+        return value
 
     @field_validator("name")
     @classmethod

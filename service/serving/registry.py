@@ -39,6 +39,8 @@ INPUT_KIND: dict[str, InputKind] = {
     "text-classification": "text",
     "token-classification": "text",
     "image-feature-extraction": "image",
+    "zero-shot-image-classification": "image",
+    "object-detection": "image",
 }
 
 

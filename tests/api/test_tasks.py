@@ -5,20 +5,18 @@ concurrent requests share forward passes, and bad inputs are refused with a 4xx.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from service.serving.runtime.base import ModelAdapter, Output
 from service.serving.runtime.image_features import ImageFeatureExtractionAdapter
 from service.serving.runtime.text_classification import TextClassificationAdapter
 from service.serving.runtime.token_classification import TokenClassificationAdapter
+from tests.api.conftest import Gate
 from tests.conftest import TINY_SENTIMENTS, image_bytes, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -126,15 +124,6 @@ async def test_image_feature_extraction_answers_one_unit_vector_per_image(client
         assert single == pytest.approx(batched, abs=1e-4)
 
 
-class Gate:
-    """Holds the model's forward passes until opened; records the batch sizes that reached it."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-
 @pytest.fixture
 def gates(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Gate]]:
     """One gate per task adapter, open until a test closes it."""
@@ -144,22 +133,11 @@ def gates(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Gate]]:
         ("tiny-ner", TokenClassificationAdapter),
         ("tiny-features", ImageFeatureExtractionAdapter),
     ]:
-        gate = gates[name] = Gate()
-        gate.open.set()
-        monkeypatch.setattr(adapter, "predict", _held(adapter.predict, gate))
+        gates[name] = Gate()
+        gates[name].hold(adapter, monkeypatch)
     yield gates
     for gate in gates.values():
         gate.open.set()
-
-
-def _held(predict: Callable[..., list[Output]], gate: Gate) -> Callable[..., list[Output]]:
-    def held_predict(self: ModelAdapter, features: list[Any], *, top_k: int) -> list[Output]:
-        gate.batches.append(len(features))
-        gate.entered.set()
-        gate.open.wait(timeout=30)
-        return predict(self, features, top_k=top_k)
-
-    return held_predict
 
 
 def _bodies(model: str, count: int) -> list[dict[str, Any]]:
@@ -176,20 +154,8 @@ async def test_concurrent_requests_share_a_forward_pass_and_each_gets_its_own_an
     bodies = _bodies(model, 4)
     alone = [(await client.post(path, **body)).json() for body in bodies]  # one request at a time
     gate = gates[model]
-    gate.batches.clear()
-    gate.open.clear()
-    gate.entered.clear()
-    first = asyncio.create_task(client.post(path, **bodies[0]))
-    await asyncio.to_thread(gate.entered.wait, 30)  # the first request holds the model
-    rest = [asyncio.create_task(client.post(path, **body)) for body in bodies[1:]]
-    registry = client._transport.app.state.gateway.registry  # type: ignore[attr-defined]
-    entry = registry.entries[model]
-    async with asyncio.timeout(30):
-        while entry.queue_depth < len(rest):  # all three queued behind the held forward pass
-            await asyncio.sleep(0.001)
-    gate.open.set()
-    answers = [(await task).json() for task in [first, *rest]]
-    assert gate.batches == [1, 3]  # the three waiting requests went through one forward pass
+    answers = [r.json() for r in await gate.one_then_the_rest(client, model, bodies)]
+    assert [len(b) for b in gate.batches] == [1, 3]  # the three waiting requests: one forward pass
     for mine, single in zip(answers, alone, strict=True):
         assert_same_answer(mine, single)
 

@@ -68,7 +68,9 @@ def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
         "max_delay_ms": 5.0,
         "max_queue": 256,
     }
-    for name in ["vit-base", "distilbert-sst2", "bert-base-ner", "dinov2-small"]:  # hub models, offline
+    hub_models = ["vit-base", "distilbert-sst2", "bert-base-ner", "dinov2-small", "clip-vit-base-patch32"]
+    hub_models.append("yolos-tiny")
+    for name in hub_models:  # offline: listed, unavailable
         hub = models[name]
         assert hub["status"] == "unavailable" and "hub" in hub["reason"], name
         assert http.get(f"/v1/models/{name}").json()["status"] == "unavailable"

@@ -169,3 +169,17 @@ def test_shipped_manifests_are_valid() -> None:
 def test_the_text_and_image_feature_tasks_are_manifest_tasks(tmp_path: Path, task: str) -> None:
     path = write(tmp_path, "m.yaml", f"name: m\ntask: {task}\nsource: ./w\npooling: cls\n")
     assert read_manifest(path).task == task
+
+
+@pytest.mark.parametrize(
+    ("template", "valid"),
+    [("a photo of {}", True), ("{}", True), ("a photo", False), ("{} or {}", False), ("a {x} of {}", False)],
+)
+def test_a_hypothesis_template_holds_one_place_for_the_label(template: str, valid: bool) -> None:
+    fields = {"name": "clip", "task": "zero-shot-image-classification", "source": "openai/clip"}
+    assert ModelManifest(**fields).hypothesis_template == "This is a photo of {}."  # the pipeline's
+    if valid:
+        assert ModelManifest(**fields, hypothesis_template=template).hypothesis_template == template
+    else:
+        with pytest.raises(ValueError, match="hypothesis_template"):
+            ModelManifest(**fields, hypothesis_template=template)

@@ -17,15 +17,34 @@ InputKind = Literal["image", "text"]
 
 
 @dataclass(frozen=True)
+class TaskParams:
+    """A request's parameters that its task reads per input (beyond `top_k`, which ranks a whole
+    batch): they travel with each input through the batcher, so that requests with different
+    parameters share a batch."""
+
+    candidate_labels: tuple[str, ...] = ()  # zero-shot classification
+    threshold: float | None = None  # object detection: the lowest score a box may have
+
+
+@dataclass(frozen=True)
+class WithParams:
+    """One input's features with its request's `TaskParams`: what an adapter that reads
+    parameters (`reads_params`) gets in its batch."""
+
+    features: Any
+    params: TaskParams
+
+
+@dataclass(frozen=True)
 class Classification:
     label: str
     score: float
 
 
 # One input's output: a ranked list of classes, one embedding vector, or a list of JSON objects
-# (a token classifier's entities).
+# (a token classifier's entities, a detector's boxes).
 Output = list[Classification] | list[float] | list[dict[str, Any]]
-OutputKey = Literal["predictions", "embeddings", "entities"]
+OutputKey = Literal["predictions", "embeddings", "entities", "detections"]
 
 
 class ModelAdapter(abc.ABC):
@@ -33,6 +52,8 @@ class ModelAdapter(abc.ABC):
 
     input_kind: ClassVar[InputKind]
     output_key: ClassVar[OutputKey]  # the answer's key; "predictions" outputs are ranked (top_k)
+    # the `TaskParams` fields this task reads; when any, each feature comes as `WithParams`
+    reads_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device

@@ -20,9 +20,11 @@ from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, pooled, top_k_classes
 from service.serving.runtime.image_features import ImageFeatureExtractionAdapter
 from service.serving.runtime.images import ImageAdapter
+from service.serving.runtime.object_detection import ObjectDetectionAdapter
 from service.serving.runtime.sources import ResolvedSource
 from service.serving.runtime.text_classification import TextClassificationAdapter
 from service.serving.runtime.token_classification import TokenClassificationAdapter
+from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,12 @@ def load_transformers_adapter(
         adapter = ImageFeatureExtractionAdapter(
             pipe, device, dtype, fast=fast, pooling=manifest.pooling, normalize=manifest.normalize
         )
+    elif manifest.task == "zero-shot-image-classification":
+        adapter = ZeroShotImageClassificationAdapter(
+            pipe, device, dtype, fast=fast, template=manifest.hypothesis_template
+        )
+    elif manifest.task == "object-detection":
+        adapter = ObjectDetectionAdapter(pipe, device, dtype)
     elif manifest.task == "text-classification":
         adapter = TextClassificationAdapter(pipe, device, dtype)
     elif manifest.task == "token-classification":
