@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from service.api import schemas as s
 from service.api.calls import inference_call
 from service.api.deps import App, Caller
 from service.bounds import MAX_TOP_K
@@ -27,7 +28,10 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/{model}/predict")
+@router.post(
+    "/{model}/predict",
+    **s.documented(s.Prediction, *s.AUTHENTICATED, 404, 409, 413, 415, 429, 503, 504),
+)
 async def predict(
     model: str,
     request: Request,
