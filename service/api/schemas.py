@@ -116,6 +116,14 @@ class Usage(BaseModel):
     cost: str | None = Field(None, description="A decimal, e.g. '0.002000'.")
 
 
+class PredictInputs(BaseModel):
+    """A predict body in JSON: base64 images (image models) or texts (text models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(description="One input each: base64 of an image, or a text.")
+
+
 class Prediction(BaseModel):
     """One result per input, in input order, under the key of the model's task."""
 

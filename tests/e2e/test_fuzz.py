@@ -26,6 +26,7 @@ from tests.e2e.conftest import Server, start_server
 pytestmark = pytest.mark.e2e
 
 ADMIN = "mk_e2e_fuzz_admin_key_00000000000000000000"
+MODEL = "tiny-vit"
 MAX_EXAMPLES = 25  # per operation, key and database: under a minute per database on 2 cores
 
 
@@ -57,9 +58,12 @@ def fuzz(server: Server, key: str) -> tuple[Counter[int], list[str]]:
     statuses: Counter[int] = Counter()
     for result in schema.get_all_operations():
         operation = result.ok()
-        cases = st.one_of(
-            operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
-        )
+        modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        strategies = [operation.as_strategy(mode) for mode in modes]
+        if "{model}" in operation.path:  # a real model too, or inference is never reached
+            pinned = {"model": MODEL}
+            strategies += [operation.as_strategy(mode, path_parameters=pinned) for mode in modes]
+        cases = st.one_of(strategies)
 
         @given(case=cases)
         @settings(
