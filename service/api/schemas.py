@@ -199,7 +199,7 @@ class UsageRow(BaseModel):
     requests: int
     errors: int
     inputs: int
-    compute_seconds: float
+    compute_seconds: str = Field(description="A decimal, e.g. '1.250000'.")
     cost_micro: int
     cost: str
 
@@ -221,7 +221,7 @@ class InvoiceLine(BaseModel):
     kind: str
     inputs: int
     requests: int
-    compute_seconds: float
+    compute_seconds: str = Field(description="A decimal, e.g. '1.250000'.")
     unit_price: str
     unit_price_micro: int
     compute_second_price_micro: int
