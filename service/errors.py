@@ -184,7 +184,9 @@ def install_error_handlers(app: FastAPI) -> None:
         error = framework_error(exc)
         if exc.status_code == 405:
             error.headers["Allow"] = allowed_methods(request, exc)
-        response = error_response(request, error)
+        # a route of another protocol draws its errors in that protocol's shape, this one too
+        render = getattr(request.scope.get("route"), "render_error", error_response)
+        response: JSONResponse = render(request, error)
         response.status_code = exc.status_code
         return response
 
