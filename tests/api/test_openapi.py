@@ -14,7 +14,9 @@ from pydantic import BaseModel
 
 from service.api import schemas
 from service.protocols import openai, v2
+from tests.api.test_fine_tuning import create_job, upload, wait_for
 from tests.conftest import Gateway, image_bytes
+from tests.training.zips import colour_dataset
 
 pytestmark = pytest.mark.anyio
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"}
@@ -109,6 +111,26 @@ async def test_real_answers_match_the_declared_models(gateway: Gateway) -> None:
         fields_match(schemas.BillingExport, export.json())
         for line in export.json()["lines"]:
             fields_match(schemas.InvoiceLine, line)
+
+
+async def test_fine_tuning_answers_match_the_declared_models(gateway: Gateway) -> None:
+    async with gateway.client() as admin:
+        await admin.post("/v1/admin/tenants", json={"name": "acme"})
+        key = (await admin.post("/v1/admin/tenants/acme/keys", json={})).json()["key"]
+    async with gateway.client(key) as acme:
+        uploaded = await upload(acme, colour_dataset(per_label=5))
+        assert uploaded.status_code == 201, uploaded.text
+        fields_match(schemas.DatasetFile, uploaded.json())
+        fields_match(schemas.FileList, (await acme.get("/v1/files")).json())
+        job = await create_job(acme, uploaded.json()["id"], epochs=1)
+        fields_match(schemas.FineTuneJob, job)
+        done = await wait_for(acme, job["id"], {"succeeded", "failed"})
+        fields_match(schemas.FineTuneJob, done)
+        fields_match(schemas.FineTuneJobList, (await acme.get("/v1/fine-tunes")).json())
+        events = (await acme.get(f"/v1/fine-tunes/{job['id']}/events")).json()
+        fields_match(schemas.JobEventList, events)
+        assert events["data"], events
+        fields_match(schemas.DeletedFile, (await acme.delete(f"/v1/files/{uploaded.json()['id']}")).json())
 
 
 @pytest.mark.parametrize(
