@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.observability.middleware import request_id_of
 from service.redaction import redact
@@ -157,6 +158,20 @@ def framework_error(exc: StarletteHTTPException | RequestValidationError) -> Gat
     return err
 
 
+def allowed_methods(request: Request, exc: StarletteHTTPException) -> str:
+    """The `Allow` header of a 405: every method of every route on the request's path, as the
+    OpenAPI schema lists them (Starlette's own header names only the first route's, and the gateway
+    has several routes on one path); Starlette's for a route outside the schema (/docs)."""
+    path = request.url.path
+    methods = {
+        method.upper()
+        for template, operations in request.app.openapi()["paths"].items()
+        if compile_path(template)[0].match(path)
+        for method in operations
+    }
+    return ", ".join(sorted(methods)) or (exc.headers or {}).get("Allow", "")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error, ours or the framework's, answer in the same JSON shape."""
 
@@ -166,7 +181,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        response = error_response(request, framework_error(exc))
+        error = framework_error(exc)
+        if exc.status_code == 405:
+            error.headers["Allow"] = allowed_methods(request, exc)
+        # a route of another protocol draws its errors in that protocol's shape, this one too
+        render = getattr(request.scope.get("route"), "render_error", error_response)
+        response: JSONResponse = render(request, error)
         response.status_code = exc.status_code
         return response
 

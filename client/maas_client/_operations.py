@@ -14,6 +14,7 @@ import httpx
 
 from maas_client._core import IDEMPOTENCY_HEADER, Call, Sleep
 from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_input
+from maas_client._parse import parse
 from maas_client.types import (
     APIKey,
     BillingExport,
@@ -61,19 +62,19 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _one(cls: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], T]:
-    return lambda response: cls(_json(response))
+def _one(cls: type[T]) -> Callable[[httpx.Response], T]:
+    return lambda response: parse(cls, _json(response))
 
 
-def _many(cls: Callable[[dict[str, Any]], T]) -> Callable[[httpx.Response], list[T]]:
-    def parse(response: httpx.Response) -> list[T]:
+def _many(cls: type[T]) -> Callable[[httpx.Response], list[T]]:
+    def parse_list(response: httpx.Response) -> list[T]:
         body = response.json()
         items = body.get("data") if isinstance(body, dict) else body
         if not isinstance(items, list):
             raise ValueError(f"expected a list from {response.request.url}")
-        return [cls(item) for item in items]
+        return [parse(cls, item) for item in items]
 
-    return parse
+    return parse_list
 
 
 def _none(response: httpx.Response) -> None:
@@ -106,13 +107,13 @@ def predict(
     model: str, images: ImageInput | Sequence[ImageInput], top_k: int | None, idempotency_key: str | None
 ) -> Call[Prediction]:
     params = {} if top_k is None else {"top_k": top_k}
-    return _images(model, images, params, _one(Prediction.from_json), idempotency_key)
+    return _images(model, images, params, _one(Prediction), idempotency_key)
 
 
 def embed_images(
     model: str, images: ImageInput | Sequence[ImageInput], idempotency_key: str | None
 ) -> Call[Embeddings]:
-    return _images(model, images, {}, _one(Embeddings.from_json), idempotency_key)
+    return _images(model, images, {}, _one(Embeddings), idempotency_key)
 
 
 def classify_zero_shot(
@@ -163,18 +164,18 @@ def _images(
 
 
 def embed(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Embeddings]:
-    return _texts(model, texts, {}, _one(Embeddings.from_json), idempotency_key)
+    return _texts(model, texts, {}, _one(Embeddings), idempotency_key)
 
 
 def classify_text(
     model: str, texts: str | Sequence[str], top_k: int | None, idempotency_key: str | None
 ) -> Call[Prediction]:
     params = {} if top_k is None else {"top_k": top_k}
-    return _texts(model, texts, params, _one(Prediction.from_json), idempotency_key)
+    return _texts(model, texts, params, _one(Prediction), idempotency_key)
 
 
 def extract_entities(model: str, texts: str | Sequence[str], idempotency_key: str | None) -> Call[Entities]:
-    return _texts(model, texts, {}, _one(Entities.from_json), idempotency_key)
+    return _texts(model, texts, {}, _one(Entities), idempotency_key)
 
 
 def _texts(
@@ -196,11 +197,11 @@ def _texts(
 
 
 def list_models() -> Call[list[Model]]:
-    return Call("GET", "/v1/models", _many(Model.from_json))
+    return Call("GET", "/v1/models", _many(Model))
 
 
 def get_model(name: str) -> Call[Model]:
-    return Call("GET", f"/v1/models/{_seg(name)}", _one(Model.from_json))
+    return Call("GET", f"/v1/models/{_seg(name)}", _one(Model))
 
 
 def ready() -> Call[bool]:
@@ -224,15 +225,15 @@ def create_tenant(
         monthly_quota_inputs=monthly_quota_inputs,
         allowed_models=None if allowed_models is None else list(allowed_models),
     )
-    return Call("POST", "/v1/admin/tenants", _one(Tenant.from_json), json=body)
+    return Call("POST", "/v1/admin/tenants", _one(Tenant), json=body)
 
 
 def list_tenants() -> Call[list[Tenant]]:
-    return Call("GET", "/v1/admin/tenants", _many(Tenant.from_json))
+    return Call("GET", "/v1/admin/tenants", _many(Tenant))
 
 
 def get_tenant(tenant: str) -> Call[Tenant]:
-    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant.from_json))
+    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant))
 
 
 def update_tenant(tenant: str, changes: dict[str, Any]) -> Call[Tenant]:
@@ -240,15 +241,15 @@ def update_tenant(tenant: str, changes: dict[str, Any]) -> Call[Tenant]:
     body = {
         k: (list(v) if isinstance(v, list | tuple) else v) for k, v in changes.items() if v is not NOT_GIVEN
     }
-    return Call("PATCH", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant.from_json), json=body)
+    return Call("PATCH", f"/v1/admin/tenants/{_seg(tenant)}", _one(Tenant), json=body)
 
 
 def suspend_tenant(tenant: str) -> Call[Tenant]:
-    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/suspend", _one(Tenant.from_json), replay_safe=True)
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/suspend", _one(Tenant), replay_safe=True)
 
 
 def resume_tenant(tenant: str) -> Call[Tenant]:
-    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/resume", _one(Tenant.from_json), replay_safe=True)
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/resume", _one(Tenant), replay_safe=True)
 
 
 def create_key(
@@ -266,20 +267,20 @@ def create_key(
         expires_at=_time(expires_at),
         rate_limit_rps=rate_limit_rps,
     )
-    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/keys", _one(APIKey.from_json), json=body)
+    return Call("POST", f"/v1/admin/tenants/{_seg(tenant)}/keys", _one(APIKey), json=body)
 
 
 def list_keys(tenant: str) -> Call[list[APIKey]]:
-    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}/keys", _many(APIKey.from_json))
+    return Call("GET", f"/v1/admin/tenants/{_seg(tenant)}/keys", _many(APIKey))
 
 
 def revoke_key(key_id: str) -> Call[APIKey]:
-    return Call("DELETE", f"/v1/admin/keys/{_seg(key_id)}", _one(APIKey.from_json))
+    return Call("DELETE", f"/v1/admin/keys/{_seg(key_id)}", _one(APIKey))
 
 
 def rotate_key(key_id: str, grace_seconds: float | None) -> Call[APIKey]:
     body = _compact(grace_seconds=grace_seconds)
-    return Call("POST", f"/v1/admin/keys/{_seg(key_id)}/rotate", _one(APIKey.from_json), json=body)
+    return Call("POST", f"/v1/admin/keys/{_seg(key_id)}/rotate", _one(APIKey), json=body)
 
 
 # Usage and billing
@@ -296,19 +297,19 @@ def get_usage(
     start: Time | None, end: Time | None, group_by: str | Sequence[str] | None
 ) -> Call[UsageReport]:
     params = _usage_params(start, end, group_by)
-    return Call("GET", "/v1/usage", _one(UsageReport.from_json), params=params)
+    return Call("GET", "/v1/usage", _one(UsageReport), params=params)
 
 
 def get_admin_usage(
     tenant: str | None, start: Time | None, end: Time | None, group_by: str | Sequence[str] | None
 ) -> Call[UsageReport]:
     params = _usage_params(start, end, group_by, tenant)
-    return Call("GET", "/v1/admin/usage", _one(UsageReport.from_json), params=params)
+    return Call("GET", "/v1/admin/usage", _one(UsageReport), params=params)
 
 
 def billing_export(period: str) -> Call[BillingExport]:
     params = {"period": period, "format": "json"}
-    return Call("GET", "/v1/admin/billing/export", _one(BillingExport.from_json), params=params)
+    return Call("GET", "/v1/admin/billing/export", _one(BillingExport), params=params)
 
 
 def billing_export_csv(period: str) -> Call[str]:
@@ -322,15 +323,15 @@ def billing_export_csv(period: str) -> Call[str]:
 def upload_file(file: FileInput, purpose: str) -> Call[FileObject]:
     name, data = read_file_input(file)
     files = [("file", (name, data, "application/zip" if data[:2] == b"PK" else "application/octet-stream"))]
-    return Call("POST", "/v1/files", _one(FileObject.from_json), files=files, data={"purpose": purpose})
+    return Call("POST", "/v1/files", _one(FileObject), files=files, data={"purpose": purpose})
 
 
 def list_files() -> Call[list[FileObject]]:
-    return Call("GET", "/v1/files", _many(FileObject.from_json))
+    return Call("GET", "/v1/files", _many(FileObject))
 
 
 def get_file(file_id: str) -> Call[FileObject]:
-    return Call("GET", f"/v1/files/{_seg(file_id)}", _one(FileObject.from_json))
+    return Call("GET", f"/v1/files/{_seg(file_id)}", _one(FileObject))
 
 
 def delete_file(file_id: str) -> Call[None]:  # answers {"id", "deleted": true}: nothing to return
@@ -360,24 +361,24 @@ def create_fine_tune(
         priority=priority,
     )
     # The gateway answers a repeated Idempotency-Key with the first job: safe to send again.
-    parse, headers = _one(FineTuneJob.from_json), _idempotency(idempotency_key)
+    parse, headers = _one(FineTuneJob), _idempotency(idempotency_key)
     return Call("POST", "/v1/fine-tunes", parse, json=body, headers=headers, replay_safe=True)
 
 
 def get_fine_tune(job_id: str) -> Call[FineTuneJob]:
-    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}", _one(FineTuneJob.from_json))
+    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}", _one(FineTuneJob))
 
 
 def list_fine_tunes() -> Call[list[FineTuneJob]]:
-    return Call("GET", "/v1/fine-tunes", _many(FineTuneJob.from_json))
+    return Call("GET", "/v1/fine-tunes", _many(FineTuneJob))
 
 
 def fine_tune_events(job_id: str) -> Call[list[FineTuneEvent]]:
-    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}/events", _many(FineTuneEvent.from_json))
+    return Call("GET", f"/v1/fine-tunes/{_seg(job_id)}/events", _many(FineTuneEvent))
 
 
 def cancel_fine_tune(job_id: str) -> Call[FineTuneJob]:
-    return Call("POST", f"/v1/fine-tunes/{_seg(job_id)}/cancel", _one(FineTuneJob.from_json))
+    return Call("POST", f"/v1/fine-tunes/{_seg(job_id)}/cancel", _one(FineTuneJob))
 
 
 def wait_fine_tune(

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api import schemas as s
 from service.api.deps import Admin, App, Directory
 from service.bounds import Concurrency, GraceSeconds, Name, Names, QuotaInputs, Rps, UtcTime
 from service.errors import InvalidRequest
@@ -21,6 +22,7 @@ from service.redaction import KEY_PREFIX
 from service.tenancy.tenants import DEFAULT_SCOPES, describe_key, describe_tenant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
+ADMIN = s.AUTHENTICATED
 
 
 class TenantIn(BaseModel):
@@ -76,22 +78,22 @@ def _key_id(key_id: str) -> str:
     return key_id
 
 
-@router.post("/tenants", status_code=201)
+@router.post("/tenants", status_code=201, **s.documented(s.Tenant, *ADMIN, 409, status=201))
 def create_tenant(body: TenantIn, _: Admin, tenants: Directory) -> dict[str, Any]:
     return describe_tenant(tenants.create_tenant(**body.model_dump()))
 
 
-@router.get("/tenants")
+@router.get("/tenants", **s.documented(s.TenantList, *ADMIN))
 def list_tenants(_: Admin, tenants: Directory) -> dict[str, Any]:
     return {"object": "list", "data": [describe_tenant(t) for t in tenants.list_tenants()]}
 
 
-@router.get("/tenants/{tenant}")
+@router.get("/tenants/{tenant}", **s.documented(s.Tenant, *ADMIN, 404))
 def get_tenant(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
     return describe_tenant(tenants.get_tenant(tenant))
 
 
-@router.patch("/tenants/{tenant}")
+@router.patch("/tenants/{tenant}", **s.documented(s.Tenant, *ADMIN, 404))
 def update_tenant(
     tenant: str, body: TenantChanges, gateway: App, _: Admin, tenants: Directory
 ) -> dict[str, Any]:
@@ -100,40 +102,42 @@ def update_tenant(
     return describe_tenant(found)
 
 
-@router.post("/tenants/{tenant}/suspend")
+@router.post("/tenants/{tenant}/suspend", **s.documented(s.Tenant, *ADMIN, 404))
 def suspend_tenant(tenant: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "suspended")
     gateway.keys_changed("tenant suspended")
     return describe_tenant(found)
 
 
-@router.post("/tenants/{tenant}/resume")
+@router.post("/tenants/{tenant}/resume", **s.documented(s.Tenant, *ADMIN, 404))
 def resume_tenant(tenant: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     found = tenants.set_status(tenant, "active")
     gateway.keys_changed("tenant resumed")
     return describe_tenant(found)
 
 
-@router.post("/tenants/{tenant}/keys", status_code=201)
+@router.post("/tenants/{tenant}/keys", status_code=201, **s.documented(s.NewApiKey, *ADMIN, 404, status=201))
 def create_key(tenant: str, body: KeyIn, _: Admin, tenants: Directory) -> dict[str, Any]:
     """The new key is in `key`, this once; only its hash is kept."""
     made = tenants.create_key(tenant, **body.model_dump())
     return {**describe_key(made.row, made.tenant), "key": made.key}
 
 
-@router.get("/tenants/{tenant}/keys")
+@router.get("/tenants/{tenant}/keys", **s.documented(s.ApiKeyList, *ADMIN, 404))
 def list_keys(tenant: str, _: Admin, tenants: Directory) -> dict[str, Any]:
     return {"object": "list", "data": [describe_key(k, tenant) for k in tenants.list_keys(tenant)]}
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", **s.documented(s.ApiKey, *ADMIN, 404))
 def revoke_key(key_id: str, gateway: App, _: Admin, tenants: Directory) -> dict[str, Any]:
     key, tenant = tenants.revoke_key(_key_id(key_id))
     gateway.keys_changed("key revoked")
     return describe_key(key, tenant)
 
 
-@router.post("/keys/{key_id}/rotate", status_code=201)
+@router.post(
+    "/keys/{key_id}/rotate", status_code=201, **s.documented(s.RotatedApiKey, *ADMIN, 404, 409, status=201)
+)
 def rotate_key(
     key_id: str, gateway: App, _: Admin, tenants: Directory, body: RotateIn | None = None
 ) -> dict[str, Any]:

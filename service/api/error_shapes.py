@@ -59,6 +59,9 @@ class ErrorShape:
         shape = self
 
         class ShapedRoute(APIRoute):
+            # read by the app's handler of errors raised before the route runs (a 405)
+            render_error = staticmethod(shape.response)
+
             def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
                 handler = super().get_route_handler()
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.api import schemas as s
 from service.api.deps import AppSettings, FineTuner, Store, tenant_of
 from service.bodies import bounded_stream
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -45,7 +46,12 @@ UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI ca
 }
 
 
-@router.post("", status_code=201, openapi_extra={"requestBody": UPLOAD_BODY})
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    **s.documented(s.DatasetFile, *s.AUTHENTICATED, 413, 415, status=201),
+)
 async def upload_file(
     request: Request, caller: FineTuner, store: Store, settings: AppSettings
 ) -> dict[str, Any]:
@@ -95,17 +101,17 @@ def _dataset_part(form: FormData, limit: int) -> tuple[UploadFile, str]:
     return upload, purpose
 
 
-@router.get("")
+@router.get("", **s.documented(s.FileList, *s.AUTHENTICATED))
 def list_files(caller: FineTuner, store: Store) -> dict[str, Any]:
     return {"object": "list", "data": [describe_file(f) for f in store.list_files(tenant_of(caller))]}
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", **s.documented(s.DatasetFile, *s.AUTHENTICATED, 404))
 def get_file(file_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
     return describe_file(store.get_file(tenant_of(caller), file_id))
 
 
-@router.delete("/{file_id}")
+@router.delete("/{file_id}", **s.documented(s.DeletedFile, *s.AUTHENTICATED, 404, 409))
 def delete_file(file_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
     row = store.delete_file(tenant_of(caller), file_id)
     return {"id": row.id, "object": "file", "deleted": True}

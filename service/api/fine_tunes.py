@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api import schemas as s
 from service.api.deps import App, FineTuner, Store, tenant_of
 from service.bounds import (
     MAX_BATCH_SIZE,
@@ -62,7 +63,7 @@ class FineTuneIn(BaseModel):
     )
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, **s.documented(s.FineTuneJob, *s.AUTHENTICATED, 404, 409, status=201))
 def create_job(
     body: FineTuneIn,
     caller: FineTuner,
@@ -114,23 +115,23 @@ def create_job(
     return describe_job(job)
 
 
-@router.get("")
+@router.get("", **s.documented(s.FineTuneJobList, *s.AUTHENTICATED))
 def list_jobs(caller: FineTuner, store: Store) -> dict[str, Any]:
     return {"object": "list", "data": [describe_job(j) for j in store.list_jobs(tenant_of(caller))]}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", **s.documented(s.FineTuneJob, *s.AUTHENTICATED, 404))
 def get_job(job_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
     return describe_job(store.get_job(tenant_of(caller), job_id))
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", **s.documented(s.JobEventList, *s.AUTHENTICATED, 404))
 def list_events(job_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
     events = store.events(tenant_of(caller), job_id)
     return {"object": "list", "data": [describe_event(e) for e in events]}
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", **s.documented(s.FineTuneJob, *s.AUTHENTICATED, 404, 409))
 def cancel_job(job_id: str, caller: FineTuner, store: Store, gateway: App) -> dict[str, Any]:
     job = store.cancel(tenant_of(caller), job_id)
     gateway.runner.cancel(job_id)  # stops at its next step if this replica runs it

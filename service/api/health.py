@@ -6,18 +6,26 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api import schemas as s
 from service.api.deps import App, AppMetrics
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", **s.documented(s.Health))
 async def healthz() -> dict[str, str]:
     """200 while the process lives."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {"model": s.Readiness, "description": "Ready."},
+        503: {"model": s.Readiness, "description": "Still loading, or draining; see Retry-After."},
+    },
+)
 async def readyz(gateway: App) -> JSONResponse:
     """200 once every preload model is ready or has failed as unavailable; 503 before and while draining."""
     draining = gateway.draining
@@ -30,7 +38,11 @@ async def readyz(gateway: App) -> JSONResponse:
     return JSONResponse({"status": "ready", "models": models})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(metrics: AppMetrics) -> Response:
     """Prometheus text format."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from service.api import schemas as s
 from service.api.calls import inference_call
 from service.api.deps import App, Caller
 from service.bounds import MAX_TOP_K
@@ -31,7 +32,28 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/{model}/predict")
+PREDICT_BODY = {  # read by the route itself (streamed, bounded): FastAPI cannot infer it
+    "required": True,
+    "content": {
+        "application/json": {"schema": s.PredictInputs.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "text/plain": {"schema": {"type": "string"}},
+    },
+}
+
+
+@router.post(
+    "/{model}/predict",
+    openapi_extra={"requestBody": PREDICT_BODY},
+    **s.documented(s.Prediction, *s.AUTHENTICATED, 404, 409, 413, 415, 429, 503, 504),
+)
 async def predict(
     model: str,
     request: Request,

@@ -15,7 +15,7 @@ from service.api.inference import TimeoutMs
 from service.protocols import openai
 from service.serving.inputs import RawInput, read_body
 
-ERRORS = ErrorShape(openai.error_body, openai.ErrorBody)
+ERRORS = ErrorShape(openai.error_body, openai.OpenAIError)
 router = APIRouter(tags=["openai"], route_class=ERRORS.route_class())
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
+from service.api import schemas as s
 from service.api.deps import Admin, Caller, Directory, Sessions
 from service.bounds import FIRST_PERIOD, LAST_PERIOD, PERIOD, OptionalUtcTime, Period
 from service.errors import InvalidInput, NotFound
@@ -39,7 +40,7 @@ def _groups(group_by: str | None, allowed: tuple[str, ...]) -> list[str]:
         raise InvalidInput(str(exc)) from None
 
 
-@router.get("/v1/usage")
+@router.get("/v1/usage", **s.documented(s.UsageReport, *s.AUTHENTICATED, 404))
 def tenant_usage(
     sessions: Sessions, caller: Caller, start: Start = None, end: End = None, group_by: GroupBy = None
 ) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def tenant_usage(
     return usage_summary(sessions, tenant_id=caller.tenant_id, start=begin, end=until, group_by=groups)
 
 
-@router.get("/v1/admin/usage")
+@router.get("/v1/admin/usage", **s.documented(s.UsageReport, *s.AUTHENTICATED, 404))
 def admin_usage(
     sessions: Sessions,
     _: Admin,
@@ -68,7 +69,11 @@ def admin_usage(
     )
 
 
-@router.get("/v1/admin/billing/export", response_model=None)
+BILLING = s.documented(s.BillingExport, *s.AUTHENTICATED)
+BILLING["responses"][200]["content"] = {"text/csv": {"schema": {"type": "string"}}}  # format=csv
+
+
+@router.get("/v1/admin/billing/export", **BILLING)
 def export_billing(
     sessions: Sessions,
     _: Admin,

@@ -16,9 +16,9 @@ from service.protocols import v2
 from service.serving.inputs import read_body
 from service.serving.registry import ModelStatus
 
-ERRORS = ErrorShape(v2.error_body, v2.ErrorBody)
+ERRORS = ErrorShape(v2.error_body, v2.V2Error)
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=ERRORS.route_class())
-MODEL_ERRORS = ERRORS.responses([401, 403, 404, 503])
+MODEL_ERRORS = ERRORS.responses([400, 401, 403, 404, 422, 503])
 
 
 @router.get("", response_model=v2.ServerMetadata)

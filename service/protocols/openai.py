@@ -71,23 +71,23 @@ class EmbeddingList(BaseModel):
     usage: EmbeddingUsage
 
 
-class ErrorDetail(BaseModel):
+class OpenAIErrorDetail(BaseModel):
     message: str
     type: Literal["invalid_request_error", "server_error"]
     param: str | None
     code: str
 
 
-class ErrorBody(BaseModel):
+class OpenAIError(BaseModel):
     """OpenAI's error shape, on `/v1/embeddings`."""
 
-    error: ErrorDetail
+    error: OpenAIErrorDetail
 
 
 def error_body(error: GatewayError) -> dict[str, Any]:
     kind = "server_error" if error.status_code >= 500 else "invalid_request_error"
-    detail = ErrorDetail(message=error.message, type=kind, param=error.param, code=error.error_type)
-    return ErrorBody(error=detail).model_dump()
+    detail = OpenAIErrorDetail(message=error.message, type=kind, param=error.param, code=error.error_type)
+    return OpenAIError(error=detail).model_dump()
 
 
 def parse_request(body: bytes) -> EmbeddingRequest:

@@ -73,14 +73,14 @@ class ModelReadiness(BaseModel):
     ready: bool
 
 
-class ErrorBody(BaseModel):
+class V2Error(BaseModel):
     """The protocol's error shape, on every `/v2` route."""
 
     error: str
 
 
 def error_body(error: GatewayError) -> dict[str, Any]:
-    return ErrorBody(error=error.message).model_dump()
+    return V2Error(error=error.message).model_dump()
 
 
 class RequestInput(BaseModel):

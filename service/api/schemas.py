@@ -1,0 +1,313 @@
+"""The gateway's answers as pydantic models, for the OpenAPI schema (/openapi.json) and the SDK's
+schema test (client/tests/test_schema.py). Routes still build their answers as dicts (the wire
+format is theirs, field order included); `documented(...)` declares a route's answer and the error
+statuses it really returns, in the one error shape of service/errors.py."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# What each error status means on the gateway's own routes.
+ERROR_MEANINGS = {
+    400: "Malformed request (a NUL byte in a parameter, a malformed body).",
+    401: "Missing or unknown API key.",
+    403: "The key lacks the scope, or its tenant is suspended.",
+    404: "No such resource (or another tenant's).",
+    409: "Conflict: the name is taken, or the resource is in the wrong state.",
+    413: "Body or upload over the limits.",
+    415: "Unsupported media type.",
+    422: "A field or parameter is invalid (the message says which).",
+    429: "Rate limit, quota or in-flight cap; see Retry-After.",
+    503: "Unavailable; see Retry-After.",
+    504: "The request's deadline passed before it ran.",
+}
+AUTHENTICATED = (400, 401, 403, 422)  # any route behind a key: the guard, the key, its scope, parameters
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="The error's kind, e.g. not_found, invalid_input, rate_limited.")
+    message: str
+    request_id: str | None = Field(description="The X-Request-Id of the request, for the logs.")
+
+
+class Error(BaseModel):
+    """The gateway's error shape, on every route but /v1/embeddings and /v2."""
+
+    error: ErrorDetail
+
+
+def documented(
+    answer: type[BaseModel] | None, *errors: int, status: int = 200, description: str = "Success."
+) -> dict[str, Any]:
+    """The route's keyword arguments that declare its answer (`answer` at `status`) and its error
+    answers. `response_model=None`: the route's dict goes out as built, never re-serialized."""
+    responses: dict[int | str, dict[str, Any]] = {
+        s: {"model": Error, "description": ERROR_MEANINGS[s]} for s in sorted(set(errors))
+    }
+    if answer is not None:
+        responses[status] = {"model": answer, "description": description}
+    return {"response_model": None, "responses": responses}
+
+
+class ListOf(BaseModel):
+    object: Literal["list"]
+
+
+# health
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "draining"]
+    models: dict[str, str] = Field(description="Each public model's status.")
+
+
+# models
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int = Field(description="Unix time (OpenAI's `Model.created`).")
+    task: str | None
+    adapter: str | None
+    status: str
+    reason: str | None
+    dtype: str | None
+    devices: list[str]
+    replicas: int
+    batching: dict[str, Any] | None
+    preload: bool
+    description: str
+    labels: int | None
+    load_seconds: float | None
+    owned_by: Literal["system", "tenant"]
+
+
+class ModelList(ListOf):
+    data: list[ModelInfo]
+
+
+# inference
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class Entity(BaseModel):
+    entity_group: str
+    score: float
+    word: str
+    start: int
+    end: int
+
+
+class Usage(BaseModel):
+    inputs: int
+    compute_ms: float | None = Field(None, description="Metered keys (a tenant's) only.")
+    cost_micro: int | None = None
+    cost: str | None = Field(None, description="A decimal, e.g. '0.002000'.")
+
+
+class PredictInputs(BaseModel):
+    """A predict body in JSON: base64 images (image models) or texts (text models)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(description="One input each: base64 of an image, or a text.")
+
+
+class Prediction(BaseModel):
+    """One result per input, in input order, under the key of the model's task."""
+
+    id: str
+    object: Literal["prediction"]
+    model: str
+    predictions: list[list[Label]] | None = Field(None, description="Classifiers: best labels first.")
+    entities: list[list[Entity]] | None = Field(None, description="Token classification.")
+    embeddings: list[list[float]] | None = Field(None, description="Feature extraction.")
+    usage: Usage
+
+
+# admin
+
+
+class Tenant(BaseModel):
+    object: Literal["tenant"]
+    id: str
+    name: str
+    status: Literal["active", "suspended"]
+    allowed_models: list[str] | None
+    rate_limit_rps: float | None
+    max_concurrency: int | None
+    monthly_quota_inputs: int | None
+    created_at: str
+
+
+class TenantList(ListOf):
+    data: list[Tenant]
+
+
+class ApiKey(BaseModel):
+    """A key as lists show it: never its secret, never its hash."""
+
+    object: Literal["api_key"]
+    id: str
+    tenant: str
+    name: str | None
+    prefix: str
+    scopes: list[str]
+    models: list[str] | None
+    rate_limit_rps: float | None
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+    created_at: str | None
+
+
+class ApiKeyList(ListOf):
+    data: list[ApiKey]
+
+
+class NewApiKey(ApiKey):
+    key: str = Field(description="The key itself, shown this once.")
+
+
+class RotatedApiKey(NewApiKey):
+    replaces: ApiKey
+
+
+# usage and billing
+
+
+class UsageRow(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"description": "Only the grouped-by fields are present."})
+
+    tenant: str | None = None
+    tenant_name: str | None = None
+    model: str | None = None
+    day: str | None = None
+    key: str | None = None
+    kind: str
+    requests: int
+    errors: int
+    inputs: int
+    compute_seconds: str = Field(description="A decimal, e.g. '1.250000'.")
+    cost_micro: int
+    cost: str
+
+
+class UsageReport(BaseModel):
+    object: Literal["usage"]
+    start: str
+    end: str
+    group_by: list[str]
+    data: list[UsageRow]
+    total_cost_micro: int
+    total_cost: str
+
+
+class InvoiceLine(BaseModel):
+    tenant: str
+    tenant_id: str
+    model: str
+    kind: str
+    inputs: int
+    requests: int
+    compute_seconds: str = Field(description="A decimal, e.g. '1.250000'.")
+    unit_price: str
+    unit_price_micro: int
+    compute_second_price_micro: int
+    amount: str
+    amount_micro: int
+
+
+class BillingExport(BaseModel):
+    object: Literal["billing_export"]
+    period: str
+    currency_unit_micro: int
+    lines: list[InvoiceLine]
+    total_micro: int
+    total: str
+
+
+# fine-tuning
+
+
+class DatasetFile(BaseModel):
+    id: str
+    object: Literal["file"]
+    filename: str
+    bytes: int
+    purpose: str
+    status: str
+    summary: dict[str, Any] | None
+    created_at: str | None
+
+
+class FileList(ListOf):
+    data: list[DatasetFile]
+
+
+class DeletedFile(BaseModel):
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+class JobProgress(BaseModel):
+    steps_done: int
+    steps_total: int | None
+    epochs_done: int
+    epochs_total: int | None
+
+
+class JobUsage(BaseModel):
+    device_seconds: float
+    trained_samples: int
+
+
+class FineTuneJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"]
+    base_model: str
+    method: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    suffix: str | None
+    priority: str
+    status: str
+    progress: JobProgress
+    metrics: dict[str, Any] | None
+    fine_tuned_model: str | None
+    error: str | None
+    usage: JobUsage
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class FineTuneJobList(ListOf):
+    data: list[FineTuneJob]
+
+
+class JobEvent(BaseModel):
+    id: int
+    object: Literal["fine_tuning.job.event"]
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+    created_at: str | None
+
+
+class JobEventList(ListOf):
+    data: list[JobEvent]
