@@ -127,7 +127,7 @@ def classify_zero_shot(
         raise TypeError("candidate_labels is a list of labels, not one string")
     params = {} if top_k is None else {"top_k": top_k}
     fields: dict[str, str | list[str]] = {"candidate_labels": list(candidate_labels)}
-    return _images(model, images, params, _one(Prediction.from_json), idempotency_key, fields)
+    return _images(model, images, params, _one(Prediction), idempotency_key, fields)
 
 
 def detect_objects(
@@ -137,7 +137,7 @@ def detect_objects(
     idempotency_key: str | None,
 ) -> Call[Detections]:
     params = {} if threshold is None else {"threshold": threshold}
-    return _images(model, images, params, _one(Detections.from_json), idempotency_key)
+    return _images(model, images, params, _one(Detections), idempotency_key)
 
 
 def _images(

@@ -123,22 +123,6 @@ class Detections:
     usage: Usage
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
-    @classmethod
-    def from_json(cls, data: JSON) -> Detections:
-        def box(b: JSON) -> Box:
-            return Box(int(b["xmin"]), int(b["ymin"]), int(b["xmax"]), int(b["ymax"]))
-
-        return cls(
-            id=str(data.get("id", "")),
-            model=str(data.get("model", "")),
-            detections=[
-                [Detection(str(d["label"]), float(d["score"]), box(d["box"])) for d in found]
-                for found in data.get("detections") or []
-            ],
-            usage=Usage.from_json(data.get("usage")),
-            raw=data,
-        )
-
 
 @dataclass(frozen=True)
 class Entities:

@@ -21,6 +21,7 @@ ANSWERS = {
     sdk.Prediction: "Prediction",
     sdk.Embeddings: "Prediction",
     sdk.Entities: "Prediction",
+    sdk.Detections: "Prediction",
     sdk.Label: "Label",
     sdk.Entity: "Entity",
     sdk.Usage: "Usage",
@@ -44,6 +45,7 @@ UNREAD = {
     "Prediction.predictions",
     "Prediction.entities",
     "Prediction.embeddings",
+    "Prediction.detections",
     "BillingExport.currency_unit_micro",
 }
 # JSON types a field's type may be built from (`_parse`): Decimal from a decimal string or number

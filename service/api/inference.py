@@ -39,7 +39,10 @@ PREDICT_BODY = {  # read by the route itself (streamed, bounded): FastAPI cannot
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "candidate_labels": {"type": "array", "items": {"type": "string"}},
+                },
             }
         },
         "image/png": {"schema": {"type": "string", "format": "binary"}},

@@ -109,6 +109,21 @@ class Entity(BaseModel):
     end: int
 
 
+class Box(BaseModel):
+    """In the pixels of the image as sent."""
+
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+
+
+class Detection(BaseModel):
+    label: str
+    score: float
+    box: Box
+
+
 class Usage(BaseModel):
     inputs: int
     compute_ms: float | None = Field(None, description="Metered keys (a tenant's) only.")
@@ -122,6 +137,9 @@ class PredictInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: list[str] = Field(description="One input each: base64 of an image, or a text.")
+    candidate_labels: list[str] | None = Field(
+        None, description="Zero-shot image classification: the labels to score each image against."
+    )
 
 
 class Prediction(BaseModel):
@@ -133,6 +151,7 @@ class Prediction(BaseModel):
     predictions: list[list[Label]] | None = Field(None, description="Classifiers: best labels first.")
     entities: list[list[Entity]] | None = Field(None, description="Token classification.")
     embeddings: list[list[float]] | None = Field(None, description="Feature extraction.")
+    detections: list[list[Detection]] | None = Field(None, description="Object detection: best first.")
     usage: Usage
 
 
