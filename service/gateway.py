@@ -79,7 +79,7 @@ class Gateway:
         """Open the database (migrated), the key store, the limits, the model registry (preloading
         in the background), the usage writer and the fine-tuning runner."""
         redact_keys_in_logs()
-        metrics = Metrics()
+        metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.resolved_database_url)
         check_connection(engine)
@@ -115,10 +115,14 @@ class Gateway:
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts
-        metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
+        metrics.sample_queue_depth(lambda: ((e.name, e.owner, e.queue_depth) for e in registry.list()))
         metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
 
-        usage_metrics = UsageMetrics(metrics.registry)
+        usage_metrics = UsageMetrics(
+            metrics.registry,
+            tenant_labels=settings.metrics_tenant_labels,
+            model_label=lambda name: metrics.model_label(name, registry.owner_of(name)),
+        )
         writer = UsageWriter(
             sessions,
             flush_s=settings.usage_flush_ms / 1000,

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "text"  # json: one object per line, for log shippers
+    metrics_tenant_labels: bool = False  # /metrics needs no key: tenant ids and fine-tuned names only if on
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # also bounds what preprocessing makes of one

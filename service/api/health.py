@@ -19,9 +19,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(gateway: App) -> JSONResponse:
-    """200 once every preload model is ready or has failed as unavailable; 503 before and while draining."""
+    """200 once every preload model is ready or has failed as unavailable; 503 before and while draining.
+    Lists the public models only: tenants' fine-tuned models are named to their owner's key alone."""
     draining = gateway.draining
-    models = {e.name: e.status.value for e in gateway.registry.list()}
+    models = {e.name: e.status.value for e in gateway.registry.public()}
     if draining or not gateway.registry.preload_done.is_set():
         status = "draining" if draining else "loading"
         return JSONResponse(
@@ -32,5 +33,5 @@ async def readyz(gateway: App) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(metrics: AppMetrics) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format; tenant ids and fine-tuned model names only with MAAS_METRICS_TENANT_LABELS."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
