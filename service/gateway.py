@@ -195,7 +195,7 @@ class Gateway:
 
 def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Tenants) -> DatabaseKeyStore:
     """The key store, with the bootstrap admin key: MAAS_ADMIN_KEY as is, or the one kept in
-    `var/admin.key` (generated and printed once on the first start)."""
+    `var/admin.key` (generated on the first start, which says where; printed only if asked)."""
     default = tenants.ensure_tenant(DEFAULT_TENANT)
     configured = settings.admin_key.get_secret_value() if settings.admin_key else None
     admin = bootstrap_admin_key(configured, settings.data_dir)
@@ -203,9 +203,12 @@ def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Ten
         # the kept admin key is a key of the default tenant: listed, revocable like any other
         with contextlib.suppress(Conflict):  # another replica sharing the database got there first
             tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
-    if admin.generated:
-        # Shown once, on purpose outside the logs: keys never go into log lines.
-        print(f"maas: generated an admin key (also saved to {admin.path}):\n{admin.key}", flush=True)
+    # On stdout, outside the logs (keys never go into log lines), and the key itself only if asked:
+    # stdout is often captured too.
+    if admin.generated and admin.path is not None:
+        print(f"maas: generated an admin key, kept in {admin.path.resolve()} (mode 0600)", flush=True)
+    if settings.print_admin_key and admin.path is not None:
+        print(f"maas: the admin key kept in {admin.path}:\n{admin.key}", flush=True)
     fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
     return DatabaseKeyStore(sessions, fallback=fallback)
 

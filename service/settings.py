@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     devices: str = "auto"
     admin_key: SecretStr | None = None
+    print_admin_key: bool = False  # print the kept admin key at start (it always says where it is)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "text"  # json: one object per line, for log shippers
     metrics_tenant_labels: bool = False  # /metrics needs no key: tenant ids and fine-tuned names only if on
