@@ -79,7 +79,7 @@ class Gateway:
         """Open the database (migrated), the key store, the limits, the model registry (preloading
         in the background), the usage writer and the fine-tuning runner."""
         redact_keys_in_logs()
-        metrics = Metrics()
+        metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.resolved_database_url)
         check_connection(engine)
@@ -115,10 +115,14 @@ class Gateway:
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts
-        metrics.sample_queue_depth(lambda: {e.name: e.queue_depth for e in registry.list()})
+        metrics.sample_queue_depth(lambda: ((e.name, e.owner, e.queue_depth) for e in registry.list()))
         metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
 
-        usage_metrics = UsageMetrics(metrics.registry)
+        usage_metrics = UsageMetrics(
+            metrics.registry,
+            tenant_labels=settings.metrics_tenant_labels,
+            model_label=lambda name: metrics.model_label(name, registry.owner_of(name)),
+        )
         writer = UsageWriter(
             sessions,
             flush_s=settings.usage_flush_ms / 1000,
@@ -191,7 +195,7 @@ class Gateway:
 
 def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Tenants) -> DatabaseKeyStore:
     """The key store, with the bootstrap admin key: MAAS_ADMIN_KEY as is, or the one kept in
-    `var/admin.key` (generated and printed once on the first start)."""
+    `var/admin.key` (generated on the first start, which says where; printed only if asked)."""
     default = tenants.ensure_tenant(DEFAULT_TENANT)
     configured = settings.admin_key.get_secret_value() if settings.admin_key else None
     admin = bootstrap_admin_key(configured, settings.data_dir)
@@ -199,9 +203,12 @@ def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Ten
         # the kept admin key is a key of the default tenant: listed, revocable like any other
         with contextlib.suppress(Conflict):  # another replica sharing the database got there first
             tenants.create_key(DEFAULT_TENANT, name="bootstrap admin", scopes=SCOPES, key=admin.key)
-    if admin.generated:
-        # Shown once, on purpose outside the logs: keys never go into log lines.
-        print(f"maas: generated an admin key (also saved to {admin.path}):\n{admin.key}", flush=True)
+    # On stdout, outside the logs (keys never go into log lines), and the key itself only if asked:
+    # stdout is often captured too.
+    if admin.generated and admin.path is not None:
+        print(f"maas: generated an admin key, kept in {admin.path.resolve()} (mode 0600)", flush=True)
+    if settings.print_admin_key and admin.path is not None:
+        print(f"maas: the admin key kept in {admin.path}:\n{admin.key}", flush=True)
     fallback = AdminKeyStore(configured, tenant_id=default.id) if configured else None
     return DatabaseKeyStore(sessions, fallback=fallback)
 

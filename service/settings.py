@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     devices: str = "auto"
     admin_key: SecretStr | None = None
+    print_admin_key: bool = False  # print the kept admin key at start (it always says where it is)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "text"  # json: one object per line, for log shippers
+    metrics_tenant_labels: bool = False  # /metrics needs no key: tenant ids and fine-tuned names only if on
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # also bounds what preprocessing makes of one
@@ -38,6 +40,7 @@ class Settings(BaseSettings):
     max_request_timeout_ms: int = Field(600_000, gt=0)
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)  # slow clients cannot hold a connection
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
 
     redis_url: SecretStr | None = None  # may carry a password

@@ -3,12 +3,14 @@ in-process gateway driven through httpx's ASGITransport (its lifespan run for re
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import secrets
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -311,23 +313,83 @@ def make_image() -> Callable[..., bytes]:
     return image_bytes
 
 
-# Real PostgreSQL and Redis, when the environment names them (.ci/run does); else those tests skip.
+# Real PostgreSQL and Redis: those the environment names (.ci/run does), else the standard local
+# addresses if they answer at once; else those tests skip. The report header says which.
 POSTGRES_URL_VAR = "MAAS_TEST_POSTGRES_URL"
 REDIS_URL_VAR = "MAAS_TEST_REDIS_URL"
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+PROBE_TIMEOUT_S = 1
+
+
+@dataclass(frozen=True)
+class FoundServer:
+    """A server the tests use (`url`), or why they skip (`url` None)."""
+
+    url: str | None
+    why: str
+
+
+def _probe_postgres(url: str) -> None:
+    engine = create_engine(url, connect_args={"connect_timeout": PROBE_TIMEOUT_S})
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def _probe_redis(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
+    ) as client:
+        client.ping()
+
+
+def _find(variable: str, local: str, probe: Callable[[str], None]) -> FoundServer:
+    if url := os.environ.get(variable):
+        return FoundServer(url, f"from {variable}")
+    try:
+        probe(local)
+    except Exception as exc:  # any failure to answer means: not there
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return FoundServer(None, f"{variable} unset and {local} did not answer ({reason[:120]})")
+    return FoundServer(local, f"{variable} unset; {local} answered")
+
+
+@functools.cache
+def found_postgres() -> FoundServer:
+    return _find(POSTGRES_URL_VAR, LOCAL_POSTGRES_URL, _probe_postgres)
+
+
+@functools.cache
+def found_redis() -> FoundServer:
+    return _find(REDIS_URL_VAR, LOCAL_REDIS_URL, _probe_redis)
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"postgresql: {found_postgres().url or 'none, its tests skip'} ({found_postgres().why})",
+        f"redis: {found_redis().url or 'none, its tests skip'} ({found_redis().why})",
+    ]
 
 
 def postgres_url_or_skip() -> str:
-    url = os.environ.get(POSTGRES_URL_VAR)
-    if not url:
-        pytest.skip(f"needs PostgreSQL: set {POSTGRES_URL_VAR}=postgresql+psycopg://user@host:5432/db")
-    return url
+    found = found_postgres()
+    if found.url is None:
+        pytest.skip(
+            f"needs PostgreSQL: {found.why}; set {POSTGRES_URL_VAR}=postgresql+psycopg://user@host:5432/db"
+        )
+    return found.url
 
 
 def redis_url_or_skip() -> str:
-    url = os.environ.get(REDIS_URL_VAR)
-    if not url:
-        pytest.skip(f"needs Redis: set {REDIS_URL_VAR}=redis://host:6379/0")
-    return url
+    found = found_redis()
+    if found.url is None:
+        pytest.skip(f"needs Redis: {found.why}; set {REDIS_URL_VAR}=redis://host:6379/0")
+    return found.url
 
 
 @contextmanager

@@ -30,6 +30,12 @@ def cli(gateway: Server, key: str, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C handled as in a terminal, however the suite was started
+    (`&`, `nohup` and some CI runners start it with SIGINT ignored, which children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ok(done: subprocess.CompletedProcess[str]) -> str:
     """stdout of a command that must have succeeded quietly."""
     assert done.returncode == 0, done.stderr
@@ -271,6 +277,7 @@ def test_files_and_fine_tunes_from_the_shell(gateway: Server, tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     assert following.stdout and following.stdout.readline().endswith("job queued\n")  # it is following
     following.send_signal(signal.SIGINT)  # Ctrl-C

@@ -27,9 +27,10 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(gateway: App) -> JSONResponse:
-    """200 once every preload model is ready or has failed as unavailable; 503 before and while draining."""
+    """200 once every preload model is ready or has failed as unavailable; 503 before and while draining.
+    Lists the public models only: tenants' fine-tuned models are named to their owner's key alone."""
     draining = gateway.draining
-    models = {e.name: e.status.value for e in gateway.registry.list()}
+    models = {e.name: e.status.value for e in gateway.registry.public()}
     if draining or not gateway.registry.preload_done.is_set():
         status = "draining" if draining else "loading"
         return JSONResponse(
@@ -44,5 +45,5 @@ async def readyz(gateway: App) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(metrics: AppMetrics) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format; tenant ids and fine-tuned model names only with MAAS_METRICS_TENANT_LABELS."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         help="MAAS_LOG_LEVEL, default info",
     )
     serve.add_argument("--log-format", choices=["json", "text"], help="MAAS_LOG_FORMAT, default text")
+    serve.add_argument(
+        "--print-admin-key",
+        action="store_true",
+        default=None,
+        help="print the admin key kept in <data dir>/admin.key (MAAS_PRINT_ADMIN_KEY)",
+    )
     db.add_commands(commands, database)
     tenants.add_commands(commands, database)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import FrameType
 
+from service.cli.header_timeout import header_timeout_protocol
 from service.observability.logs import configure_logging
 from service.settings import Settings
 
@@ -30,5 +31,6 @@ def serve(settings: Settings) -> None:
         log_config=None,  # configure_logging routes uvicorn's loggers
         access_log=False,  # service/observability/middleware.py writes one richer line per request
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     DrainingServer(config).run()

@@ -30,9 +30,18 @@ class UsageUnavailable(GatewayError):
 
 
 class UsageMetrics:
-    """Metering's collectors, on the app's registry."""
+    """Metering's collectors, on the app's registry. Billed inputs are labelled by tenant only when
+    `tenant_labels`; `model_label` names a model on them (a tenant's fine-tuned one as `fine-tuned`)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        tenant_labels: bool = False,
+        model_label: Callable[[str], str] = str,
+    ) -> None:
+        self.tenant_labels = tenant_labels
+        self.model_label = model_label
         self.events = Counter(
             "maas_usage_events", "Usage events committed, by status.", ["status"], registry=registry
         )
@@ -50,8 +59,8 @@ class UsageMetrics:
         )
         self.inputs = Counter(
             "maas_usage_inputs",
-            "Billed inputs (answered 200), by tenant id and model: usage by tenant on dashboards.",
-            ["tenant", "model"],
+            "Billed inputs (answered 200), by tenant id (MAAS_METRICS_TENANT_LABELS) and model.",
+            ["tenant", "model"] if tenant_labels else ["model"],
             registry=registry,
         )
         self.write_failures = Counter(
@@ -64,6 +73,11 @@ class UsageMetrics:
             ["outcome"],
             registry=registry,
         )
+
+    def billed(self, usage: Usage) -> None:
+        model = self.model_label(usage.model)
+        labels = (usage.tenant_id, model) if self.tenant_labels else (model,)
+        self.inputs.labels(*labels).inc(usage.inputs)
 
     def observe_group(self, stats: GroupStats) -> None:
         self.write_seconds.observe(stats.seconds)
@@ -180,7 +194,7 @@ class Meter:
         """Count a committed event in the metrics."""
         self.metrics.events.labels(str(usage.status)).inc()
         if usage.status == 200 and usage.kind != TRAINING:
-            self.metrics.inputs.labels(usage.tenant_id, usage.model).inc(usage.inputs)
+            self.metrics.billed(usage)
 
     async def claim(self, tenant_id: str, key: str, digest: str, request_id: str) -> Claim:
         return await anyio.to_thread.run_sync(self.idempotency.claim, tenant_id, key, digest, request_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -13,6 +13,7 @@ from service.serving.batching import BatchStats
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FINE_TUNED = "fine-tuned"  # the model label of every tenant's fine-tuned model unless tenant labels are on
 
 
 class _Sampled(Collector):
@@ -32,9 +33,12 @@ class _Sampled(Collector):
 
 
 class Metrics:
-    """The gateway's metrics; names are prefixed `maas_`."""
+    """The gateway's metrics; names are prefixed `maas_`. `/metrics` needs no key, so unless
+    `tenant_labels` (MAAS_METRICS_TENANT_LABELS) a tenant's fine-tuned model is counted under the
+    model label `fine-tuned`, never under its name."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tenant_labels: bool = False) -> None:
+        self.tenant_labels = tenant_labels
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "maas_requests",
@@ -101,6 +105,28 @@ class Metrics:
             registry=self.registry,
         )
 
+    def model_label(self, name: str, owner: str | None) -> str:
+        """The `model` label of the model `name` owned by `owner` (None: a public model)."""
+        return FINE_TUNED if self._hidden(owner) else name
+
+    def loaded(self, name: str, owner: str | None, seconds: float) -> None:
+        """A model became ready: its load time and readiness, or one more ready `fine-tuned` model."""
+        if self._hidden(owner):  # one model's load time says nothing of the others'; ready ones are counted
+            self.model_ready.labels(FINE_TUNED).inc()
+            return
+        self.model_load_seconds.labels(name).set(seconds)
+        self.model_ready.labels(name).set(1)
+
+    def registered(self, name: str, owner: str | None) -> None:
+        """A model is known, not loaded yet."""
+        if self._hidden(owner):
+            self.model_ready.labels(FINE_TUNED).inc(0)  # the series exists from the first fine-tuned model
+        else:
+            self.model_ready.labels(name).set(0)
+
+    def _hidden(self, owner: str | None) -> bool:
+        return owner is not None and not self.tenant_labels
+
     def batch_observer(self, model: str) -> Callable[[BatchStats], None]:
         """A callback for one model's batchers."""
         batch_size = self.batch_size.labels(model)
@@ -120,9 +146,18 @@ class Metrics:
 
         return observe
 
-    def sample_queue_depth(self, sample: Callable[[], Mapping[str, float | None]]) -> None:
+    def sample_queue_depth(self, sample: Callable[[], Iterable[tuple[str, str | None, int]]]) -> None:
+        """`sample` yields (model, owner, inputs queued); fine-tuned models are summed unless labelled."""
+
+        def depths() -> dict[str, float | None]:
+            totals: dict[str, float | None] = {}
+            for name, owner, depth in sample():
+                label = self.model_label(name, owner)
+                totals[label] = (totals.get(label) or 0) + depth
+            return totals
+
         self.registry.register(
-            _Sampled("maas_queue_depth", "Inputs waiting in a model's queues.", "model", sample)
+            _Sampled("maas_queue_depth", "Inputs waiting in a model's queues.", "model", depths)
         )
 
     def sample_device_memory(self, sample: Callable[[], Mapping[str, float | None]]) -> None:

@@ -127,13 +127,12 @@ class Inference:
             status = exc.status_code
             raise
         finally:
-            self.metrics.requests.labels(entry.name, str(status)).inc()
-            self.metrics.request_seconds.labels(entry.name, str(status)).observe(
-                time.perf_counter() - started
-            )
+            model = self.metrics.model_label(entry.name, entry.owner)
+            self.metrics.requests.labels(model, str(status)).inc()
+            self.metrics.request_seconds.labels(model, str(status)).observe(time.perf_counter() - started)
         if outputs is None:
             return None
-        self.metrics.inputs.labels(entry.name).inc(len(inputs))
+        self.metrics.inputs.labels(self.metrics.model_label(entry.name, entry.owner)).inc(len(inputs))
         return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
 
     async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:

@@ -184,7 +184,7 @@ class ModelRegistry:
             entry.status, entry.reason = ModelStatus.UNAVAILABLE, found.error
             log.warning("model %s unavailable: %s", name, found.error)
         self.entries[name] = entry
-        self.metrics.model_ready.labels(name).set(0)
+        self.metrics.registered(name, None)
 
     def get(self, name: str) -> ModelEntry:
         entry = self.entries.get(name)
@@ -238,8 +238,17 @@ class ModelRegistry:
         root = base.base_model if base is not None and base.base_model else base_model
         entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner, base_model=root)
         self.entries[name] = entry
-        self.metrics.model_ready.labels(name).set(0)
+        self.metrics.registered(name, owner)
         return entry
+
+    def public(self) -> list[ModelEntry]:
+        """The models no tenant owns: what endpoints without a key may name."""
+        return [e for e in self.entries.values() if e.owner is None]
+
+    def owner_of(self, name: str) -> str | None:
+        """The tenant owning the model `name`; None for a public (or unknown) one."""
+        entry = self.entries.get(name)
+        return entry.owner if entry is not None else None
 
     def list(self) -> list[ModelEntry]:
         return list(self.entries.values())
@@ -298,8 +307,7 @@ class ModelRegistry:
         entry.replicas = replicas
         entry.load_seconds = time.perf_counter() - started
         entry.status, entry.reason = ModelStatus.READY, None
-        self.metrics.model_load_seconds.labels(entry.name).set(entry.load_seconds)
-        self.metrics.model_ready.labels(entry.name).set(1)
+        self.metrics.loaded(entry.name, entry.owner, entry.load_seconds)
         log.info(
             "model %s ready on %s in %.2fs",
             entry.name,
@@ -316,7 +324,7 @@ class ModelRegistry:
                 executor=replica.executor,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000,
-                on_batch=self.metrics.batch_observer(entry.name),
+                on_batch=self.metrics.batch_observer(self.metrics.model_label(entry.name, entry.owner)),
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving,
             )

@@ -16,7 +16,7 @@ from service.tenancy.keys import generate_key
 class AdminKey:
     key: str
     path: Path | None  # where it is kept, when generated
-    generated: bool  # True only on the start that created it: print it then, once
+    generated: bool  # True only on the start that created it: say where it is then
 
 
 ADMIN_KEY_WAIT_S = 5.0  # how long a start waits for another one that is writing admin.key

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +58,13 @@ def wait_until_finished(http: httpx.Client, job_id: str, deadline_s: float) -> d
     return job
 
 
-def start_server(models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None) -> Server:
-    """Start `python -m service serve` and return once /readyz answers 200."""
+def start_server(
+    models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Server:
+    """Start `python -m service serve` (with `args` added) and return once /readyz answers 200."""
     port = free_port()
     command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    command += ["--models-dir", str(models_dir), "--data-dir", str(data_dir), "--devices", "cpu"]
+    command += ["--models-dir", str(models_dir), "--data-dir", str(data_dir), "--devices", "cpu", *args]
     return launch(command, port, data_dir, env=env)
 
 

@@ -8,6 +8,7 @@ import io
 import math
 import signal
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 
 from service.serving.devices import cpu_has_native_bfloat16
 from tests.conftest import TINY_LABELS, image_bytes
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, start_server
 from tests.shipped import digit_images
 
 pytestmark = pytest.mark.e2e
@@ -40,12 +41,28 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_first_start_prints_the_generated_admin_key_once_and_keeps_it_private(
+def test_first_start_prints_where_the_generated_admin_key_is_kept_not_the_key(
     server: Server, admin_key: str
 ) -> None:
     assert admin_key.startswith("mk_") and len(admin_key) > 40
     assert stat.S_IMODE((server.data_dir / "admin.key").stat().st_mode) == 0o600
-    assert server.log().count(admin_key) == 1
+    assert admin_key not in server.log()
+    assert f"generated an admin key, kept in {(server.data_dir / 'admin.key').resolve()}" in server.log()
+
+
+def test_print_admin_key_prints_the_kept_key_when_asked(
+    tmp_path_factory: pytest.TempPathFactory, e2e_models_dir: Path
+) -> None:
+    folder = tmp_path_factory.mktemp("print-key-models")
+    (folder / "tiny-vit.yaml").write_text((e2e_models_dir / "tiny-vit.yaml").read_text())
+    data_dir = tmp_path_factory.mktemp("print-key") / "var"
+    generating = start_server(folder, data_dir, args=["--print-admin-key"])
+    generating.stop()
+    key = (data_dir / "admin.key").read_text().strip()
+    assert "generated an admin key" in generating.log() and generating.log().count(key) == 1
+    later = start_server(folder, data_dir, env={"MAAS_PRINT_ADMIN_KEY": "true"})
+    later.stop()
+    assert "generated" not in later.log() and later.log().count(key) == 1
 
 
 def test_health_readiness_and_metrics_need_no_key(server: Server) -> None:
@@ -140,8 +157,6 @@ def test_a_bad_image_gets_a_4xx_and_the_server_keeps_serving(http: httpx.Client)
 def test_sigterm_stops_the_server_cleanly(
     tmp_path_factory: pytest.TempPathFactory, e2e_models_dir: object
 ) -> None:
-    from tests.e2e.conftest import start_server
-
     folder = tmp_path_factory.mktemp("sigterm-models")
     (folder / "tiny-vit.yaml").write_text(
         (e2e_models_dir / "tiny-vit.yaml").read_text()  # type: ignore[operator]
