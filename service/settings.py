@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_request_timeout_ms: int = Field(600_000, gt=0)
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
+    fair_queueing: bool = True  # tenants share a busy model's batches by weight; false: FIFO
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
 
     redis_url: SecretStr | None = None  # may carry a password

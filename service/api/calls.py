@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import Request, Response
 
 from service.api.deps import Admission, admit
-from service.errors import GatewayError
+from service.errors import GatewayError, InvalidInput
 from service.gateway import Gateway
 from service.metering.metered import MeteredRequest
 from service.observability.middleware import request_id_of
+from service.serving.fairqueue import ServiceClass, Share, parse_service_class
 from service.serving.inference import Answer, deadline_of
 from service.serving.inputs import RawInput
 from service.serving.registry import ModelEntry
@@ -33,13 +34,20 @@ class InferenceCall:
     entry: ModelEntry
     deadline: float
     admission: Admission
+    share: Share
 
     async def run(self, inputs: list[RawInput], *, top_k: int) -> Answer | None:
         """Infer `inputs`, parsed by the route from its protocol's body; None when the client left
         first. An answered call counts against the quota."""
         tally = self.metered.tally
         answer = await self.gateway.inference.run_inputs(
-            self.request, self.entry, inputs, top_k=top_k, deadline=self.deadline, tally=tally
+            self.request,
+            self.entry,
+            inputs,
+            top_k=top_k,
+            deadline=self.deadline,
+            tally=tally,
+            share=self.share,
         )
         return await self._charged(answer)
 
@@ -47,7 +55,13 @@ class InferenceCall:
         """`run` for predict's body shapes: read from `body`, or streamed when None."""
         tally = self.metered.tally
         answer = await self.gateway.inference.run(
-            self.request, self.entry, body=body, top_k=top_k, deadline=self.deadline, tally=tally
+            self.request,
+            self.entry,
+            body=body,
+            top_k=top_k,
+            deadline=self.deadline,
+            tally=tally,
+            share=self.share,
         )
         return await self._charged(answer)
 
@@ -91,5 +105,14 @@ async def inference_call(
         caller.require_scope("inference")
         entry = await gateway.registry.find_for(caller, model)
         deadline = deadline_of(timeout_ms, settings.request_timeout_ms, settings.max_request_timeout_ms)
+        share = Share(caller.tenant_id or caller.tenant, caller.weight, _service_class(request))
         async with admit(request, gateway, caller) as admission:
-            yield InferenceCall(request, gateway, metered, entry, deadline, admission)
+            yield InferenceCall(request, gateway, metered, entry, deadline, admission, share)
+
+
+def _service_class(request: Request) -> ServiceClass:
+    """The X-Service-Class header's class: `interactive` (the default) or `batch`; else 422."""
+    try:
+        return parse_service_class(request.headers.get("x-service-class"))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -26,7 +26,30 @@ class ServiceClass(StrEnum):
     BATCH = "batch"
 
 
-CLASSES = tuple(ServiceClass)  # in the order a batch is filled
+CLASSES = (ServiceClass.INTERACTIVE, ServiceClass.BATCH)  # in the order a batch is filled
+
+
+@dataclass(frozen=True)
+class Share:
+    """Whose inputs these are, for the queue: the tenant, its weight, the request's class."""
+
+    tenant: str = ""
+    weight: float = 1.0
+    service_class: ServiceClass = ServiceClass.INTERACTIVE
+
+
+ANYONE = Share()  # no tenant: one shared sub-queue, interactive
+
+
+def parse_service_class(header: str | None) -> ServiceClass:
+    """The X-Service-Class header's class (absent: interactive); ValueError names the choices."""
+    if header is None:
+        return ServiceClass.INTERACTIVE
+    try:
+        return ServiceClass(header.strip().lower())
+    except ValueError:
+        choices = ", ".join(c.value for c in CLASSES)
+        raise ValueError(f"X-Service-Class must be one of {choices}; got {header[:40]!r}") from None
 
 
 class Queued(Protocol):

@@ -17,6 +17,7 @@ from service.observability.metrics import Metrics
 from service.serving.batching import Tally
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.dispatch import infer
+from service.serving.fairqueue import ANYONE, Share
 from service.serving.inputs import InputLimits, RawInput, check_inputs, read_inputs
 from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelRegistry
@@ -61,6 +62,7 @@ class Inference:
         top_k: int,
         deadline: float,
         tally: Tally,
+        share: Share = ANYONE,
     ) -> Answer | None:
         """Answer the request's inputs (read from `body`, or streamed from `request` when None);
         None when the client left first (its queued inputs are dropped before the device)."""
@@ -68,7 +70,7 @@ class Inference:
         async def read() -> list[RawInput]:
             return await read_inputs(request, entry.input_kind, self.limits, body)
 
-        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally)
+        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share)
 
     async def run_inputs(
         self,
@@ -79,6 +81,7 @@ class Inference:
         top_k: int,
         deadline: float,
         tally: Tally,
+        share: Share = ANYONE,
     ) -> Answer | None:
         """`run` for inputs that a protocol's route parsed from its own body shape (its body read
         already): the same checks and limits, queue, metrics and answer."""
@@ -86,7 +89,9 @@ class Inference:
         async def given() -> list[RawInput]:
             return check_inputs(inputs, self.limits)
 
-        return await self._run(request, entry, given, top_k=top_k, deadline=deadline, tally=tally)
+        return await self._run(
+            request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
+        )
 
     async def _run(
         self,
@@ -97,6 +102,7 @@ class Inference:
         top_k: int,
         deadline: float,
         tally: Tally,
+        share: Share,
     ) -> Answer | None:
         started = time.perf_counter()
         status = 500
@@ -114,6 +120,8 @@ class Inference:
                 max_queue=entry.manifest.batching.max_queue,
                 deadline=deadline,
                 tally=tally,
+                share=share,
+                max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
             )
             outputs = await unless_client_leaves(request, queued)
             status = 200 if outputs is not None else CLIENT_CLOSED
@@ -128,6 +136,7 @@ class Inference:
         if outputs is None:
             return None
         self.metrics.inputs.labels(entry.name).inc(len(inputs))
+        self.metrics.class_inputs.labels(share.service_class.value).inc(len(inputs))
         return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
 
     async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:
