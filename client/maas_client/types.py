@@ -252,6 +252,7 @@ class Tenant:
     monthly_quota_inputs: int | None = None
     allowed_models: list[str] | None = None
     created_at: str | None = None
+    weight: float | None = None  # its share of a busy model's batches (default 1)
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -265,6 +266,7 @@ class Tenant:
             monthly_quota_inputs=_opt_int(data, "monthly_quota_inputs"),
             allowed_models=_opt_strs(data, "allowed_models"),
             created_at=_opt_str(data, "created_at"),
+            weight=_opt_float(data, "weight"),
             raw=data,
         )
 
