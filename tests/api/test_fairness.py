@@ -12,10 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.test_backpressure import Gate, files, gate, hold_the_model  # noqa: F401
-from tests.conftest import ADMIN_KEY, write_manifest
+from tests.api.test_backpressure import Gate, files, gate, held_model_client, hold_the_model  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/held/predict"
@@ -23,28 +20,9 @@ PREDICT = "/v1/models/held/predict"
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
-    models = tmp_path / "models"
-    models.mkdir()
-    write_manifest(
-        models,
-        "held",
-        f"""
-        name: held
-        task: image-classification
-        source: {tiny_vit_dir}
-        batching: {{max_batch_size: 1, max_delay_ms: 1, max_queue: 20, max_queue_per_tenant: 2}}
-    """,
-    )
-    settings = Settings(models_dir=models, data_dir=tmp_path / "var", admin_key=ADMIN_KEY, devices="cpu")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        await app.state.gateway.registry.preload_done.wait()
-        gate.batches.clear()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-        ) as http:
-            yield http
+    batching = "max_batch_size: 1, max_delay_ms: 1, max_queue: 20, max_queue_per_tenant: 2"
+    async with held_model_client(tmp_path, tiny_vit_dir, gate, batching) as http:
+        yield http
 
 
 async def key_of(client: httpx.AsyncClient, tenant: str, **fields: float) -> dict[str, str]:

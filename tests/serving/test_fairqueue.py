@@ -15,6 +15,7 @@ import pytest
 
 from service.serving.batching import Batcher, BatchStats
 from service.serving.fairqueue import FairQueue, ServiceClass
+from tests.serving.test_batching import FakeClock
 
 INTERACTIVE, BATCH = ServiceClass.INTERACTIVE, ServiceClass.BATCH
 
@@ -122,14 +123,6 @@ def test_finish_tags_of_idle_tenants_are_forgotten() -> None:
 
 
 @dataclass
-class Clock:
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class Recorder:
     batches: list[list[Any]] = field(default_factory=list)
 
@@ -151,7 +144,7 @@ async def test_the_batcher_gives_weight_3_three_times_the_share_of_weight_1(
 ) -> None:
     model, stats = Recorder(), list[BatchStats]()
     batcher = Batcher(
-        model, executor, max_batch_size=8, max_delay_s=3600, clock=Clock(), on_batch=stats.append
+        model, executor, max_batch_size=8, max_delay_s=3600, clock=FakeClock(), on_batch=stats.append
     )
     futures = [batcher.submit("a", top_k=1, tenant="a", weight=3) for _ in range(24)]
     futures += [batcher.submit("b", top_k=1, tenant="b", weight=1) for _ in range(24)]
@@ -167,7 +160,9 @@ async def test_the_batcher_serves_batch_class_inputs_after_interactive_ones(
 ) -> None:
     model = Recorder()
     # nobody else arriving: the last, partial batch closes at once
-    batcher = Batcher(model, executor, max_batch_size=4, max_delay_s=3600, clock=Clock(), arriving=lambda: 0)
+    batcher = Batcher(
+        model, executor, max_batch_size=4, max_delay_s=3600, clock=FakeClock(), arriving=lambda: 0
+    )
     later = [batcher.submit(f"b{i}", top_k=1, tenant="x", service_class=BATCH) for i in range(4)]
     first = [batcher.submit(f"i{i}", top_k=1, tenant="y") for i in range(6)]
     batcher.start()
