@@ -24,6 +24,7 @@ MAX_MONTHLY_QUOTA_INPUTS = 10**15  # a BigInteger column
 MAX_GRACE_SECONDS = timedelta(days=30).total_seconds()
 MAX_NAME_CHARS = 128  # a key's name, a model's name
 MAX_NAMES = 1000  # models in an allow-list
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0  # a tenant's share of a contended batch
 
 # fine-tuning hyperparameters (kept in a JSON column, used by torch and `random`)
 MAX_EPOCHS = 1000
@@ -98,6 +99,7 @@ Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS), AfterValidat
 Ref = Annotated[str, StringConstraints(max_length=MAX_ID_CHARS), AfterValidator(_plain_text)]
 Names = Annotated[list[Name], Field(max_length=MAX_NAMES)]
 Rps = Annotated[float, Field(gt=0, le=MAX_RATE_LIMIT_RPS, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=MIN_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)]
 Concurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
 QuotaInputs = Annotated[int, Field(ge=0, le=MAX_MONTHLY_QUOTA_INPUTS)]
 GraceSeconds = Annotated[float, Field(ge=0, le=MAX_GRACE_SECONDS, allow_inf_nan=False)]

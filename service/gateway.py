@@ -29,6 +29,7 @@ from service.metering import (
 from service.observability.metrics import Metrics
 from service.redaction import redact_keys_in_logs
 from service.serving.devices import DevicePool, used_bytes
+from service.serving.fairqueue import CLASSES
 from service.serving.inference import Inference
 from service.serving.inputs import InputLimits
 from service.serving.preprocess import PreprocessPool
@@ -111,11 +112,19 @@ class Gateway:
         fine_tunes = FineTuneStore(sessions, settings.data_dir)
         finished = FinishedModels(fine_tunes, settings.data_dir)  # also those other replicas finish
         registry = ModelRegistry(
-            settings.models_dir, pool, metrics, hub_timeout_s=settings.hub_probe_timeout_s, finder=finished
+            settings.models_dir,
+            pool,
+            metrics,
+            hub_timeout_s=settings.hub_probe_timeout_s,
+            finder=finished,
+            fair_queueing=settings.fair_queueing,
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts
         metrics.sample_queue_depth(lambda: ((e.name, e.owner, e.queue_depth) for e in registry.list()))
+        metrics.sample_class_queue_depth(
+            lambda: {c.value: sum(e.class_depth(c) for e in registry.list()) for c in CLASSES}
+        )
         metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
 
         usage_metrics = UsageMetrics(

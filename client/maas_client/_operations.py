@@ -217,6 +217,7 @@ def create_tenant(
     max_concurrency: int | None,
     monthly_quota_inputs: int | None,
     allowed_models: Sequence[str] | None,
+    weight: float | None = None,
 ) -> Call[Tenant]:
     body = _compact(
         name=name,
@@ -224,6 +225,7 @@ def create_tenant(
         max_concurrency=max_concurrency,
         monthly_quota_inputs=monthly_quota_inputs,
         allowed_models=None if allowed_models is None else list(allowed_models),
+        weight=weight,
     )
     return Call("POST", "/v1/admin/tenants", _one(Tenant), json=body)
 

@@ -243,10 +243,14 @@ class AsyncTenants(_AsyncResource):
         max_concurrency: int | None = None,
         monthly_quota_inputs: int | None = None,
         allowed_models: Sequence[str] | None = None,
+        weight: float | None = None,
     ) -> Tenant:
         """Create a tenant with optional limits (None: unlimited) and model allow-list (None: all
-        public models); `ConflictError` when the name is taken."""
-        call = ops.create_tenant(name, rate_limit_rps, max_concurrency, monthly_quota_inputs, allowed_models)
+        public models), and its `weight` (0.01-1000, default 1: its share of a busy model);
+        `ConflictError` when the name is taken."""
+        call = ops.create_tenant(
+            name, rate_limit_rps, max_concurrency, monthly_quota_inputs, allowed_models, weight
+        )
         return await self._client._request(call)
 
     async def list(self) -> builtins.list[Tenant]:
@@ -265,14 +269,16 @@ class AsyncTenants(_AsyncResource):
         max_concurrency: int | _NotGiven | None = NOT_GIVEN,
         monthly_quota_inputs: int | _NotGiven | None = NOT_GIVEN,
         allowed_models: Sequence[str] | _NotGiven | None = NOT_GIVEN,
+        weight: float | _NotGiven | None = NOT_GIVEN,
     ) -> Tenant:
         """Change a tenant's limits: only the arguments given change, None lifts a limit (or the
-        allow-list). Takes effect on the tenant's next request."""
+        allow-list; a weight goes back to 1). Takes effect on the tenant's next request."""
         changes: dict[str, Any] = {
             "rate_limit_rps": rate_limit_rps,
             "max_concurrency": max_concurrency,
             "monthly_quota_inputs": monthly_quota_inputs,
             "allowed_models": allowed_models,
+            "weight": weight,
         }
         return await self._client._request(ops.update_tenant(tenant, changes))
 

@@ -170,6 +170,7 @@ class Tenant:
     monthly_quota_inputs: int | None = None
     allowed_models: list[str] | None = None
     created_at: str | None = None
+    weight: float | None = None  # its share of a busy model's batches (default 1)
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
 

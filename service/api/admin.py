@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api import schemas as s
 from service.api.deps import Admin, App, Directory
-from service.bounds import Concurrency, GraceSeconds, Name, Names, QuotaInputs, Rps, UtcTime
+from service.bounds import Concurrency, GraceSeconds, Name, Names, QuotaInputs, Rps, UtcTime, Weight
 from service.errors import InvalidRequest
 from service.redaction import KEY_PREFIX
 from service.tenancy.tenants import DEFAULT_SCOPES, describe_key, describe_tenant
@@ -35,6 +35,7 @@ class TenantIn(BaseModel):
     max_concurrency: Concurrency | None = None
     monthly_quota_inputs: QuotaInputs | None = None
     allowed_models: Names | None = None
+    weight: Weight = 1.0
 
 
 class TenantChanges(BaseModel):
@@ -46,6 +47,7 @@ class TenantChanges(BaseModel):
     max_concurrency: Concurrency | None = None
     monthly_quota_inputs: QuotaInputs | None = None
     allowed_models: Names | None = None
+    weight: Weight | None = None  # null: back to 1
 
 
 class KeyIn(BaseModel):

@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import Request, Response
 
 from service.api.deps import Admission, admit
-from service.errors import GatewayError
+from service.errors import GatewayError, InvalidInput
 from service.gateway import Gateway
 from service.metering.metered import MeteredRequest
 from service.observability.middleware import request_id_of
+from service.serving.fairqueue import ServiceClass, Share, parse_service_class
 from service.serving.inference import Answer, deadline_of
 from service.serving.inputs import RawInput
 from service.serving.registry import ModelEntry
@@ -33,13 +34,19 @@ class InferenceCall:
     entry: ModelEntry
     deadline: float
     admission: Admission
+    share: Share
 
     async def run(self, inputs: list[RawInput], *, top_k: int) -> Answer | None:
         """Infer `inputs`, parsed by the route from its protocol's body; None when the client left
         first. An answered call counts against the quota."""
-        tally = self.metered.tally
         answer = await self.gateway.inference.run_inputs(
-            self.request, self.entry, inputs, top_k=top_k, deadline=self.deadline, tally=tally
+            self.request,
+            self.entry,
+            inputs,
+            top_k=top_k,
+            deadline=self.deadline,
+            tally=self.metered.tally,
+            share=self.share,
         )
         return await self._charged(answer)
 
@@ -55,6 +62,7 @@ class InferenceCall:
             threshold=threshold,
             deadline=self.deadline,
             tally=self.metered.tally,
+            share=self.share,
         )
         return await self._charged(answer)
 
@@ -81,10 +89,12 @@ async def inference_call(
     model: str,
     *,
     timeout_ms: str | None,
+    service_class: str | None,
     render_error: Callable[[Request, GatewayError], Response],
 ) -> AsyncIterator[InferenceCall]:
     """Meter, authorize (scope and model access first: a refusal spends no tokens) and admit a
-    call to `model`; `timeout_ms` is the X-Request-Timeout-Ms header, `render_error` draws an
+    call to `model`; `timeout_ms` and `service_class` are the X-Request-Timeout-Ms and
+    X-Service-Class headers, `render_error` draws an
     error in the route's shape (its answer is kept for Idempotency-Key replays)."""
     settings = gateway.settings
     metered = gateway.meter.request(
@@ -98,5 +108,14 @@ async def inference_call(
         caller.require_scope("inference")
         entry = await gateway.registry.find_for(caller, model)
         deadline = deadline_of(timeout_ms, settings.request_timeout_ms, settings.max_request_timeout_ms)
+        share = Share(caller.tenant_id or caller.tenant, caller.weight, _service_class(service_class))
         async with admit(request, gateway, caller) as admission:
-            yield InferenceCall(request, gateway, metered, entry, deadline, admission)
+            yield InferenceCall(request, gateway, metered, entry, deadline, admission, share)
+
+
+def _service_class(header: str | None) -> ServiceClass:
+    """The X-Service-Class header's class: `interactive` (the default) or `batch`; else 422."""
+    try:
+        return parse_service_class(header)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -26,6 +26,13 @@ TimeoutMs = Annotated[
     str | None,
     Header(alias="X-Request-Timeout-Ms", description="Give up (504) if not served within this time."),
 ]
+ServiceClassHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Service-Class",
+        description="`interactive` (default) or `batch`: batch inputs only fill room interactive ones leave.",
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="A retry with the same key is answered once, billed once."),
@@ -65,6 +72,7 @@ async def predict(
     top_k: TopK = 5,
     threshold: Threshold = None,
     timeout_ms: TimeoutMs = None,
+    service_class: ServiceClassHeader = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Classify images (or embed texts) with `model`; one result per input, in input order.
@@ -72,7 +80,13 @@ async def predict(
     The request's usage event is committed before the answer goes out (errors too, with their
     status). With an Idempotency-Key, a retry gets the first answer and is not billed again."""
     async with inference_call(
-        request, gateway, caller, model, timeout_ms=timeout_ms, render_error=error_response
+        request,
+        gateway,
+        caller,
+        model,
+        timeout_ms=timeout_ms,
+        service_class=service_class,
+        render_error=error_response,
     ) as call:
         body = None  # streamed, unless an Idempotency-Key needs it whole to hash it
         if idempotency_key is not None and call.metered.metered:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.calls import inference_call
 from service.api.deps import App, Caller
 from service.api.error_shapes import ErrorShape
-from service.api.inference import TimeoutMs
+from service.api.inference import ServiceClassHeader, TimeoutMs
 from service.protocols import openai
 from service.serving.inputs import RawInput, read_body
 
@@ -31,14 +31,24 @@ router = APIRouter(tags=["openai"], route_class=ERRORS.route_class())
     },
 )
 async def create_embeddings(
-    request: Request, caller: Caller, gateway: App, timeout_ms: TimeoutMs = None
+    request: Request,
+    caller: Caller,
+    gateway: App,
+    timeout_ms: TimeoutMs = None,
+    service_class: ServiceClassHeader = None,
 ) -> Response:
     """Embed one text or a list of texts with a text embedding model, as OpenAI's API does.
 
     Metered like predict: one usage event per request, priced per input."""
     params = openai.parse_request(await read_body(request, gateway.settings.max_body_bytes))
     async with inference_call(
-        request, gateway, caller, params.model, timeout_ms=timeout_ms, render_error=ERRORS.response
+        request,
+        gateway,
+        caller,
+        params.model,
+        timeout_ms=timeout_ms,
+        service_class=service_class,
+        render_error=ERRORS.response,
     ) as call:
         openai.check_model(call.entry)
         texts = openai.texts_of(params)

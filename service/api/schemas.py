@@ -167,6 +167,7 @@ class Tenant(BaseModel):
     rate_limit_rps: float | None
     max_concurrency: int | None
     monthly_quota_inputs: int | None
+    weight: float = Field(description="Its share of a busy model's batches (fair queueing).")
     created_at: str
 
 

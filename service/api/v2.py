@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from service.api.calls import inference_call
 from service.api.deps import App, Caller, Registry
 from service.api.error_shapes import ErrorShape
-from service.api.inference import TimeoutMs
+from service.api.inference import ServiceClassHeader, TimeoutMs
 from service.protocols import v2
 from service.serving.inputs import read_body
 from service.serving.registry import ModelStatus
@@ -66,13 +66,24 @@ async def model_ready(model: str, caller: Caller, registry: Registry) -> JSONRes
 
 @router.post("/models/{model}/infer", response_model=v2.InferResponse, responses=ERRORS.responses())
 async def infer(
-    model: str, request: Request, caller: Caller, gateway: App, timeout_ms: TimeoutMs = None
+    model: str,
+    request: Request,
+    caller: Caller,
+    gateway: App,
+    timeout_ms: TimeoutMs = None,
+    service_class: ServiceClassHeader = None,
 ) -> Response:
     """Run the model on one input tensor, in JSON or with the binary data extension.
 
     Metered like predict: one usage event per request, priced per input (per tensor element)."""
     async with inference_call(
-        request, gateway, caller, model, timeout_ms=timeout_ms, render_error=ERRORS.response
+        request,
+        gateway,
+        caller,
+        model,
+        timeout_ms=timeout_ms,
+        service_class=service_class,
+        render_error=ERRORS.response,
     ) as call:
         body = await read_body(request, gateway.settings.max_body_bytes)
         parsed = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH))

@@ -37,6 +37,10 @@ def add_commands(
     create.add_argument("--concurrency", type=int, help="requests in flight at once")
     create.add_argument("--quota", type=int, help="inputs a calendar month")
     create.add_argument("--models", type=_names, help="the models it may use, a,b (default: all public)")
+    create.add_argument("--weight", type=float, default=1.0, help="its share of a busy model (0.01-1000)")
+    update = tenants.add_parser("update", parents=[common], help="change a tenant's weight")
+    update.add_argument("tenant_name", metavar="NAME")
+    update.add_argument("--weight", type=float, required=True, help="its share of a busy model (0.01-1000)")
     tenants.add_parser("list", parents=[common], help="list tenants")
     for action in ("suspend", "resume"):
         change = tenants.add_parser(action, parents=[common], help=f"{action} a tenant's keys")
@@ -89,8 +93,13 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
             max_concurrency=args.concurrency,
             monthly_quota_inputs=args.quota,
             allowed_models=args.models,
+            weight=args.weight,
         )
         print(f"created tenant {made.name} ({made.id})")
+    elif command == ("tenants", "update"):
+        changed = tenants.update_tenant(args.tenant_name, {"weight": args.weight})
+        print(f"tenant {changed.name} has weight {changed.weight:g}")
+        return "tenant updated"
     elif command == ("tenants", "list"):
         rows = [describe_tenant(t) for t in tenants.list_tenants()]
         header = [

@@ -65,6 +65,7 @@ class Tenant(Base):
     rate_limit_rps: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
     monthly_quota_inputs: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")  # its share of a batch
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -72,6 +72,19 @@ class Metrics:
             buckets=WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.class_queue_wait_seconds = Histogram(
+            "maas_class_queue_wait_seconds",
+            "Time an input waited in its model's queue before its batch ran, by service class.",
+            ["class"],
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.class_inputs = Counter(
+            "maas_class_inputs",
+            "Inputs predicted, by service class (interactive, batch).",
+            ["class"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "maas_batch_size",
             "Inputs per forward pass.",
@@ -139,6 +152,8 @@ class Metrics:
                 forward.observe(stats.forward_s)
                 for seconds in stats.queue_wait_s:
                     wait.observe(seconds)
+                for service_class, seconds in zip(stats.classes, stats.queue_wait_s, strict=False):
+                    self.class_queue_wait_seconds.labels(service_class.value).observe(seconds)
             if stats.dropped_expired:
                 self.dropped.labels(model, "deadline").inc(stats.dropped_expired)
             if stats.dropped_cancelled:
@@ -158,6 +173,16 @@ class Metrics:
 
         self.registry.register(
             _Sampled("maas_queue_depth", "Inputs waiting in a model's queues.", "model", depths)
+        )
+
+    def sample_class_queue_depth(self, sample: Callable[[], Mapping[str, float | None]]) -> None:
+        self.registry.register(
+            _Sampled(
+                "maas_class_queue_depth",
+                "Inputs waiting in every model's queues, by service class.",
+                "class",
+                sample,
+            )
         )
 
     def sample_device_memory(self, sample: Callable[[], Mapping[str, float | None]]) -> None:

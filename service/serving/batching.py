@@ -4,6 +4,8 @@ Each input owns a future. A batch closes when it is full (`max_batch_size`), whe
 input has waited `max_delay_ms`, or as soon as no other request for the model is on its way
 (being read or decoded): then waiting could only add latency. The worker waits on an event or
 that deadline, never polls.
+Which inputs a batch takes is the queue's choice (service/serving/fairqueue.py): tenants share it
+by weight, and `batch`-class inputs only fill the room `interactive` ones leave.
 Inputs whose request was cancelled (client gone) or whose deadline passed are dropped before
 the device is used. The forward pass runs on the replica's own thread, so the event loop
 (and the preprocessing of the next requests) goes on meanwhile. If a batch fails, its inputs
@@ -13,7 +15,6 @@ are retried one by one, so that one bad input fails only its own request.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import DeadlineExceeded
+from service.serving.fairqueue import FairQueue, ServiceClass
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class WorkItem:
     enqueued_at: float
     deadline: float | None = None  # on the batcher's clock; None = no deadline
     tally: Tally | None = None  # the request's, shared by its inputs
+    tenant: str = ""  # whose share of the queue it counts against
+    weight: float = 1.0  # its tenant's weight
+    service_class: ServiceClass = ServiceClass.INTERACTIVE
 
 
 @dataclass
@@ -61,6 +66,7 @@ class BatchStats:
     forward_s: float
     dropped_expired: int
     dropped_cancelled: int
+    classes: list[ServiceClass] = field(default_factory=list)  # each input's, as queue_wait_s
 
 
 @dataclass
@@ -92,12 +98,16 @@ class Batcher:
     name: str = "model"
     # requests for this model being read or decoded right now; None: unknown, always wait
     arriving: Callable[[], int] | None = None
-    queue: collections.deque[WorkItem] = field(default_factory=collections.deque)
+    fair: bool = True  # False: first in, first out within each class (MAAS_FAIR_QUEUEING=false)
+    queue: FairQueue[WorkItem] = field(init=False)
     in_flight: int = 0  # inputs in the batch now on the device
     rate: ServiceRate = field(default_factory=ServiceRate)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
+
+    def __post_init__(self) -> None:
+        self.queue = FairQueue(fair=self.fair)
 
     @property
     def load(self) -> int:
@@ -109,14 +119,24 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     def submit(
-        self, features: Any, *, top_k: int, deadline: float | None = None, tally: Tally | None = None
+        self,
+        features: Any,
+        *,
+        top_k: int,
+        deadline: float | None = None,
+        tally: Tally | None = None,
+        tenant: str = "",
+        weight: float = 1.0,
+        service_class: ServiceClass = ServiceClass.INTERACTIVE,
     ) -> asyncio.Future[Any]:
-        """Queue one input; its future resolves to its output (or its error). `tally`, if given,
-        is charged the input's share of its batch's forward time and its queue wait."""
+        """Queue one input of `tenant` (of `weight`, in `service_class`); its future resolves to
+        its output (or its error). `tally`, if given, is charged the input's share of its
+        batch's forward time and its queue wait."""
         if self._closing:
             raise RuntimeError("batcher is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append(WorkItem(features, top_k, future, self.clock(), deadline, tally))
+        item = WorkItem(features, top_k, future, self.clock(), deadline, tally, tenant, weight, service_class)
+        self.queue.append(item)
         self._wakeup.set()
         return future
 
@@ -151,7 +171,7 @@ class Batcher:
         while len(self.queue) < self.max_batch_size and not self._closing:
             if self.arriving is not None and self.arriving() == 0:
                 return  # nobody else is coming: do not hold the batch for company
-            remaining = self.queue[0].enqueued_at + self.max_delay_s - self.clock()
+            remaining = self.queue.oldest_enqueued_at() + self.max_delay_s - self.clock()
             if remaining <= 0:
                 return
             self._wakeup.clear()
@@ -167,18 +187,19 @@ class Batcher:
         batch: list[WorkItem] = []
         expired = cancelled = 0
         while self.queue and len(batch) < self.max_batch_size:
-            item = self.queue.popleft()
-            if item.future.done():  # cancelled: the client went away or gave up
-                cancelled += 1
-            elif item.deadline is not None and now >= item.deadline:
-                expired += 1
-                item.future.set_exception(
-                    DeadlineExceeded("the request's deadline passed before its batch ran")
-                )
-            else:
-                batch.append(item)
+            for item in self.queue.take(self.max_batch_size - len(batch)):
+                if item.future.done():  # cancelled: the client went away or gave up
+                    cancelled += 1
+                elif item.deadline is not None and now >= item.deadline:
+                    expired += 1
+                    item.future.set_exception(
+                        DeadlineExceeded("the request's deadline passed before its batch ran")
+                    )
+                else:
+                    batch.append(item)
         waits = [now - item.enqueued_at for item in batch]
-        return batch, BatchStats(len(batch), waits, 0.0, expired, cancelled)
+        classes = [item.service_class for item in batch]
+        return batch, BatchStats(len(batch), waits, 0.0, expired, cancelled, classes)
 
     async def _run(self, batch: list[WorkItem], stats: BatchStats) -> None:
         loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ from typing import Any
 
 from service.errors import DeadlineExceeded, Overloaded
 from service.serving.batching import Batcher, Tally
+from service.serving.fairqueue import ANYONE, Share
 from service.serving.registry import ModelEntry
 from service.serving.runtime import Output
 
@@ -37,12 +38,16 @@ async def infer(
     max_queue: int,
     deadline: float | None,
     tally: Tally | None = None,
+    share: Share = ANYONE,
+    max_tenant_queue: int | None = None,
 ) -> list[Output]:
     """Queue `features` (one request's inputs) on one replica and wait for their outputs.
 
     `deadline` is on the batchers' clock (time.monotonic). If the caller is cancelled (client
     gone), the inputs still queued are dropped before they reach the device. `tally` collects
-    the request's compute and queue time for metering.
+    the request's compute and queue time for metering. `share` places the inputs in the fair
+    queue; `max_tenant_queue` bounds the inputs one tenant may have waiting (its own 503), while
+    `max_queue` bounds the model as a whole.
     """
     batchers = entry.batchers
     queued = sum(b.load for b in batchers)
@@ -51,8 +56,27 @@ async def infer(
             f"model {entry.name!r} has {queued} inputs queued (limit {max_queue}); retry later",
             retry_after_s=retry_after_s(queued, batchers),
         )
+    if max_tenant_queue is not None:
+        waiting = sum(b.queue.waiting(share.tenant) for b in batchers)
+        if waiting + len(features) > max_tenant_queue:
+            raise Overloaded(
+                f"this tenant has {waiting} inputs queued for model {entry.name!r} "
+                f"(limit {max_tenant_queue} a tenant); retry later",
+                retry_after_s=retry_after_s(waiting, batchers),
+            )
     batcher = pick_replica(entry)
-    futures = [batcher.submit(f, top_k=top_k, deadline=deadline, tally=tally) for f in features]
+    futures = [
+        batcher.submit(
+            f,
+            top_k=top_k,
+            deadline=deadline,
+            tally=tally,
+            tenant=share.tenant,
+            weight=share.weight,
+            service_class=share.service_class,
+        )
+        for f in features
+    ]
     timeout = None if deadline is None else max(0.0, deadline - batcher.clock())
     try:
         async with asyncio.timeout(timeout):

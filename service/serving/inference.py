@@ -18,6 +18,7 @@ from service.observability.metrics import Metrics
 from service.serving.batching import Tally
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.dispatch import infer
+from service.serving.fairqueue import ANYONE, Share
 from service.serving.inputs import LABELS_FIELD, InputLimits, RawInput, check_inputs, read_inputs
 from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelRegistry
@@ -63,6 +64,7 @@ class Inference:
         threshold: float | None = None,
         deadline: float,
         tally: Tally,
+        share: Share = ANYONE,
     ) -> Answer | None:
         """Answer the request's inputs (read from `body`, or streamed from `request` when None);
         None when the client left first (its queued inputs are dropped before the device)."""
@@ -71,7 +73,7 @@ class Inference:
             inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
             return inputs, dataclasses.replace(params, threshold=threshold)
 
-        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally)
+        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share)
 
     async def run_inputs(
         self,
@@ -82,6 +84,7 @@ class Inference:
         top_k: int,
         deadline: float,
         tally: Tally,
+        share: Share = ANYONE,
     ) -> Answer | None:
         """`run` for inputs that a protocol's route parsed from its own body shape (its body read
         already): the same checks and limits, queue, metrics and answer."""
@@ -89,7 +92,9 @@ class Inference:
         async def given() -> tuple[list[RawInput], TaskParams]:
             return check_inputs(inputs, self.limits), TaskParams()
 
-        return await self._run(request, entry, given, top_k=top_k, deadline=deadline, tally=tally)
+        return await self._run(
+            request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
+        )
 
     async def _run(
         self,
@@ -100,6 +105,7 @@ class Inference:
         top_k: int,
         deadline: float,
         tally: Tally,
+        share: Share,
     ) -> Answer | None:
         started = time.perf_counter()
         status = 500
@@ -120,6 +126,8 @@ class Inference:
                 max_queue=entry.manifest.batching.max_queue,
                 deadline=deadline,
                 tally=tally,
+                share=share,
+                max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
             )
             outputs = await unless_client_leaves(request, queued)
             status = 200 if outputs is not None else CLIENT_CLOSED
@@ -133,6 +141,7 @@ class Inference:
         if outputs is None:
             return None
         self.metrics.inputs.labels(self.metrics.model_label(entry.name, entry.owner)).inc(len(inputs))
+        self.metrics.class_inputs.labels(share.service_class.value).inc(len(inputs))
         return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
 
     async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:

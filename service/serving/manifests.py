@@ -31,6 +31,12 @@ class Batching(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue: int = Field(256, ge=1, le=100_000)  # inputs waiting, over all replicas; more -> 503
+    # inputs one tenant may have waiting (its own 503 beyond); None: half of max_queue, rounded up
+    max_queue_per_tenant: int | None = Field(None, ge=1, le=100_000)
+
+    @property
+    def tenant_queue_bound(self) -> int:
+        return self.max_queue_per_tenant or -(-self.max_queue // 2)
 
 
 class Price(BaseModel):

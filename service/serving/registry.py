@@ -25,6 +25,7 @@ from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
 from service.serving.batching import Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
+from service.serving.fairqueue import ServiceClass
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.runtime import ModelAdapter, Output, SourceError, load_adapter
 from service.serving.runtime.base import InputKind
@@ -119,7 +120,7 @@ class ModelEntry:
             "dtype": (dtype_name(self.adapter.dtype) if self.replicas else (m.dtype if m else None)),
             "devices": [str(r.device) for r in self.replicas],
             "replicas": m.replicas if m else 0,
-            "batching": m.batching.model_dump() if m else None,
+            "batching": m.batching.model_dump(exclude_none=True) if m else None,
             "preload": m.preload if m else False,
             "description": m.description if m else "",
             "labels": self.num_labels,
@@ -134,6 +135,9 @@ class ModelEntry:
     @property
     def queue_depth(self) -> int:
         return sum(len(b.queue) for b in self.batchers)
+
+    def class_depth(self, service_class: ServiceClass) -> int:
+        return sum(b.queue.depth(service_class) for b in self.batchers)
 
     @property
     def adapter(self) -> ModelAdapter:
@@ -159,8 +163,10 @@ class ModelRegistry:
         *,
         hub_timeout_s: float = 3.0,
         finder: ModelFinder | None = None,
+        fair_queueing: bool = True,
     ) -> None:
         self.models_dir = models_dir
+        self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
         self.pool = pool
         self.metrics = metrics
         self.hub_timeout_s = hub_timeout_s
@@ -327,6 +333,7 @@ class ModelRegistry:
                 on_batch=self.metrics.batch_observer(self.metrics.model_label(entry.name, entry.owner)),
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving,
+                fair=self.fair_queueing,
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)

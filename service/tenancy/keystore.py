@@ -144,6 +144,7 @@ class DatabaseKeyStore:
             tenant_rate_limit_rps=tenant.rate_limit_rps,
             max_concurrency=tenant.max_concurrency,
             monthly_quota_inputs=tenant.monthly_quota_inputs,
+            weight=tenant.weight,
         )
         return _Cached(principal, key.expires_at, tenant.status == "suspended", until)
 

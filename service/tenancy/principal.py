@@ -24,6 +24,7 @@ class Principal:
     tenant_rate_limit_rps: float | None = None  # the bucket all the tenant's keys share
     max_concurrency: int | None = None  # the tenant's requests in flight
     monthly_quota_inputs: int | None = None
+    weight: float = 1.0  # the tenant's share of a contended model's batches
 
     @property
     def is_admin(self) -> bool:

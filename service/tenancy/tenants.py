@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.bounds import MAX_WEIGHT, MIN_WEIGHT
 from service.db.models import ApiKey, Tenant
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
@@ -57,6 +58,15 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _check_weight(weight: float | None) -> float:
+    """A weight within its range (None: back to the default, 1)."""
+    if weight is None:
+        return 1.0
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # NaN fails too
+        raise InvalidInput(f"weight must be from {MIN_WEIGHT} to {MAX_WEIGHT:g}; got {weight}")
+    return weight
+
+
 def describe_tenant(tenant: Tenant) -> dict[str, Any]:
     return {
         "object": "tenant",
@@ -67,6 +77,7 @@ def describe_tenant(tenant: Tenant) -> dict[str, Any]:
         "rate_limit_rps": tenant.rate_limit_rps,
         "max_concurrency": tenant.max_concurrency,
         "monthly_quota_inputs": tenant.monthly_quota_inputs,
+        "weight": tenant.weight,
         "created_at": tenant.created_at.isoformat(),
     }
 
@@ -109,6 +120,7 @@ class Tenants:
         max_concurrency: int | None = None,
         monthly_quota_inputs: int | None = None,
         allowed_models: list[str] | None = None,
+        weight: float = 1.0,
     ) -> Tenant:
         tenant = Tenant(
             id=new_id("ten"),
@@ -118,6 +130,7 @@ class Tenants:
             rate_limit_rps=rate_limit_rps,
             max_concurrency=max_concurrency,
             monthly_quota_inputs=monthly_quota_inputs,
+            weight=_check_weight(weight),
             created_at=datetime.now(UTC),
         )
         try:
@@ -161,7 +174,9 @@ class Tenants:
 
     def update_tenant(self, name: str, changes: dict[str, Any]) -> Tenant:
         """Change a tenant's limits or model list (`None` clears one); keys see it within a second."""
-        allowed = {"rate_limit_rps", "max_concurrency", "monthly_quota_inputs", "allowed_models"}
+        allowed = {"rate_limit_rps", "max_concurrency", "monthly_quota_inputs", "allowed_models", "weight"}
+        if "weight" in changes:
+            changes = {**changes, "weight": _check_weight(changes["weight"])}
         assert set(changes) <= allowed, set(changes) - allowed
         with self._sessions.begin() as session:
             tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()

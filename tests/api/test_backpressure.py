@@ -5,6 +5,7 @@ is held on an event, so what is queued when is decided by the test, not by timin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -51,6 +52,17 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
 
 @pytest.fixture
 async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterator[httpx.AsyncClient]:
+    async with held_model_client(
+        tmp_path, tiny_vit_dir, gate, "max_batch_size: 4, max_delay_ms: 1, max_queue: 3"
+    ) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def held_model_client(
+    tmp_path: Path, tiny_vit_dir: Path, gate: Gate, batching: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin client of a gateway serving the held model `held` with these `batching` settings."""
     models = tmp_path / "models"
     models.mkdir()
     write_manifest(
@@ -60,7 +72,7 @@ async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterato
         name: held
         task: image-classification
         source: {tiny_vit_dir}
-        batching: {{max_batch_size: 4, max_delay_ms: 1, max_queue: 3}}
+        batching: {{{batching}}}
     """,
     )
     settings = Settings(models_dir=models, data_dir=tmp_path / "var", admin_key=ADMIN_KEY, devices="cpu")

@@ -124,3 +124,20 @@ async def test_with_redis_a_revocation_from_the_shell_holds_in_running_gateways_
     finally:
         await listening.close()
         engine.dispose()
+
+
+def test_tenants_create_and_update_set_the_weight_a_key_carries(
+    database_url: str, tmp_path: Path, key_store: DatabaseKeyStore
+) -> None:
+    maas("tenants", "create", "bigco", "--weight", "3", database_url=database_url, cwd=tmp_path)
+    key = maas("keys", "create", "--tenant", "bigco", database_url=database_url, cwd=tmp_path).stdout
+    principal = key_store.verify(key.strip().splitlines()[-1])
+    assert principal is not None and principal.weight == 3.0
+    updated = maas("tenants", "update", "bigco", "--weight", "0.5", database_url=database_url, cwd=tmp_path)
+    assert "weight 0.5" in updated.stdout
+    principal = key_store.verify(key.strip().splitlines()[-1])
+    assert principal is not None and principal.weight == 0.5
+    refused = maas(
+        "tenants", "update", "bigco", "--weight", "5000", database_url=database_url, cwd=tmp_path, check=False
+    )
+    assert refused.returncode == 1 and "weight must be from 0.01 to 1000" in refused.stderr
