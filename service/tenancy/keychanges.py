@@ -20,6 +20,7 @@ from collections.abc import Callable
 import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -120,7 +121,7 @@ class KeyChanges:
             client = aioredis.Redis.from_url(
                 self._url,
                 socket_connect_timeout=TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),
+                retry=AsyncRetry(NoBackoff(), 0),  # an asyncio client takes the asyncio Retry
                 client_name=self.client_name,
             )
             try:
