@@ -105,6 +105,7 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
         header = [
             "name",
             "status",
+            "weight",
             "rate_limit_rps",
             "max_concurrency",
             "monthly_quota_inputs",

@@ -71,7 +71,7 @@ def test_tenants_create_list_suspend_and_keys_revoke_by_key_or_id(
     again = maas("tenants", "create", "acme", database_url=database_url, cwd=tmp_path, check=False)
     assert again.returncode == 1 and "exists already" in again.stderr
     [_, row] = maas("tenants", "list", database_url=database_url, cwd=tmp_path).stdout.splitlines()
-    assert row.split() == ["acme", "active", "2.0", "3", "100", "-"]
+    assert row.split() == ["acme", "active", "1.0", "2.0", "3", "100", "-"]
 
     first = maas("keys", "create", "--tenant", "acme", database_url=database_url, cwd=tmp_path)
     second = maas("keys", "create", "--tenant", "acme", database_url=database_url, cwd=tmp_path)
@@ -137,6 +137,8 @@ def test_tenants_create_and_update_set_the_weight_a_key_carries(
     assert "weight 0.5" in updated.stdout
     principal = key_store.verify(key.strip().splitlines()[-1])
     assert principal is not None and principal.weight == 0.5
+    header, row = maas("tenants", "list", database_url=database_url, cwd=tmp_path).stdout.splitlines()
+    assert dict(zip(header.split(), row.split(), strict=False))["weight"] == "0.5"
     refused = maas(
         "tenants", "update", "bigco", "--weight", "5000", database_url=database_url, cwd=tmp_path, check=False
     )
