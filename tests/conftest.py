@@ -218,6 +218,36 @@ def tiny_yolos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_SEGMENTS = ["background", "cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SegFormer semantic segmenter (random weights, two encoder stages) over TINY_SEGMENTS,
+    whose processor resizes every image to 32x32; its logits are 8x8."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-segformer")
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        id2label=dict(enumerate(TINY_SEGMENTS)),
+        label2id={n: i for i, n in enumerate(TINY_SEGMENTS)},
+    )
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
 def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     path = models_dir / f"{name}.yaml"
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
