@@ -1,8 +1,10 @@
-"""Image segmentation through the predict route, on a small SegFormer built from its config
-(random weights): each image's segments are the transformers pipeline's, one image at a time, with
-masks (COCO RLE) in the image's own size that cover each pixel once; a model output fixed here
-comes back scaled exactly to an image of another size than the model's input; requests batched
-together get the answers they get alone; a bad `threshold` is a 422; each image is one input."""
+"""Image segmentation through the predict route, on a small SegFormer (semantic) and a small
+Mask2Former (panoptic) built from their configs (random weights): each image's segments are the
+transformers pipeline's, one image at a time, with masks (COCO RLE) in the image's own size that
+cover each pixel once; model outputs fixed here come back scaled exactly to images of other sizes
+than the model's input, also from a padded batch of differently shaped images; requests batched
+together get the answers they get alone; `threshold` filters and a bad one is a 422; each image is
+one input."""
 
 from __future__ import annotations
 
@@ -118,6 +120,77 @@ async def test_a_fixed_model_output_is_scaled_back_exactly_to_the_original_image
             {"label": "dog", "score": None, "mask": {"size": [100, 200], "counts": [10000] + [50] * 200}},
         ]
     ]
+
+
+PANOPTIC = "tiny-panoptic"
+
+
+@pytest.fixture
+def panoptic(models_dir: Path, tiny_mask2former_dir: Path) -> None:
+    write_manifest(
+        models_dir,
+        PANOPTIC,
+        f"""
+        name: {PANOPTIC}
+        task: image-segmentation
+        source: {tiny_mask2former_dir}
+        dtype: float32
+        batching: {{max_batch_size: 8, max_delay_ms: 2}}
+        price: {{per_image: 0.001}}
+        """,
+    )
+
+
+def halves(size: tuple[int, int]) -> bytes:
+    """A PNG whose left half is white and right half black."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, size[0] // 2, size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_panoptic_masks_of_a_padded_batch_are_each_images_own(
+    panoptic: None, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import Mask2FormerForUniversalSegmentation
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerForUniversalSegmentationOutput,
+    )
+
+    seen: list[tuple[int, ...]] = []
+
+    def fixed(self: Any, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        """Query 0 is a cat where the image is bright, query 1 a dog where it is dark; the others
+        are no object. Padding (zeros) is neither: if it were read, it would tie to the cat."""
+        seen.append(tuple(pixel_values.shape))
+        n = pixel_values.shape[0]
+        bright = torch.nn.functional.avg_pool2d(pixel_values[:, :1], 4).sign()
+        masks = torch.cat([10 * bright, -10 * bright, torch.full_like(bright, -10).expand(-1, 3, -1, -1)], 1)
+        classes = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 9.0], [0, 0, 9.0], [0, 0, 9.0]])
+        return Mask2FormerForUniversalSegmentationOutput(
+            class_queries_logits=classes.expand(n, -1, -1), masks_queries_logits=masks
+        )
+
+    monkeypatch.setattr(Mask2FormerForUniversalSegmentation, "forward", fixed)
+    path = f"/v1/models/{PANOPTIC}/predict"
+    images = [halves((200, 100)), halves((100, 200))]  # the model reads 128x64 and 64x128
+    response = await client.post(path, files=files(images))
+    assert response.status_code == 200, response.text
+    assert seen[-1] == (2, 3, 128, 128)  # one pass, each image padded to the other's size
+    score = round(torch.tensor([5.0, 0, 0]).softmax(-1)[0].item(), 6)
+    for (width, height), segments in zip([(200, 100), (100, 200)], response.json()["segments"], strict=True):
+        # the left half (its columns, top to bottom) is the cat, the right half the dog
+        half = width // 2 * height
+        assert segments == [
+            {"label": "cat", "score": score, "mask": {"size": [height, width], "counts": [0, half, half]}},
+            {"label": "dog", "score": score, "mask": {"size": [height, width], "counts": [half, half]}},
+        ]
+    for data, segments in zip(images, response.json()["segments"], strict=True):  # alone: the same
+        alone = await client.post(path, content=data, headers={"Content-Type": "image/png"})
+        assert alone.json()["segments"] == [segments]
+    above = await client.post(path, files=files(images), params={"threshold": round(score + 0.001, 6)})
+    assert above.json()["segments"] == [[], []]  # both segments score below the threshold
 
 
 @pytest.fixture
