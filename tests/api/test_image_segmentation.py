@@ -19,10 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
+from service.api import schemas
 from service.serving.runtime import rle
 from service.serving.runtime.image_segmentation import ImageSegmentationAdapter
 from tests.api.conftest import Gate
-from tests.conftest import write_manifest
+from tests.conftest import Gateway, write_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +71,7 @@ async def test_each_image_gets_the_pipelines_segments_covering_its_own_pixels_on
     response = await client.post(PREDICT, files=files(IMAGES))
     assert response.status_code == 200, response.text
     body = response.json()
+    schemas.Prediction.model_validate(body)
     assert body["usage"]["inputs"] == 3 and body["usage"]["cost_micro"] == 3000  # one input per image
     reference = pipeline("image-segmentation", model=str(tiny_segformer_dir), device="cpu")
     classes_seen: set[str] = set()
@@ -235,3 +237,20 @@ async def test_a_bad_threshold_is_a_422_naming_it(
     )
     assert response.status_code == 422, response.text
     assert says in response.json()["error"]["message"]
+
+
+async def test_each_image_is_one_billed_input_in_the_tenants_usage(gateway: Gateway) -> None:
+    async with gateway.client() as admin:
+        assert (await admin.post("/v1/admin/tenants", json={"name": "acme"})).status_code == 201
+        key = (await admin.post("/v1/admin/tenants/acme/keys", json={})).json()["key"]
+    async with gateway.client(key) as acme:
+        several = await acme.post(PREDICT, files=files(IMAGES))
+        one = await acme.post(PREDICT, content=IMAGES[0], headers={"Content-Type": "image/png"})
+        refused = await acme.post(
+            PREDICT, content=IMAGES[0], headers={"Content-Type": "image/png"}, params={"threshold": 2}
+        )
+        assert [several.status_code, one.status_code, refused.status_code] == [200, 200, 422]
+        usage = (await acme.get("/v1/usage", params={"group_by": "model"})).json()["data"]
+    (row,) = [r for r in usage if r["model"] == MODEL]
+    # 4 images, 4 inputs; the refused request is not billed
+    assert (row["requests"], row["inputs"], row["cost_micro"]) == (2, 4, 4000)
