@@ -218,6 +218,81 @@ def tiny_yolos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_SEGMENTS = ["background", "cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SegFormer semantic segmenter (random weights, two encoder stages) over TINY_SEGMENTS,
+    whose processor resizes every image to 32x32; its logits are 8x8."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-segformer")
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        id2label=dict(enumerate(TINY_SEGMENTS)),
+        label2id={n: i for i, n in enumerate(TINY_SEGMENTS)},
+    )
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mask2former_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Mask2Former (random weights, a tiny Swin backbone, 5 queries) over TINY_OBJECTS,
+    whose processor keeps the aspect ratio (shortest edge 64, longest at most 128: the backbone's
+    last stage needs 2x2 pixels for its group norms) and pads to multiples of 32: a panoptic (and
+    instance) segmenter."""
+    import torch
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-mask2former")
+    backbone = SwinConfig(
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=2,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        feature_size=32,  # the pixel decoder's group norms take 32 groups
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=32,
+        dim_feedforward=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        num_queries=5,
+        id2label=dict(enumerate(TINY_OBJECTS)),
+        label2id={n: i for i, n in enumerate(TINY_OBJECTS)},
+        use_pretrained_backbone=False,
+    )
+    Mask2FormerForUniversalSegmentation(config).save_pretrained(folder)
+    Mask2FormerImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 128}, size_divisor=32
+    ).save_pretrained(folder)
+    return folder
+
+
 def write_manifest(models_dir: Path, name: str, body: str) -> Path:
     path = models_dir / f"{name}.yaml"
     path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")

@@ -26,6 +26,7 @@ from maas_client.types import (
     FineTuneJob,
     Model,
     Prediction,
+    Segments,
     Tenant,
     UsageReport,
 )
@@ -138,6 +139,16 @@ def detect_objects(
 ) -> Call[Detections]:
     params = {} if threshold is None else {"threshold": threshold}
     return _images(model, images, params, _one(Detections), idempotency_key)
+
+
+def segment(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    threshold: float | None,
+    idempotency_key: str | None,
+) -> Call[Segments]:
+    params = {} if threshold is None else {"threshold": threshold}
+    return _images(model, images, params, _one(Segments), idempotency_key)
 
 
 def _images(

@@ -39,6 +39,7 @@ from maas_client.types import (
     FineTuneJob,
     Model,
     Prediction,
+    Segments,
     Tenant,
     UsageReport,
 )
@@ -192,6 +193,21 @@ class Client:
         boxes scoring above `threshold` (0 to 1; the gateway's default 0.5 when None), best first,
         in the image's own pixels (images as in `predict`, `idempotency_key` too)."""
         return self._request(ops.detect_objects(model, images, threshold, idempotency_key))
+
+    def segment(
+        self,
+        model: str,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Segments:
+        """The segments an image-segmentation model finds in one image or several: per image,
+        `{label, score, mask}` with each mask (`Mask.decode()`) in the image's own size; instance
+        and panoptic segments score above `threshold` (0 to 1; the gateway's default 0.9 when
+        None), best first; semantic ones are every class present, score None (images as in
+        `predict`, `idempotency_key` too)."""
+        return self._request(ops.segment(model, images, threshold, idempotency_key))
 
     def embed_images(
         self,

@@ -125,6 +125,51 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class Mask:
+    """A segment's mask as COCO's uncompressed run-length encoding, in the size of the image as
+    sent: `size` is [height, width]; `counts` are the lengths of alternating runs of unset and set
+    pixels, read column by column, starting with unset ones."""
+
+    size: list[int]
+    counts: list[int]
+
+    def decode(self) -> list[list[int]]:
+        """The mask as `height` rows of `width` values, 1 where the segment is and 0 elsewhere."""
+        height, width = self.size
+        if any(c < 0 for c in self.counts) or sum(self.counts) != height * width:
+            raise ValueError(f"RLE counts must be non-negative and sum to {height} * {width}")
+        rows = [[0] * width for _ in range(height)]
+        at = 0
+        for run, count in enumerate(self.counts):
+            if run % 2:  # odd runs are the set pixels
+                for pixel in range(at, at + count):
+                    rows[pixel % height][pixel // height] = 1
+            at += count
+        return rows
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment an image-segmentation model found: its label, score (None for semantic
+    segmentation, where every class present is a segment) and mask."""
+
+    label: str
+    score: float | None
+    mask: Mask
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The answer to `segment`: the segments of each image, in input order."""
+
+    id: str
+    model: str
+    segments: list[list[Segment]]
+    usage: Usage
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Entities:
     """The answer to `extract_entities`: the entities of each text, in input order."""
 

@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:  # the gateway's own test helpers live in the repo
 from tests.conftest import (  # noqa: E402
     TINY_LABELS,
     tiny_clip_dir,
+    tiny_segformer_dir,
     tiny_text_classifier_dir,
     tiny_token_classifier_dir,
     tiny_vit_dir,
@@ -41,6 +42,7 @@ from tests.e2e.conftest import Server, start_server  # noqa: E402
 __all__ = [
     "TINY_LABELS",
     "tiny_clip_dir",
+    "tiny_segformer_dir",
     "tiny_text_classifier_dir",
     "tiny_token_classifier_dir",
     "tiny_vit_dir",
@@ -53,6 +55,7 @@ TASK_MODELS = {  # name -> task, of the small task models the gateway serves (ra
     "tiny-features": "image-feature-extraction",
     "tiny-clip": "zero-shot-image-classification",
     "tiny-detector": "object-detection",
+    "tiny-segmenter": "image-segmentation",
 }
 
 ADMIN_KEY = "mk_client_suite_admin_key_0123456789abcdef"
@@ -78,6 +81,7 @@ def gateway(
     tiny_vit_features_dir: Path,
     tiny_clip_dir: Path,
     tiny_yolos_dir: Path,
+    tiny_segformer_dir: Path,
 ) -> Iterator[Server]:
     """One real gateway for the client suite: the tiny ViT (priced, fine-tunable), the shipped
     MiniLM embedder, small models of the other tasks (TASK_MODELS), and a model whose source is
@@ -90,6 +94,7 @@ def gateway(
         tiny_vit_features_dir,
         tiny_clip_dir,
         tiny_yolos_dir,
+        tiny_segformer_dir,
     ]
     for (name, task), source in zip(TASK_MODELS.items(), sources, strict=True):
         write_manifest(models, name, f"name: {name}\ntask: {task}\nsource: {source}\n")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import ADMIN_KEY, TASK_MODELS, png
-from maas_client import AsyncClient, Client, Entity, InvalidInputError, Label
+from maas_client import AsyncClient, Client, Entity, InvalidInputError, Label, Segment
 
 from tests.conftest import TINY_SENTIMENTS
 from tests.e2e.conftest import Server
@@ -109,3 +109,28 @@ async def test_the_async_client_detects_objects(gateway: Server) -> None:
     async with AsyncClient(gateway.base_url, ADMIN_KEY) as client:
         result = await client.detect_objects("tiny-detector", png(), threshold=0.0)
         assert len(result.detections) == 1 and len(result.detections[0]) == 5
+
+
+def test_segment_gives_masks_that_cover_each_image_once(client: Client) -> None:
+    sizes = [(90, 60), (50, 70)]
+    images = [png(size=sizes[0]), png((0, 0, 200), size=sizes[1])]
+    result = client.segment("tiny-segmenter", images, threshold=0.5)
+    assert result.usage.inputs == 2 and len(result.segments) == 2
+    for (width, height), segments in zip(sizes, result.segments, strict=True):
+        assert segments and all(isinstance(s, Segment) and s.score is None for s in segments)
+        rows = [s.mask.decode() for s in segments]
+        assert all(s.mask.size == [height, width] for s in segments)
+        for y in range(height):  # semantic: each pixel in exactly one segment
+            for x in range(width):
+                assert sum(mask[y][x] for mask in rows) == 1
+    with pytest.raises(InvalidInputError, match="threshold"):
+        client.segment("tiny-segmenter", images[0], threshold=-1.0)
+
+
+@pytest.mark.anyio
+async def test_the_async_client_segments(gateway: Server) -> None:
+    async with AsyncClient(gateway.base_url, ADMIN_KEY) as client:
+        result = await client.segment("tiny-segmenter", png(size=(40, 30)))
+        assert [[s.mask.size for s in found] for found in result.segments] == [
+            [[30, 40]] * len(result.segments[0])
+        ]

@@ -22,6 +22,9 @@ ANSWERS = {
     sdk.Embeddings: "Prediction",
     sdk.Entities: "Prediction",
     sdk.Detections: "Prediction",
+    sdk.Segments: "Prediction",
+    sdk.Segment: "Segment",
+    sdk.Mask: "Mask",
     sdk.Label: "Label",
     sdk.Entity: "Entity",
     sdk.Usage: "Usage",
@@ -46,6 +49,7 @@ UNREAD = {
     "Prediction.entities",
     "Prediction.embeddings",
     "Prediction.detections",
+    "Prediction.segments",
     "BillingExport.currency_unit_micro",
 }
 # JSON types a field's type may be built from (`_parse`): Decimal from a decimal string or number

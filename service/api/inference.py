@@ -20,7 +20,12 @@ router = APIRouter(prefix="/v1/models", tags=["inference"])
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to return per input.")]
 Threshold = Annotated[
     float | None,
-    Query(ge=0, le=1, allow_inf_nan=False, description="Object detection: the lowest score a box may have."),
+    Query(
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Object detection, image segmentation: the lowest score a box or segment may have.",
+    ),
 ]
 TimeoutMs = Annotated[
     str | None,

@@ -124,6 +124,20 @@ class Detection(BaseModel):
     box: Box
 
 
+class Mask(BaseModel):
+    """COCO's uncompressed run-length encoding, in the size of the image as sent: the pixels read
+    column by column, `counts` the lengths of alternating runs starting with unset pixels."""
+
+    size: list[int] = Field(description="[height, width]", min_length=2, max_length=2)
+    counts: list[int]
+
+
+class Segment(BaseModel):
+    label: str
+    score: float | None = Field(description="None for semantic segmentation (every class present).")
+    mask: Mask
+
+
 class Usage(BaseModel):
     inputs: int
     compute_ms: float | None = Field(None, description="Metered keys (a tenant's) only.")
@@ -152,6 +166,7 @@ class Prediction(BaseModel):
     entities: list[list[Entity]] | None = Field(None, description="Token classification.")
     embeddings: list[list[float]] | None = Field(None, description="Feature extraction.")
     detections: list[list[Detection]] | None = Field(None, description="Object detection: best first.")
+    segments: list[list[Segment]] | None = Field(None, description="Image segmentation.")
     usage: Usage
 
 

@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Answer:
-    output_key: str  # "predictions", "entities", "detections" or "embeddings": the adapter's, by task
+    output_key: str  # "predictions", "entities", "detections", "segments" or "embeddings": by task
     outputs: list[Any]  # one JSON-ready output per input, in input order
 
 
@@ -162,7 +162,7 @@ def check_params(adapter: ModelAdapter, params: TaskParams) -> None:
     if params.candidate_labels and not wants_labels:
         raise InvalidInput(f"{LABELS_FIELD}: only zero-shot classification models take candidate labels")
     if params.threshold is not None and "threshold" not in adapter.reads_params:
-        raise InvalidInput("threshold: only object detection models take a threshold")
+        raise InvalidInput("threshold: only object detection and image segmentation models take a threshold")
 
 
 def _encode(output: Any) -> Any:

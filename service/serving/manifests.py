@@ -20,6 +20,7 @@ Task = Literal[
     "image-feature-extraction",
     "zero-shot-image-classification",
     "object-detection",
+    "image-segmentation",
 ]
 Adapter = Literal["transformers", "torch"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]

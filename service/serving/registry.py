@@ -42,6 +42,7 @@ INPUT_KIND: dict[str, InputKind] = {
     "image-feature-extraction": "image",
     "zero-shot-image-classification": "image",
     "object-detection": "image",
+    "image-segmentation": "image",
 }
 
 

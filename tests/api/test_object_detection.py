@@ -125,7 +125,7 @@ async def test_a_fixed_model_output_is_scaled_back_exactly_to_the_original_image
         (PREDICT, "-0.1", "threshold"),
         (PREDICT, "1.5", "threshold"),
         (PREDICT, "nan", "threshold"),
-        ("/v1/models/tiny-vit/predict", "0.5", "threshold: only object detection models"),
+        ("/v1/models/tiny-vit/predict", "0.5", "threshold: only object detection and image segmentation"),
     ],
 )
 async def test_a_bad_threshold_is_a_422_naming_it(

@@ -86,7 +86,7 @@ def test_models_list_shows_status_dtype_devices_and_the_unreachable_hub_model(
         "max_queue": 256,
     }
     hub_models = ["vit-base", "distilbert-sst2", "bert-base-ner", "dinov2-small", "clip-vit-base-patch32"]
-    hub_models.append("yolos-tiny")
+    hub_models += ["yolos-tiny", "segformer-b0-ade"]
     for name in hub_models:  # offline: listed, unavailable
         hub = models[name]
         assert hub["status"] == "unavailable" and "hub" in hub["reason"], name

@@ -23,7 +23,7 @@ class TaskParams:
     parameters share a batch."""
 
     candidate_labels: tuple[str, ...] = ()  # zero-shot classification
-    threshold: float | None = None  # object detection: the lowest score a box may have
+    threshold: float | None = None  # detection, segmentation: the lowest score a box or segment may have
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class Classification:
 
 
 # One input's output: a ranked list of classes, one embedding vector, or a list of JSON objects
-# (a token classifier's entities, a detector's boxes).
+# (a token classifier's entities, a detector's boxes, a segmenter's segments).
 Output = list[Classification] | list[float] | list[dict[str, Any]]
-OutputKey = Literal["predictions", "embeddings", "entities", "detections"]
+OutputKey = Literal["predictions", "embeddings", "entities", "detections", "segments"]
 
 
 class ModelAdapter(abc.ABC):

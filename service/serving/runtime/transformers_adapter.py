@@ -19,6 +19,7 @@ import torch
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, pooled, top_k_classes
 from service.serving.runtime.image_features import ImageFeatureExtractionAdapter
+from service.serving.runtime.image_segmentation import ImageSegmentationAdapter
 from service.serving.runtime.images import ImageAdapter
 from service.serving.runtime.object_detection import ObjectDetectionAdapter
 from service.serving.runtime.sources import ResolvedSource
@@ -170,6 +171,8 @@ def load_transformers_adapter(
         )
     elif manifest.task == "object-detection":
         adapter = ObjectDetectionAdapter(pipe, device, dtype)
+    elif manifest.task == "image-segmentation":
+        adapter = ImageSegmentationAdapter(pipe, device, dtype)
     elif manifest.task == "text-classification":
         adapter = TextClassificationAdapter(pipe, device, dtype)
     elif manifest.task == "token-classification":
