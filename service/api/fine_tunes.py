@@ -122,8 +122,8 @@ def _check_kind(store: FineTuneStore, tenant: str, file_id: str, base_model: str
     kind = kind_of(store.get_file(tenant, file_id).summary)
     if kind != DATASET_KINDS[task]:
         raise InvalidInput(
-            f"file {file_id!r} holds {DESCRIBED[kind]}, but base model {base_model!r} is a {task} "
-            f"model, which fine-tunes on {DESCRIBED[DATASET_KINDS[task]]}"
+            f"file {file_id!r} holds {DESCRIBED[kind]}, but base model {base_model!r} does "
+            f"{task}, which fine-tunes on {DESCRIBED[DATASET_KINDS[task]]}"
         )
 
 
