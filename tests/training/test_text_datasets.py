@@ -11,19 +11,12 @@ from pathlib import Path
 import pytest
 
 from service.errors import InvalidInput
-from service.serving.inputs import ImageLimits
 from service.training.dataset_files import check_file, training_data
 from service.training.datasets import DatasetLimits
 from service.training.text_datasets import MAX_DATASET_LABELS, check_text_dataset, text_format
+from tests.training.test_datasets import LIMITS as IMAGE_LIMITS
 
-LIMITS = DatasetLimits(
-    max_files=100,
-    max_uncompressed_bytes=2_000_000,
-    max_image_bytes=1_000_000,
-    image=ImageLimits(max_pixels=100_000, max_aspect_ratio=32),
-    min_images_per_label=2,
-    max_text_chars=200,
-)
+LIMITS = dataclasses.replace(IMAGE_LIMITS, min_images_per_label=2, max_text_chars=200)
 GOOD = [("a great movie", "positive"), ("a good movie", "positive"), ("a bad movie", "negative")]
 GOOD += [("a terrible movie", "negative")]
 
