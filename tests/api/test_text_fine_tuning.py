@@ -23,9 +23,21 @@ REVIEWS = [
 ]
 
 
+def tiny_distilbert(folder: Path) -> Path:
+    """A small DistilBERT classifier (random weights): its attention layers are `q_lin`/`v_lin`."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertForSequenceClassification
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}).save_pretrained(folder)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path, tiny_vit_dir: Path, tiny_text_classifier_dir: Path) -> Path:
-    """The tiny ViT and the tiny BERT sentiment classifier, both priced for training."""
+    """The tiny ViT and the tiny BERT sentiment classifier, both priced for training, and a tiny
+    DistilBERT."""
     folder = tmp_path / "models"
     folder.mkdir()
     price = "{per_image: 0.001, per_training_sample: 0.0001, per_training_second: 0.01}"
@@ -40,6 +52,10 @@ def models_dir(tmp_path: Path, tiny_vit_dir: Path, tiny_text_classifier_dir: Pat
         batching: {{max_batch_size: 8, max_delay_ms: 2}}
         price: {price}
         """,
+    )
+    source = tiny_distilbert(tmp_path / "tiny-distilbert")
+    write_manifest(
+        folder, "tiny-distilbert", f"name: tiny-distilbert\ntask: text-classification\nsource: {source}\n"
     )
     return folder
 
@@ -157,6 +173,13 @@ async def test_a_dataset_of_the_other_kind_is_refused_naming_both(gateway: Gatew
 
         mixed = await fine_tune(mine, text_id, validation_file=zip_id)
         assert mixed.status_code == 422 and zip_id in mixed.json()["error"]["message"]
+
+        no_lora = await fine_tune(mine, text_id, base_model="tiny-distilbert", method="lora")
+        assert no_lora.status_code == 422
+        assert (
+            "query/value" in no_lora.json()["error"]["message"]
+            and "'full'" in no_lora.json()["error"]["message"]
+        )
         assert (await mine.get("/v1/fine-tunes")).json()["data"] == []
 
 

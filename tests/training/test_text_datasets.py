@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import InvalidInput
-from service.training.dataset_files import check_file, training_data
+from service.training.dataset_files import check_file, kind_of, training_data, with_examples
 from service.training.datasets import DatasetLimits
 from service.training.text_datasets import MAX_DATASET_LABELS, check_text_dataset, text_format
 from tests.training.test_datasets import LIMITS as IMAGE_LIMITS
@@ -158,3 +158,11 @@ def test_too_many_examples_and_too_many_labels_name_the_line() -> None:
         f"line {MAX_DATASET_LABELS + 1}: label 'l{MAX_DATASET_LABELS}' would be label "
         f"{MAX_DATASET_LABELS + 1}; a dataset may have at most {MAX_DATASET_LABELS}"
     )
+
+
+def test_files_kept_before_text_datasets_read_as_image_zips_with_an_examples_count() -> None:
+    old = {"labels": ["a", "b"], "train": {"a": 5, "b": 5}, "validation": {}, "images": 10}
+    assert kind_of(old) == "images" and kind_of(None) == "images"
+    assert with_examples(old) == {**old, "kind": "images", "examples": 10}
+    new = {**old, "kind": "images", "format": "zip", "examples": 10}
+    assert with_examples(new) is new
