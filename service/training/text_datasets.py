@@ -143,8 +143,9 @@ def read_text_examples(stream: BinaryIO, fmt: str, limits: DatasetLimits) -> Ite
     for line, text, label in records:
         text = _field(text, "text", line, limits.max_text_chars)
         label = _field(label, "label", line, MAX_LABEL_CHARS)
-        if (problem := text_problem(label)) is not None:
-            raise InvalidInput(f'line {line}: "label" {problem}')
+        for name, value in (("text", text), ("label", label)):  # a lone surrogate breaks tokenizers too
+            if (problem := text_problem(value)) is not None:
+                raise InvalidInput(f'line {line}: "{name}" {problem}')
         yield TextExample(line, text, label)
 
 

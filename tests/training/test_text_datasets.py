@@ -102,6 +102,10 @@ def test_a_validation_file_gives_the_validation_set_of_known_labels(tmp_path: Pa
             'line 5: "text" is 201 characters; the limit is 200',
         ),
         (b'{"text": "fine", "label": "a\\u0000b"}', 'line 5: "label" holds a NUL byte'),
+        (
+            b'{"text": "a \\ud800 b", "label": "positive"}',
+            'line 5: "text" holds a lone surrogate (not valid UTF-8)',
+        ),
         (b'{"text": "caf\xe9", "label": "positive"}', "line 5: not valid UTF-8 (byte 0xe9 at byte 14)"),
     ],
 )
