@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.app import create_app
+from service.settings import Settings
 from tests.api.test_fine_tuning import tenant_key, training_cost, training_events, wait_for
 from tests.conftest import Gateway, write_manifest, write_tiny_vit
 from tests.training.zips import colour_dataset
@@ -192,3 +194,24 @@ async def test_a_bad_line_is_refused_at_upload_by_number_and_nothing_is_kept(gat
         assert refused.status_code == 422
         assert refused.json()["error"]["message"] == 'line 11: "label" must be a string, got int 3'
         assert (await mine.get("/v1/files")).json()["data"] == []
+
+
+async def test_a_restarted_gateway_serves_the_text_model_again_as_text(
+    settings: Settings, database_url: str
+) -> None:
+    settings = settings.model_copy(update={"database_url": database_url})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        file_id = (await upload(http, "reviews.jsonl", reviews_jsonl())).json()["id"]
+        created = await fine_tune(http, file_id, hyperparameters={"epochs": 1, "batch_size": 4})
+        job = await wait_for(http, created.json()["id"], {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded", job
+    model = job["fine_tuned_model"]
+
+    restarted = create_app(settings)  # registered again at start-up, with its base's task
+    async with restarted.router.lifespan_context(restarted), Gateway(restarted).client() as http:
+        await restarted.state.gateway.registry.preload_done.wait()
+        assert (await http.get(f"/v1/models/{model}")).json()["task"] == "text-classification"
+        served = await http.post(f"/v1/models/{model}/predict", json={"inputs": ["bob was bad"]})
+        assert served.status_code == 200, served.text
+        assert {p["label"] for p in served.json()["predictions"][0]} == {"negative", "positive"}
