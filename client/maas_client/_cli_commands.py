@@ -133,8 +133,7 @@ def billing_export(client: Client, args: argparse.Namespace, out: TextIO) -> int
 
 
 def _file_row(f: FileObject) -> list[Cell]:
-    images = (f.summary or {}).get("images")
-    return [f.id, f.filename, f.bytes, f.labels, images, f.status, f.created_at]
+    return [f.id, f.filename, f.bytes, f.labels, f.examples, f.status, f.created_at]
 
 
 def files_upload(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -142,9 +141,9 @@ def files_upload(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         print_json(uploaded.raw, out)
         return 0
-    _, filename, size, labels, images, status, created = _file_row(uploaded)
+    _, filename, size, labels, examples, status, created = _file_row(uploaded)
     fields = [("id", uploaded.id), ("filename", filename), ("bytes", size), ("labels", labels)]
-    fields += [("images", images), ("status", status), ("created_at", created)]
+    fields += [("examples", examples), ("status", status), ("created_at", created)]
     print_fields(fields, out)
     return 0
 
@@ -154,7 +153,7 @@ def files_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         print_json([f.raw for f in found], out)
         return 0
-    headers = ["id", "filename", "bytes", "labels", "images", "status", "created_at"]
+    headers = ["id", "filename", "bytes", "labels", "examples", "status", "created_at"]
     print_table(headers, [_file_row(f) for f in found], out)
     return 0
 

@@ -400,9 +400,11 @@ class AsyncFiles(_AsyncResource):
     """`async_client.files`: datasets for fine-tuning (keys with the `fine_tune` scope)."""
 
     async def upload(self, file: FileInput, *, purpose: str = "fine-tune") -> FileObject:
-        """Upload a dataset, a zip in image-folder layout (`<label>/<image>`, or with `train/` and
-        `validation/` at the top), from a path, bytes or binary file. The gateway checks it whole
-        first (`InvalidInputError` naming the first problem); `summary` describes it."""
+        """Upload a dataset from a path, bytes or binary file: a zip in image-folder layout
+        (`<label>/<image>`, or with `train/` and `validation/` at the top) for image classifiers,
+        or JSONL (`{"text": …, "label": …}` a line) or CSV (a `text,label` header) for text
+        classifiers. The gateway checks it whole first (`InvalidInputError` naming the first
+        problem, and the line for text); `summary` describes it, `examples` counts it."""
         return await self._client._request(ops.upload_file(file, purpose))
 
     async def list(self) -> builtins.list[FileObject]:

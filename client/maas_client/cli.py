@@ -66,7 +66,8 @@ def _add_inference(commands: Commands) -> None:
 def _add_files(commands: Commands) -> None:
     files = commands.add_parser("files", help="fine-tuning datasets", description="fine-tuning datasets")
     actions = files.add_subparsers(dest="files_command", required=True, metavar="COMMAND")
-    upload = _command(actions, "upload", run.files_upload, "upload a dataset zip (<label>/<image>)")
+    what = "upload a dataset: a zip (<label>/<image>), or JSONL / CSV of text,label"
+    upload = _command(actions, "upload", run.files_upload, what)
     upload.add_argument("path", metavar="PATH")
     upload.add_argument("--purpose", default="fine-tune")
     _json_flag(upload)

@@ -318,7 +318,9 @@ class BillingExport:
 @dataclass(frozen=True)
 class FileObject:
     """An uploaded file (a fine-tuning dataset), checked on upload. `summary` describes the
-    dataset: `labels`, image counts per label for `train` and `validation`, and `images`."""
+    dataset: its `kind` (`images` or `text`), `format` (`zip`, `jsonl`, `csv`), `labels`,
+    example counts per label for `train` and `validation`, and `examples` (`images` too, for
+    an image zip)."""
 
     id: str
     filename: str | None = None
@@ -333,6 +335,13 @@ class FileObject:
     def labels(self) -> list[str]:
         """The dataset's labels (empty when the gateway did not say)."""
         return [str(label) for label in (self.summary or {}).get("labels") or []]
+
+    @property
+    def examples(self) -> int | None:
+        """How many examples (images or texts) the dataset holds; None when the gateway did not say."""
+        summary = self.summary or {}
+        count = summary.get("examples", summary.get("images"))
+        return int(count) if count is not None else None
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def test_files_and_fine_tunes_from_the_shell(gateway: Server, tmp_path: Path) ->
     uploaded = fields(ok(cli(gateway, key, "files", "upload", str(dataset))))
     file_id = uploaded["id"]
     assert file_id.startswith("file_") and uploaded["filename"] == "colours.zip"
-    assert (uploaded["labels"], uploaded["images"], uploaded["bytes"]) == (
+    assert (uploaded["labels"], uploaded["examples"], uploaded["bytes"]) == (
         "blue,red",
         "12",
         str(dataset.stat().st_size),

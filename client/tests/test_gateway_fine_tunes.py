@@ -231,3 +231,36 @@ async def test_async_files_and_fine_tunes(gateway: Server) -> None:
         ).status == "cancelled"
         with pytest.raises(ConflictError):
             await client.fine_tunes.cancel(long.id)
+
+
+REVIEWS = [  # five of each label: the gateway's default minimum
+    (f"{who} visited a {word} movie", label)
+    for who in ("alice", "bob", "the", "a", "paris")
+    for word, label in (("great", "positive"), ("bad", "negative"))
+]
+
+
+def test_a_text_dataset_uploads_unchanged_and_fine_tunes_a_text_classifier(
+    tenant: Client, tmp_path: Path
+) -> None:
+    lines = "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in REVIEWS)
+    path = tmp_path / "reviews.jsonl"
+    path.write_text(lines, encoding="utf-8")
+    uploaded = tenant.files.upload(path)
+    assert uploaded.labels == ["negative", "positive"] and uploaded.examples == 10
+    assert uploaded.summary and (uploaded.summary["kind"], uploaded.summary["format"]) == ("text", "jsonl")
+    csv_text = "text,label\n" + "".join(f"{text},{label}\n" for text, label in REVIEWS)
+    assert tenant.files.upload(csv_text.encode()).examples == 10  # bytes: told by the header
+    with pytest.raises(InvalidInputError) as caught:
+        tenant.files.upload(io.BytesIO(lines.encode() + b'{"text": "no label"}\n'))
+    assert caught.value.status_code == 422 and caught.value.message == 'line 11: missing "label"'
+
+    job = tenant.fine_tunes.create("tiny-sentiment", uploaded.id, hyperparameters=FAST, suffix="reviews")
+    done = tenant.fine_tunes.wait(job.id, poll_interval=POLL_S, timeout=300)
+    assert done.status == "succeeded", (done.error, tenant.fine_tunes.events(job.id))
+    assert done.fine_tuned_model
+    ranked = tenant.classify_text(done.fine_tuned_model, ["alice visited a good movie"]).predictions
+    assert {p.label for p in ranked[0]} == {"negative", "positive"}
+    with pytest.raises(InvalidInputError) as mismatch:
+        tenant.fine_tunes.create("tiny-vit", uploaded.id)
+    assert uploaded.id in mismatch.value.message and "'tiny-vit'" in mismatch.value.message

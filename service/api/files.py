@@ -1,9 +1,11 @@
-"""`/v1/files`: upload, list and delete the caller's dataset files (zips in image-folder layout).
+"""`/v1/files`: upload, list and delete the caller's dataset files (zips in image-folder layout,
+or JSONL / CSV of text,label for text classifiers).
 
 An upload is refused (413) by its `Content-Length` before any of it is read, and counted while
 it streams into a temporary file (on disk past 1 MB), so that neither a large declaration nor
-a client that sends more than it declared costs memory. The zip is checked (every image
-decoded) on a worker thread; the other routes are plain functions, run on worker threads too.
+a client that sends more than it declared costs memory. The dataset is checked (every image
+decoded, every text line read) on a worker thread; the other routes are plain functions, run on
+worker threads too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI ca
                     "file": {
                         "type": "string",
                         "contentMediaType": "application/octet-stream",
-                        "description": "a zip: <label>/<image> or train|validation/<label>/<image>",
+                        "description": "a zip (<label>/<image> or train|validation/<label>/<image>), "
+                        'or JSONL ({"text", "label"} a line) or CSV (text,label header)',
                     },
                     "purpose": {"type": "string", "enum": list(PURPOSES), "default": PURPOSES[0]},
                 },
@@ -55,7 +58,7 @@ UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI ca
 async def upload_file(
     request: Request, caller: FineTuner, store: Store, settings: AppSettings
 ) -> dict[str, Any]:
-    """Check the dataset completely (422 naming the first problem), then keep it."""
+    """Check the dataset completely (422 naming the first problem, and its line for text), then keep it."""
     limit = settings.max_upload_bytes
     form = await _read_form(request, limit + MULTIPART_OVERHEAD)
     try:
@@ -63,7 +66,7 @@ async def upload_file(
         row = await anyio.to_thread.run_sync(
             store.create_file,
             tenant_of(caller),
-            upload.filename or "dataset.zip",
+            upload.filename or "dataset",
             upload.file,
             purpose,
             DatasetLimits.of(settings),
@@ -92,7 +95,7 @@ def _dataset_part(form: FormData, limit: int) -> tuple[UploadFile, str]:
         raise InvalidRequest(f"unexpected form field(s) {unknown}: send 'file' and 'purpose'")
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise InvalidInput("send the dataset zip as the multipart file part 'file'")
+        raise InvalidInput("send the dataset (zip, JSONL or CSV) as the multipart file part 'file'")
     purpose = form.get("purpose", PURPOSES[0])
     if not isinstance(purpose, str) or purpose not in PURPOSES:
         raise InvalidInput(f"purpose must be one of {list(PURPOSES)}; got {purpose!r}")

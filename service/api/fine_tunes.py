@@ -24,7 +24,8 @@ from service.bounds import (
 from service.errors import InvalidInput
 from service.metering.idempotency import parse_idempotency_key
 from service.serving.runtime.sources import SourceError, resolve_local_folder
-from service.training.store import JobSpec, describe_event, describe_job
+from service.training.dataset_files import DATASET_KINDS, DESCRIBED, kind_of
+from service.training.store import FineTuneStore, JobSpec, describe_event, describe_job
 from service.training.trainer import LORA_TARGETS, lora_targets_in
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tuning"])
@@ -75,8 +76,9 @@ def create_job(
     idempotency_key = parse_idempotency_key(idempotency_key)
     # on the event loop, which owns the registry: finds a base another replica fine-tuned
     base = anyio.from_thread.run(gateway.registry.find_for, caller, body.base_model)
-    if base.manifest is None or base.manifest.task != "image-classification":
-        raise InvalidInput(f"base model {body.base_model!r} is not an image-classification model")
+    if base.manifest is None or base.manifest.task not in DATASET_KINDS:
+        tasks = " or ".join(DATASET_KINDS)
+        raise InvalidInput(f"base model {body.base_model!r} is not a model that fine-tunes ({tasks})")
     try:
         local = base.manifest.adapter == "transformers" and resolve_local_folder(
             base.manifest.source, base.manifest_path.parent
@@ -91,16 +93,16 @@ def create_job(
         raise InvalidInput(
             f"base model {body.base_model!r} is a LoRA adapter; fine-tune the model it adapts instead"
         )
-    if body.method == "lora" and not lora_targets_in(local):
+    if body.method == "lora" and not lora_targets_in(local, base.manifest.task):
         raise InvalidInput(
             f"base model {body.base_model!r} has no attention query/value layers for LoRA "
             f"(looked for {', '.join(LORA_TARGETS)}); use method 'full'"
         )
     if body.suffix is not None and not SUFFIX.fullmatch(body.suffix):
         raise InvalidInput("suffix must be 1-20 of a-z, 0-9 and '-', starting with a letter or digit")
-    store.get_file(tenant, body.training_file)
-    if body.validation_file is not None:
-        store.get_file(tenant, body.validation_file)
+    for file_id in (body.training_file, body.validation_file):
+        if file_id is not None:
+            _check_kind(store, tenant, file_id, body.base_model, base.manifest.task)
     spec = JobSpec(
         base_model=body.base_model,
         training_file=body.training_file,
@@ -113,6 +115,16 @@ def create_job(
     job = store.create_job(tenant, spec, idempotency_key, key_id=caller.key_id)
     gateway.runner.notify()  # runs here at once if this replica trains (else at another's next poll)
     return describe_job(job)
+
+
+def _check_kind(store: FineTuneStore, tenant: str, file_id: str, base_model: str, task: str) -> None:
+    """404 unless the tenant has the file; 422 unless it holds what the base model trains on."""
+    kind = kind_of(store.get_file(tenant, file_id).summary)
+    if kind != DATASET_KINDS[task]:
+        raise InvalidInput(
+            f"file {file_id!r} holds {DESCRIBED[kind]}, but base model {base_model!r} does "
+            f"{task}, which fine-tunes on {DESCRIBED[DATASET_KINDS[task]]}"
+        )
 
 
 @router.get("", **s.documented(s.FineTuneJobList, *s.AUTHENTICATED))

@@ -100,12 +100,12 @@ class ModelManifest(BaseModel):
 
     @model_validator(mode="after")
     def _adapters_need_a_classifier(self) -> ModelManifest:
-        if self.base_source is not None and (self.adapter, self.task) != (
-            "transformers",
-            "image-classification",
+        if self.base_source is not None and (
+            self.adapter != "transformers" or self.task not in ("image-classification", "text-classification")
         ):
             raise ValueError(
-                "base_source (a LoRA adapter's base) needs adapter transformers and task image-classification"
+                "base_source (a LoRA adapter's base) needs adapter transformers and task "
+                "image-classification or text-classification"
             )
         return self
 

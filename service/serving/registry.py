@@ -231,7 +231,7 @@ class ModelRegistry:
             base_source = str(base_folder) if base_folder else f"missing base model {base_model!r}"
         manifest = ModelManifest(
             name=name,
-            task="image-classification",
+            task=inherited.task if inherited else "image-classification",
             adapter="transformers",
             source=str(folder.resolve()),
             base_source=base_source,

@@ -21,7 +21,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
 from PIL import Image
 
@@ -43,7 +43,8 @@ class DatasetLimits:
     max_uncompressed_bytes: int  # all entries together
     max_image_bytes: int  # one entry, uncompressed
     image: ImageLimits
-    min_images_per_label: int
+    min_images_per_label: int  # and examples per label, for text datasets
+    max_text_chars: int = 10_000  # text datasets: one example's text
 
     @classmethod
     def of(cls, settings: Settings) -> DatasetLimits:
@@ -53,7 +54,18 @@ class DatasetLimits:
             max_image_bytes=settings.max_dataset_image_bytes,
             image=ImageLimits.of(settings),
             min_images_per_label=settings.min_images_per_label,
+            max_text_chars=settings.max_text_chars,
         )
+
+
+class Labelled(Protocol):
+    """One example of a dataset: where it is in its file, and its label."""
+
+    @property
+    def entry(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
 
 
 @dataclass
@@ -62,27 +74,39 @@ class Example:
     label: str
 
 
-@dataclass
-class Dataset:
-    """The entries of a checked zip, by split; `validation` is empty when the zip has no split."""
+E = TypeVar("E", bound=Labelled)
 
-    train: list[Example] = field(default_factory=list)
-    validation: list[Example] = field(default_factory=list)
+
+@dataclass
+class Dataset(Generic[E]):
+    """The examples of a checked file, by split; `validation` is empty when the file has no split.
+    `kind`: `images` (a zip in image-folder layout) or `text` (JSONL or CSV of text,label)."""
+
+    train: list[E] = field(default_factory=list)
+    validation: list[E] = field(default_factory=list)
+    kind: str = "images"
+    format: str = "zip"
 
     @property
     def labels(self) -> list[str]:
         return sorted({e.label for e in self.train})
 
     def summary(self) -> dict[str, Any]:
-        def counts(examples: list[Example]) -> dict[str, int]:
+        def counts(examples: list[E]) -> dict[str, int]:
             return dict(sorted(Counter(e.label for e in examples).items()))
 
-        return {
+        examples = len(self.train) + len(self.validation)
+        summary = {
+            "kind": self.kind,
+            "format": self.format,
             "labels": self.labels,
             "train": counts(self.train),
             "validation": counts(self.validation),
-            "images": len(self.train) + len(self.validation),
+            "examples": examples,
         }
+        if self.kind == "images":
+            summary["images"] = examples  # the name image datasets had first
+        return summary
 
 
 def _check_name(info: zipfile.ZipInfo) -> None:
@@ -169,7 +193,7 @@ def read_image(archive: zipfile.ZipFile, entry: str, limits: DatasetLimits) -> I
         raise InvalidInput(f"entry {entry!r}: {exc.message.removeprefix('input 0: ')}") from exc
 
 
-def check_dataset(data: bytes | Path | BinaryIO, limits: DatasetLimits) -> Dataset:
+def check_dataset(data: bytes | Path | BinaryIO, limits: DatasetLimits) -> Dataset[Example]:
     """Check a dataset zip completely (names, layout, sizes, every image decodes); 422 on a problem."""
     with open_zip(data) as archive:
         everything = archive.infolist()
@@ -189,54 +213,56 @@ def check_dataset(data: bytes | Path | BinaryIO, limits: DatasetLimits) -> Datas
         if not files:
             raise InvalidInput("the zip holds no images")
         split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
-        dataset = Dataset()
+        dataset: Dataset[Example] = Dataset()
         for info in files:
             split, label = _place(info.filename, split_layout)
             read_image(archive, info.filename, limits)
             target = dataset.train if split == "train" else dataset.validation
             target.append(Example(info.filename, label))
-    _check_counts(dataset, limits.min_images_per_label)
+    check_counts(dataset, limits.min_images_per_label)
     return dataset
 
 
-def _check_counts(dataset: Dataset, min_per_label: int) -> None:
+def check_counts(dataset: Dataset[Any], min_per_label: int) -> None:
+    """422 unless the training split has two labels or more, each with `min_per_label` examples,
+    and the validation split no label the training split lacks."""
     labels = dataset.labels
     if len(labels) < 2:
         found = f"only {labels[0]!r}" if labels else "none"
-        raise InvalidInput(f"a classifier needs at least two labels (folders); found {found}")
+        where = " (folders)" if dataset.kind == "images" else ""
+        raise InvalidInput(f"a classifier needs at least two labels{where}; found {found}")
     counts = Counter(e.label for e in dataset.train)
     few = {label: n for label, n in sorted(counts.items()) if n < min_per_label}
     if few:
         listed = ", ".join(f"{label!r} has {n}" for label, n in few.items())
-        raise InvalidInput(f"every label needs at least {min_per_label} training images: {listed}")
+        noun = "images" if dataset.kind == "images" else "examples"
+        raise InvalidInput(f"every label needs at least {min_per_label} training {noun}: {listed}")
     unknown = sorted({e.label for e in dataset.validation} - set(labels))
     if unknown:
         raise InvalidInput(f"validation labels not in the training set: {', '.join(map(repr, unknown))}")
 
 
-def load_dataset(path: Path) -> Dataset:
+def load_dataset(path: Path) -> Dataset[Example]:
     """The examples of a zip already checked at upload (layout only: the images are read later)."""
     with open_zip(path) as archive:
         files = [i for i in archive.infolist() if not IGNORED.search(i.filename) and not i.is_dir()]
     split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
-    dataset = Dataset()
+    dataset: Dataset[Example] = Dataset()
     for info in files:
         split, label = _place(info.filename, split_layout)
         (dataset.train if split == "train" else dataset.validation).append(Example(info.filename, label))
     return dataset
 
 
-def split_validation(
-    examples: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """(train, validation): `fraction` of each label (at least one image) held out, chosen by `seed`."""
+def split_validation(examples: list[E], fraction: float, seed: int) -> tuple[list[E], list[E]]:
+    """(train, validation): `fraction` of each label (at least one example) held out, chosen by `seed`."""
 
     rng = random.Random(seed)
-    by_label: dict[str, list[Example]] = {}
+    by_label: dict[str, list[E]] = {}
     for example in sorted(examples, key=lambda e: e.entry):
         by_label.setdefault(example.label, []).append(example)
-    train: list[Example] = []
-    validation: list[Example] = []
+    train: list[E] = []
+    validation: list[E] = []
     for label in sorted(by_label):
         group = by_label[label]
         rng.shuffle(group)

@@ -20,9 +20,7 @@ import logging
 import os
 import secrets
 import socket
-import zipfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +31,8 @@ from service.serving.devices import DevicePool
 from service.serving.registry import ModelRegistry
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
-from service.training.datasets import DatasetLimits, Example, load_dataset, read_image, split_validation
+from service.training.dataset_files import training_data
+from service.training.datasets import DatasetLimits
 from service.training.finished import FinishedModels, fine_tuned_name, models_dir
 from service.training.metrics import TrainingMetrics
 from service.training.store import FineTuneStore
@@ -42,7 +41,6 @@ from service.training.trainer import Control, EpochReport, Hyperparameters, Inte
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
-VALIDATION_FRACTION = 0.2
 
 
 class JobRunner:
@@ -270,6 +268,7 @@ class JobRunner:
             control=control,
             on_epoch=on_epoch,
             method=job.method,
+            task=base.manifest.task,
         )
         if outcome.resumed_from_epoch:
             self.store.add_event(
@@ -279,32 +278,9 @@ class JobRunner:
 
     def _training_data(self, job: FineTuneJob) -> TrainingData:
         train_file = self.store.get_file(job.tenant_id, job.training_file)
-        dataset = load_dataset(self.store.file_path(train_file))
-        train_examples, validation = dataset.train, dataset.validation
-        extra: tuple[Path, list[Example]] | None = None
+        validation = None
         if job.validation_file:
-            val_file = self.store.get_file(job.tenant_id, job.validation_file)
-            val_path = self.store.file_path(val_file)
-            val_set = load_dataset(val_path)
-            extra = (val_path, val_set.train + val_set.validation)
-        elif not validation:
-            seed = int(job.hyperparameters.get("seed", 0))
-            train_examples, validation = split_validation(train_examples, VALIDATION_FRACTION, seed)
-        labels = dataset.labels
-        index = {label: i for i, label in enumerate(labels)}
+            validation = self.store.file_path(self.store.get_file(job.tenant_id, job.validation_file))
+        seed = int(job.hyperparameters.get("seed", 0))
         limits = DatasetLimits.of(self.settings)
-        with zipfile.ZipFile(self.store.file_path(train_file)) as archive:
-            train_images = [read_image(archive, e.entry, limits) for e in train_examples]
-            if extra is None:
-                val_images = [read_image(archive, e.entry, limits) for e in validation]
-        if extra is not None:
-            validation = [e for e in extra[1] if e.label in index]
-            with zipfile.ZipFile(extra[0]) as archive:
-                val_images = [read_image(archive, e.entry, limits) for e in validation]
-        return TrainingData(
-            labels=labels,
-            train_images=train_images,
-            train_labels=[index[e.label] for e in train_examples],
-            validation_images=val_images,
-            validation_labels=[index[e.label] for e in validation],
-        )
+        return training_data(self.store.file_path(train_file), validation, seed, limits)

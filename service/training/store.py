@@ -22,7 +22,8 @@ from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
 from service.metering import Usage, insert_usage
-from service.training.datasets import DatasetLimits, check_dataset
+from service.training.dataset_files import check_file, with_examples
+from service.training.datasets import DatasetLimits
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # the queue is FIFO per priority; higher numbers are claimed first
@@ -42,7 +43,7 @@ def describe_file(row: DatasetFile) -> dict[str, Any]:
         "bytes": row.bytes,
         "purpose": row.purpose,
         "status": row.status,
-        "summary": row.summary,
+        "summary": with_examples(row.summary),
         "created_at": _iso(row.created_at),
     }
 
@@ -99,7 +100,7 @@ class JobSpec:
 
 
 class FineTuneStore:
-    """Files and jobs in the database; dataset zips under `data_dir/files/<tenant>/`."""
+    """Files and jobs in the database; dataset files under `data_dir/files/<tenant>/`."""
 
     def __init__(self, sessions: sessionmaker[Session], data_dir: Path) -> None:
         self.sessions = sessions
@@ -110,14 +111,14 @@ class FineTuneStore:
     def create_file(
         self, tenant_id: str, filename: str, upload: BinaryIO, purpose: str, limits: DatasetLimits
     ) -> DatasetFile:
-        """Check the name and the zip in `upload` (422 on any problem; nothing is kept), keep it,
-        and record it. A file whose row cannot be written is not kept."""
+        """Check the name and the dataset in `upload` (a zip, JSONL or CSV; 422 on any problem;
+        nothing is kept), keep it, and record it. A file whose row cannot be written is not kept."""
         problem = text_problem(filename)
         if problem is not None:
             raise InvalidInput(f"the file's name {problem}")
-        dataset = check_dataset(upload, limits)
+        dataset, suffix = check_file(upload, filename, limits)
         file_id = new_id("file")
-        relative = Path("files") / tenant_id / f"{file_id}.zip"
+        relative = Path("files") / tenant_id / f"{file_id}{suffix}"
         path = self.data_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")

@@ -1,6 +1,8 @@
-"""The trainer: fine-tuning of a transformers image classifier with a plain torch loop, either
-in full (every weight) or with LoRA (PEFT adapters on the attention query/value projections and a
-new classifier head; the base weights stay frozen and the saved artifact is the adapter alone).
+"""The trainer: fine-tuning of a transformers image or text classifier with one plain torch loop,
+either in full (every weight) or with LoRA (PEFT adapters on the attention query/value projections
+and a new classifier head; the base weights stay frozen and the saved artifact is the adapter alone).
+The task (`image-classification` or `text-classification`) decides only how the model is built
+and its inputs encoded (`service.serving.runtime.classifiers`); the loop is the same.
 
 AdamW with transformers' linear warm-up/decay schedule; shuffled mini-batches, seeded per
 epoch so that a resumed run sees the same order; an evaluation on the validation set and a
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from PIL import Image
 from transformers import get_linear_schedule_with_warmup
+
+from service.serving.runtime.classifiers import classifier_class, encode, load_classifier, load_preprocessor
 
 CHECKPOINT = "checkpoint.pt"
 LABELS = "labels.json"  # a LoRA artifact's label set (the base's config keeps the base's labels)
@@ -113,9 +116,9 @@ class EpochReport:
 @dataclass
 class TrainingData:
     labels: list[str]
-    train_images: list[Image.Image]
+    train_inputs: list[Any]  # PIL images (image-classification) or texts (text-classification)
     train_labels: list[int]
-    validation_images: list[Image.Image]
+    validation_inputs: list[Any]
     validation_labels: list[int]
 
 
@@ -125,38 +128,21 @@ class Outcome:
     resumed_from_epoch: int  # 0: started fresh
 
 
-def _pixels(processor: Any, images: list[Image.Image]) -> torch.Tensor:
-    chunks = [
-        processor(images=images[i : i + 256], return_tensors="pt")["pixel_values"]
-        for i in range(0, len(images), 256)
-    ]
-    return torch.cat(chunks) if chunks else torch.empty(0)
+def load_base(base_folder: Path, labels: list[str], task: str = "image-classification") -> tuple[Any, Any]:
+    """The base model with a new classifier head for `labels`, and the base's own image processor
+    (or tokenizer)."""
+    model = load_classifier(task, base_folder, labels, local_files_only=True)
+    return model, load_preprocessor(task, base_folder)
 
 
-def load_base(base_folder: Path, labels: list[str]) -> tuple[Any, Any]:
-    """The base model with a new classifier head for `labels`, and the base's own image processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(
-        base_folder,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        ignore_mismatched_sizes=True,  # the head is new: its shape follows the new label set
-        local_files_only=True,
-        dtype=torch.float32,  # trained in float32 whatever the checkpoint holds (and see LOAD_DTYPE)
-    )
-    processor = AutoImageProcessor.from_pretrained(base_folder, local_files_only=True)
-    return model, processor
-
-
-def lora_targets_in(base_folder: Path) -> list[str]:
+def lora_targets_in(base_folder: Path, task: str = "image-classification") -> list[str]:
     """The layers of the model in `base_folder` that LoRA would adapt (none: it cannot be LoRA
     fine-tuned). Built on the meta device from its config alone: no weights are read."""
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base_folder, local_files_only=True)
     with torch.device("meta"):
-        model = AutoModelForImageClassification.from_config(config)  # type: ignore[no-untyped-call]
+        model = classifier_class(task).from_config(config)
     return [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
 
 
@@ -191,15 +177,21 @@ def _save(model: Any, processor: Any, labels: list[str], method: str, folder: Pa
         (folder / LABELS).write_text(json.dumps(labels), encoding="utf-8")
 
 
+def _rows(features: dict[str, torch.Tensor], index: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's inputs for the examples at `index` (a slice or index tensor), on `device`."""
+    return {name: value[index].to(device) for name, value in features.items()}
+
+
 def _evaluate(
-    model: Any, pixels: torch.Tensor, targets: torch.Tensor, device: torch.device
+    model: Any, features: dict[str, torch.Tensor], targets: torch.Tensor, device: torch.device
 ) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(targets), EVAL_BATCH):
-            batch, labels = pixels[i : i + EVAL_BATCH].to(device), targets[i : i + EVAL_BATCH].to(device)
-            out = model(pixel_values=batch, labels=labels)
+            rows = slice(i, i + EVAL_BATCH)
+            labels = targets[rows].to(device)
+            out = model(**_rows(features, rows, device), labels=labels)
             loss_sum += float(out.loss) * len(labels)
             correct += int((out.logits.argmax(-1) == labels).sum())
     n = max(1, len(targets))
@@ -223,9 +215,10 @@ def train(
     control: Control,
     on_epoch: Callable[[EpochReport], None],
     method: str = "full",
+    task: str = "image-classification",
 ) -> Outcome:
-    """Fine-tune the model in `base_folder` on `data` (`method` full or lora); save the result (and
-    the processor) to `output_dir`.
+    """Fine-tune the `task` model in `base_folder` on `data` (`method` full or lora); save the
+    result (and the image processor or tokenizer) to `output_dir`.
 
     Resumes from `work_dir/checkpoint.pt` when there is one. Raises `Interrupted` when stopped.
     """
@@ -233,15 +226,15 @@ def train(
     if device.type == "cpu":
         # OpenMP's thread count is per calling thread: the inference workers' threads keep theirs
         torch.set_num_threads(control.cpu_threads)
-    model, processor = load_base(base_folder, data.labels)
+    model, processor = load_base(base_folder, data.labels, task)
     if method == "lora":
         model = with_lora(model, params)
     model.to(device)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=params.learning_rate)
-    train_x = _pixels(processor, data.train_images)
+    train_x = encode(task, processor, model.config, data.train_inputs)
     train_y = torch.tensor(data.train_labels, dtype=torch.long)
-    val_x = _pixels(processor, data.validation_images)
+    val_x = encode(task, processor, model.config, data.validation_inputs)
     val_y = torch.tensor(data.validation_labels, dtype=torch.long)
     steps_per_epoch = math.ceil(len(train_y) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
@@ -273,8 +266,7 @@ def train(
             control.check()
             started = time.perf_counter()
             index = order[step * params.batch_size : (step + 1) * params.batch_size]
-            batch, labels = train_x[index].to(device), train_y[index].to(device)
-            loss = model(pixel_values=batch, labels=labels).loss
+            loss = model(**_rows(train_x, index, device), labels=train_y[index].to(device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -37,10 +37,13 @@ def refused(data: bytes, limits: DatasetLimits = LIMITS) -> str:
 def test_image_folder_layout_is_summarised() -> None:
     summary = check_dataset(colour_dataset(per_label=4), LIMITS).summary()
     assert summary == {
+        "kind": "images",
+        "format": "zip",
         "labels": ["blue", "red"],
         "train": {"blue": 4, "red": 4},
         "validation": {},
-        "images": 8,
+        "examples": 8,
+        "images": 8,  # the count's first name, kept
     }
 
 

@@ -138,3 +138,42 @@ def test_a_lora_run_checkpoints_only_what_trains_and_resumes(tiny_vit_dir: Path,
     assert second.steps_done == 6 and second.samples == 24  # epoch 1 restored, epoch 2 run
     assert [e["epoch"] for e in outcome.metrics["epochs"]] == [1, 2]
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+SENTIMENTS = [
+    (f"{who} {verb} a {word} movie", label)
+    for who in ("alice", "bob", "the")
+    for verb in ("visited", "was")
+    for word, label in (("good", 1), ("great", 1), ("bad", 0), ("terrible", 0))
+]
+
+
+def test_the_same_loop_learns_text_and_saves_its_tokenizer(
+    tiny_text_classifier_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny BERT (three random-head sentiments) retrained on two labels reads its own word
+    pieces and separates them: every held-out sentence right after a few epochs."""
+    texts, labels = [t for t, _ in SENTIMENTS], [y for _, y in SENTIMENTS]
+    held = ["paris was a great movie", "london was a terrible movie"]  # subjects it never saw
+    held += ["paris visited a good movie", "london visited a bad movie"]
+    data = TrainingData(["negative", "positive"], texts, labels, held, [1, 0, 1, 0])
+    epochs: list[EpochReport] = []
+    outcome = train(
+        base_folder=tiny_text_classifier_dir,
+        data=data,
+        params=Hyperparameters(epochs=30, learning_rate=0.01, batch_size=8),
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        output_dir=tmp_path / "out",
+        control=Control(),
+        on_epoch=epochs.append,
+        task="text-classification",
+    )
+    assert epochs[-1].train_loss < 0.3 < epochs[0].train_loss  # from chance (ln 2) to learnt
+    assert outcome.metrics["validation_accuracy"] == 1.0, outcome.metrics["epochs"]
+    assert outcome.metrics["train_samples"] == 24
+    from transformers import AutoConfig, AutoTokenizer
+
+    saved = AutoConfig.from_pretrained(tmp_path / "out")
+    assert saved.id2label == {0: "negative", 1: "positive"}
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").tokenize("alice") == ["alice"]

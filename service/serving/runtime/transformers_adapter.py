@@ -18,6 +18,7 @@ import torch
 
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, pooled, top_k_classes
+from service.serving.runtime.classifiers import load_classifier, load_preprocessor
 from service.serving.runtime.image_features import ImageFeatureExtractionAdapter
 from service.serving.runtime.image_segmentation import ImageSegmentationAdapter
 from service.serving.runtime.images import ImageAdapter
@@ -57,28 +58,24 @@ def load_pipeline(
 
 
 def load_lora_pipeline(
-    adapter: ResolvedSource, base: ResolvedSource, device: torch.device, dtype: torch.dtype
+    task: str, adapter: ResolvedSource, base: ResolvedSource, device: torch.device, dtype: torch.dtype
 ) -> Any:
-    """An image-classification pipeline from a base model and a PEFT (LoRA) adapter folder: the
-    base is loaded with the adapter's label set, the adapter (and its classifier head) applied and
-    merged into the weights, so a forward pass costs what the base's does."""
+    """An image- or text-classification pipeline from a base model and a PEFT (LoRA) adapter
+    folder: the base is loaded with the adapter's label set, the adapter (and its classifier head)
+    applied and merged into the weights, so a forward pass costs what the base's does."""
     from peft import PeftModel
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+    from transformers import pipeline
 
     folder = Path(adapter.location)
     labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
-    model = AutoModelForImageClassification.from_pretrained(
-        base.location,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        ignore_mismatched_sizes=True,  # the head comes from the adapter
-        local_files_only=base.local_files_only,
-        dtype=LOAD_DTYPE,
-    )
+    # the head comes from the adapter
+    model = load_classifier(task, base.location, labels, local_files_only=base.local_files_only)
     merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    preprocessor = load_preprocessor(task, folder)
     merged.to(device=device, dtype=dtype)
-    return pipeline("image-classification", model=merged, image_processor=processor, device=device)
+    if task == "text-classification":
+        return pipeline("text-classification", model=merged, tokenizer=preprocessor, device=device)
+    return pipeline("image-classification", model=merged, image_processor=preprocessor, device=device)
 
 
 class ImageClassificationAdapter(ImageAdapter):
@@ -153,7 +150,7 @@ def load_transformers_adapter(
 ) -> ModelAdapter:
     """`base` set: `source` is a LoRA adapter over it."""
     if base is not None:
-        pipe = load_lora_pipeline(source, base, device, dtype)
+        pipe = load_lora_pipeline(manifest.task, source, base, device, dtype)
     else:
         pipe = load_pipeline(manifest, source, device, dtype)
     pipe.model.eval()
