@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,6 +31,17 @@ def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@contextlib.contextmanager
+def held(adapter: type[ModelAdapter], monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """A gate in front of `adapter`'s forward pass for a test, opened when the test ends."""
+    gate = Gate()
+    gate.hold(adapter, monkeypatch)
+    try:
+        yield gate
+    finally:
+        gate.open.set()
+
+
 class Gate:
     """Holds a model's forward passes until opened (open to begin with); records the features of
     each batch that reached it."""
@@ -52,6 +65,14 @@ class Gate:
 
         monkeypatch.setattr(adapter, "predict", held_predict)
 
+    async def first(self, client: httpx.AsyncClient, path: str, **body: Any) -> asyncio.Task[httpx.Response]:
+        """Close the gate, post `body` to `path`, and return once its batch is held at the model."""
+        self.open.clear()
+        self.entered.clear()
+        first = asyncio.create_task(client.post(path, **body))
+        await asyncio.to_thread(self.entered.wait, 30)
+        return first
+
     async def one_then_the_rest(
         self, client: httpx.AsyncClient, model: str, bodies: list[dict[str, Any]]
     ) -> list[httpx.Response]:
@@ -59,11 +80,8 @@ class Gate:
         queued behind it, then let the model run: the answers, in order (`batches` holds what
         reached the model meanwhile)."""
         self.batches.clear()
-        self.open.clear()
-        self.entered.clear()
         path = f"/v1/models/{model}/predict"
-        first = asyncio.create_task(client.post(path, **bodies[0]))
-        await asyncio.to_thread(self.entered.wait, 30)  # the first request holds the model
+        first = await self.first(client, path, **bodies[0])
         rest = [asyncio.create_task(client.post(path, **body)) for body in bodies[1:]]
         entry = client._transport.app.state.gateway.registry.entries[model]  # type: ignore[attr-defined]
         async with asyncio.timeout(30):

@@ -6,48 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from service.app import create_app
-from service.serving.runtime.base import Output
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
+from tests.api.conftest import Gate, held
 from tests.conftest import ADMIN_KEY, image_bytes, write_manifest
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/held/predict"
 
 
-class Gate:
-    """Holds every forward pass until opened; records the batch sizes that reached the model."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    gate = Gate()
-    gate.open.set()  # open while the model loads and warms up
-    predict = ImageClassificationAdapter.predict
-
-    def held_predict(self: ImageClassificationAdapter, features: list[Any], *, top_k: int) -> list[Output]:
-        gate.batches.append(len(features))
-        gate.entered.set()
-        gate.open.wait(timeout=30)
-        return predict(self, features, top_k=top_k)
-
-    monkeypatch.setattr(ImageClassificationAdapter, "predict", held_predict)
-    yield gate
-    gate.open.set()
+    with held(ImageClassificationAdapter, monkeypatch) as gate:
+        yield gate
 
 
 @pytest.fixture
@@ -93,11 +71,7 @@ def files(count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 async def hold_the_model(client: httpx.AsyncClient, gate: Gate, inputs: int) -> asyncio.Task[httpx.Response]:
     """Send a request and return once its batch is on the (held) model."""
-    gate.open.clear()
-    gate.entered.clear()
-    first = asyncio.create_task(client.post(PREDICT, files=files(inputs)))
-    await asyncio.to_thread(gate.entered.wait, 30)
-    return first
+    return await gate.first(client, PREDICT, files=files(inputs))
 
 
 async def test_a_full_queue_answers_503_overloaded_with_retry_after(
@@ -111,7 +85,7 @@ async def test_a_full_queue_answers_503_overloaded_with_retry_after(
     fits = asyncio.create_task(client.post(PREDICT, files=files(1)))  # 2 + 1 fits
     gate.open.set()
     assert (await first).status_code == 200 and (await fits).status_code == 200
-    assert gate.batches == [2, 1]  # the refused inputs never reached the model
+    assert [len(batch) for batch in gate.batches] == [2, 1]  # the refused inputs never reached the model
 
 
 async def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_skips_the_model(
@@ -124,7 +98,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_skips_t
     assert (await first).status_code == 200
     after = await client.post(PREDICT, files=files(1))  # queued behind the dropped one
     assert after.status_code == 200
-    assert gate.batches == [1, 1]
+    assert [len(batch) for batch in gate.batches] == [1, 1]
     metrics = (await client.get("/metrics")).text
     assert 'maas_dropped_inputs_total{model="held",reason="cancelled"} 1.0' in metrics
     assert 'maas_requests_total{model="held",status="504"} 1.0' in metrics

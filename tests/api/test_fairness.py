@@ -86,4 +86,4 @@ async def test_a_flooding_tenant_gets_its_own_503_while_another_is_admitted(
     gate.open.set()
     assert (await admitted).status_code == 200
     assert [(await t).status_code for t in (first, *queued)] == [200, 200, 200]
-    assert gate.batches == [1, 1, 1, 1]  # the refused input never reached the model
+    assert [len(batch) for batch in gate.batches] == [1, 1, 1, 1]  # the refused input never reached the model

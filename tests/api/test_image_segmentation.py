@@ -22,7 +22,7 @@ from PIL import Image
 from service.api import schemas
 from service.serving.runtime import rle
 from service.serving.runtime.image_segmentation import ImageSegmentationAdapter
-from tests.api.conftest import Gate
+from tests.api.conftest import Gate, held
 from tests.conftest import Gateway, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -197,10 +197,8 @@ async def test_panoptic_masks_of_a_padded_batch_are_each_images_own(
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    gate = Gate()
-    gate.hold(ImageSegmentationAdapter, monkeypatch)
-    yield gate
-    gate.open.set()
+    with held(ImageSegmentationAdapter, monkeypatch) as gate:
+        yield gate
 
 
 async def test_requests_batched_together_get_the_answers_they_get_alone(

@@ -5,7 +5,6 @@ test needs a request to be in flight."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,37 +16,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
 from service.db.models import UsageEvent
-from service.serving.runtime.base import Output
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
+from tests.api.conftest import Gate, held
 from tests.conftest import ADMIN_KEY, image_bytes
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/tiny-vit/predict"
 
 
-class Gate:
-    """Holds every forward pass while closed."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.entered = threading.Event()
-        self.open.set()
-
-
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    gate = Gate()
-    predict = ImageClassificationAdapter.predict
-
-    def held_predict(self: ImageClassificationAdapter, features: list[Any], *, top_k: int) -> list[Output]:
-        gate.entered.set()
-        gate.open.wait(timeout=30)
-        return predict(self, features, top_k=top_k)
-
-    monkeypatch.setattr(ImageClassificationAdapter, "predict", held_predict)
-    yield gate
-    gate.open.set()
+    with held(ImageClassificationAdapter, monkeypatch) as gate:
+        yield gate
 
 
 @pytest.fixture
@@ -178,9 +159,7 @@ async def test_a_retry_while_the_first_runs_is_409(
 ) -> None:
     headers = {"Content-Type": "image/png", "Idempotency-Key": "slow"}
     body = image_bytes()
-    gate.open.clear()
-    first = asyncio.create_task(client.post(PREDICT, content=body, headers=headers))
-    await asyncio.to_thread(gate.entered.wait, 30)
+    first = await gate.first(client, PREDICT, content=body, headers=headers)
     retry = await client.post(PREDICT, content=body, headers=headers)
     assert retry.status_code == 409 and retry.json()["error"]["type"] == "conflict"
     assert 'maas_idempotent_replays_total{outcome="running"} 1.0' in (await client.get("/metrics")).text

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.bounds import MAX_CANDIDATE_LABELS, MAX_LABEL_CHARS
 from service.db.models import UsageEvent
 from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
-from tests.api.conftest import Gate
+from tests.api.conftest import Gate, held
 from tests.conftest import image_bytes, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -91,10 +91,8 @@ async def test_each_image_gets_the_pipelines_labels_and_scores_best_first(
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    gate = Gate()
-    gate.hold(ZeroShotImageClassificationAdapter, monkeypatch)
-    yield gate
-    gate.open.set()
+    with held(ZeroShotImageClassificationAdapter, monkeypatch) as gate:
+        yield gate
 
 
 async def test_requests_with_different_labels_share_a_batch_and_each_gets_its_own(
