@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_backpressure import Gate, files, gate, held_model_client, hold_the_model  # noqa: F401
+from tests.api.conftest import Gate
+from tests.api.test_backpressure import files, gate, held_model_client, hold_the_model  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/held/predict"
