@@ -1,0 +1,105 @@
+"""Jobs that replicas take turns on through a lease in their row (fine-tuning and batch jobs).
+
+A job row has `status` (queued, running, then a finished one), `lease_owner`, `lease_expires_at`,
+`cancel_requested` and `started_at`. A replica claims a queued job, or a running one whose lease
+expired (its replica died), extends the lease while it works, and ends the job only while it
+still holds it, so a job ends once whatever takeovers came before. Each function works in the
+caller's transaction, so a store can add its own rows (events, usage) to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.orm import Session
+
+
+def claim(
+    session: Session, table: Any, owner: str, lease_s: float, order_by: Sequence[Any]
+) -> tuple[Any, bool] | None:
+    """The first job by `order_by` that is queued or whose lease expired, now `owner`'s, and
+    whether it was running already (a takeover); None when there is none.
+
+    On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so replicas claiming
+    at once get different jobs; the conditional UPDATE makes it safe on SQLite too."""
+    now = datetime.now(UTC)
+    claimable = or_(
+        table.status == "queued",
+        (table.status == "running") & or_(table.lease_expires_at.is_(None), table.lease_expires_at < now),
+    )
+    job = session.scalars(
+        select(table).where(claimable).order_by(*order_by).limit(1).with_for_update(skip_locked=True)
+    ).first()
+    if job is None:
+        return None
+    resumed = job.status == "running"
+    taken = rowcount(
+        session.execute(
+            update(table)
+            .where(table.id == job.id, claimable)
+            .values(
+                status="running",
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                started_at=job.started_at or now,
+            )
+        )
+    )
+    return (job, resumed) if taken else None
+
+
+def extend(session: Session, table: Any, job_id: str, owner: str, lease_s: float, **progress: Any) -> str:
+    """Extend `owner`'s lease and record progress: `ok`, `cancelled` (a cancel was requested) or
+    `lost` (the lease expired and another replica took the job)."""
+    session.execute(
+        update(table)
+        .where(table.id == job_id, table.lease_owner == owner)
+        .values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_s), **progress)
+    )
+    job = session.get(table, job_id, populate_existing=True)
+    if job is None or job.lease_owner != owner:
+        return "lost"
+    return "cancelled" if job.cancel_requested else "ok"
+
+
+def release(session: Session, table: Any, job_id: str, owner: str) -> None:
+    """Give a running job up (this replica stops): any replica may resume it at once."""
+    session.execute(
+        update(table)
+        .where(table.id == job_id, table.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+def end(session: Session, table: Any, job_id: str, owner: str, status: str, **values: Any) -> bool:
+    """Give a running job that `owner` holds its final `status`; False when it is no longer
+    `owner`'s (its lease was lost to another replica, which ends it)."""
+    ended = session.execute(
+        update(table)
+        .where(table.id == job_id, table.lease_owner == owner, table.status == "running")
+        .values(
+            status=status, lease_owner=None, lease_expires_at=None, finished_at=datetime.now(UTC), **values
+        )
+    )
+    return rowcount(ended) > 0
+
+
+def cancel_queued(session: Session, table: Any, job_id: str) -> bool:
+    """Cancel a queued job at once (True), else flag a running one, whose runner stops (False)."""
+    cancelled = session.execute(
+        update(table)
+        .where(table.id == job_id, table.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=datetime.now(UTC))
+    )
+    if rowcount(cancelled):
+        return True
+    session.execute(update(table).where(table.id == job_id).values(cancel_requested=True))
+    return False
+
+
+def rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
