@@ -42,6 +42,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=1, help="interactive closed-loop clients")
+    parser.add_argument(
+        "--in-flight", type=int, default=2, help="MAAS_BATCH_IN_FLIGHT: the job's inputs queued at once"
+    )
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             bodies[0],
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
-            maas_env={"MAAS_METERING": "false"},
+            maas_env={"MAAS_METERING": "false", "MAAS_BATCH_IN_FLIGHT": str(args.in_flight)},
         )
         try:
             result = asyncio.run(_run(server, bodies, args))
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = beside.percentile_ms(99) / alone.percentile_ms(99)
     print(
         f"\nmodel {args.model}, batch {args.max_batch_size}/{args.max_delay_ms} ms, {args.concurrency} "
-        f"interactive client(s), {args.duration:g} s phases, a job of {args.images} images\n"
+        f"interactive client(s), {args.duration:g} s phases, a job of {args.images} images, "
+        f"{args.in_flight} in flight\n"
     )
     print("| interactive | p50 ms | p99 ms | req/s | errors |")
     print("|---|---|---|---|---|")

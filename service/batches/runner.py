@@ -81,6 +81,9 @@ class BatchRunner:
         # called on the event loop after each committed progress: (job id, lines written)
         self.progress_listeners: list[Callable[[str, int], None]] = []
         self._cancelled: set[str] = set()
+        # batch inputs are decoded a few at a time, so that they never crowd interactive requests
+        # out of the CPU and the worker threads (decoding holds the GIL much of its time)
+        self._lanes = asyncio.Semaphore(settings.batch_preprocess_lanes)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -268,9 +271,10 @@ class BatchRunner:
 
     async def _infer(self, entry: ModelEntry, share: Share, raw: list[Any], tally: Tally) -> Any:
         deadline = time.monotonic() + NO_DEADLINE_S
-        features, _ = await prepare_features(
-            self.preprocess, entry.adapter, entry.input_kind, raw, self.limits.image, deadline
-        )
+        async with self._lanes:
+            features, _ = await prepare_features(
+                self.preprocess, entry.adapter, entry.input_kind, raw, self.limits.image, deadline
+            )
         if entry.adapter.reads_params:
             features = [WithParams(f, TaskParams()) for f in features]
         assert entry.manifest is not None
