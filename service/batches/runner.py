@@ -17,7 +17,6 @@ what they processed); a job that failed as a whole is recorded at no charge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -31,6 +30,7 @@ import orjson
 
 from service.batches.inputs import BatchItem, read_batch_inputs
 from service.batches.store import BatchStore
+from service.db.leases import ClaimLoop
 from service.db.models import BatchJob
 from service.errors import GatewayError, Overloaded
 from service.metering import Meter
@@ -48,13 +48,12 @@ from service.training.store import FineTuneStore
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
 TOP_K = 5  # classes per input in the results, as predict's default
 NO_DEADLINE_S = 24 * 3600.0  # a batch input waits for idle capacity as long as it takes
 HEARTBEAT_S = 1.0  # progress is committed at least this often while lines are written
 
 
-class BatchRunner:
+class BatchRunner(ClaimLoop[BatchJob]):
     """Runs batch jobs from the database through the registry's batchers, one job at a time."""
 
     def __init__(
@@ -80,23 +79,11 @@ class BatchRunner:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         # called on the event loop after each committed progress: (job id, lines written)
         self.progress_listeners: list[Callable[[str, int], None]] = []
+        super().__init__("maas-batch-runner")
         self._cancelled: set[str] = set()
         # batch inputs are decoded a few at a time, so that they never crowd interactive requests
         # out of the CPU and the worker threads (decoding holds the GIL much of its time)
         self._lanes = asyncio.Semaphore(settings.batch_preprocess_lanes)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
-
-    def start(self) -> None:
-        self._event_loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._loop(), name="maas-batch-runner")
-
-    def notify(self) -> None:
-        """A job was queued here: look at once. Safe from any thread."""
-        if self._event_loop is not None:
-            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     def cancel(self, job_id: str) -> None:
         """Stop a job this replica runs after its next line (others learn of it on their heartbeat)."""
@@ -111,23 +98,10 @@ class BatchRunner:
     async def stop(self) -> None:
         """`halt`, and wait until the runner has ended."""
         self.halt()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._ended()
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                job = await asyncio.to_thread(self.store.claim, self.owner, self.settings.batch_lease_s)
-            except Exception:
-                log.exception("batch runner: claiming a job failed")
-                job = None
-            if job is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_POLL_S):
-                        await self._wake.wait()
-                continue
-            await self._run(job)
+    def _claim(self) -> BatchJob | None:
+        return self.store.claim(self.owner, self.settings.batch_lease_s)
 
     async def _run(self, job: BatchJob) -> None:
         log.info(

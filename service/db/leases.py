@@ -4,17 +4,25 @@ A job row has `status` (queued, running, then a finished one), `lease_owner`, `l
 `cancel_requested` and `started_at`. A replica claims a queued job, or a running one whose lease
 expired (its replica died), extends the lease while it works, and ends the job only while it
 still holds it, so a job ends once whatever takeovers came before. Each function works in the
-caller's transaction, so a store can add its own rows (events, usage) to it.
+caller's transaction, so a store can add its own rows (events, usage) to it. `ClaimLoop` is
+the loop both runners share.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
+Job = TypeVar("Job")
 
 
 def claim(
@@ -103,3 +111,53 @@ def cancel_queued(session: Session, table: Any, job_id: str) -> bool:
 def rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
+
+
+class ClaimLoop(Generic[Job]):
+    """The loop of a job runner: claim a job (on a worker thread), run it, claim the next; when
+    there is none, wait for `notify` (a job queued here) or `IDLE_POLL_S` (one queued by another
+    replica). Subclasses say how to claim (`_claim`) and run (`_run`) a job."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._loop(), name=self._name)
+
+    def notify(self) -> None:
+        """A job was queued here: look at once instead of at the next poll. Safe from any thread
+        (the routes that queue jobs run on worker threads)."""
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
+
+    async def _ended(self) -> None:
+        """Wait until the loop has ended (after `_stopping` was set)."""
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _claim(self) -> Job | None:
+        raise NotImplementedError
+
+    async def _run(self, job: Job) -> None:
+        raise NotImplementedError
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                job = await asyncio.to_thread(self._claim)
+            except Exception:
+                log.exception("%s: claiming a job failed", self._name)
+                job = None
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_POLL_S):
+                        await self._wake.wait()
+                continue
+            await self._run(job)
