@@ -221,3 +221,46 @@ async def test_a_job_resumes_where_it_stopped_after_a_restart(batch_settings: Se
         assert [line["index"] for line in await results(http, job["id"])] == list(range(10))
         [event] = batch_events(second)
         assert event.inputs == 10 and event.amount_micro == 10 * BATCH_MICRO
+
+
+async def test_scopes_and_files_are_checked_when_a_job_is_created(batch_settings: Settings) -> None:
+    app = create_app(batch_settings)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app)
+        async with gateway.client() as admin:
+            await tenant_key(admin, "acme")
+            made = await admin.post("/v1/admin/tenants/acme/keys", json={"scopes": ["inference"]})
+            inference_only = made.json()["key"]
+        async with gateway.client(inference_only) as http:
+            dataset = await http.post(
+                "/v1/files", files={"file": ("d.zip", build_zip({"red/a.png": png(COLOURS["red"])}))}
+            )
+            assert dataset.status_code == 403  # a fine-tuning dataset needs the fine_tune scope
+            file_id = await upload(http, jsonl(images(3)))
+            job = await create(http, file_id)
+            missing = await http.post("/v1/batches", json={"model": "nope", "input_file": file_id})
+            assert missing.status_code == 404
+            no_file = await http.post("/v1/batches", json={"model": "tiny-vit", "input_file": "file_nope"})
+            assert no_file.status_code == 404
+            await wait_for(http, job["id"], {"completed"})
+        async with gateway.client() as admin:  # the admin key's tenant: a dataset is not a batch file
+            dataset_id = (
+                await admin.post(
+                    "/v1/files",
+                    files={
+                        "file": (
+                            "d.zip",
+                            build_zip(
+                                {
+                                    f"{c}/{i}.png": png(COLOURS[c], i)
+                                    for c in ("red", "blue")
+                                    for i in range(5)
+                                }
+                            ),
+                        )
+                    },
+                    data={"purpose": "fine-tune"},
+                )
+            ).json()["id"]
+            wrong = await admin.post("/v1/batches", json={"model": "tiny-vit", "input_file": dataset_id})
+            assert wrong.status_code == 422 and "input_file" in wrong.json()["error"]["message"]
