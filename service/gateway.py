@@ -14,6 +14,8 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.batches.runner import BatchRunner
+from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.errors import Conflict
 from service.metering import (
@@ -72,13 +74,15 @@ class Gateway:
     writer: UsageWriter
     fine_tunes: FineTuneStore
     runner: JobRunner
+    batches: BatchStore
+    batch_runner: BatchRunner
     draining: bool = False
     _preload: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
         """Open the database (migrated), the key store, the limits, the model registry (preloading
-        in the background), the usage writer and the fine-tuning runner."""
+        in the background), the usage writer, the fine-tuning runner and the batch runner."""
         redact_keys_in_logs()
         metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,10 @@ class Gateway:
             meter=meter,  # training is metered through the same meter
             metrics=TrainingMetrics(metrics.registry),
         )
+        batches = BatchStore(sessions, settings.data_dir)
+        batch_runner = BatchRunner(
+            batches, fine_tunes, registry, settings, preprocess=preprocess, finder=finished, meter=meter
+        )
         gateway = cls(
             settings=settings,
             metrics=metrics,
@@ -167,21 +175,26 @@ class Gateway:
             writer=writer,
             fine_tunes=fine_tunes,
             runner=runner,
+            batches=batches,
+            batch_runner=batch_runner,
         )
         writer.start()
         gateway._preload = asyncio.create_task(registry.preload(), name="maas-preload")
         if settings.fine_tune_runner:
             runner.start()
+        if settings.batch_runner:
+            batch_runner.start()
         log.info(
             "maas gateway starting: %d model manifest(s) in %s", len(registry.entries), settings.models_dir
         )
         return gateway
 
     async def close(self) -> None:
-        """Stop in order: training (resumable), then serving (every queued input answered), then
-        metering (their usage committed), then the connections."""
+        """Stop in order: training and batch jobs (resumable), then serving (every queued input
+        answered), then metering (their usage committed), then the connections."""
         self.draining = True
         await self.runner.stop()  # the running job stops after its step; another start resumes it
+        await self.batch_runner.stop()  # progress committed; another start goes on from there
         if self._preload is not None:
             self._preload.cancel()
             await asyncio.gather(self._preload, return_exceptions=True)

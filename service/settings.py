@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     fine_tune_max_yield_s: float = Field(10.0, ge=0)  # a step at least this often under load; 0: none
     fine_tune_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
 
+    # asynchronous batch jobs (/v1/batches)
+    batch_runner: bool = True  # run batch jobs in this process (off: an API-only replica)
+    batch_in_flight: int = Field(2, ge=1, le=4096)  # a job's inputs queued at once; progress saved as often
+    batch_preprocess_lanes: int = Field(1, ge=1, le=256)  # a job's inputs decoded at once
+    batch_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
+
     @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL in use: the setting, else an SQLite file in the data directory."""

@@ -36,6 +36,8 @@ from maas_client.errors import (
 )
 from maas_client.types import (
     APIKey,
+    Batch,
+    BatchCounts,
     BillingExport,
     Box,
     Detection,
@@ -70,6 +72,8 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchCounts",
     "BillingExport",
     "Box",
     "Client",

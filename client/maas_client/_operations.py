@@ -3,6 +3,7 @@ both clients. The paths and bodies follow the gateway's HTTP API (docs/api.md in
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Generator, Sequence
 from datetime import date, datetime
@@ -17,6 +18,7 @@ from maas_client._inputs import FileInput, ImageInput, image_uploads, read_file_
 from maas_client._parse import parse
 from maas_client.types import (
     APIKey,
+    Batch,
     BillingExport,
     Detections,
     Embeddings,
@@ -416,4 +418,46 @@ def wait_fine_tune(
             return job
         if deadline is not None and clock() >= deadline:
             raise TimeoutError(f"fine-tune {job_id} still {job.status} after {timeout} s")
+        yield Sleep(poll_interval)
+
+
+# Batches
+
+
+def _lines(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def create_batch(model: str, input_file: str) -> Call[Batch]:
+    body = {"model": model, "input_file": input_file}
+    return Call("POST", "/v1/batches", _one(Batch), json=body)
+
+
+def get_batch(batch_id: str) -> Call[Batch]:
+    return Call("GET", f"/v1/batches/{_seg(batch_id)}", _one(Batch))
+
+
+def list_batches() -> Call[list[Batch]]:
+    return Call("GET", "/v1/batches", _many(Batch))
+
+
+def cancel_batch(batch_id: str) -> Call[Batch]:
+    return Call("POST", f"/v1/batches/{_seg(batch_id)}/cancel", _one(Batch))
+
+
+def batch_results(batch_id: str) -> Call[list[dict[str, Any]]]:
+    return Call("GET", f"/v1/batches/{_seg(batch_id)}/results", _lines)
+
+
+def wait_batch(
+    batch_id: str, poll_interval: float, timeout: float | None, clock: Callable[[], float] = time.monotonic
+) -> Generator[Call[Any] | Sleep, Any, Batch]:
+    """Poll a batch job until it is done; raises TimeoutError after `timeout` seconds."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        job: Batch = yield get_batch(batch_id)
+        if job.done:
+            return job
+        if deadline is not None and clock() >= deadline:
+            raise TimeoutError(f"batch {batch_id} still {job.status} after {timeout} s")
         yield Sleep(poll_interval)

@@ -31,6 +31,7 @@ from maas_client._operations import NOT_GIVEN, ProgressCallback, Time, _NotGiven
 from maas_client.errors import MaasError
 from maas_client.types import (
     APIKey,
+    Batch,
     BillingExport,
     Detections,
     Embeddings,
@@ -81,6 +82,7 @@ class AsyncClient:
         self.usage = AsyncUsageResource(self)
         self.files = AsyncFiles(self)
         self.fine_tunes = AsyncFineTunes(self)
+        self.batches = AsyncBatches(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -482,3 +484,36 @@ class AsyncFineTunes(_AsyncResource):
         a failed job is returned, not raised). `progress(job, new_events)` is called after every
         poll with the events not reported yet; `TimeoutError` after `timeout` seconds."""
         return await self._client._run(ops.wait_fine_tune(job_id, poll_interval, timeout, progress))
+
+
+class AsyncBatches(_AsyncResource):
+    """`async_client.batches`: asynchronous batch jobs (keys with the `inference` scope), run on the
+    capacity interactive requests leave, at the model's batch price."""
+
+    async def create(self, model: str, input_file: str) -> Batch:
+        """Queue the inputs of a file uploaded with `files.upload(..., purpose="batch")` (a zip of
+        images, or JSON lines `{"inputs": "..."}`) for `model`."""
+        return await self._client._request(ops.create_batch(model, input_file))
+
+    async def get(self, batch_id: str) -> Batch:
+        """One job, with its status and counts; `NotFoundError` when unknown (or another tenant's)."""
+        return await self._client._request(ops.get_batch(batch_id))
+
+    async def list(self) -> builtins.list[Batch]:
+        """The tenant's jobs, newest first."""
+        return await self._client._request(ops.list_batches())
+
+    async def cancel(self, batch_id: str) -> Batch:
+        """Cancel a queued job (at once) or a running one (after the inputs in flight); what it
+        processed is billed. `ConflictError` when the job has already finished."""
+        return await self._client._request(ops.cancel_batch(batch_id))
+
+    async def results(self, batch_id: str) -> builtins.list[dict[str, Any]]:
+        """The results so far, one dict per input in input order: `index`, `input` (a zip's entry
+        name), and the model's output (`predictions`, ...) or an `error`."""
+        return await self._client._request(ops.batch_results(batch_id))
+
+    async def wait(self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None) -> Batch:
+        """Poll until the job completes, fails or is cancelled, and return it; `TimeoutError`
+        after `timeout` seconds."""
+        return await self._client._run(ops.wait_batch(batch_id, poll_interval, timeout))

@@ -7,6 +7,9 @@ maas-client models
 maas-client usage --group-by model,day
 maas-client files upload colours.zip
 maas-client fine-tunes create efficientnet-lite0 file_123 --epochs 3 --follow
+maas-client files upload photos.zip --purpose batch
+maas-client batches create efficientnet-lite0 file_456 --wait
+maas-client batches results batch_789 -o results.jsonl
 maas-client admin tenants create acme --rps 10 --quota 100000
 maas-client admin keys create acme --name ci
 maas-client admin billing-export 2026-11 --format csv -o 2026-11.csv
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from maas_client import _cli_batches as batch_run
 from maas_client import _cli_commands as run
 from maas_client._version import __version__
 from maas_client.client import Client
@@ -64,7 +68,11 @@ def _add_inference(commands: Commands) -> None:
 
 
 def _add_files(commands: Commands) -> None:
-    files = commands.add_parser("files", help="fine-tuning datasets", description="fine-tuning datasets")
+    files = commands.add_parser(
+        "files",
+        help="fine-tuning datasets and batch inputs",
+        description="fine-tuning datasets and batch inputs",
+    )
     actions = files.add_subparsers(dest="files_command", required=True, metavar="COMMAND")
     what = "upload a dataset: a zip (<label>/<image>), or JSONL / CSV of text,label"
     upload = _command(actions, "upload", run.files_upload, what)
@@ -109,6 +117,36 @@ def _add_fine_tunes(commands: Commands) -> None:
     follow = _command(actions, "follow", run.fine_tunes_follow, "print a job's events until it finishes")
     follow.add_argument("job_id", metavar="ID")
     follow.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+
+
+def _add_batches(commands: Commands) -> None:
+    batches = commands.add_parser(
+        "batches", help="asynchronous batch jobs", description="asynchronous batch jobs"
+    )
+    actions = batches.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
+    create = _command(
+        actions, "create", batch_run.create, "queue the inputs of FILE_ID (purpose batch) for MODEL"
+    )
+    create.add_argument("model", metavar="MODEL")
+    create.add_argument("input_file", metavar="FILE_ID")
+    create.add_argument(
+        "--wait", action="store_true", help="then wait until it ends (exit 1 unless completed)"
+    )
+    create.add_argument("--interval", type=float, default=2.0, help="--wait: seconds between polls")
+    _json_flag(create)
+    _json_flag(_command(actions, "list", batch_run.list_jobs, "this tenant's batch jobs"))
+    for name, handler, help in (
+        ("get", batch_run.get, "one batch job: status and counts"),
+        ("cancel", batch_run.cancel, "cancel a queued or running batch job"),
+    ):
+        action = _command(actions, name, handler, help)
+        action.add_argument("batch_id", metavar="ID")
+        _json_flag(action)
+    results = _command(
+        actions, "results", batch_run.results, "a batch job's results, JSON lines in input order"
+    )
+    results.add_argument("batch_id", metavar="ID")
+    results.add_argument("-o", "--output", metavar="FILE", help="write them to FILE")
 
 
 def _add_admin(commands: Commands) -> None:
@@ -170,6 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_inference(commands)
     _add_files(commands)
     _add_fine_tunes(commands)
+    _add_batches(commands)
     _add_admin(commands)
     return parser
 

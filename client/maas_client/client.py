@@ -30,6 +30,7 @@ from maas_client._operations import NOT_GIVEN, ProgressCallback, Time, _NotGiven
 from maas_client.errors import MaasError
 from maas_client.types import (
     APIKey,
+    Batch,
     BillingExport,
     Detections,
     Embeddings,
@@ -80,6 +81,7 @@ class Client:
         self.usage = UsageResource(self)
         self.files = Files(self)
         self.fine_tunes = FineTunes(self)
+        self.batches = Batches(self)
 
     def __enter__(self) -> Client:
         return self
@@ -479,3 +481,36 @@ class FineTunes(_Resource):
         a failed job is returned, not raised). `progress(job, new_events)` is called after every
         poll with the events not reported yet; `TimeoutError` after `timeout` seconds."""
         return self._client._run(ops.wait_fine_tune(job_id, poll_interval, timeout, progress))
+
+
+class Batches(_Resource):
+    """`client.batches`: asynchronous batch jobs (keys with the `inference` scope), run on the
+    capacity interactive requests leave, at the model's batch price."""
+
+    def create(self, model: str, input_file: str) -> Batch:
+        """Queue the inputs of a file uploaded with `files.upload(..., purpose="batch")` (a zip of
+        images, or JSON lines `{"inputs": "..."}`) for `model`."""
+        return self._client._request(ops.create_batch(model, input_file))
+
+    def get(self, batch_id: str) -> Batch:
+        """One job, with its status and counts; `NotFoundError` when unknown (or another tenant's)."""
+        return self._client._request(ops.get_batch(batch_id))
+
+    def list(self) -> builtins.list[Batch]:
+        """The tenant's jobs, newest first."""
+        return self._client._request(ops.list_batches())
+
+    def cancel(self, batch_id: str) -> Batch:
+        """Cancel a queued job (at once) or a running one (after the inputs in flight); what it
+        processed is billed. `ConflictError` when the job has already finished."""
+        return self._client._request(ops.cancel_batch(batch_id))
+
+    def results(self, batch_id: str) -> builtins.list[dict[str, Any]]:
+        """The results so far, one dict per input in input order: `index`, `input` (a zip's entry
+        name), and the model's output (`predictions`, ...) or an `error`."""
+        return self._client._request(ops.batch_results(batch_id))
+
+    def wait(self, batch_id: str, *, poll_interval: float = 2.0, timeout: float | None = None) -> Batch:
+        """Poll until the job completes, fails or is cancelled, and return it; `TimeoutError`
+        after `timeout` seconds."""
+        return self._client._run(ops.wait_batch(batch_id, poll_interval, timeout))

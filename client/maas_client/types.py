@@ -32,6 +32,7 @@ __all__ = [
 
 JSON = dict[str, Any]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+BATCH_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -413,3 +414,34 @@ class FineTuneEvent:
     data: Any = None
     created_at: str | None = None
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """A batch job's inputs: in all, answered so far (billed), and with an error line (free)."""
+
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An asynchronous batch job: `status` is queued, running, completed, failed or cancelled;
+    `error` says why a job failed as a whole (one bad input is an error line in its results)."""
+
+    id: str
+    status: str = "unknown"
+    model: str | None = None
+    input_file: str | None = None
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """True once the job has completed, failed or been cancelled."""
+        return self.status in BATCH_TERMINAL_STATUSES

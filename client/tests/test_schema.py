@@ -40,6 +40,8 @@ ANSWERS = {
     sdk.FineTuneProgress: "JobProgress",
     sdk.FineTuneUsage: "JobUsage",
     sdk.FineTuneEvent: "JobEvent",
+    sdk.Batch: "Batch",
+    sdk.BatchCounts: "BatchCounts",
 }
 # what the SDK leaves to `raw` on purpose
 UNREAD = {

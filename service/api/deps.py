@@ -14,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.batches.store import BatchStore
 from service.errors import AuthenticationFailed, InvalidInput, RateLimited
 from service.gateway import Gateway
 from service.observability.metrics import Metrics
@@ -73,8 +74,21 @@ def _fine_tuner(caller: Annotated[Principal, Depends(authenticate)]) -> Principa
     return caller
 
 
+def _tenanted(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """The caller, if its key belongs to a tenant (files and jobs are a tenant's)."""
+    if caller.tenant_id is None:
+        raise InvalidInput("this key belongs to no tenant; files and jobs need one")
+    return caller
+
+
+def _batch_submitter(caller: Annotated[Principal, Depends(_tenanted)]) -> Principal:
+    """The caller, if its key has the `inference` scope (or `admin`), and belongs to a tenant."""
+    caller.require_scope("inference")
+    return caller
+
+
 def tenant_of(caller: Principal) -> str:
-    """The tenant of a caller that has one (a `FineTuner`)."""
+    """The tenant of a caller that has one (a `FineTuner`, `Tenanted` or `BatchSubmitter`)."""
     assert caller.tenant_id is not None  # checked by `_fine_tuner`
     return caller.tenant_id
 
@@ -91,12 +105,15 @@ def _part(name: str) -> Any:
 Caller = Annotated[Principal, Depends(authenticate)]
 Admin = Annotated[Principal, Depends(_admin)]
 FineTuner = Annotated[Principal, Depends(_fine_tuner)]
+Tenanted = Annotated[Principal, Depends(_tenanted)]
+BatchSubmitter = Annotated[Principal, Depends(_batch_submitter)]
 Registry = Annotated[ModelRegistry, _part("registry")]
 AppSettings = Annotated[Settings, _part("settings")]
 AppMetrics = Annotated[Metrics, _part("metrics")]
 Directory = Annotated[Tenants, _part("tenants")]
 Sessions = Annotated[sessionmaker[Session], _part("sessions")]
 Store = Annotated[FineTuneStore, _part("fine_tunes")]
+Batches = Annotated[BatchStore, _part("batches")]
 
 
 @dataclass(frozen=True)

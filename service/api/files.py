@@ -1,5 +1,6 @@
-"""`/v1/files`: upload, list and delete the caller's dataset files (zips in image-folder layout,
-or JSONL / CSV of text,label for text classifiers).
+"""`/v1/files`: upload, list and delete the caller's files: datasets (purpose `fine-tune`: zips
+in image-folder layout, or JSONL / CSV of text,label for text classifiers) and batch jobs' inputs
+(purpose `batch`: a zip of images or JSON lines).
 
 An upload is refused (413) by its `Content-Length` before any of it is read, and counted while
 it streams into a temporary file (on disk past 1 MB), so that neither a large declaration nor
@@ -18,14 +19,15 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api import schemas as s
-from service.api.deps import AppSettings, FineTuner, Store, tenant_of
+from service.api.deps import AppSettings, Store, Tenanted, tenant_of
 from service.bodies import bounded_stream
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from service.training.datasets import DatasetLimits
-from service.training.store import describe_file
+from service.training.store import BATCH_PURPOSE, FINE_TUNE_PURPOSE, describe_file
 
 router = APIRouter(prefix="/v1/files", tags=["fine-tuning"])
-PURPOSES = ("fine-tune",)
+PURPOSES = (FINE_TUNE_PURPOSE, BATCH_PURPOSE)
+SCOPE_OF = {FINE_TUNE_PURPOSE: "fine_tune", BATCH_PURPOSE: "inference"}  # the scope an upload needs
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field, on top of the file itself
 UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI cannot infer it
     "required": True,
@@ -38,8 +40,9 @@ UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI ca
                     "file": {
                         "type": "string",
                         "contentMediaType": "application/octet-stream",
-                        "description": "a zip (<label>/<image> or train|validation/<label>/<image>), "
-                        'or JSONL ({"text", "label"} a line) or CSV (text,label header)',
+                        "description": "fine-tune: a zip (<label>/<image> or train|validation/<label>/"
+                        '<image>), or JSONL ({"text", "label"} a line) or CSV (text,label header); '
+                        'batch: a zip of images, or JSON lines {"inputs": "..."}',
                     },
                     "purpose": {"type": "string", "enum": list(PURPOSES), "default": PURPOSES[0]},
                 },
@@ -56,13 +59,16 @@ UPLOAD_BODY = {  # the body is read by the route itself (bounded), so FastAPI ca
     **s.documented(s.DatasetFile, *s.AUTHENTICATED, 413, 415, status=201),
 )
 async def upload_file(
-    request: Request, caller: FineTuner, store: Store, settings: AppSettings
+    request: Request, caller: Tenanted, store: Store, settings: AppSettings
 ) -> dict[str, Any]:
-    """Check the dataset completely (422 naming the first problem, and its line for text), then keep it."""
+    """Check the file completely for its purpose (422 naming the first problem, and its line for
+    text), then keep it. A `fine-tune` file needs the `fine_tune` scope, a `batch` file the
+    `inference` scope."""
     limit = settings.max_upload_bytes
     form = await _read_form(request, limit + MULTIPART_OVERHEAD)
     try:
         upload, purpose = _dataset_part(form, limit)
+        caller.require_scope(SCOPE_OF[purpose])
         row = await anyio.to_thread.run_sync(
             store.create_file,
             tenant_of(caller),
@@ -105,16 +111,16 @@ def _dataset_part(form: FormData, limit: int) -> tuple[UploadFile, str]:
 
 
 @router.get("", **s.documented(s.FileList, *s.AUTHENTICATED))
-def list_files(caller: FineTuner, store: Store) -> dict[str, Any]:
+def list_files(caller: Tenanted, store: Store) -> dict[str, Any]:
     return {"object": "list", "data": [describe_file(f) for f in store.list_files(tenant_of(caller))]}
 
 
 @router.get("/{file_id}", **s.documented(s.DatasetFile, *s.AUTHENTICATED, 404))
-def get_file(file_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
+def get_file(file_id: str, caller: Tenanted, store: Store) -> dict[str, Any]:
     return describe_file(store.get_file(tenant_of(caller), file_id))
 
 
 @router.delete("/{file_id}", **s.documented(s.DeletedFile, *s.AUTHENTICATED, 404, 409))
-def delete_file(file_id: str, caller: FineTuner, store: Store) -> dict[str, Any]:
+def delete_file(file_id: str, caller: Tenanted, store: Store) -> dict[str, Any]:
     row = store.delete_file(tenant_of(caller), file_id)
     return {"id": row.id, "object": "file", "deleted": True}

@@ -346,3 +346,29 @@ class JobEvent(BaseModel):
 
 class JobEventList(ListOf):
     data: list[JobEvent]
+
+
+# batches
+
+
+class BatchCounts(BaseModel):
+    total: int = Field(description="Inputs in the input file.")
+    completed: int = Field(description="Inputs answered so far (billed).")
+    failed: int = Field(description="Inputs whose results line holds an error (not billed).")
+
+
+class Batch(BaseModel):
+    id: str
+    object: Literal["batch"]
+    model: str
+    input_file: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    counts: BatchCounts
+    error: str | None = Field(description="Why a failed job failed as a whole.")
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class BatchList(ListOf):
+    data: list[Batch]

@@ -106,7 +106,7 @@ class UsageEvent(Base):
     __table_args__ = (Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),)
 
     request_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # training: the job id
-    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training
+    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training | batch
     tenant_id: Mapped[str] = mapped_column(String(40))  # no foreign key: usage outlives a tenant row
     key_id: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(128))  # training: the base model
@@ -143,7 +143,7 @@ class PriceRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(String(128), index=True)
-    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training
+    kind: Mapped[str] = mapped_column(String(16), server_default="inference")  # inference | training | batch
     effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
     per_input_micro: Mapped[int] = mapped_column(BigInteger)
     per_compute_second_micro: Mapped[int] = mapped_column(BigInteger)
@@ -214,3 +214,31 @@ class FineTuneEvent(Base):
     message: Mapped[str] = mapped_column(String(2000))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BatchJob(Base):
+    """One asynchronous batch job: a file of inputs run through a model in the `batch` service
+    class. Its results are a JSONL file under the data directory, one line per input in order;
+    `results_bytes` of it and the counts are the progress a resumed job starts from."""
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (Index("ix_batch_jobs_queue", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # who created it: its usage's key
+    model: Mapped[str] = mapped_column(String(64))
+    input_file: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))  # queued|running|completed|failed|cancelled
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    total: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer, default=0)  # inputs answered (billed)
+    failed: Mapped[int] = mapped_column(Integer, default=0)  # inputs with an error line (free)
+    results_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # of the results file, committed
+    compute_us: Mapped[int] = mapped_column(BigInteger, default=0)  # the inputs' share of forward time
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -5,6 +5,7 @@ from service.metering.idempotency import Claim, ClaimState, Idempotency, request
 from service.metering.meter import Meter, UsageMetrics, UsageUnavailable
 from service.metering.metered import MeteredRequest
 from service.metering.prices import (
+    BATCH,
     INFERENCE,
     TRAINING,
     PriceBook,
@@ -16,6 +17,7 @@ from service.metering.prices import (
 from service.metering.writer import Outcome, Usage, UsageWriter, insert_usage
 
 __all__ = [
+    "BATCH",
     "INFERENCE",
     "TRAINING",
     "Claim",

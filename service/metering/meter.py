@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from service.errors import GatewayError
 from service.metering.idempotency import Claim, Idempotency
 from service.metering.metered import MeteredRequest
-from service.metering.prices import TRAINING, PriceBook
+from service.metering.prices import BATCH, TRAINING, PriceBook
 from service.metering.writer import GroupStats, Outcome, Usage, UsageWriter
 from service.serving.batching import Tally
 
@@ -156,6 +156,34 @@ class Meter:
             price=self.prices.current(base_model, TRAINING),
             created_at=self._now(),
             kind=TRAINING,
+        )
+
+    def batch_usage(
+        self,
+        *,
+        job_id: str,
+        tenant_id: str,
+        key_id: str,
+        model: str,
+        inputs: int,
+        compute_us: int,
+        billed: bool,
+    ) -> Usage:
+        """The one event of a batch job, keyed by the job id (so it is written once): the inputs it
+        answered and their share of forward time, at the model's current batch price (inference's
+        less the manifest's `batch_discount`). A failed job is recorded at no charge."""
+        return Usage(
+            request_id=job_id,
+            tenant_id=tenant_id,
+            key_id=key_id,
+            model=model,
+            inputs=inputs,
+            compute_us=compute_us,
+            queue_us=0,
+            status=200 if billed else 500,
+            price=self.prices.current(model, BATCH),
+            created_at=self._now(),
+            kind=BATCH,
         )
 
     def request(

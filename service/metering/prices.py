@@ -52,17 +52,28 @@ class UnitPrice:
         compute = (self.per_compute_second_micro * compute_us + MICRO // 2) // MICRO
         return self.per_input_micro * inputs + compute
 
+    def discounted(self, fraction: float) -> UnitPrice:
+        """These prices less `fraction` (0..1) of each, rounded half up to a whole micro-unit."""
+        keep = Decimal(1) - Decimal(str(fraction))
+        return UnitPrice(
+            int((self.per_input_micro * keep).quantize(Decimal(1), rounding=ROUND_HALF_UP)),
+            int((self.per_compute_second_micro * keep).quantize(Decimal(1), rounding=ROUND_HALF_UP)),
+        )
+
 
 FREE = UnitPrice()
-INFERENCE, TRAINING = "inference", "training"
+INFERENCE, TRAINING, BATCH = "inference", "training", "batch"
 
 
 def manifest_prices(price: Price) -> dict[str, UnitPrice]:
     """A manifest's `price:` as the unit prices of each kind: inference (per input, per compute
-    second) and training on this model as the base (per sample trained, per device second)."""
+    second), training on this model as the base (per sample trained, per device second), and
+    inputs of batch jobs (inference's prices less `batch_discount`)."""
+    inference = UnitPrice(to_micro(price.per_image), to_micro(price.per_compute_second))
     return {
-        INFERENCE: UnitPrice(to_micro(price.per_image), to_micro(price.per_compute_second)),
+        INFERENCE: inference,
         TRAINING: UnitPrice(to_micro(price.per_training_sample), to_micro(price.per_training_second)),
+        BATCH: inference.discounted(price.batch_discount),
     }
 
 
@@ -109,7 +120,7 @@ class PriceBook:
 
     def sync_manifests(self, prices: Iterable[tuple[str, Price]]) -> list[str]:
         """`sync` every kind of each model's manifest price; returns `model (kind)` for each new row."""
-        by_kind: dict[str, list[tuple[str, UnitPrice]]] = {INFERENCE: [], TRAINING: []}
+        by_kind: dict[str, list[tuple[str, UnitPrice]]] = {INFERENCE: [], TRAINING: [], BATCH: []}
         for model, price in prices:
             for kind, unit in manifest_prices(price).items():
                 by_kind[kind].append((model, unit))

@@ -142,7 +142,7 @@ class Inference:
             return None
         self.metrics.inputs.labels(self.metrics.model_label(entry.name, entry.owner)).inc(len(inputs))
         self.metrics.class_inputs.labels(share.service_class.value).inc(len(inputs))
-        return Answer(entry.adapter.output_key, [_encode(o) for o in outputs])
+        return Answer(entry.adapter.output_key, [encode_output(o) for o in outputs])
 
     async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:
         """The inputs' features, off the event loop (see `prepare_features`); 504 past the deadline."""
@@ -165,7 +165,8 @@ def check_params(adapter: ModelAdapter, params: TaskParams) -> None:
         raise InvalidInput("threshold: only object detection and image segmentation models take a threshold")
 
 
-def _encode(output: Any) -> Any:
+def encode_output(output: Any) -> Any:
+    """An output as JSON-ready data: classifications as {label, score} objects."""
     if output and isinstance(output[0], Classification):
         return [{"label": c.label, "score": c.score} for c in output]
     return output

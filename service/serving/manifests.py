@@ -48,6 +48,8 @@ class Price(BaseModel):
     # fine-tuning on this model as the base: per sample trained (each epoch counts), per device second
     per_training_sample: float = Field(0.0, ge=0)
     per_training_second: float = Field(0.0, ge=0)
+    # asynchronous batch jobs (/v1/batches): this fraction off the inference prices, 0..1
+    batch_discount: float = Field(0.0, ge=0, le=1)
 
 
 class Preprocess(BaseModel):

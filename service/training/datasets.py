@@ -193,25 +193,30 @@ def read_image(archive: zipfile.ZipFile, entry: str, limits: DatasetLimits) -> I
         raise InvalidInput(f"entry {entry!r}: {exc.message.removeprefix('input 0: ')}") from exc
 
 
+def image_entries(archive: zipfile.ZipFile, limits: DatasetLimits) -> list[zipfile.ZipInfo]:
+    """The zip's image entries, in its order, once its directory passed the checks that need no
+    decompression: the entry count, every name (hidden entries too: nothing may point outside),
+    the total and each entry's unpacked size, the compression; 422 naming the entry otherwise."""
+    everything = archive.infolist()
+    if len(everything) > limits.max_files:
+        raise InvalidInput(f"the zip has {len(everything)} entries; the limit is {limits.max_files}")
+    for info in everything:
+        _check_name(info)
+    files = [i for i in everything if not IGNORED.search(i.filename) and not i.is_dir()]
+    total = sum(i.file_size for i in files)
+    if total > limits.max_uncompressed_bytes:
+        raise InvalidInput(f"the zip unpacks to {total} bytes; the limit is {limits.max_uncompressed_bytes}")
+    for info in files:  # from the directory, before anything is decompressed
+        _check_entry(info, limits.max_image_bytes)
+    if not files:
+        raise InvalidInput("the zip holds no images")
+    return files
+
+
 def check_dataset(data: bytes | Path | BinaryIO, limits: DatasetLimits) -> Dataset[Example]:
     """Check a dataset zip completely (names, layout, sizes, every image decodes); 422 on a problem."""
     with open_zip(data) as archive:
-        everything = archive.infolist()
-        if len(everything) > limits.max_files:
-            raise InvalidInput(f"the zip has {len(everything)} entries; the limit is {limits.max_files}")
-        for info in everything:  # hidden and ignored entries too: nothing may point outside
-            _check_name(info)
-        infos = [i for i in everything if not IGNORED.search(i.filename)]
-        files = [i for i in infos if not i.is_dir()]
-        total = sum(i.file_size for i in files)
-        if total > limits.max_uncompressed_bytes:
-            raise InvalidInput(
-                f"the zip unpacks to {total} bytes; the limit is {limits.max_uncompressed_bytes}"
-            )
-        for info in files:  # from the directory, before anything is decompressed
-            _check_entry(info, limits.max_image_bytes)
-        if not files:
-            raise InvalidInput("the zip holds no images")
+        files = image_entries(archive, limits)
         split_layout = all(i.filename.split("/", 1)[0] in SPLITS for i in files)
         dataset: Dataset[Example] = Dataset()
         for info in files:

@@ -15,7 +15,6 @@ work a dead or stopped replica did after its last checkpoint (redone by the next
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from service.db.leases import ClaimLoop
 from service.db.models import FineTuneJob
 from service.metering import Meter
 from service.serving.devices import DevicePool
@@ -40,10 +40,8 @@ from service.training.trainer import Control, EpochReport, Hyperparameters, Inte
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
 
-
-class JobRunner:
+class JobRunner(ClaimLoop[FineTuneJob]):
     """Runs fine-tuning jobs from the database on the device pool, one at a time per replica."""
 
     def __init__(
@@ -57,6 +55,7 @@ class JobRunner:
         meter: Meter | None = None,
         metrics: TrainingMetrics | None = None,
     ) -> None:
+        super().__init__("maas-fine-tune-runner")
         self.store = store
         self.registry = registry
         self.pool = pool
@@ -68,20 +67,6 @@ class JobRunner:
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
         self.checkpoint_listeners: list[Callable[[str, int], None]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
-
-    def start(self) -> None:
-        self._event_loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._loop(), name="maas-fine-tune-runner")
-
-    def notify(self) -> None:
-        """A job was queued here: look at once instead of at the next poll. Safe from any thread
-        (the routes that queue jobs run on worker threads)."""
-        if self._event_loop is not None:
-            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     def cancel(self, job_id: str) -> None:
         """Stop a job this replica runs at its next step (others learn of it on their heartbeat)."""
@@ -93,24 +78,10 @@ class JobRunner:
         self._stopping = True
         for control in self.controls.values():
             control.stop("stopping")
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._ended()
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            try:
-                job = await asyncio.to_thread(self.store.claim, self.owner, self.settings.fine_tune_lease_s)
-            except Exception:
-                log.exception("fine-tune runner: claiming a job failed")
-                job = None
-            if job is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_POLL_S):
-                        await self._wake.wait()
-                continue
-            await self._run(job)
+    def _claim(self) -> FineTuneJob | None:
+        return self.store.claim(self.owner, self.settings.fine_tune_lease_s)
 
     def _device(self) -> torch.device:
         """The device with the least inference waiting (ties: the first)."""

@@ -9,16 +9,18 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.batches.inputs import check_batch_file
 from service.bounds import text_problem
-from service.db.models import DatasetFile, FineTuneEvent, FineTuneJob
+from service.db import leases
+from service.db.models import BatchJob, DatasetFile, FineTuneEvent, FineTuneJob
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
 from service.metering import Usage, insert_usage
@@ -26,6 +28,7 @@ from service.training.dataset_files import check_file, with_examples
 from service.training.datasets import DatasetLimits
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+FINE_TUNE_PURPOSE, BATCH_PURPOSE = "fine-tune", "batch"  # what an uploaded file is for
 # the queue is FIFO per priority; higher numbers are claimed first
 PRIORITIES = {"high": 1, "normal": 0, "low": -1}
 PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
@@ -43,7 +46,7 @@ def describe_file(row: DatasetFile) -> dict[str, Any]:
         "bytes": row.bytes,
         "purpose": row.purpose,
         "status": row.status,
-        "summary": with_examples(row.summary),
+        "summary": with_examples(row.summary) if row.purpose == FINE_TUNE_PURPOSE else row.summary,
         "created_at": _iso(row.created_at),
     }
 
@@ -111,12 +114,18 @@ class FineTuneStore:
     def create_file(
         self, tenant_id: str, filename: str, upload: BinaryIO, purpose: str, limits: DatasetLimits
     ) -> DatasetFile:
-        """Check the name and the dataset in `upload` (a zip, JSONL or CSV; 422 on any problem;
-        nothing is kept), keep it, and record it. A file whose row cannot be written is not kept."""
+        """Check the name and the file in `upload` for its purpose (a dataset to fine-tune on: a
+        zip, JSONL or CSV; or a batch job's inputs; 422 on any problem, and nothing is kept), keep
+        it, and record it. A file whose row cannot be written is not kept."""
         problem = text_problem(filename)
         if problem is not None:
             raise InvalidInput(f"the file's name {problem}")
-        dataset, suffix = check_file(upload, filename, limits)
+        if purpose == BATCH_PURPOSE:
+            summary = check_batch_file(upload, limits).summary()
+            suffix = f".{summary['format']}"
+        else:
+            dataset, suffix = check_file(upload, filename, limits)
+            summary = dataset.summary()
         file_id = new_id("file")
         relative = Path("files") / tenant_id / f"{file_id}{suffix}"
         path = self.data_dir / relative
@@ -134,7 +143,7 @@ class FineTuneStore:
             bytes=size,
             purpose=purpose,
             status="processed",
-            summary=dataset.summary(),
+            summary=summary,
             path=str(relative),
         )
         try:
@@ -165,6 +174,14 @@ class FineTuneStore:
                 .where(FineTuneJob.status.in_(["queued", "running"]))
                 .where(or_(FineTuneJob.training_file == file_id, FineTuneJob.validation_file == file_id))
             ).first()
+            active = (
+                active
+                or session.scalars(
+                    select(BatchJob.id)
+                    .where(BatchJob.status.in_(["queued", "running"]))
+                    .where(BatchJob.input_file == file_id)
+                ).first()
+            )
             if active is not None:
                 raise Conflict(f"file {file_id!r} is used by job {active!r}, which has not finished")
             session.execute(delete(DatasetFile).where(DatasetFile.id == file_id))
@@ -250,21 +267,10 @@ class FineTuneStore:
         job = self.get_job(tenant_id, job_id)
         if job.status in FINISHED:
             raise Conflict(f"fine-tuning job {job_id!r} has already {job.status}")
-        now = datetime.now(UTC)
         with self.sessions.begin() as session:
-            cancelled = _rowcount(
-                session.execute(
-                    update(FineTuneJob)
-                    .where(FineTuneJob.id == job_id, FineTuneJob.status == "queued")
-                    .values(status="cancelled", cancel_requested=True, finished_at=now)
-                )
-            )
-            if cancelled:
+            if leases.cancel_queued(session, FineTuneJob, job_id):
                 session.add(_event(job_id, "status", "job cancelled", {"status": "cancelled"}))
             else:
-                session.execute(
-                    update(FineTuneJob).where(FineTuneJob.id == job_id).values(cancel_requested=True)
-                )
                 session.add(_event(job_id, "message", "cancel requested"))
         return self.get_job(tenant_id, job_id)
 
@@ -272,42 +278,13 @@ class FineTuneStore:
 
     def claim(self, owner: str, lease_s: float) -> FineTuneJob | None:
         """Take the oldest queued job of the highest priority, or a running one whose lease expired
-        (its replica died; it keeps its place by priority and age).
-
-        On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so replicas
-        claiming at once get different jobs; the conditional UPDATE makes it safe on SQLite too.
-        """
-        now = datetime.now(UTC)
-        claimable = or_(
-            FineTuneJob.status == "queued",
-            (FineTuneJob.status == "running")
-            & or_(FineTuneJob.lease_expires_at.is_(None), FineTuneJob.lease_expires_at < now),
-        )
+        (its replica died; it keeps its place by priority and age): see `service.db.leases`."""
+        order = (FineTuneJob.priority.desc(), FineTuneJob.created_at, FineTuneJob.id)
         with self.sessions.begin() as session:
-            job = session.scalars(
-                select(FineTuneJob)
-                .where(claimable)
-                .order_by(FineTuneJob.priority.desc(), FineTuneJob.created_at, FineTuneJob.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if job is None:
+            claimed = leases.claim(session, FineTuneJob, owner, lease_s, order)
+            if claimed is None:
                 return None
-            resumed = job.status == "running"
-            taken = _rowcount(
-                session.execute(
-                    update(FineTuneJob)
-                    .where(FineTuneJob.id == job.id, claimable)
-                    .values(
-                        status="running",
-                        lease_owner=owner,
-                        lease_expires_at=now + timedelta(seconds=lease_s),
-                        started_at=job.started_at or now,
-                    )
-                )
-            )
-            if not taken:
-                return None
+            job, resumed = claimed
             if not resumed:
                 session.add(_event(job.id, "status", "job running", {"status": "running"}))
         return self.get_job(None, job.id)
@@ -315,26 +292,13 @@ class FineTuneStore:
     def heartbeat(self, job_id: str, owner: str, lease_s: float, **progress: Any) -> str:
         """Extend the lease and record progress. Answers `ok`, `cancelled` (a cancel was requested)
         or `lost` (the lease expired and another replica took the job): the trainer stops on either."""
-        now = datetime.now(UTC)
         with self.sessions.begin() as session:
-            session.execute(
-                update(FineTuneJob)
-                .where(FineTuneJob.id == job_id, FineTuneJob.lease_owner == owner)
-                .values(lease_expires_at=now + timedelta(seconds=lease_s), **progress)
-            )
-            job = session.get(FineTuneJob, job_id)
-            if job is None or job.lease_owner != owner:
-                return "lost"
-            return "cancelled" if job.cancel_requested else "ok"
+            return leases.extend(session, FineTuneJob, job_id, owner, lease_s, **progress)
 
     def release(self, job_id: str, owner: str) -> None:
         """Give a running job up (this replica stops): any replica may resume it at once."""
         with self.sessions.begin() as session:
-            session.execute(
-                update(FineTuneJob)
-                .where(FineTuneJob.id == job_id, FineTuneJob.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+            leases.release(session, FineTuneJob, job_id, owner)
             session.add(_event(job_id, "message", "runner stopped; the job resumes from its checkpoint"))
 
     def finish(
@@ -345,24 +309,7 @@ class FineTuneStore:
         job is no longer `owner`'s: its lease was lost to another replica, which finishes it."""
         level = "error" if status == "failed" else "info"
         with self.sessions.begin() as session:
-            ended = _rowcount(
-                session.execute(
-                    update(FineTuneJob)
-                    .where(
-                        FineTuneJob.id == job_id,
-                        FineTuneJob.lease_owner == owner,
-                        FineTuneJob.status == "running",
-                    )
-                    .values(
-                        status=status,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        finished_at=datetime.now(UTC),
-                        **values,
-                    )
-                )
-            )
-            if not ended:
+            if not leases.end(session, FineTuneJob, job_id, owner, status, **values):
                 return False
             session.add(_event(job_id, "status", message, {"status": status}, level=level))
             if usage is not None:
@@ -393,8 +340,3 @@ def _event(
     job_id: str, kind: str, message: str, data: dict[str, Any] | None = None, *, level: str = "info"
 ) -> FineTuneEvent:
     return FineTuneEvent(job_id=job_id, level=level, type=kind, message=message[:2000], data=data)
-
-
-def _rowcount(result: Any) -> int:
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)

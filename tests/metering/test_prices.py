@@ -12,7 +12,17 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import create_db_engine, session_factory, upgrade
-from service.metering import INFERENCE, TRAINING, PriceBook, UnitPrice, format_micro, to_micro
+from service.metering import (
+    BATCH,
+    INFERENCE,
+    TRAINING,
+    PriceBook,
+    UnitPrice,
+    format_micro,
+    manifest_prices,
+    to_micro,
+)
+from service.serving.manifests import Price
 from tests.conftest import fresh_postgres_database, postgres_url_or_skip
 
 
@@ -30,6 +40,18 @@ from tests.conftest import fresh_postgres_database, postgres_url_or_skip
 )
 def test_prices_become_exact_micro_units(amount: float | str | Decimal, micro: int) -> None:
     assert to_micro(amount) == micro
+
+
+@pytest.mark.parametrize(
+    ("discount", "per_input", "per_second"),
+    [(0.0, 1000, 10_000), (0.4, 600, 6000), (1.0, 0, 0), (0.3333, 667, 6667)],
+)
+def test_batch_prices_are_the_inference_prices_less_the_discount(
+    discount: float, per_input: int, per_second: int
+) -> None:
+    price = Price(per_image=0.001, per_compute_second=0.01, batch_discount=discount)
+    assert manifest_prices(price)[BATCH] == UnitPrice(per_input, per_second)
+    assert manifest_prices(price)[INFERENCE] == UnitPrice(1000, 10_000)  # interactive pays in full
 
 
 def test_a_negative_or_garbage_price_is_refused() -> None:

@@ -97,6 +97,8 @@ def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
         ("batching: {max_batch_size: 0}", "batching.max_batch_size"),
         ("price: {per_image: -1}", "price.per_image"),
         ("price: {per_training_sample: -1}", "price.per_training_sample"),
+        ("price: {batch_discount: 1.5}", "price.batch_discount"),
+        ("price: {batch_discount: -0.1}", "price.batch_discount"),
     ],
 )
 def test_out_of_range_values_name_their_field(tmp_path: Path, line: str, named: str) -> None:
