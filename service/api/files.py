@@ -21,9 +21,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from service.api import schemas as s
 from service.api.deps import AppSettings, Store, Tenanted, tenant_of
 from service.bodies import bounded_stream
+from service.db.models import DatasetFile
 from service.errors import InvalidInput, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.tenancy.principal import Principal
 from service.training.datasets import DatasetLimits
-from service.training.store import BATCH_PURPOSE, FINE_TUNE_PURPOSE, describe_file
+from service.training.store import BATCH_PURPOSE, FINE_TUNE_PURPOSE, FineTuneStore, describe_file
 
 router = APIRouter(prefix="/v1/files", tags=["fine-tuning"])
 PURPOSES = (FINE_TUNE_PURPOSE, BATCH_PURPOSE)
@@ -112,15 +114,30 @@ def _dataset_part(form: FormData, limit: int) -> tuple[UploadFile, str]:
 
 @router.get("", **s.documented(s.FileList, *s.AUTHENTICATED))
 def list_files(caller: Tenanted, store: Store) -> dict[str, Any]:
-    return {"object": "list", "data": [describe_file(f) for f in store.list_files(tenant_of(caller))]}
+    """The tenant's files of the purposes the key may use (a `fine_tune` key sees datasets, an
+    `inference` key batch inputs)."""
+    files = [f for f in store.list_files(tenant_of(caller)) if _may_use(caller, f.purpose)]
+    return {"object": "list", "data": [describe_file(f) for f in files]}
 
 
-@router.get("/{file_id}", **s.documented(s.DatasetFile, *s.AUTHENTICATED, 404))
+@router.get("/{file_id}", **s.documented(s.DatasetFile, *s.AUTHENTICATED, 403, 404))
 def get_file(file_id: str, caller: Tenanted, store: Store) -> dict[str, Any]:
-    return describe_file(store.get_file(tenant_of(caller), file_id))
+    return describe_file(_file_for(caller, store, file_id))
 
 
-@router.delete("/{file_id}", **s.documented(s.DeletedFile, *s.AUTHENTICATED, 404, 409))
+@router.delete("/{file_id}", **s.documented(s.DeletedFile, *s.AUTHENTICATED, 403, 404, 409))
 def delete_file(file_id: str, caller: Tenanted, store: Store) -> dict[str, Any]:
+    _file_for(caller, store, file_id)
     row = store.delete_file(tenant_of(caller), file_id)
     return {"id": row.id, "object": "file", "deleted": True}
+
+
+def _may_use(caller: Principal, purpose: str) -> bool:
+    return caller.is_admin or SCOPE_OF.get(purpose, "fine_tune") in caller.scopes
+
+
+def _file_for(caller: Principal, store: FineTuneStore, file_id: str) -> DatasetFile:
+    """The tenant's file `file_id` (404 otherwise), if the key holds the scope of its purpose (403)."""
+    row = store.get_file(tenant_of(caller), file_id)
+    caller.require_scope(SCOPE_OF.get(row.purpose, "fine_tune"))
+    return row

@@ -174,9 +174,11 @@ async def test_cancel_stops_the_job_and_meters_the_inputs_it_processed(
 ) -> None:
     gate = Gate()
     gate.hold(ImageClassificationAdapter, monkeypatch)
-    gate.open.clear()
     app = create_app(batch_settings)
     async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        await app.state.gateway.registry.preload_done.wait()  # the warm-up's forward pass is not the job's
+        gate.open.clear()
+        gate.entered.clear()
         job = await create(http, await upload(http, jsonl(images(8))))
         try:
             assert await asyncio.to_thread(gate.entered.wait, DEADLINE_S)  # its first inputs hold the model
@@ -264,3 +266,39 @@ async def test_scopes_and_files_are_checked_when_a_job_is_created(batch_settings
             ).json()["id"]
             wrong = await admin.post("/v1/batches", json={"model": "tiny-vit", "input_file": dataset_id})
             assert wrong.status_code == 422 and "input_file" in wrong.json()["error"]["message"]
+
+
+async def test_a_key_sees_and_deletes_only_the_files_its_scopes_use(batch_settings: Settings) -> None:
+    app = create_app(batch_settings)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app)
+        async with gateway.client() as admin:
+            await tenant_key(admin, "acme")
+            keys = {
+                scope: (await admin.post("/v1/admin/tenants/acme/keys", json={"scopes": [scope]})).json()[
+                    "key"
+                ]
+                for scope in ("inference", "fine_tune")
+            }
+        async with (
+            gateway.client(keys["inference"]) as inference,
+            gateway.client(keys["fine_tune"]) as trainer,
+        ):
+            batch_file = await upload(inference, jsonl(images(2)))
+            dataset = await trainer.post(
+                "/v1/files",
+                files={
+                    "file": (
+                        "d.zip",
+                        build_zip({f"{c}/{i}.png": png(COLOURS[c], i) for c in COLOURS for i in range(5)}),
+                    )
+                },
+            )
+            assert dataset.status_code == 201, dataset.text
+            dataset_file = dataset.json()["id"]
+            assert [f["id"] for f in (await inference.get("/v1/files")).json()["data"]] == [batch_file]
+            assert [f["id"] for f in (await trainer.get("/v1/files")).json()["data"]] == [dataset_file]
+            assert (await inference.delete(f"/v1/files/{dataset_file}")).status_code == 403
+            assert (await trainer.get(f"/v1/files/{batch_file}")).status_code == 403
+            assert (await trainer.get(f"/v1/files/{dataset_file}")).status_code == 200  # still there
+            assert (await inference.delete(f"/v1/files/{batch_file}")).status_code == 200
