@@ -1,0 +1,61 @@
+// Operator pages (admin keys): tenants (create, suspend, resume) and models with their queues.
+import { call, metrics } from "./api.js";
+import { $, el, fillTable, row, say, when } from "./dom.js";
+
+const optional = (value) => (value === "" ? undefined : Number(value));
+const limit = (value) => (value ?? "none");
+
+const tenants = {
+  setUp(failed) {
+    tenants.failed = failed;
+    $("#tenant-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      tenants.create().catch(failed);
+    });
+  },
+  async show() {
+    const found = (await call("/v1/admin/tenants")).data;
+    fillTable($("#tenants-table"), found.map((t) => {
+      const suspended = t.status === "suspended";
+      const action = suspended ? "resume" : "suspend";
+      const button = el("button", {
+        type: "button", "aria-label": `${suspended ? "Resume" : "Suspend"} tenant ${t.name}`,
+        onclick: () => tenants.toggle(t.name, action).catch(tenants.failed),
+      }, suspended ? "Resume" : "Suspend");
+      return row(t.name, t.status, limit(t.rate_limit_rps), limit(t.max_concurrency),
+        limit(t.monthly_quota_inputs), t.weight, when(t.created_at), el("td", {}, button));
+    }), "No tenants.");
+  },
+  async toggle(name, action) {
+    await call(`/v1/admin/tenants/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+    await tenants.show();
+    say(`Tenant ${name} ${action === "suspend" ? "suspended" : "resumed"}.`);
+  },
+  async create() {
+    const body = { name: $("#tenant-name").value.trim() };
+    const rps = optional($("#tenant-rps").value);
+    const quota = optional($("#tenant-quota").value);
+    if (rps !== undefined) body.rate_limit_rps = rps;
+    if (quota !== undefined) body.monthly_quota_inputs = quota;
+    const made = await call("/v1/admin/tenants", { method: "POST", json: body });
+    $("#tenant-form").reset();
+    await tenants.show();
+    say(`Tenant ${made.name} created.`);
+  },
+};
+
+const models = {
+  setUp(failed) { $("#models-refresh").addEventListener("click", () => models.show().catch(failed)); },
+  async show() {
+    const [found, measured] = await Promise.all([call("/v1/models"), metrics()]);
+    const depth = {};
+    for (const sample of measured.maas_queue_depth || []) depth[sample.labels.model] = sample.value;
+    fillTable($("#models-table"), found.data.map((m) => {
+      const batching = m.batching ? `≤${m.batching.max_batch_size} per batch, ${m.batching.max_delay_ms} ms` : null;
+      const status = m.reason ? `${m.status}: ${m.reason}` : m.status;
+      return row(m.id, m.task, status, m.devices.join(", ") || null, m.dtype, batching, depth[m.id] ?? null);
+    }), "No models.");
+  },
+};
+
+export const operatorPages = { tenants, models };
