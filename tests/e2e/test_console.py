@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +49,26 @@ def admin_http(server: Server, key: str = ADMIN) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def tenant_key(server: Server) -> str:
-    """A key of tenant `acme` (inference and fine_tune scopes), which has made 3 inputs' requests."""
+def tenant_with_usage(server: Server, name: str) -> str:
+    """A key of a new tenant `name` (inference and fine_tune scopes) that has made two requests
+    of 3 inputs in all on `tiny-vit`."""
     with admin_http(server) as admin:
-        assert admin.post("/v1/admin/tenants", json={"name": "acme"}).status_code == 201
-        made = admin.post("/v1/admin/tenants/acme/keys", json={"name": "console"})
+        assert admin.post("/v1/admin/tenants", json={"name": name}).status_code == 201
+        made = admin.post(f"/v1/admin/tenants/{name}/keys", json={"name": "console"})
     key: str = made.json()["key"]
     with admin_http(server, key) as tenant:
         files = [("file", (f"{i}.png", image_bytes(), "image/png")) for i in range(2)]
         assert tenant.post("/v1/models/tiny-vit/predict", files=files).status_code == 200
-        raw = tenant.post(
-            "/v1/models/tiny-vit/predict", content=image_bytes(), headers={"Content-Type": "image/png"}
+        png = {"Content-Type": "image/png"}
+        assert (
+            tenant.post("/v1/models/tiny-vit/predict", content=image_bytes(), headers=png).status_code == 200
         )
-        assert raw.status_code == 200
     return key
+
+
+@pytest.fixture(scope="module")
+def tenant_key(server: Server) -> str:
+    return tenant_with_usage(server, "acme")
 
 
 @pytest.fixture(scope="module")
@@ -132,25 +138,20 @@ def test_keyboard_only_sign_in_keeps_the_key_in_session_storage_only(page: Any, 
     sync_api.expect(page.locator("#status")).to_contain_text("may not open tenants")
 
 
-def test_usage_shows_the_totals_the_api_reports(page: Any, server: Server, tenant_key: str) -> None:
-    with admin_http(server, tenant_key) as tenant:
+def test_usage_shows_the_totals_the_api_reports(page: Any, server: Server) -> None:
+    key = tenant_with_usage(server, "ledger")
+    with admin_http(server, key) as tenant:
         report = tenant.get("/v1/usage", params={"group_by": "day,model"}).json()
     [line] = report["data"]
-    assert line["inputs"] == 3
-    sign_in(page, tenant_key)
+    assert (line["requests"], line["inputs"]) == (2, 3)
+    sign_in(page, key)
     sync_api.expect(page.locator("#total-inputs")).to_have_text("3")
     sync_api.expect(page.locator("#total-requests")).to_have_text("2")
     sync_api.expect(page.locator("#total-cost")).to_have_text(report["total_cost"])
     row = page.locator("#usage-table tbody tr")
     sync_api.expect(row).to_have_count(1)
-    assert row.locator("td").all_inner_texts() == [
-        line["day"],
-        "tiny-vit",
-        "inference",
-        "2",
-        "3",
-        line["cost"],
-    ]
+    cells = row.locator("td").all_inner_texts()
+    assert cells == [line["day"], "tiny-vit", "inference", "2", "3", line["cost"]]
     bar = page.locator("#usage-chart svg rect title")
     sync_api.expect(bar).to_have_count(1)
     assert bar.text_content() == f"{line['day']} · tiny-vit (inference): {line['cost']}"
@@ -206,3 +207,25 @@ def test_an_admin_sees_and_manages_tenants_and_sees_models(page: Any) -> None:
     page.get_by_role("link", name="Models").click()
     model = page.locator("#models-table tbody tr", has_text="efficientnet-lite0")
     sync_api.expect(model).to_contain_text("ready")
+
+
+def test_an_admin_downloads_the_billing_export_as_the_api_gives_it(
+    page: Any, server: Server, tenant_key: str
+) -> None:
+    sign_in(page, ADMIN)
+    sync_api.expect(page.locator("#usage")).to_be_visible()
+    with page.expect_download() as started:
+        page.get_by_role("button", name="Download billing CSV").click()
+    download = started.value
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert download.suggested_filename == f"maas-billing-{month}.csv"
+    with admin_http(server) as admin:
+        expected = admin.get("/v1/admin/billing/export", params={"period": month, "format": "csv"}).text
+    assert "acme" in expected
+    assert Path(download.path()).read_text(encoding="utf-8") == expected
+
+
+def test_a_tenant_key_has_no_billing_download(page: Any, tenant_key: str) -> None:
+    sign_in(page, tenant_key)
+    sync_api.expect(page.locator("#usage-table tbody tr")).not_to_have_count(0)
+    assert page.get_by_role("button", name="Download billing CSV").count() == 0
