@@ -127,6 +127,9 @@ def test_keyboard_only_sign_in_keeps_the_key_in_session_storage_only(page: Any, 
     page.keyboard.type(tenant_key)
     page.keyboard.press("Enter")
     sync_api.expect(page.locator("#identity")).to_contain_text("Tenant acme")
+    page.get_by_role("link", name="Playground").focus()  # menu links follow Enter
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#playground")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('maas.apiKey')") == tenant_key
     assert page.context.cookies() == [] and tenant_key not in page.url
     # a tenant key sees tenant pages only, and cannot open an operator page by its address
