@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import REPO, image_bytes, write_tiny_vit
 from tests.e2e.conftest import Server, copy_shipped_manifests, start_server
+from tests.training.zips import colour_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +34,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 
 ADMIN = "mk_console_e2e_admin_key_000000000000000"
 CAT = REPO / "samples" / "cat.jpg"
+TRAINING_TIMEOUT_MS = 180_000  # one epoch of the tiny ViT on 16 images; minutes only on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,27 @@ def test_a_tenant_key_has_no_billing_download(page: Any, tenant_key: str) -> Non
     sign_in(page, tenant_key)
     sync_api.expect(page.locator("#usage-table tbody tr")).not_to_have_count(0)
     assert page.get_by_role("button", name="Download billing CSV").count() == 0
+
+
+def test_a_tenant_fine_tunes_a_model_watches_it_succeed_and_finds_it_in_the_playground(
+    page: Any, tenant_key: str, tmp_path: Path
+) -> None:
+    dataset = tmp_path / "colours.zip"
+    dataset.write_bytes(colour_dataset())
+    sign_in(page, tenant_key)
+    page.get_by_role("link", name="Jobs").click()
+    jobs = page.locator("#jobs")
+    jobs.get_by_label("Dataset").set_input_files(str(dataset))
+    jobs.get_by_label("Base model").select_option("tiny-vit")
+    jobs.get_by_label("Epochs").fill("1")
+    jobs.get_by_label("Learning rate").fill("0.005")
+    jobs.get_by_label("Batch size").fill("4")
+    jobs.get_by_label("Suffix").fill("colours")
+    jobs.get_by_role("button", name="Start job").click()
+    job = page.locator("#jobs-table tbody tr").first
+    sync_api.expect(job).to_contain_text("succeeded", timeout=TRAINING_TIMEOUT_MS)  # the page polls
+    model = job.locator("td").nth(4).inner_text()
+    assert "colours" in model
+    sync_api.expect(page.locator("#job-events li").last).to_contain_text("succeeded")
+    page.get_by_role("link", name="Playground").click()
+    sync_api.expect(page.locator(f"#play-model option[value='{model}']")).to_have_count(1)

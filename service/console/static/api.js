@@ -28,7 +28,8 @@ export async function call(path, { method = "GET", json, body, contentType, raw 
     headers["Content-Type"] = "application/json";
   } else if (body !== undefined) {
     init.body = body;
-    headers["Content-Type"] = contentType || "application/octet-stream";
+    // a FormData body gets its multipart Content-Type (with the boundary) from the browser
+    if (!(body instanceof FormData)) headers["Content-Type"] = contentType || "application/octet-stream";
   }
   const response = await fetch(ROOT + path, init);
   if (!response.ok) {

@@ -3,8 +3,9 @@ import { ApiError, call, session } from "./api.js";
 import { $, problem, say } from "./dom.js";
 import { operatorPages } from "./operator.js";
 import { tenantPages } from "./tenant.js";
+import { trainingPages } from "./training.js";
 
-const pages = { ...tenantPages, ...operatorPages };
+const pages = { ...tenantPages, ...trainingPages, ...operatorPages };
 let identity = null;
 
 // What a page needs (data-needs) against the key: "tenant" any key, "admin" an admin key,

@@ -222,14 +222,4 @@ const keys = {
   },
 };
 
-const jobs = {
-  setUp(failed) { $("#jobs-refresh").addEventListener("click", () => jobs.show().catch(failed)); },
-  async show() {
-    const found = (await call("/v1/fine-tunes")).data;
-    fillTable($("#jobs-table"), found.map((j) => row(j.id, j.base_model, j.status,
-      `${j.progress.steps_done}/${j.progress.steps_total ?? "?"} steps`, j.fine_tuned_model, when(j.created_at))),
-    "No fine-tuning jobs.");
-  },
-};
-
-export const tenantPages = { usage, playground, keys, jobs };
+export const tenantPages = { usage, playground, keys };
