@@ -198,17 +198,29 @@ def test_the_playground_finds_a_cat_in_the_cat_photo(page: Any, tenant_key: str)
     sync_api.expect(page.locator("#play-meta")).to_contain_text("cost 0.000100")
 
 
-def test_an_admin_sees_and_manages_tenants_and_sees_models(page: Any) -> None:
+def test_an_admin_sees_and_manages_tenants_and_sees_models(page: Any, server: Server) -> None:
     sign_in(page, ADMIN)
     page.get_by_role("link", name="Tenants").click()
     sync_api.expect(page.locator("#tenants-table")).to_contain_text("acme")
-    page.locator("#tenants").get_by_label("Name", exact=True).fill("beta")
-    page.get_by_label("Monthly quota in inputs").fill("1000")
+    create = page.locator("#tenant-form")
+    create.get_by_label("Name", exact=True).fill("beta")
+    create.get_by_label("Monthly quota in inputs").fill("1000")
     page.get_by_role("button", name="Create tenant").click()
     beta = page.locator("#tenants-table tbody tr", has_text="beta")
     sync_api.expect(beta).to_contain_text("1000")
     page.get_by_role("button", name="Suspend tenant beta").click()
     sync_api.expect(beta).to_contain_text("suspended")
+    limits = page.locator("#limits-form")
+    limits.get_by_label("Tenant").select_option("beta")
+    sync_api.expect(limits.get_by_label("Monthly quota in inputs")).to_have_value("1000")
+    limits.get_by_label("Requests per second").fill("7.5")
+    limits.get_by_label("Monthly quota in inputs").fill("")  # empty: no quota
+    limits.get_by_role("button", name="Save limits").click()
+    sync_api.expect(beta.locator("td").nth(2)).to_have_text("7.5")
+    sync_api.expect(beta.locator("td").nth(4)).to_have_text("none")
+    with admin_http(server) as admin:
+        changed = admin.get("/v1/admin/tenants/beta").json()
+    assert (changed["rate_limit_rps"], changed["monthly_quota_inputs"], changed["weight"]) == (7.5, None, 1.0)
     page.get_by_role("link", name="Models").click()
     model = page.locator("#models-table tbody tr", has_text="efficientnet-lite0")
     sync_api.expect(model).to_contain_text("ready")

@@ -4,6 +4,13 @@ import { $, el, fillTable, row, say, when } from "./dom.js";
 
 const optional = (value) => (value === "" ? undefined : Number(value));
 const limit = (value) => (value ?? "none");
+// the limits form's fields and the tenant's fields they edit (PATCH /v1/admin/tenants/{tenant})
+const LIMITS = [
+  ["#limits-rps", "rate_limit_rps"],
+  ["#limits-concurrency", "max_concurrency"],
+  ["#limits-quota", "monthly_quota_inputs"],
+  ["#limits-weight", "weight"],
+];
 
 const tenants = {
   setUp(failed) {
@@ -11,6 +18,11 @@ const tenants = {
     $("#tenant-form").addEventListener("submit", (event) => {
       event.preventDefault();
       tenants.create().catch(failed);
+    });
+    $("#limits-tenant").addEventListener("change", () => tenants.fillLimits());
+    $("#limits-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      tenants.saveLimits().catch(failed);
     });
   },
   async show() {
@@ -25,6 +37,24 @@ const tenants = {
       return row(t.name, t.status, limit(t.rate_limit_rps), limit(t.max_concurrency),
         limit(t.monthly_quota_inputs), t.weight, when(t.created_at), el("td", {}, button));
     }), "No tenants.");
+    tenants.found = found;
+    const select = $("#limits-tenant");
+    const chosen = select.value;
+    select.replaceChildren(...found.map((t) => el("option", { value: t.name }, t.name)));
+    if (found.some((t) => t.name === chosen)) select.value = chosen;
+    tenants.fillLimits();
+  },
+  fillLimits() {
+    const tenant = tenants.found.find((t) => t.name === $("#limits-tenant").value);
+    if (!tenant) return;
+    for (const [field, name] of LIMITS) $(field).value = tenant[name] ?? "";
+  },
+  async saveLimits() {
+    const name = $("#limits-tenant").value;
+    const body = Object.fromEntries(LIMITS.map(([field, key]) => [key, optional($(field).value) ?? null]));
+    await call(`/v1/admin/tenants/${encodeURIComponent(name)}`, { method: "PATCH", json: body });
+    await tenants.show();
+    say(`Limits of ${name} saved.`);
   },
   async toggle(name, action) {
     await call(`/v1/admin/tenants/${encodeURIComponent(name)}/${action}`, { method: "POST" });
