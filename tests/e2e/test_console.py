@@ -198,7 +198,9 @@ def test_the_playground_finds_a_cat_in_the_cat_photo(page: Any, tenant_key: str)
     sync_api.expect(page.locator("#play-meta")).to_contain_text("cost 0.000100")
 
 
-def test_an_admin_sees_and_manages_tenants_and_sees_models(page: Any, server: Server) -> None:
+def test_an_admin_sees_and_manages_tenants_and_sees_models(
+    page: Any, server: Server, tenant_key: str
+) -> None:
     sign_in(page, ADMIN)
     page.get_by_role("link", name="Tenants").click()
     sync_api.expect(page.locator("#tenants-table")).to_contain_text("acme")
@@ -224,6 +226,11 @@ def test_an_admin_sees_and_manages_tenants_and_sees_models(page: Any, server: Se
     page.get_by_role("link", name="Models").click()
     model = page.locator("#models-table tbody tr", has_text="efficientnet-lite0")
     sync_api.expect(model).to_contain_text("ready")
+    # tiny-vit served tenant_key's requests: 3 inputs in 2 or 3 forward passes
+    tiny = page.locator("#models-table tbody tr", has_text="tiny-vit")
+    mean_batch = float(tiny.locator("td").nth(7).inner_text())
+    assert 1 <= mean_batch <= 2
+    sync_api.expect(page.locator("#devices-table tbody tr", has_text="cpu")).to_contain_text("MiB")
 
 
 def test_an_admin_downloads_the_billing_export_as_the_api_gives_it(

@@ -78,13 +78,17 @@ const models = {
   setUp(failed) { $("#models-refresh").addEventListener("click", () => models.show().catch(failed)); },
   async show() {
     const [found, measured] = await Promise.all([call("/v1/models"), metrics()]);
-    const depth = {};
-    for (const sample of measured.maas_queue_depth || []) depth[sample.labels.model] = sample.value;
+    const byModel = (name) => Object.fromEntries((measured[name] || []).map((s) => [s.labels.model, s.value]));
+    const depth = byModel("maas_queue_depth");
+    const [inputs, batches] = [byModel("maas_batch_size_sum"), byModel("maas_batch_size_count")];
     fillTable($("#models-table"), found.data.map((m) => {
       const batching = m.batching ? `≤${m.batching.max_batch_size} per batch, ${m.batching.max_delay_ms} ms` : null;
       const status = m.reason ? `${m.status}: ${m.reason}` : m.status;
-      return row(m.id, m.task, status, m.devices.join(", ") || null, m.dtype, batching, depth[m.id] ?? null);
+      const mean = batches[m.id] ? (inputs[m.id] / batches[m.id]).toFixed(2) : null;
+      return row(m.id, m.task, status, m.devices.join(", ") || null, m.dtype, batching, depth[m.id] ?? null, mean);
     }), "No models.");
+    fillTable($("#devices-table"), (measured.maas_device_memory_bytes || []).map((s) =>
+      row(s.labels.device, `${(s.value / 2 ** 20).toFixed(0)} MiB`)), "No device reports its memory.");
   },
 };
 
