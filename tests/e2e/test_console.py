@@ -133,6 +133,10 @@ def test_keyboard_only_sign_in_keeps_the_key_in_session_storage_only(page: Any, 
     page.keyboard.press("Enter")
     sync_api.expect(page.locator("#playground")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('maas.apiKey')") == tenant_key
+    # the tab stays signed in on reload, also at the skip link's #main, which is no page
+    page.goto(f"{page.url.split('#')[0]}#main")
+    page.reload()
+    sync_api.expect(page.locator("#usage")).to_be_visible()
     assert page.context.cookies() == [] and tenant_key not in page.url
     # a tenant key sees tenant pages only, and cannot open an operator page by its address
     nav = page.get_by_role("navigation", name="Pages")

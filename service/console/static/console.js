@@ -25,9 +25,11 @@ function allowedPages() {
 async function route() {
   const allowed = allowedPages();
   const wanted = location.hash.slice(1);
-  if (!identity || (wanted && !(wanted in pages))) return;  // e.g. the skip link's #main
+  if (!identity) return;
+  const shown = document.querySelector("[data-page]:not([hidden])");
+  if (wanted && !Object.hasOwn(pages, wanted) && shown) return;  // not a page (the skip link's #main): stay
   const page = allowed.includes(wanted) ? wanted : allowed[0];
-  if (wanted && wanted !== page) say(`This key may not open ${wanted}.`);
+  if (Object.hasOwn(pages, wanted) && wanted !== page) say(`This key may not open ${wanted}.`);
   for (const section of document.querySelectorAll("[data-page]")) section.hidden = section.id !== page;
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.hash === `#${page}`) link.setAttribute("aria-current", "page");
