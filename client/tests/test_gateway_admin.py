@@ -100,6 +100,22 @@ def test_keys_create_list_rotate_revoke(gateway: Server, admin: Client) -> None:
         admin.admin.keys.rotate(rotated.id)
 
 
+def test_a_key_learns_its_tenant_scopes_and_models(gateway: Server, admin: Client) -> None:
+    name = unique("me")
+    admin.admin.tenants.create(name)
+    made = admin.admin.keys.create(name, scopes=["inference"], models=["tiny-vit"])
+    with Client(gateway.base_url, made.key) as client:
+        me = client.me()
+    assert (me.key_id, me.tenant, me.scopes, me.models, me.admin) == (
+        made.id,
+        name,
+        ["inference"],
+        ["tiny-vit"],
+        False,
+    )
+    assert admin.me().admin is True
+
+
 def test_usage_of_the_callers_tenant_grouped_and_windowed(gateway: Server, admin: Client) -> None:
     name = unique("usage")
     admin.admin.tenants.create(name)
