@@ -198,6 +198,7 @@ async def test_async_admin_and_usage(gateway: Server) -> None:
         made = await admin.admin.keys.create(name, name="a")
         assert made.key and [k.id for k in await admin.admin.keys.list(name)] == [made.id]
         async with AsyncClient(gateway.base_url, made.key) as client:
+            assert (await client.me()).key_id == made.id
             await client.predict("tiny-vit", [png(), png()])
             (row,) = (await client.usage.get(group_by=["model"], start=date.today() - timedelta(days=1))).data
             assert row.model == "tiny-vit" and row.inputs == 2 and row.cost_micro == 2 * PRICE_MICRO
