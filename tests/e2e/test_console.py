@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, image_bytes, write_tiny_vit
+from tests.conftest import REPO, image_bytes, write_manifest, write_tiny_vit
 from tests.e2e.conftest import Server, copy_shipped_manifests, start_server
 from tests.training.zips import colour_dataset
 
@@ -38,9 +38,13 @@ TRAINING_TIMEOUT_MS = 180_000  # one epoch of the tiny ViT on 16 images; minutes
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Iterator[Server]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path, tiny_clip_dir: Path
+) -> Iterator[Server]:
     models = tmp_path_factory.mktemp("console-models")
     write_tiny_vit(models, tiny_vit_dir)
+    zero_shot = f"name: tiny-clip\ntask: zero-shot-image-classification\nsource: {tiny_clip_dir}\n"
+    write_manifest(models, "tiny-clip", zero_shot)
     copy_shipped_manifests(models, ["efficientnet-lite0"])
     running = start_server(models, tmp_path_factory.mktemp("console") / "var", env={"MAAS_ADMIN_KEY": ADMIN})
     yield running
@@ -281,3 +285,15 @@ def test_a_tenant_fine_tunes_a_model_watches_it_succeed_and_finds_it_in_the_play
     sync_api.expect(page.locator("#job-events li").last).to_contain_text("succeeded")
     page.get_by_role("link", name="Playground").click()
     sync_api.expect(page.locator(f"#play-model option[value='{model}']")).to_have_count(1)
+
+
+def test_the_playground_scores_an_image_against_candidate_labels(page: Any, tenant_key: str) -> None:
+    sign_in(page, tenant_key)
+    page.get_by_role("link", name="Playground").click()
+    page.get_by_label("Model", exact=True).select_option("tiny-clip")
+    page.locator("#play-file").set_input_files(str(CAT))
+    page.get_by_label("Candidate labels").fill("a cat, a dog, a car")
+    page.get_by_role("button", name="Run").click()
+    labels = page.locator("#play-chart svg text.label")
+    sync_api.expect(labels).to_have_count(3)
+    assert sorted(labels.all_text_contents()) == ["a car", "a cat", "a dog"]

@@ -71,6 +71,7 @@ const usage = {
   },
 };
 
+const ZERO_SHOT = "zero-shot-image-classification";
 const TEXT_TASKS = new Set(["text-classification", "token-classification", "feature-extraction"]);
 
 function cosine(a, b) {
@@ -110,6 +111,7 @@ const playground = {
     const text = TEXT_TASKS.has(playground.task());
     $("#play-text-input").hidden = !text;
     $("#play-image-input").hidden = text;
+    $("#play-labels-input").hidden = playground.task() !== ZERO_SHOT;
   },
   preview(file) {
     const image = $("#play-preview");
@@ -129,6 +131,14 @@ const playground = {
       const file = $("#play-file").files[0];
       if (!file) throw new Error("Choose an image first.");
       request = { method: "POST", body: file, contentType: file.type };
+      if (playground.task() === ZERO_SHOT) {  // the labels travel as form fields beside the image
+        const form = new FormData();
+        form.append("file", file);
+        for (const label of $("#play-labels").value.split(",").map((l) => l.trim()).filter(Boolean)) {
+          form.append("candidate_labels", label);
+        }
+        request = { method: "POST", body: form };
+      }
     }
     say(`Running ${model}…`);
     const began = performance.now();
