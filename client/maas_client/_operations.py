@@ -26,6 +26,7 @@ from maas_client.types import (
     FileObject,
     FineTuneEvent,
     FineTuneJob,
+    KeyIdentity,
     Model,
     Prediction,
     Segments,
@@ -296,6 +297,10 @@ def revoke_key(key_id: str) -> Call[APIKey]:
 def rotate_key(key_id: str, grace_seconds: float | None) -> Call[APIKey]:
     body = _compact(grace_seconds=grace_seconds)
     return Call("POST", f"/v1/admin/keys/{_seg(key_id)}/rotate", _one(APIKey), json=body)
+
+
+def get_me() -> Call[KeyIdentity]:
+    return Call("GET", "/v1/me", _one(KeyIdentity))
 
 
 # Usage and billing

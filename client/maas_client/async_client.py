@@ -39,6 +39,7 @@ from maas_client.types import (
     FileObject,
     FineTuneEvent,
     FineTuneJob,
+    KeyIdentity,
     Model,
     Prediction,
     Segments,
@@ -95,6 +96,10 @@ class AsyncClient:
     async def close(self) -> None:
         """Close the pooled connections."""
         await self._http.aclose()
+
+    async def me(self) -> KeyIdentity:
+        """The key this client uses: its id, tenant, scopes and model list (`GET /v1/me`)."""
+        return await self._request(ops.get_me())
 
     async def _request(self, call: Call[T]) -> T:
         steps = call_steps(call, self.retry_policy, self._rng)

@@ -38,6 +38,7 @@ from maas_client.types import (
     FileObject,
     FineTuneEvent,
     FineTuneJob,
+    KeyIdentity,
     Model,
     Prediction,
     Segments,
@@ -94,6 +95,10 @@ class Client:
     def close(self) -> None:
         """Close the pooled connections."""
         self._http.close()
+
+    def me(self) -> KeyIdentity:
+        """The key this client uses: its id, tenant, scopes and model list (`GET /v1/me`)."""
+        return self._request(ops.get_me())
 
     def _request(self, call: Call[T]) -> T:
         steps = call_steps(call, self.retry_policy, self._rng)

@@ -205,6 +205,19 @@ class Model:
 
 
 @dataclass(frozen=True)
+class KeyIdentity:
+    """The key a client uses (`client.me()`): its id, its tenant's name, its scopes, the models it
+    may use (None: every model it can see) and whether it is an admin key."""
+
+    key_id: str
+    tenant: str
+    scopes: list[str] = field(default_factory=list)
+    models: list[str] | None = None
+    admin: bool = False
+    raw: JSON = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Tenant:
     """A tenant (admin API): `status` is `active` or `suspended`; a limit left None is unlimited."""
 

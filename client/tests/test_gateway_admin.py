@@ -100,6 +100,22 @@ def test_keys_create_list_rotate_revoke(gateway: Server, admin: Client) -> None:
         admin.admin.keys.rotate(rotated.id)
 
 
+def test_a_key_learns_its_tenant_scopes_and_models(gateway: Server, admin: Client) -> None:
+    name = unique("me")
+    admin.admin.tenants.create(name)
+    made = admin.admin.keys.create(name, scopes=["inference"], models=["tiny-vit"])
+    with Client(gateway.base_url, made.key) as client:
+        me = client.me()
+    assert (me.key_id, me.tenant, me.scopes, me.models, me.admin) == (
+        made.id,
+        name,
+        ["inference"],
+        ["tiny-vit"],
+        False,
+    )
+    assert admin.me().admin is True
+
+
 def test_usage_of_the_callers_tenant_grouped_and_windowed(gateway: Server, admin: Client) -> None:
     name = unique("usage")
     admin.admin.tenants.create(name)
@@ -182,6 +198,7 @@ async def test_async_admin_and_usage(gateway: Server) -> None:
         made = await admin.admin.keys.create(name, name="a")
         assert made.key and [k.id for k in await admin.admin.keys.list(name)] == [made.id]
         async with AsyncClient(gateway.base_url, made.key) as client:
+            assert (await client.me()).key_id == made.id
             await client.predict("tiny-vit", [png(), png()])
             (row,) = (await client.usage.get(group_by=["model"], start=date.today() - timedelta(days=1))).data
             assert row.model == "tiny-vit" and row.inputs == 2 and row.cost_micro == 2 * PRICE_MICRO

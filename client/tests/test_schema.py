@@ -29,6 +29,7 @@ ANSWERS = {
     sdk.Entity: "Entity",
     sdk.Usage: "Usage",
     sdk.Model: "ModelInfo",
+    sdk.KeyIdentity: "KeyIdentity",
     sdk.Tenant: "Tenant",
     sdk.APIKey: "RotatedApiKey",
     sdk.UsageRow: "UsageRow",

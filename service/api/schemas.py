@@ -170,7 +170,18 @@ class Prediction(BaseModel):
     usage: Usage
 
 
-# admin
+# keys and tenants
+
+
+class KeyIdentity(BaseModel):
+    """`GET /v1/me`: the caller's own key, as the gateway sees it."""
+
+    object: Literal["key_identity"]
+    key_id: str
+    tenant: str = Field(description="The key's tenant's name.")
+    scopes: list[str] = Field(description="Among inference, fine_tune, admin (admin allows all).")
+    models: list[str] | None = Field(description="The models it may use; null: every model it can see.")
+    admin: bool
 
 
 class Tenant(BaseModel):

@@ -95,6 +95,7 @@ async def test_real_answers_match_the_declared_models(gateway: Gateway) -> None:
         assert predicted.status_code == 200, predicted.text
         fields_match(schemas.Prediction, predicted.json())
         fields_match(schemas.Usage, predicted.json()["usage"])
+        fields_match(schemas.KeyIdentity, (await acme.get("/v1/me")).json())
         usage = await acme.get("/v1/usage", params={"group_by": "model,day,key"})
         fields_match(schemas.UsageReport, usage.json())
         for row in usage.json()["data"]:

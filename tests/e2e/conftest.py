@@ -116,8 +116,14 @@ def e2e_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path)
         batching: {{max_batch_size: 8, max_delay_ms: 200}}
     """,
     )
+    copy_shipped_manifests(folder)
+    return folder
+
+
+def copy_shipped_manifests(folder: Path, names: Sequence[str] = ("*",)) -> None:
+    """Copy the shipped manifests named (all by default) into `folder`, sources pointing into the repo."""
     shipped = REPO / "models"
-    for manifest in shipped.glob("*.yaml"):
+    for manifest in (m for name in names for m in shipped.glob(f"{name}.yaml")):
         text = manifest.read_text(encoding="utf-8")
         for line in text.splitlines():
             key, _, value = line.partition(":")
@@ -125,7 +131,6 @@ def e2e_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path)
             if key == "source" and (shipped / value).exists():
                 text = text.replace(line, f"source: {shipped / value}")
         (folder / manifest.name).write_text(text, encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
