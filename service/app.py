@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.api import admin, files, fine_tunes, health, inference, models, openai, usage, v2
+from service.api import admin, admin_models, files, fine_tunes, health, inference, models, openai, usage, v2
 from service.api.docs import install_docs
 from service.api.guard import plain_text_parameters
 from service.errors import GatewayError, error_response, install_error_handlers
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     app.add_middleware(RequestMiddleware)
-    for module in (health, models, inference, openai, v2, admin, usage, files, fine_tunes):
+    for module in (health, models, inference, openai, v2, admin, admin_models, usage, files, fine_tunes):
         app.include_router(module.router)
     install_docs(app)
     instrument(app)  # OpenTelemetry traces, only where the package is installed
