@@ -16,11 +16,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from service.api import schemas
 from service.app import create_app
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.api.conftest import Gate
 from tests.api.test_fine_tuning import tenant_key
+from tests.api.test_openapi import fields_match
 from tests.conftest import TINY_LABELS, Gateway, image_bytes, redis_url_or_skip
 
 pytestmark = pytest.mark.anyio
@@ -78,6 +80,7 @@ async def test_a_registered_model_loads_in_the_background_then_serves(
         made = await admin.post("/v1/admin/models", json=manifest(tiny_vit_dir, price={"per_image": 0.002}))
         assert made.status_code == 201, made.text
         assert made.json()["id"] == "extra-vit" and made.json()["status"] == "loading"
+        fields_match(schemas.ModelInfo, made.json())
         ready = await wait_status(admin, "extra-vit", {"ready", "unavailable"})
         assert ready["status"] == "ready", ready
         answer = await predict(admin, "extra-vit")
