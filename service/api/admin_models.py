@@ -79,16 +79,17 @@ async def delete_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
 @router.post("/{model}/load", **s.documented(s.ModelInfo, *ADMIN, 404, 409))
 async def load_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
     """Load the model (again): after an unload, or to retry one that was unavailable."""
-    _registered(gateway, model)
-    await asyncio.to_thread(gateway.registrations.set_loaded, model, True)
-    await gateway.models_changed()
-    return gateway.registry.get(model).describe()
+    return await _set_loaded(gateway, model, True)
 
 
 @router.post("/{model}/unload", **s.documented(s.ModelInfo, *ADMIN, 404, 409))
 async def unload_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
     """Drain the model and free its devices; it stays listed as `unloaded` until loaded again."""
+    return await _set_loaded(gateway, model, False)
+
+
+async def _set_loaded(gateway: Gateway, model: str, loaded: bool) -> dict[str, Any]:
     _registered(gateway, model)
-    await asyncio.to_thread(gateway.registrations.set_loaded, model, False)
+    await asyncio.to_thread(gateway.registrations.set_loaded, model, loaded)
     await gateway.models_changed()
     return gateway.registry.get(model).describe()
