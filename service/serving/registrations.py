@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import RegisteredModel
@@ -71,6 +71,12 @@ class Registrations:
 
     def create(self, manifest: ModelManifest) -> Registration:
         """Register `manifest` (409 if a registration of that name exists)."""
+        try:
+            return self._create(manifest)
+        except IntegrityError:  # another replica registered the same name at the same moment
+            raise Conflict(f"model {manifest.name!r} is already registered") from None
+
+    def _create(self, manifest: ModelManifest) -> Registration:
         now = datetime.now(UTC)
         with self._sessions.begin() as session:
             row = session.get(RegisteredModel, manifest.name, with_for_update=True)

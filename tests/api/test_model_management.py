@@ -268,3 +268,17 @@ async def converge(a: Gateway, b: Gateway, tiny_vit_dir: Path) -> None:
         assert (await on_a.delete("/v1/admin/models/extra-vit")).status_code == 200
         await wait_gone(on_b, "extra-vit")
         assert (await predict(on_b, "extra-vit")).status_code == 404
+
+
+async def test_two_replicas_registering_one_name_at_once_make_one_model(
+    settings: Settings, database_url: str, tiny_vit_dir: Path
+) -> None:
+    shared = {"database_url": database_url, "model_sync_s": 0.2, "redis_url": None}
+    async with replicas(settings, 2, **shared) as [a, b], a.client() as on_a, b.client() as on_b:
+        answers = await asyncio.gather(
+            on_a.post("/v1/admin/models", json=manifest(tiny_vit_dir)),
+            on_b.post("/v1/admin/models", json=manifest(tiny_vit_dir)),
+        )
+        assert sorted(r.status_code for r in answers) == [201, 409], [r.text for r in answers]
+        for http in (on_a, on_b):
+            assert (await wait_status(http, "extra-vit", {"ready"}))["status"] == "ready"
