@@ -139,6 +139,7 @@ class ModelSync:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one sync at a time
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def poke(self) -> None:
         """Sync soon (a change was announced)."""
@@ -148,8 +149,11 @@ class ModelSync:
         self._task = asyncio.create_task(self._run(), name="maas-model-sync")
 
     async def close(self) -> None:
+        """Stop after the sync in progress, if any: cancelling it would leave its database
+        session in a worker thread, holding a connection past the engine's disposal."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
@@ -158,6 +162,8 @@ class ModelSync:
                 async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.sync()
             except (SQLAlchemyError, OSError) as exc:  # the database is down: the next round retries
