@@ -10,7 +10,20 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.api import admin, batches, files, fine_tunes, health, inference, me, models, openai, usage, v2
+from service.api import (
+    admin,
+    admin_models,
+    batches,
+    files,
+    fine_tunes,
+    health,
+    inference,
+    me,
+    models,
+    openai,
+    usage,
+    v2,
+)
 from service.api.docs import install_docs
 from service.api.guard import plain_text_parameters
 from service.console import install_console
@@ -54,7 +67,20 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     app.add_middleware(RequestMiddleware)
-    for module in (health, me, models, inference, openai, v2, admin, usage, files, fine_tunes, batches):
+    for module in (
+        health,
+        me,
+        models,
+        inference,
+        openai,
+        v2,
+        admin,
+        admin_models,
+        usage,
+        files,
+        fine_tunes,
+        batches,
+    ):
         app.include_router(module.router)
     install_docs(app)
     install_console(app)

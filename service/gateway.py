@@ -35,10 +35,11 @@ from service.serving.fairqueue import CLASSES
 from service.serving.inference import Inference
 from service.serving.inputs import InputLimits
 from service.serving.preprocess import PreprocessPool
+from service.serving.registrations import ModelSync, Registrations
 from service.serving.registry import ModelEntry, ModelRegistry
 from service.settings import Settings
 from service.tenancy.bootstrap import bootstrap_admin_key
-from service.tenancy.keychanges import KeyChangeMetrics, KeyChanges
+from service.tenancy.keychanges import MODELS_CHANNEL, KeyChangeMetrics, KeyChanges
 from service.tenancy.keys import SCOPES
 from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
 from service.tenancy.quota import Quota
@@ -76,6 +77,9 @@ class Gateway:
     runner: JobRunner
     batches: BatchStore
     batch_runner: BatchRunner
+    registrations: Registrations
+    model_sync: ModelSync
+    model_changes: KeyChanges | None  # with Redis: registrations announced to every replica
     draining: bool = False
     _preload: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -143,6 +147,23 @@ class Gateway:
             on_commit=usage_metrics.observe_group,
         )
         meter = _meter(settings, sessions, registry, writer, usage_metrics)
+        registrations = Registrations(sessions)
+        model_sync = ModelSync(
+            registrations,
+            registry,
+            interval_s=settings.model_sync_s,
+            on_price=lambda name, price: meter.prices.sync_manifests([(name, price)]),
+        )
+        await model_sync.sync()  # registered models survive restarts: listed before the preload
+        model_changes = None
+        if settings.redis_url:
+            model_changes = KeyChanges(
+                settings.redis_url.get_secret_value(),
+                channel=MODELS_CHANNEL,
+                topic="model change",
+                bound=f"within {settings.model_sync_s:g} s",
+            )
+            await model_changes.start(model_sync.poke)
         runner = JobRunner(
             fine_tunes,
             registry,
@@ -177,9 +198,13 @@ class Gateway:
             runner=runner,
             batches=batches,
             batch_runner=batch_runner,
+            registrations=registrations,
+            model_sync=model_sync,
+            model_changes=model_changes,
         )
         writer.start()
         gateway._preload = asyncio.create_task(registry.preload(), name="maas-preload")
+        model_sync.start()
         if settings.fine_tune_runner:
             runner.start()
         if settings.batch_runner:
@@ -195,6 +220,9 @@ class Gateway:
         self.draining = True
         await self.runner.stop()  # the running job stops after its step; another start resumes it
         await self.batch_runner.stop()  # progress committed; another start goes on from there
+        await self.model_sync.close()
+        if self.model_changes is not None:
+            await self.model_changes.close()
         if self._preload is not None:
             self._preload.cancel()
             await asyncio.gather(self._preload, return_exceptions=True)
@@ -213,6 +241,12 @@ class Gateway:
         self.keys.forget()
         if self.key_changes is not None:
             self.key_changes.publish(reason)
+
+    async def models_changed(self) -> None:
+        """A registration changed: apply it here now and, with Redis, tell every replica to."""
+        await self.model_sync.sync()
+        if self.model_changes is not None:
+            await asyncio.to_thread(self.model_changes.publish, "models changed")
 
 
 def _key_store(settings: Settings, sessions: sessionmaker[Session], tenants: Tenants) -> DatabaseKeyStore:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, le=3600)  # slow clients cannot hold a connection
     fair_queueing: bool = True  # tenants share a busy model's batches by weight; false: FIFO
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
+    model_sync_s: float = Field(5.0, gt=0, le=3600)  # how often replicas re-read registered models
 
     redis_url: SecretStr | None = None  # may carry a password
     redis_fail_open: bool = True

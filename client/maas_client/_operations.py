@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import date, datetime
 from enum import Enum
 from typing import Any, Final, TypeAlias, TypeVar
@@ -220,6 +220,28 @@ def get_model(name: str) -> Call[Model]:
 
 def ready() -> Call[bool]:
     return Call("GET", "/readyz", lambda response: response.status_code == 200, retry=False)
+
+
+# Admin: models registered at run time
+
+
+def register_model(manifest: Mapping[str, Any]) -> Call[Model]:
+    return Call("POST", "/v1/admin/models", _one(Model), json=dict(manifest))
+
+
+def update_model(name: str, changes: dict[str, Any]) -> Call[Model]:
+    """PATCH with only the fields given (NOT_GIVEN ones left out)."""
+    body = {k: v for k, v in changes.items() if v is not NOT_GIVEN}
+    return Call("PATCH", f"/v1/admin/models/{_seg(name)}", _one(Model), json=body)
+
+
+def delete_model(name: str) -> Call[Model]:
+    return Call("DELETE", f"/v1/admin/models/{_seg(name)}", _one(Model))
+
+
+def load_model(name: str, load: bool) -> Call[Model]:
+    action = "load" if load else "unload"
+    return Call("POST", f"/v1/admin/models/{_seg(name)}/{action}", _one(Model), replay_safe=True)
 
 
 # Admin: tenants and keys

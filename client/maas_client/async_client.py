@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -376,12 +376,56 @@ class AsyncBilling(_AsyncResource):
         return await self._client._request(ops.billing_export_csv(period))
 
 
+class AsyncAdminModels(_AsyncResource):
+    """`async_client.admin.models`: models registered at run time (admin keys only)."""
+
+    async def register(self, manifest: Mapping[str, Any]) -> Model:
+        """Register a model from a manifest (the fields of a manifest file) and start loading it:
+        answers it `loading` (then `ready`, or `unavailable` with the reason: see `models.get`);
+        `InvalidInputError` naming the field for a bad manifest, `ConflictError` for a taken name."""
+        return await self._client._request(ops.register_model(manifest))
+
+    async def update(
+        self,
+        name: str,
+        *,
+        replicas: int | _NotGiven = NOT_GIVEN,
+        batching: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
+        price: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
+        preload: bool | _NotGiven = NOT_GIVEN,
+        description: str | _NotGiven = NOT_GIVEN,
+    ) -> Model:
+        """Change a registered model: only the arguments given change; replicas and batching
+        reload it, a price holds at once."""
+        changes: dict[str, Any] = {
+            "replicas": replicas,
+            "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
+            "price": price if isinstance(price, _NotGiven) else dict(price),
+            "preload": preload,
+            "description": description,
+        }
+        return await self._client._request(ops.update_model(name, changes))
+
+    async def delete(self, name: str) -> Model:
+        """Drain a registered model (queued inputs are answered), then remove it (status `deleted`)."""
+        return await self._client._request(ops.delete_model(name))
+
+    async def load(self, name: str) -> Model:
+        """Load a registered model again (after `unload`, or to retry an unavailable one)."""
+        return await self._client._request(ops.load_model(name, True))
+
+    async def unload(self, name: str) -> Model:
+        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        return await self._client._request(ops.load_model(name, False))
+
+
 class AsyncAdmin:
-    """`async_client.admin`: tenants, keys, usage and billing (admin keys only: others get
+    """`async_client.admin`: tenants, keys, registered models, usage and billing (admin keys only: others get
     `PermissionDeniedError`)."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.tenants = AsyncTenants(client)
+        self.models = AsyncAdminModels(client)
         self.keys = AsyncKeys(client)
         self.usage = AsyncAdminUsage(client)
         self.billing = AsyncBilling(client)

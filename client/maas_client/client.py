@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -373,12 +373,56 @@ class Billing(_Resource):
         return self._client._request(ops.billing_export_csv(period))
 
 
+class AdminModels(_Resource):
+    """`client.admin.models`: models registered at run time (admin keys only)."""
+
+    def register(self, manifest: Mapping[str, Any]) -> Model:
+        """Register a model from a manifest (the fields of a manifest file) and start loading it:
+        answers it `loading` (then `ready`, or `unavailable` with the reason: see `models.get`);
+        `InvalidInputError` naming the field for a bad manifest, `ConflictError` for a taken name."""
+        return self._client._request(ops.register_model(manifest))
+
+    def update(
+        self,
+        name: str,
+        *,
+        replicas: int | _NotGiven = NOT_GIVEN,
+        batching: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
+        price: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
+        preload: bool | _NotGiven = NOT_GIVEN,
+        description: str | _NotGiven = NOT_GIVEN,
+    ) -> Model:
+        """Change a registered model: only the arguments given change; replicas and batching
+        reload it, a price holds at once."""
+        changes: dict[str, Any] = {
+            "replicas": replicas,
+            "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
+            "price": price if isinstance(price, _NotGiven) else dict(price),
+            "preload": preload,
+            "description": description,
+        }
+        return self._client._request(ops.update_model(name, changes))
+
+    def delete(self, name: str) -> Model:
+        """Drain a registered model (queued inputs are answered), then remove it (status `deleted`)."""
+        return self._client._request(ops.delete_model(name))
+
+    def load(self, name: str) -> Model:
+        """Load a registered model again (after `unload`, or to retry an unavailable one)."""
+        return self._client._request(ops.load_model(name, True))
+
+    def unload(self, name: str) -> Model:
+        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        return self._client._request(ops.load_model(name, False))
+
+
 class Admin:
-    """`client.admin`: tenants, keys, usage and billing (admin keys only: others get
+    """`client.admin`: tenants, keys, registered models, usage and billing (admin keys only: others get
     `PermissionDeniedError`)."""
 
     def __init__(self, client: Client) -> None:
         self.tenants = Tenants(client)
+        self.models = AdminModels(client)
         self.keys = Keys(client)
         self.usage = AdminUsage(client)
         self.billing = Billing(client)

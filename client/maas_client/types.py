@@ -184,7 +184,8 @@ class Entities:
 @dataclass(frozen=True)
 class Model:
     """A model the key may use, with its serving status (`ready`, `not_loaded`, `loading`,
-    `unavailable` with its `reason`). `owned_by` is `system`, or `tenant` for a fine-tuned model."""
+    `unloaded`, `unavailable` with its `reason`; `deleted` in a deletion's answer). `owned_by` is
+    `system`, or `tenant` for a fine-tuned model."""
 
     id: str
     task: str | None

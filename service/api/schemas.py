@@ -76,7 +76,10 @@ class ModelInfo(BaseModel):
     created: int = Field(description="Unix time (OpenAI's `Model.created`).")
     task: str | None
     adapter: str | None
-    status: str
+    status: str = Field(
+        description="ready, loading, not_loaded (loads on its first request), unloaded (by an admin), "
+        "unavailable (see reason); deleted in the answer to its deletion."
+    )
     reason: str | None
     dtype: str | None
     devices: list[str]

@@ -1,6 +1,6 @@
 """The `maas` command: `maas serve` starts the gateway (cli/serve.py); `maas db …` migrates the
-database (cli/db.py); `maas tenants|keys …` manage tenants and keys (cli/tenants.py). Flags
-override `MAAS_*` variables."""
+database (cli/db.py); `maas tenants|keys …` manage tenants and keys (cli/tenants.py); `maas
+models …` models registered at run time (cli/models.py). Flags override `MAAS_*` variables."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.cli import db, tenants
+from service.cli import db, models, tenants
 from service.cli.serve import serve
 from service.settings import Settings
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     db.add_commands(commands, database)
     tenants.add_commands(commands, database)
+    models.add_commands(commands, database)
     return parser
 
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         db.run(args, settings)
     elif args.command in tenants.COMMANDS:
         tenants.run(args, settings)
+    elif args.command in models.COMMANDS:
+        models.run(args, settings)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def add_commands(
     revoke.add_argument("key_or_id", metavar="KEY_OR_ID")
 
 
-def _table(rows: Sequence[Sequence[object]]) -> None:
+def table(rows: Sequence[Sequence[object]]) -> None:
     cells = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for row in cells:
@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
             "monthly_quota_inputs",
             "allowed_models",
         ]
-        _table([header, *[[r[h] if h != "allowed_models" else _join(r[h]) for h in header] for r in rows]])
+        table([header, *[[r[h] if h != "allowed_models" else _join(r[h]) for h in header] for r in rows]])
     elif command in (("tenants", "suspend"), ("tenants", "resume")):
         status = "suspended" if args.action == "suspend" else "active"
         print(f"tenant {tenants.set_status(args.tenant_name, status).name} is {status}")
@@ -121,9 +121,7 @@ def _run(args: argparse.Namespace, tenants: Tenants) -> str | None:
     elif command == ("keys", "list"):
         header = ["id", "prefix", "name", "scopes", "models", "expires_at", "revoked_at", "last_used_at"]
         keys = [describe_key(k, args.tenant_name) for k in tenants.list_keys(args.tenant_name)]
-        _table(
-            [header, *[[_join(k[h]) if h in ("scopes", "models") else k[h] for h in header] for k in keys]]
-        )
+        table([header, *[[_join(k[h]) if h in ("scopes", "models") else k[h] for h in header] for k in keys]])
     elif command == ("keys", "revoke"):
         key, tenant = tenants.revoke_key(args.key_or_id)
         print(f"revoked key {key.id} ({key.prefix}…) of tenant {tenant}")

@@ -242,3 +242,18 @@ class BatchJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RegisteredModel(Base):
+    """A model registered through the admin API (manifests in the models folder are the defaults):
+    the truth every replica converges on. A deleted one keeps its row (`deleted_at` set) so that
+    replicas that missed the change still see it went."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)  # a valid ModelManifest, as JSON
+    loaded: Mapped[bool] = mapped_column(default=True)  # wanted resident (false after an unload)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # each change: a version
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -144,6 +144,11 @@ class Batcher:
         """Re-check whether the open batch should close (e.g. a request stopped arriving)."""
         self._wakeup.set()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether `submit` takes inputs (false once closing: its model is unloading)."""
+        return not self._closing
+
     async def close(self) -> None:
         """Finish every queued input, then stop the worker."""
         self._closing = True

@@ -8,7 +8,7 @@ import asyncio
 import math
 from typing import Any
 
-from service.errors import DeadlineExceeded, Overloaded
+from service.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from service.serving.batching import Batcher, Tally
 from service.serving.fairqueue import ANYONE, Share
 from service.serving.registry import ModelEntry
@@ -26,8 +26,11 @@ def retry_after_s(queued: int, batchers: list[Batcher]) -> int:
 
 
 def pick_replica(entry: ModelEntry) -> Batcher:
-    """The least-loaded replica (queued + running inputs)."""
-    return min(entry.batchers, key=lambda b: b.load)
+    """The least-loaded replica (queued + running inputs); 503 while the model unloads."""
+    open_ = [b for b in entry.batchers if b.accepting]
+    if not open_:
+        raise ModelUnavailable(f"model {entry.name!r} is being unloaded; retry later")
+    return min(open_, key=lambda b: b.load)
 
 
 async def infer(
@@ -65,6 +68,8 @@ async def infer(
                 retry_after_s=retry_after_s(waiting, batchers),
             )
     batcher = pick_replica(entry)
+    # read before waiting: a model unloaded or deleted meanwhile answers what was queued, then has no replicas
+    ranked = entry.adapter.output_key == "predictions"  # a batch ranks to its largest top_k
     futures = [
         batcher.submit(
             f,
@@ -88,5 +93,4 @@ async def infer(
     finally:
         for future in futures:
             future.cancel()  # no-op for resolved ones; queued ones are skipped by the batcher
-    ranked = entry.adapter.output_key == "predictions"  # a batch ranks to its largest top_k
     return [o[:top_k] if ranked else o for o in outputs]

@@ -110,13 +110,14 @@ class Inference:
         started = time.perf_counter()
         status = 500
         try:
-            await self.registry.ensure_loaded(entry)
+            # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
+            adapter = (await self.registry.ensure_loaded(entry)).adapter
             with entry.arriving_request():
                 inputs, params = await read()
-                check_params(entry.adapter, params)
+                check_params(adapter, params)
                 tally.inputs = len(inputs)
-                features = await self._features(entry, inputs, deadline)
-            if entry.adapter.reads_params:  # each input carries them through the batcher
+                features = await self._features(entry, adapter, inputs, deadline)
+            if adapter.reads_params:  # each input carries them through the batcher
                 features = [WithParams(f, params) for f in features]
             assert entry.manifest is not None
             queued = infer(
@@ -142,13 +143,15 @@ class Inference:
             return None
         self.metrics.inputs.labels(self.metrics.model_label(entry.name, entry.owner)).inc(len(inputs))
         self.metrics.class_inputs.labels(share.service_class.value).inc(len(inputs))
-        return Answer(entry.adapter.output_key, [encode_output(o) for o in outputs])
+        return Answer(adapter.output_key, [encode_output(o) for o in outputs])
 
-    async def _features(self, entry: ModelEntry, inputs: list[RawInput], deadline: float) -> list[Any]:
+    async def _features(
+        self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float
+    ) -> list[Any]:
         """The inputs' features, off the event loop (see `prepare_features`); 504 past the deadline."""
         kind = entry.input_kind
         features, where = await prepare_features(
-            self.preprocess, entry.adapter, kind, inputs, self.limits.image, deadline
+            self.preprocess, adapter, kind, inputs, self.limits.image, deadline
         )
         self.metrics.preprocessed.labels(where).inc(len(features))
         return features

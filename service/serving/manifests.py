@@ -153,13 +153,21 @@ def read_manifest(path: Path) -> ModelManifest:
         raise ValueError(f"cannot read {path.name}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: a manifest is a YAML mapping")
+    return parse_manifest(data, path.name)
+
+
+def parse_manifest(data: object, origin: str) -> ModelManifest:
+    """Validate one manifest (a file's YAML, or JSON sent to the admin API); raises ValueError
+    naming `origin` and each wrong field, e.g. `replicas: Input should be ...`."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{origin}: a manifest is a mapping")
     try:
         return ModelManifest.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
         )
-        raise ValueError(f"{path.name}: {problems}") from exc
+        raise ValueError(f"{origin}: {problems}") from exc
 
 
 def discover_manifests(models_dir: Path) -> list[ManifestFile]:

@@ -12,138 +12,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
-
-import torch
 
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
 from service.serving.batching import Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
-from service.serving.fairqueue import ServiceClass
+from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.runtime import ModelAdapter, Output, SourceError, load_adapter
-from service.serving.runtime.base import InputKind
 from service.serving.runtime.sources import resolve_local_folder
+from service.serving.sizing import estimate_bytes
 from service.tenancy.principal import Principal
 
 log = logging.getLogger(__name__)
 
-INPUT_KIND: dict[str, InputKind] = {
-    "image-classification": "image",
-    "feature-extraction": "text",
-    "text-classification": "text",
-    "token-classification": "text",
-    "image-feature-extraction": "image",
-    "zero-shot-image-classification": "image",
-    "object-detection": "image",
-    "image-segmentation": "image",
-}
-
-
-class ModelStatus(StrEnum):
-    NOT_LOADED = "not_loaded"
-    LOADING = "loading"
-    READY = "ready"
-    UNAVAILABLE = "unavailable"
-
-
-@dataclass
-class Replica:
-    """One copy of a model on one device: its own worker thread for forward passes, fed by its batcher."""
-
-    adapter: ModelAdapter
-    device: torch.device
-    executor: ThreadPoolExecutor
-    batcher: Batcher | None = None  # started once the model is loaded, on the event loop
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    manifest_path: Path
-    manifest: ModelManifest | None
-    status: ModelStatus = ModelStatus.NOT_LOADED
-    reason: str | None = None
-    replicas: list[Replica] = field(default_factory=list)
-    load_seconds: float | None = None
-    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    owner: str | None = None  # the tenant id of a fine-tuned model; None: public
-    base_model: str | None = None  # a fine-tuned model's public ancestor (what allow-lists name)
-    arriving: int = 0  # requests being read and decoded, not yet queued
-
-    @contextlib.contextmanager
-    def arriving_request(self) -> Iterator[None]:
-        """Mark a request as on its way to the queue while its inputs are read and decoded."""
-        self.arriving += 1
-        try:
-            yield
-        finally:
-            self.arriving -= 1
-            if self.arriving == 0:
-                for batcher in self.batchers:
-                    batcher.poke()
-
-    @property
-    def input_kind(self) -> InputKind:
-        assert self.manifest is not None
-        return INPUT_KIND[self.manifest.task]
-
-    @property
-    def num_labels(self) -> int | None:
-        return self.adapter.num_labels if self.replicas else None
-
-    @property
-    def created(self) -> int:
-        """When the model was made, in Unix seconds: when its manifest (a fine-tuned model: its
-        folder) was last written."""
-        for path in (self.manifest_path, self.manifest_path.parent):
-            with contextlib.suppress(OSError):
-                return int(path.stat().st_mtime)
-        return 0
-
-    def describe(self) -> dict[str, Any]:
-        """The public view of this model (models list and detail; OpenAI's `Model` fields included)."""
-        m = self.manifest
-        return {
-            "id": self.name,
-            "object": "model",
-            "created": self.created,
-            "task": m.task if m else None,
-            "adapter": m.adapter if m else None,
-            "status": self.status.value,
-            "reason": self.reason,
-            "dtype": (dtype_name(self.adapter.dtype) if self.replicas else (m.dtype if m else None)),
-            "devices": [str(r.device) for r in self.replicas],
-            "replicas": m.replicas if m else 0,
-            "batching": m.batching.model_dump(exclude_none=True) if m else None,
-            "preload": m.preload if m else False,
-            "description": m.description if m else "",
-            "labels": self.num_labels,
-            "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
-            "owned_by": "tenant" if self.owner else "system",  # fine-tuned models are their tenant's
-        }
-
-    @property
-    def batchers(self) -> list[Batcher]:
-        return [r.batcher for r in self.replicas if r.batcher is not None]
-
-    @property
-    def queue_depth(self) -> int:
-        return sum(len(b.queue) for b in self.batchers)
-
-    def class_depth(self, service_class: ServiceClass) -> int:
-        return sum(b.queue.depth(service_class) for b in self.batchers)
-
-    @property
-    def adapter(self) -> ModelAdapter:
-        """An adapter for preprocessing (the same on every replica; tensors stay on the CPU)."""
-        return self.replicas[0].adapter
+__all__ = ["INPUT_KIND", "ModelEntry", "ModelFinder", "ModelRegistry", "ModelStatus", "Replica"]
+UNLOADED_REASON = "unloaded by an admin: POST /v1/admin/models/{model}/load loads it again"
 
 
 class ModelFinder(Protocol):
@@ -174,6 +63,7 @@ class ModelRegistry:
         self.finder = finder
         self.entries: dict[str, ModelEntry] = {}
         self.preload_done = asyncio.Event()
+        self._loads: set[asyncio.Task[None]] = set()  # background loads (registered models)
 
     def discover(self) -> None:
         """Read every manifest in the models directory (does not load anything)."""
@@ -274,7 +164,7 @@ class ModelRegistry:
         """Load `entry` if it is not loaded yet; raise 503 if it cannot be."""
         if entry.status is not ModelStatus.READY:
             async with entry.load_lock:
-                if entry.status is ModelStatus.NOT_LOADED:
+                if entry.status in (ModelStatus.NOT_LOADED, ModelStatus.LOADING) and not entry.replicas:
                     entry.status = ModelStatus.LOADING
                     await asyncio.to_thread(self._load, entry)
                     if entry.status is ModelStatus.READY:
@@ -339,14 +229,58 @@ class ModelRegistry:
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)
 
+    def add_registered(self, manifest: ModelManifest, version: datetime, created: datetime) -> ModelEntry:
+        """List a model registered through the admin API (not loaded yet). Its relative paths are
+        read from the models folder, like a manifest file's."""
+        entry = ModelEntry(manifest.name, self.models_dir / f"{manifest.name}.json", manifest)
+        entry.version, entry.registered_at = version, int(created.timestamp())
+        self.entries[entry.name] = entry
+        self.metrics.registered(entry.name, None)
+        return entry
+
+    def start_loading(self, entry: ModelEntry) -> None:
+        """Load `entry` in the background (`loading` at once; then `ready` or `unavailable`)."""
+        if entry.manifest is None or entry.status in (ModelStatus.READY, ModelStatus.LOADING):
+            return
+        entry.status, entry.reason = ModelStatus.LOADING, None
+        task = asyncio.create_task(self._load_quietly(entry), name=f"maas-load-{entry.name}")
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+
+    async def _load_quietly(self, entry: ModelEntry) -> None:
+        with contextlib.suppress(ModelUnavailable):  # listed as unavailable, with its reason
+            await self.ensure_loaded(entry)
+
+    async def unload(self, entry: ModelEntry) -> None:
+        """Answer every input queued for `entry`, then free its replicas; it stays listed as `unloaded`."""
+        async with entry.load_lock:
+            await self._release(entry)
+            entry.status, entry.reason, entry.load_seconds = ModelStatus.UNLOADED, UNLOADED_REASON, None
+            self.metrics.registered(entry.name, entry.owner)
+
+    async def remove(self, name: str) -> None:
+        """Stop listing `name` (new requests get 404), then drain and free it."""
+        entry = self.entries.pop(name, None)
+        if entry is not None:
+            await self.unload(entry)
+
+    async def _release(self, entry: ModelEntry) -> None:
+        for replica in entry.replicas:
+            if replica.batcher is not None:
+                await replica.batcher.close()  # finishes every queued input first
+                self.pool.detach(replica.device, replica.batcher)
+        replicas, entry.replicas = entry.replicas, []
+        for replica in replicas:
+            await asyncio.to_thread(replica.executor.shutdown, wait=True)
+            release_cached_memory(replica.device)
+
     async def close(self) -> None:
         """Finish every queued input, then release the replicas' threads."""
+        for task in list(self._loads):
+            task.cancel()
+        await asyncio.gather(*self._loads, return_exceptions=True)
         for entry in self.entries.values():
-            for replica in entry.replicas:
-                if replica.batcher is not None:
-                    await replica.batcher.close()
-                    self.pool.detach(replica.device, replica.batcher)
-                replica.executor.shutdown(wait=True)
+            await self._release(entry)
 
 
 def _predictor(adapter: ModelAdapter) -> Callable[[list[Any], int], list[Output]]:
@@ -363,27 +297,3 @@ def _local_folder(entry: ModelEntry | None) -> Path | None:
         return resolve_local_folder(entry.manifest.source, entry.manifest_path.parent)
     except SourceError:
         return None
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def estimate_bytes(manifest: ModelManifest, manifest_dir: Path) -> int | None:
-    """About how much memory one replica needs: its weight files, scaled to the dtype asked for
-    (weights are assumed stored in float32). None when the weights are not on disk (hub ids)."""
-    try:
-        folder = resolve_local_folder(manifest.source, manifest_dir)
-    except SourceError:
-        return None
-    if folder is None:
-        return None
-    folders = [folder]
-    if manifest.base_source is not None:  # a LoRA adapter: the merged model weighs what its base does
-        with contextlib.suppress(SourceError):
-            folders += [f for f in [resolve_local_folder(manifest.base_source, manifest_dir)] if f]
-    stored = sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
-    if not stored:
-        return None
-    per_param = DTYPE_BYTES.get(manifest.dtype, 4)  # auto: float32 on CPU, less on CUDA
-    return stored * per_param // 4

@@ -6,6 +6,9 @@ Best effort on purpose: the key cache's 1 s lifetime stays the bound when Redis 
 or a message is lost. Redis trouble never fails a request or an admin change; it is logged (at
 most one line per 10 s) and the listener reconnects, dropping the cache whenever it does, since
 it may have missed messages meanwhile.
+
+The same channel pattern carries model registrations (`MODELS_CHANNEL`): there a message makes
+every replica sync its models with the database at once, its periodic sync being the bound.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from redis.retry import Retry
 log = logging.getLogger(__name__)
 
 CHANNEL = "maas:keys:changed"
+MODELS_CHANNEL = "maas:models:changed"
 TIMEOUT_S = 0.5  # connect and command timeout: an admin change never waits long on Redis
 RECONNECT_S = (0.1, 5.0)  # the listener's back-off after a failure: first, longest
 
@@ -63,11 +67,23 @@ class KeyChangeMetrics:
 class KeyChanges:
     """Publishes key changes to, and listens for them on, the Redis at `url`."""
 
-    def __init__(self, url: str, *, channel: str = CHANNEL, metrics: KeyChangeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str = CHANNEL,
+        metrics: KeyChangeMetrics | None = None,
+        topic: str = "key change",
+        bound: str = "within 1 s",
+    ) -> None:
         self.channel = channel
+        self.topic = topic  # what the messages announce, and how soon replicas see it without them (logs)
+        self.bound = bound
         self.metrics = metrics
         self._url = url
-        self.client_name = f"maas-key-changes-{secrets.token_hex(4)}"  # the listener, in CLIENT LIST
+        self.client_name = (
+            f"maas-{topic.replace(' ', '-')}s-{secrets.token_hex(4)}"  # the listener, in CLIENT LIST
+        )
         # a synchronous client: admin routes run on worker threads, the CLI has no event loop
         # one retry (a pooled connection Redis dropped), not the client's default back-off
         self._publisher = redis.Redis.from_url(
@@ -84,7 +100,9 @@ class KeyChanges:
             self._publisher.publish(self.channel, reason)
         except (RedisError, OSError) as exc:  # an admin change is rare: every failure is logged
             error = type(exc).__name__
-            log.warning("could not publish a key change to Redis (%s); replicas see it within 1 s", error)
+            log.warning(
+                "could not publish a %s to Redis (%s); replicas see it %s", self.topic, error, self.bound
+            )
             if self.metrics is not None:
                 self.metrics.published.labels("failed").inc()
             return
@@ -145,7 +163,9 @@ class KeyChanges:
                     self.metrics.subscribed.set(0)
                 self._subscribed.clear()
                 on_change()
-                self._warn(f"key changes: lost Redis ({type(exc).__name__}); retrying, the 1 s bound holds")
+                self._warn(
+                    f"{self.topic}s: lost Redis ({type(exc).__name__}); retrying, seen {self.bound} meanwhile"
+                )
                 await asyncio.sleep(backoff)  # a back-off between reconnections, not a timing assumption
                 backoff = min(backoff * 2, RECONNECT_S[1])
             finally:

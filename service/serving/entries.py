@@ -1,0 +1,139 @@
+"""A listed model and its replicas: what the registry keeps per model name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.serving.batching import Batcher
+from service.serving.devices import dtype_name
+from service.serving.fairqueue import ServiceClass
+from service.serving.manifests import ModelManifest
+from service.serving.runtime import ModelAdapter
+from service.serving.runtime.base import InputKind
+
+INPUT_KIND: dict[str, InputKind] = {
+    "image-classification": "image",
+    "feature-extraction": "text",
+    "text-classification": "text",
+    "token-classification": "text",
+    "image-feature-extraction": "image",
+    "zero-shot-image-classification": "image",
+    "object-detection": "image",
+    "image-segmentation": "image",
+}
+
+
+class ModelStatus(StrEnum):
+    NOT_LOADED = "not_loaded"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADED = "unloaded"  # unloaded on purpose: registered, not resident until loaded again
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class Replica:
+    """One copy of a model on one device: its own worker thread for forward passes, fed by its batcher."""
+
+    adapter: ModelAdapter
+    device: torch.device
+    executor: ThreadPoolExecutor
+    batcher: Batcher | None = None  # started once the model is loaded, on the event loop
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    manifest_path: Path
+    manifest: ModelManifest | None
+    status: ModelStatus = ModelStatus.NOT_LOADED
+    reason: str | None = None
+    replicas: list[Replica] = field(default_factory=list)
+    load_seconds: float | None = None
+    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    owner: str | None = None  # the tenant id of a fine-tuned model; None: public
+    base_model: str | None = None  # a fine-tuned model's public ancestor (what allow-lists name)
+    arriving: int = 0  # requests being read and decoded, not yet queued
+    # a model registered through the admin API: its row's last change (None: a folder or fine-tuned model)
+    version: datetime | None = None
+    registered_at: int | None = None  # when it was registered, in Unix seconds
+
+    @contextlib.contextmanager
+    def arriving_request(self) -> Iterator[None]:
+        """Mark a request as on its way to the queue while its inputs are read and decoded."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            if self.arriving == 0:
+                for batcher in self.batchers:
+                    batcher.poke()
+
+    @property
+    def input_kind(self) -> InputKind:
+        assert self.manifest is not None
+        return INPUT_KIND[self.manifest.task]
+
+    @property
+    def num_labels(self) -> int | None:
+        return self.adapter.num_labels if self.replicas else None
+
+    @property
+    def created(self) -> int:
+        """When the model was made, in Unix seconds: when its manifest (a fine-tuned model: its
+        folder) was last written; a registered model: when it was registered."""
+        if self.registered_at is not None:
+            return self.registered_at
+        for path in (self.manifest_path, self.manifest_path.parent):
+            with contextlib.suppress(OSError):
+                return int(path.stat().st_mtime)
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """The public view of this model (models list and detail; OpenAI's `Model` fields included)."""
+        m = self.manifest
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "task": m.task if m else None,
+            "adapter": m.adapter if m else None,
+            "status": self.status.value,
+            "reason": self.reason,
+            "dtype": (dtype_name(self.adapter.dtype) if self.replicas else (m.dtype if m else None)),
+            "devices": [str(r.device) for r in self.replicas],
+            "replicas": m.replicas if m else 0,
+            "batching": m.batching.model_dump(exclude_none=True) if m else None,
+            "preload": m.preload if m else False,
+            "description": m.description if m else "",
+            "labels": self.num_labels,
+            "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+            "owned_by": "tenant" if self.owner else "system",  # fine-tuned models are their tenant's
+        }
+
+    @property
+    def batchers(self) -> list[Batcher]:
+        return [r.batcher for r in self.replicas if r.batcher is not None]
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(b.queue) for b in self.batchers)
+
+    def class_depth(self, service_class: ServiceClass) -> int:
+        return sum(b.queue.depth(service_class) for b in self.batchers)
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """An adapter for preprocessing (the same on every replica; tensors stay on the CPU)."""
+        return self.replicas[0].adapter
