@@ -81,7 +81,8 @@ def test_keys_create_list_rotate_revoke(gateway: Server, admin: Client) -> None:
         with pytest.raises(PermissionDeniedError):  # an inference key may not use admin routes
             old.admin.tenants.list()
         with pytest.raises(PermissionDeniedError):  # nor fine-tuning (not in its scopes)
-            old.files.list()
+            old.fine_tunes.list()
+        assert old.files.list() == []  # it sees its tenant's batch files only: none
         rotated = admin.admin.keys.rotate(made.id)  # no grace: the old key stops at once
         assert rotated.key and rotated.key != made.key and rotated.replaces is not None
         assert rotated.replaces.id == made.id and rotated.replaces.expires_at

@@ -111,7 +111,11 @@ def test_both_replicas_started_on_one_price_row_per_model(replicas: Replicas) ->
             ).all()
     finally:
         engine.dispose()
-    assert [(r.kind, r.per_input_micro) for r in rows] == [("inference", PRICE_MICRO), ("training", 0)]
+    assert [(r.kind, r.per_input_micro) for r in rows] == [
+        ("batch", PRICE_MICRO),  # no batch_discount in the manifest
+        ("inference", PRICE_MICRO),
+        ("training", 0),
+    ]
 
 
 def test_usage_of_load_across_both_replicas_is_exact_on_either(replicas: Replicas) -> None:
