@@ -80,6 +80,8 @@ def decide(buckets: Sequence[Bucket], tokens: Sequence[float]) -> tuple[Verdict,
 class Buckets(Protocol):
     async def take(self, buckets: Sequence[Bucket]) -> Verdict: ...
 
+    async def close(self) -> None: ...
+
 
 class MemoryBuckets:
     """Buckets in this process. `clock` is injectable so tests can move time by hand."""
