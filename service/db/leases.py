@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
+from service.db.models import iso
+
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
 Job = TypeVar("Job")
@@ -106,6 +108,15 @@ def cancel_queued(session: Session, table: Any, job_id: str) -> bool:
         return True
     session.execute(update(table).where(table.id == job_id).values(cancel_requested=True))
     return False
+
+
+def job_times(job: Any) -> dict[str, str | None]:
+    """A leased job's `created_at`, `started_at` and `finished_at` as the API shows them."""
+    return {
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
 
 
 def rowcount(result: Any) -> int:
