@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -76,7 +74,6 @@ class BatchRunner(ClaimLoop[BatchJob]):
         self.meter = meter  # None: not metered (tests of the runner alone)
         self.limits = InputLimits.of(settings)
         self.dataset_limits = DatasetLimits.of(settings)
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         # called on the event loop after each committed progress: (job id, lines written)
         self.progress_listeners: list[Callable[[str, int], None]] = []
         super().__init__("maas-batch-runner")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -127,10 +130,12 @@ def rowcount(result: Any) -> int:
 class ClaimLoop(Generic[Job]):
     """The loop of a job runner: claim a job (on a worker thread), run it, claim the next; when
     there is none, wait for `notify` (a job queued here) or `IDLE_POLL_S` (one queued by another
-    replica). Subclasses say how to claim (`_claim`) and run (`_run`) a job."""
+    replica). Subclasses say how to claim (`_claim`) and run (`_run`) a job. `owner` names this
+    runner in the leases it holds: unique across replicas and restarts."""
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None

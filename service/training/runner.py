@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +60,6 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         self.finished = finished
         self.meter = meter  # None: training is not metered (tests of the runner alone)
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
         self.checkpoint_listeners: list[Callable[[str, int], None]] = []
