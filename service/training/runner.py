@@ -160,9 +160,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             status,
             message,
             usage=usage,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
             **values,
         )
         if not ended:
@@ -179,9 +177,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             job.id,
             self.owner,
             self.settings.fine_tune_lease_s,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
         )
         if state != "ok":  # cancelled (maybe through another replica), or the lease was lost
             control.stop(state)
@@ -213,9 +209,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
                 self.owner,
                 self.settings.fine_tune_lease_s,
                 epochs_done=report.epoch,
-                steps_done=control.steps_done,
-                trained_samples=control.samples,
-                device_seconds=control.device_seconds,
+                **_progress(control),
             )
             for listener in self.checkpoint_listeners:
                 listener(job.id, report.epoch)
@@ -251,3 +245,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         seed = int(job.hyperparameters.get("seed", 0))
         limits = DatasetLimits.of(self.settings)
         return training_data(self.store.file_path(train_file), validation, seed, limits)
+
+
+def _progress(control: Control) -> dict[str, Any]:
+    """The training progress a job's row records: steps, samples and device time so far."""
+    return {
+        "steps_done": control.steps_done,
+        "trained_samples": control.samples,
+        "device_seconds": control.device_seconds,
+    }
