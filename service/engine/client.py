@@ -76,7 +76,9 @@ class EngineClient:
             await wire.send(self._writer, call)
             return await future
         except asyncio.CancelledError:
-            if not future.done() and self._writer is not None and self._connected.is_set():
+            # the task's cancellation cancels the future it awaits: cancelled, not answered
+            answered = future.done() and not future.cancelled()
+            if not answered and self._writer is not None and self._connected.is_set():
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await asyncio.shield(wire.send(self._writer, wire.Cancel(call.id)))
             raise

@@ -37,8 +37,9 @@ async def test_pixels_cross_bit_exact() -> None:
     (crossed,) = got.args["features"]
     assert crossed.dtype == np.uint8 and crossed.shape == pixels.shape
     assert crossed.tobytes() == pixels.tobytes()
-    writer_a.close()
-    writer_b.close()
+    for writer in (writer_a, writer_b):
+        writer.close()
+        await writer.wait_closed()
 
 
 def test_an_error_crosses_as_its_own_class_with_its_headers() -> None:
@@ -68,6 +69,13 @@ class _StandIn:
                 if isinstance(message, wire.Call) and message.op == "echo":
                     await wire.send(writer, wire.Reply(message.id, message.args["value"]))
 
+    async def close(self, server: asyncio.Server) -> None:
+        server.close()
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
     async def until(self, count: int, kind: type, op: str | None = None) -> list[wire.Message]:
         """Once `count` messages of `kind` (calls of `op`) have arrived: those messages."""
 
@@ -94,7 +102,7 @@ async def test_a_caller_that_leaves_cancels_its_call(tmp_path: Path) -> None:
     (cancel,) = await stand_in.until(1, wire.Cancel)
     assert isinstance(cancel, wire.Cancel) and isinstance(infer, wire.Call) and cancel.id == infer.id
     await client.close()
-    server.close()
+    await stand_in.close(server)
 
 
 async def test_calls_waiting_on_a_model_process_that_goes_away_fail_with_503_at_once(tmp_path: Path) -> None:
@@ -114,3 +122,4 @@ async def test_calls_waiting_on_a_model_process_that_goes_away_fail_with_503_at_
     with pytest.raises(EngineGone):  # and a new call while it is away does not wait for it either
         await client.call("infer", model="m")
     await client.close()
+    await stand_in.close(server)
