@@ -19,7 +19,7 @@ from service.batches.runner import BatchRunner
 from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.engine.client import EngineClient, EngineGone
-from service.engine.mirror import EngineBuckets, MirrorRegistry, RemoteInference
+from service.engine.mirror import EngineBuckets, EngineSlots, MirrorRegistry, RemoteInference
 from service.errors import Conflict
 from service.metering import (
     INFERENCE,
@@ -124,6 +124,7 @@ class Gateway:
             limit_metrics,
             default_rps=settings.default_rate_limit_rps,
             burst_factor=settings.rate_limit_burst_factor,
+            slots=EngineSlots(client) if client is not None else None,
         )
 
         if settings.torch_threads:

@@ -229,6 +229,26 @@ class RemoteInference(Inference):
         return outcome.outputs
 
 
+class EngineSlots:
+    """A tenant's requests in flight counted in the model process, for every worker at once; a
+    worker that dies gives its slots back with its connection."""
+
+    def __init__(self, client: EngineClient) -> None:
+        self.client = client
+
+    async def acquire(self, tenant: str, cap: int) -> bool:
+        try:
+            taken: bool = await self.client.call("acquire", tenant=tenant, cap=cap)
+        except EngineGone:
+            raise LimiterUnavailable(
+                "in-flight limit unavailable (model process restarting); retry"
+            ) from None
+        return taken
+
+    async def release(self, tenant: str) -> None:
+        self.client.notify("release", tenant=tenant)
+
+
 class EngineBuckets:
     """Rate-limit buckets kept in the model process, so that every worker draws from the same
     ones (with `MAAS_REDIS_URL`, Redis keeps them instead, shared by every replica)."""

@@ -44,6 +44,7 @@ class _Worker:
         self.index = -1
         self.calls: dict[int, asyncio.Task[None]] = {}
         self.arriving: dict[str, int] = {}
+        self.slots: dict[str, int] = {}  # in-flight slots held, by tenant
 
 
 class EngineServer:
@@ -88,6 +89,9 @@ class EngineServer:
                 task.cancel()  # nobody is waiting for them: their queued inputs are dropped
             for name, count in worker.arriving.items():
                 self._arrive(worker, name, -count)
+            for tenant, held in worker.slots.items():
+                for _ in range(held):
+                    self._release(worker, tenant)
             writer.close()
 
     async def _answer(self, worker: _Worker, call: wire.Call) -> None:
@@ -112,6 +116,8 @@ class EngineServer:
             worker.index = int(call.args["worker"])
         elif call.op == "arrive":
             self._arrive(worker, str(call.args["model"]), int(call.args["delta"]))
+        elif call.op == "release":
+            self._release(worker, str(call.args["tenant"]))
         elif call.op == "metrics":
             self._families[int(call.args["worker"])] = call.args["families"]
 
@@ -181,6 +187,17 @@ class EngineServer:
 
     async def _take(self, worker: _Worker, buckets: list[Bucket]) -> Verdict:
         return await self.gateway.buckets.take(buckets)
+
+    async def _acquire(self, worker: _Worker, tenant: str, cap: int) -> bool:
+        if not self.gateway.limiter.in_flight.enter(tenant, cap):
+            return False
+        worker.slots[tenant] = worker.slots.get(tenant, 0) + 1
+        return True
+
+    def _release(self, worker: _Worker, tenant: str) -> None:
+        if worker.slots.get(tenant, 0) > 0:
+            worker.slots[tenant] -= 1
+            self.gateway.limiter.in_flight.leave(tenant)
 
     async def _sync(self, worker: _Worker) -> None:
         await self.gateway.model_sync.sync()

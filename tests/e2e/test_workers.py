@@ -175,6 +175,21 @@ def test_one_rate_limit_holds_across_the_workers(gateway: Server) -> None:
     assert statuses == [200] + [429] * 11, statuses
 
 
+def test_one_in_flight_cap_holds_across_the_workers(gateway: Server) -> None:
+    key = tenant_key(gateway, "one-at-a-time", max_concurrency=1)
+    files = [("file", (f"{i}.jpg", photo(4), "image/jpeg")) for i in range(64)]
+
+    def slow_request(_: int) -> int:
+        with client(gateway, key) as http:
+            return http.post("/v1/models/slow-vit/predict", files=files).status_code
+
+    for _ in range(3):  # two at once, each on its own connection: on one worker or on both
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(slow_request, range(2)))
+        assert statuses == [200, 429], statuses
+    assert slow_request(0) == 200  # and the slot is free again
+
+
 def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server) -> None:
     key = tenant_key(gateway, "crash-worker")
     with ThreadPoolExecutor(4) as pool:
