@@ -393,15 +393,17 @@ class AsyncAdminModels(_AsyncResource):
         batching: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         price: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         preload: bool | _NotGiven = NOT_GIVEN,
+        pinned: bool | _NotGiven = NOT_GIVEN,
         description: str | _NotGiven = NOT_GIVEN,
     ) -> Model:
         """Change a registered model: only the arguments given change; replicas and batching
-        reload it, a price holds at once."""
+        reload it, a price and pinning hold at once."""
         changes: dict[str, Any] = {
             "replicas": replicas,
             "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
             "price": price if isinstance(price, _NotGiven) else dict(price),
             "preload": preload,
+            "pinned": pinned,
             "description": description,
         }
         return await self._client._request(ops.update_model(name, changes))

@@ -26,7 +26,8 @@ ADMIN = s.AUTHENTICATED
 
 
 class ModelChanges(BaseModel):
-    """Only the fields sent change; replicas and batching reload the model, price applies at once."""
+    """Only the fields sent change; replicas and batching reload the model, price and pinning
+    apply at once."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +35,7 @@ class ModelChanges(BaseModel):
     batching: Batching | None = None
     price: Price | None = None
     preload: bool | None = None
+    pinned: bool | None = None
     description: str | None = Field(None, max_length=1000)
 
 

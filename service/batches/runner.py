@@ -113,7 +113,8 @@ class BatchRunner(ClaimLoop[BatchJob]):
         )
         try:
             entry = await self._model(job)
-            progress = await self._process(job, entry)
+            with entry.in_use():  # not evicted for memory while the job runs on it
+                progress = await self._process(job, entry)
             outcome = progress.pop("outcome")
             if outcome == "stopping":
                 await asyncio.to_thread(self.store.release, job.id, self.owner)

@@ -110,28 +110,30 @@ class Inference:
         started = time.perf_counter()
         status = 500
         try:
-            # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
-            adapter = (await self.registry.ensure_loaded(entry)).adapter
-            with entry.arriving_request():
-                inputs, params = await read()
-                check_params(adapter, params)
-                tally.inputs = len(inputs)
-                features = await self._features(entry, adapter, inputs, deadline)
-            if adapter.reads_params:  # each input carries them through the batcher
-                features = [WithParams(f, params) for f in features]
-            assert entry.manifest is not None
-            queued = infer(
-                entry,
-                features,
-                top_k=top_k,
-                max_queue=entry.manifest.batching.max_queue,
-                deadline=deadline,
-                tally=tally,
-                share=share,
-                max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
-            )
-            outputs = await unless_client_leaves(request, queued)
-            status = 200 if outputs is not None else CLIENT_CLOSED
+            with entry.in_use():  # not evicted for memory while the request is on it
+                # loaded now if it is not resident (within the deadline); its adapter kept: an unload
+                # meanwhile answers what was queued, then drops it
+                adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
+                with entry.arriving_request():
+                    inputs, params = await read()
+                    check_params(adapter, params)
+                    tally.inputs = len(inputs)
+                    features = await self._features(entry, adapter, inputs, deadline)
+                if adapter.reads_params:  # each input carries them through the batcher
+                    features = [WithParams(f, params) for f in features]
+                assert entry.manifest is not None
+                queued = infer(
+                    entry,
+                    features,
+                    top_k=top_k,
+                    max_queue=entry.manifest.batching.max_queue,
+                    deadline=deadline,
+                    tally=tally,
+                    share=share,
+                    max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
+                )
+                outputs = await unless_client_leaves(request, queued)
+                status = 200 if outputs is not None else CLIENT_CLOSED
         except GatewayError as exc:
             status = exc.status_code
             raise
