@@ -113,7 +113,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         )
         try:
             entry = await self._model(job)
-            with entry.in_use():  # not evicted for memory while the job runs on it
+            with self.registry.residency.hold(entry):  # not evicted for memory while the job runs
                 progress = await self._process(job, entry)
             outcome = progress.pop("outcome")
             if outcome == "stopping":

@@ -73,15 +73,6 @@ class ModelEntry:
     users: int = 0  # requests and batch jobs holding the model: it is not evicted meanwhile
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)  # the load under way, shared
 
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Hold the model resident for a request or a batch job (it is not evicted meanwhile)."""
-        self.users += 1
-        try:
-            yield
-        finally:
-            self.users -= 1
-
     @property
     def pinned(self) -> bool:
         return self.manifest is not None and self.manifest.pinned

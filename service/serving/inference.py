@@ -110,7 +110,7 @@ class Inference:
         started = time.perf_counter()
         status = 500
         try:
-            with entry.in_use():  # not evicted for memory while the request is on it
+            with self.registry.residency.hold(entry):  # not evicted while the request is on it
                 # loaded now if it is not resident (within the deadline); its adapter kept: an unload
                 # meanwhile answers what was queued, then drops it
                 adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter

@@ -267,6 +267,7 @@ class ModelRegistry:
         await self._release(entry)
         entry.status, entry.reason, entry.load_seconds = ModelStatus.UNLOADED, reason, None
         self.metrics.registered(entry.name, entry.owner)
+        self.residency.wake()  # its room is free
 
     async def remove(self, name: str) -> None:
         """Stop listing `name` (new requests get 404), then drain and free it."""

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ CUDA_MARGIN = 0.10  # of a GPU's memory, left to the CUDA context, activations a
 CPU_SHARE = 0.5  # of the RAM, for one gateway process's models
 EVICTED_REASON = "evicted for memory (MAAS_DEVICE_MEMORY_MB); it loads again on its next use"
 NO_ROOM_AT_START = "not preloaded: MAAS_DEVICE_MEMORY_MB is taken by other models; it loads on its first use"
+ATTEMPTS = 3  # loads one use starts at most (a shared load may not make room; an unload may follow)
 # statuses from which a use loads the model
 LOADABLE = (ModelStatus.NOT_LOADED, ModelStatus.LOADING, ModelStatus.UNLOADED)
 
@@ -121,6 +122,7 @@ class Residency:
         self.clock = clock  # deadlines and last uses are read on it; tests move it
         self._reserved: dict[torch.device, int] = {}  # what loads under way will hold
         self._room_locks = {d: asyncio.Lock() for d in pool.devices}  # loads that evict, one at a time
+        self._freed = asyncio.Event()  # set (and replaced) when room may have been freed
 
     def resident(self) -> dict[torch.device, list[tuple[ModelEntry, int]]]:
         """Each device's resident replicas: (model, bytes)."""
@@ -147,29 +149,69 @@ class Residency:
         `deadline` passes first (the load goes on), 503 if it cannot be loaded or, with
         `make_room`, nothing can be evicted for it. Without `make_room` it loads only where it
         fits as things are (the preload)."""
-        for _ in range(2):  # twice: a load that would not make room, shared, may have left it
-            if entry.status is ModelStatus.READY or entry.status not in LOADABLE:
-                break
+        attempts = 0
+        # a load under way is awaited even once `ready`: its batchers start when it ends
+        while (entry.status in LOADABLE or entry.load_task is not None) and attempts < ATTEMPTS:
+            freed = self._freed  # a model freed from now on is a reason to try again
             task = entry.load_task
             if task is None:
                 task = entry.load_task = asyncio.create_task(
                     self._load(entry, make_room), name=f"maas-load-{entry.name}"
                 )
-                task.add_done_callback(lambda t: _settled(entry, t))
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
+                task.add_done_callback(lambda t: self._settled(entry, t))
+            if not await self._before(deadline, task):
                 raise DeadlineExceeded(
                     f"the request's deadline passed while model {entry.name!r} was loading; "
                     "it goes on loading"
                 )
-            task.result()  # no room: 503, for every request that shared the load
+            try:
+                task.result()  # no room: 503, for every request that shared the load
+            except RoomInUse:  # the models that would make room are busy: wait until one is free
+                if not await self._before(deadline, asyncio.ensure_future(freed.wait())):
+                    raise DeadlineExceeded(
+                        f"the request's deadline passed while model {entry.name!r} waited for room: "
+                        "the models that would make room for it were in use (MAAS_DEVICE_MEMORY_MB)"
+                    ) from None
+                continue
+            attempts += 1  # again if a shared load that would not make room left it, or it was unloaded
             if not make_room:
                 break
         if entry.status is not ModelStatus.READY:
             raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
         self.touch(entry)
         return entry
+
+    async def _before(self, deadline: float | None, waiting: asyncio.Future[Any]) -> bool:
+        """Whether `waiting` ended before `deadline`; a `freed` wait is cancelled if not, a load
+        is left to go on."""
+        timeout = None if deadline is None else max(0.0, deadline - self.clock())
+        done, _ = await asyncio.wait({waiting}, timeout=timeout)
+        if not isinstance(waiting, asyncio.Task):
+            waiting.cancel()
+        return bool(done)
+
+    def wake(self) -> None:
+        """Room may have been freed (a model unloaded or idle, a load ended): waiting loads retry."""
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    @contextlib.contextmanager
+    def hold(self, entry: ModelEntry) -> Iterator[None]:
+        """Hold `entry` resident for a request or a batch job: it is not evicted meanwhile."""
+        entry.users += 1
+        try:
+            yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                self.wake()
+
+    def _settled(self, entry: ModelEntry, task: asyncio.Task[None]) -> None:
+        """A load ended: the next use may start another; its error is read even if no one waited."""
+        if entry.load_task is task:
+            entry.load_task = None
+        if not task.cancelled():
+            task.exception()
 
     async def _load(self, entry: ModelEntry, make_room: bool) -> None:
         async with entry.load_lock:
@@ -187,12 +229,13 @@ class Residency:
                         entry.status, entry.reason = before, NO_ROOM_AT_START
                         return
                     await asyncio.to_thread(self.models.load_replicas, entry, devices)
+                    if entry.status is ModelStatus.READY:  # counted before its room is given back
+                        entry.memory_bytes = need if need is not None else loaded_bytes(entry)
             except BaseException:
                 if entry.status is ModelStatus.LOADING:
                     entry.status, entry.reason = before, reason
                 raise
             if entry.status is ModelStatus.READY:
-                entry.memory_bytes = need if need is not None else loaded_bytes(entry)
                 self.models.start_serving(entry)
                 self.touch(entry)
 
@@ -213,7 +256,7 @@ class Residency:
                     yield None
                     return
                 if plan is None:
-                    raise ModelUnavailable(self._no_room(entry, need))
+                    raise self._no_room(entry, need)  # RoomInUse where models in use hold it
                 wanted = {v.device for victim in plan.victims for v in victim.replicas} | set(plan.devices)
                 if wanted <= locked:
                     break
@@ -237,6 +280,7 @@ class Residency:
     def _release_reserved(self, devices: list[torch.device], need: int) -> None:
         for device in devices:
             self._reserved[device] -= need
+        self.wake()  # a load ended: the model it made is idle (evictable), or its room is free
 
     def _plan(self, replicas: int, need: int) -> Plan | None:
         """Where `replicas` copies of `need` bytes fit: as things are, else after evicting the least
@@ -282,12 +326,24 @@ class Residency:
             and not e.load_lock.locked()
         ]
 
-    def _no_room(self, entry: ModelEntry, need: int) -> str:
-        budget = ", ".join(f"{d}: {self.budgets.get(d, 0) / MB:.1f} MB" for d in self.pool.devices)
-        return (
-            f"model {entry.name!r} needs {need / MB:.1f} MB and no model can be evicted to make room "
-            f"(the others resident are pinned or in use); MAAS_DEVICE_MEMORY_MB is {budget}"
+    def _no_room(self, entry: ModelEntry, need: int) -> Exception:
+        """What to do when nothing can be evicted now: wait (`RoomInUse`) where models in use or
+        loading would make room once idle; else 503 (pinned models, or a budget too small)."""
+        pinned = {d: self.budgets.get(d, 0) for d in self.pool.devices}
+        for device, held in self.resident().items():
+            pinned[device] = pinned.get(device, 0) - sum(b for e, b in held if e.pinned)
+        assert entry.manifest is not None
+        if self._place(entry.manifest.replicas, need, pinned) is not None:
+            return RoomInUse()
+        budget = ", ".join(f"{d}: {self.budgets.get(d, 0) / MB:.2f} MB" for d in self.pool.devices)
+        return ModelUnavailable(
+            f"model {entry.name!r} needs {need / MB:.2f} MB a replica, more than the memory budget "
+            f"leaves beside the pinned models; MAAS_DEVICE_MEMORY_MB is {budget}"
         )
+
+
+class RoomInUse(Exception):
+    """Only models in use (or loading) would make room: the load waits until one is free."""
 
 
 async def _locked(entry: ModelEntry) -> bool:
@@ -298,11 +354,3 @@ async def _locked(entry: ModelEntry) -> bool:
 
 async def _unlock(entry: ModelEntry) -> None:
     entry.load_lock.release()
-
-
-def _settled(entry: ModelEntry, task: asyncio.Task[None]) -> None:
-    """A load ended: the next use may start another; its error is read even if no one waited."""
-    if entry.load_task is task:
-        entry.load_task = None
-    if not task.cancelled():
-        task.exception()
