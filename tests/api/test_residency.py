@@ -2,12 +2,15 @@
 injected clock: models load on first use, the least recently used idle model is evicted (never a
 pinned one, nor one with a request in flight), 503 naming the setting when nothing can be
 evicted, concurrent requests share one load, a deadline passing during a load answers 504 while
-the load goes on, and the loads and evictions are counted in /metrics."""
+the load goes on, a batch job keeps its model resident, and the loads and evictions are counted
+in /metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -320,3 +323,31 @@ async def test_a_deadline_passing_during_a_load_answers_504_and_the_load_goes_on
         assert (await predict(http, "m0")).status_code == 200
         scraped = metric_samples((await http.get("/metrics")).text)
         assert scraped[("maas_model_loads_total", (("model", "m0"),))] == 1
+
+
+async def test_a_model_a_batch_job_runs_on_is_not_evicted(
+    tmp_path: Path, tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with residency_gateway(residency_settings(tmp_path, tiny_vit_dir)) as (app, http, clock):
+        await use(http, clock, "m0")
+        gate = Held(entry(app, "m0").adapter, monkeypatch)
+        try:
+            line = json.dumps({"inputs": base64.b64encode(image_bytes()).decode()}).encode() + b"\n"
+            uploaded = await http.post(
+                "/v1/files", files={"file": ("inputs.jsonl", line * 4)}, data={"purpose": "batch"}
+            )
+            assert uploaded.status_code == 201, uploaded.text
+            job = await http.post("/v1/batches", json={"model": "m0", "input_file": uploaded.json()["id"]})
+            assert job.status_code == 201, job.text
+            await asyncio.to_thread(gate.entered.wait, 30)  # the job runs on m0, the oldest used
+            await use(http, clock, "m1", "m2")
+            listed = await statuses(http)
+            assert (listed["m0"], listed["m1"], listed["m2"]) == ("ready", "unloaded", "ready")
+        finally:
+            gate.open.set()
+        async with asyncio.timeout(30):
+            while (done := (await http.get(f"/v1/batches/{job.json()['id']}")).json())[
+                "status"
+            ] != "completed":
+                await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
+        assert done["counts"]["completed"] == 4
