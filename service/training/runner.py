@@ -15,10 +15,12 @@ work a dead or stopped replica did after its last checkpoint (redone by the next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +28,10 @@ import torch
 
 from service.db.leases import ClaimLoop
 from service.db.models import FineTuneJob
+from service.errors import DeadlineExceeded, ModelUnavailable
 from service.metering import Meter
 from service.serving.devices import DevicePool
-from service.serving.registry import ModelRegistry
+from service.serving.registry import ModelEntry, ModelRegistry, ModelStatus
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.dataset_files import training_data
@@ -116,12 +119,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             entry = self.registry.add_fine_tuned(
                 name, models_dir(self.settings.data_dir) / name, job.tenant_id, job.base_model
             )
-            await self.registry.ensure_loaded(entry)
+            await self._load(entry)
             await self._finish(
                 job,
                 control,
                 "succeeded",
-                f"job succeeded: model {name} is ready",
+                f"job succeeded: model {name} is {entry.status.value}",
                 fine_tuned_model=name,
                 metrics=metrics,
             )
@@ -141,6 +144,15 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             self.controls.pop(job.id, None)
             if self.metrics is not None:
                 self.metrics.running.dec()
+
+    async def _load(self, entry: ModelEntry) -> None:
+        """Load the new model, or leave it to load on its first use where the memory budget has no
+        room within a lease's third (models in use); raise if its weights cannot be loaded."""
+        deadline = time.monotonic() + self.settings.fine_tune_lease_s / 3
+        with contextlib.suppress(DeadlineExceeded, ModelUnavailable):
+            await self.registry.ensure_loaded(entry, deadline)
+        if entry.status is ModelStatus.UNAVAILABLE:
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
 
     async def _finish(
         self, job: FineTuneJob, control: Control, status: str, message: str, **values: Any
