@@ -247,6 +247,8 @@ class Residency:
         the devices, once what must be evicted is; None when it does not fit and `make_room` is off."""
         assert entry.manifest is not None
         async with contextlib.AsyncExitStack() as held:
+            locks = contextlib.AsyncExitStack()
+            held.push_async_callback(lambda: locks.aclose())
             locked: set[torch.device] = set()
             while True:
                 plan = self._plan(entry.manifest.replicas, need)
@@ -260,9 +262,11 @@ class Residency:
                 wanted = {v.device for victim in plan.victims for v in victim.replicas} | set(plan.devices)
                 if wanted <= locked:
                     break
-                for device in sorted(wanted - locked, key=str):  # one order: no two loads deadlock
-                    await held.enter_async_context(self._room_locks[device])
-                    locked.add(device)
+                # the devices' locks, all taken again in one order, so that no two loads deadlock
+                await locks.aclose()
+                locked = wanted | locked
+                for device in sorted(locked, key=str):
+                    await locks.enter_async_context(self._room_locks[device])
             # the victims are chosen and the room kept without a pause, so no other load takes it
             victims = [v for v in plan.victims if await _locked(v)]
             for victim in victims:
