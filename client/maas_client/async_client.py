@@ -417,7 +417,7 @@ class AsyncAdminModels(_AsyncResource):
         return await self._client._request(ops.load_model(name, True))
 
     async def unload(self, name: str) -> Model:
-        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        """Drain a registered model and free its devices: `unloaded` until its next use loads it."""
         return await self._client._request(ops.load_model(name, False))
 
 

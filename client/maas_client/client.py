@@ -414,7 +414,7 @@ class AdminModels(_Resource):
         return self._client._request(ops.load_model(name, True))
 
     def unload(self, name: str) -> Model:
-        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        """Drain a registered model and free its devices: `unloaded` until its next use loads it."""
         return self._client._request(ops.load_model(name, False))
 
 

@@ -86,7 +86,7 @@ async def load_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
 
 @router.post("/{model}/unload", **s.documented(s.ModelInfo, *ADMIN, 404, 409))
 async def unload_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
-    """Drain the model and free its devices; it stays listed as `unloaded` until loaded again."""
+    """Drain the model and free its devices: `unloaded` until its next use (or a load) loads it."""
     return await _set_loaded(gateway, model, False)
 
 
