@@ -90,6 +90,21 @@ async def residency_gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, 
             yield app, http, clock
 
 
+@contextlib.asynccontextmanager
+async def oldest_held(
+    tmp_path: Path, tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, Clock, Held]]:
+    """A gateway whose m0 was used first (the least recently used) and whose forward passes
+    are held until the gate opens (at the latest when the test ends)."""
+    async with residency_gateway(residency_settings(tmp_path, tiny_vit_dir)) as (app, http, clock):
+        await use(http, clock, "m0")
+        gate = Held(entry(app, "m0").adapter, monkeypatch)
+        try:
+            yield app, http, clock, gate
+        finally:
+            gate.open.set()
+
+
 def entry(app: FastAPI, name: str) -> ModelEntry:
     found: ModelEntry = app.state.gateway.registry.entries[name]
     return found
@@ -108,6 +123,12 @@ async def use(http: httpx.AsyncClient, clock: Clock, *models: str) -> None:
         answer = await predict(http, model)
         assert answer.status_code == 200, answer.text
         assert {p["label"] for p in answer.json()["predictions"][0]} == set(TINY_LABELS)
+
+
+async def loads(http: httpx.AsyncClient, model: str) -> float:
+    """`maas_model_loads_total` of `model`, as scraped."""
+    scraped = metric_samples((await http.get("/metrics")).text)
+    return scraped[("maas_model_loads_total", (("model", model),))]
 
 
 async def statuses(http: httpx.AsyncClient) -> dict[str, str]:
@@ -227,18 +248,14 @@ async def test_pinning_a_registered_model_through_the_admin_api(tmp_path: Path, 
 async def test_a_model_with_a_request_in_flight_is_not_evicted(
     tmp_path: Path, tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with residency_gateway(residency_settings(tmp_path, tiny_vit_dir)) as (app, http, clock):
-        await use(http, clock, "m0")
-        gate = Held(entry(app, "m0").adapter, monkeypatch)
-        try:
-            clock.advance(1)
-            in_flight = asyncio.create_task(predict(http, "m0"))
-            await asyncio.to_thread(gate.entered.wait, 30)  # m0 is on the device, the oldest used
-            await use(http, clock, "m1", "m2")  # m2 needs room: m1 goes, not m0
-            listed = await statuses(http)
-            assert (listed["m0"], listed["m1"], listed["m2"]) == ("ready", "unloaded", "ready")
-        finally:
-            gate.open.set()
+    async with oldest_held(tmp_path, tiny_vit_dir, monkeypatch) as (_, http, clock, gate):
+        clock.advance(1)
+        in_flight = asyncio.create_task(predict(http, "m0"))
+        await asyncio.to_thread(gate.entered.wait, 30)  # m0 is on the device, the oldest used
+        await use(http, clock, "m1", "m2")  # m2 needs room: m1 goes, not m0
+        listed = await statuses(http)
+        assert (listed["m0"], listed["m1"], listed["m2"]) == ("ready", "unloaded", "ready")
+        gate.open.set()
         assert (await in_flight).status_code == 200
 
 
@@ -302,8 +319,7 @@ async def test_concurrent_requests_share_one_load(
             release.set()
             answers = await asyncio.gather(*waiting)
         assert [a.status_code for a in answers] == [200] * 4
-        scraped = metric_samples((await http.get("/metrics")).text)
-        assert scraped[("maas_model_loads_total", (("model", "m0"),))] == 1
+        assert await loads(http, "m0") == 1
 
 
 async def test_a_deadline_passing_during_a_load_answers_504_and_the_load_goes_on(
@@ -321,30 +337,25 @@ async def test_a_deadline_passing_during_a_load_answers_504_and_the_load_goes_on
             await wait_status(http, "m0", {"ready"})
         clock.advance(-3600)
         assert (await predict(http, "m0")).status_code == 200
-        scraped = metric_samples((await http.get("/metrics")).text)
-        assert scraped[("maas_model_loads_total", (("model", "m0"),))] == 1
+        assert await loads(http, "m0") == 1
 
 
 async def test_a_model_a_batch_job_runs_on_is_not_evicted(
     tmp_path: Path, tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with residency_gateway(residency_settings(tmp_path, tiny_vit_dir)) as (app, http, clock):
-        await use(http, clock, "m0")
-        gate = Held(entry(app, "m0").adapter, monkeypatch)
-        try:
-            line = json.dumps({"inputs": base64.b64encode(image_bytes()).decode()}).encode() + b"\n"
-            uploaded = await http.post(
-                "/v1/files", files={"file": ("inputs.jsonl", line * 4)}, data={"purpose": "batch"}
-            )
-            assert uploaded.status_code == 201, uploaded.text
-            job = await http.post("/v1/batches", json={"model": "m0", "input_file": uploaded.json()["id"]})
-            assert job.status_code == 201, job.text
-            await asyncio.to_thread(gate.entered.wait, 30)  # the job runs on m0, the oldest used
-            await use(http, clock, "m1", "m2")
-            listed = await statuses(http)
-            assert (listed["m0"], listed["m1"], listed["m2"]) == ("ready", "unloaded", "ready")
-        finally:
-            gate.open.set()
+    async with oldest_held(tmp_path, tiny_vit_dir, monkeypatch) as (_, http, clock, gate):
+        line = json.dumps({"inputs": base64.b64encode(image_bytes()).decode()}).encode() + b"\n"
+        uploaded = await http.post(
+            "/v1/files", files={"file": ("inputs.jsonl", line * 4)}, data={"purpose": "batch"}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        job = await http.post("/v1/batches", json={"model": "m0", "input_file": uploaded.json()["id"]})
+        assert job.status_code == 201, job.text
+        await asyncio.to_thread(gate.entered.wait, 30)  # the job runs on m0, the oldest used
+        await use(http, clock, "m1", "m2")
+        listed = await statuses(http)
+        assert (listed["m0"], listed["m1"], listed["m2"]) == ("ready", "unloaded", "ready")
+        gate.open.set()
         async with asyncio.timeout(30):
             while (done := (await http.get(f"/v1/batches/{job.json()['id']}")).json())[
                 "status"
