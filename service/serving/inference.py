@@ -73,7 +73,10 @@ class Inference:
             inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
             return inputs, dataclasses.replace(params, threshold=threshold)
 
-        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share)
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def run_inputs(
         self,
@@ -92,9 +95,10 @@ class Inference:
         async def given() -> tuple[list[RawInput], TaskParams]:
             return check_inputs(inputs, self.limits), TaskParams()
 
-        return await self._run(
-            request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
-        )
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def _run(
         self,
@@ -110,30 +114,28 @@ class Inference:
         started = time.perf_counter()
         status = 500
         try:
-            with self.registry.residency.hold(entry):  # not evicted while the request is on it
-                # loaded now if it is not resident (within the deadline); its adapter kept: an unload
-                # meanwhile answers what was queued, then drops it
-                adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
-                with entry.arriving_request():
-                    inputs, params = await read()
-                    check_params(adapter, params)
-                    tally.inputs = len(inputs)
-                    features = await self._features(entry, adapter, inputs, deadline)
-                if adapter.reads_params:  # each input carries them through the batcher
-                    features = [WithParams(f, params) for f in features]
-                assert entry.manifest is not None
-                queued = infer(
-                    entry,
-                    features,
-                    top_k=top_k,
-                    max_queue=entry.manifest.batching.max_queue,
-                    deadline=deadline,
-                    tally=tally,
-                    share=share,
-                    max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
-                )
-                outputs = await unless_client_leaves(request, queued)
-                status = 200 if outputs is not None else CLIENT_CLOSED
+            # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
+            adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
+            with entry.arriving_request():
+                inputs, params = await read()
+                check_params(adapter, params)
+                tally.inputs = len(inputs)
+                features = await self._features(entry, adapter, inputs, deadline)
+            if adapter.reads_params:  # each input carries them through the batcher
+                features = [WithParams(f, params) for f in features]
+            assert entry.manifest is not None
+            queued = infer(
+                entry,
+                features,
+                top_k=top_k,
+                max_queue=entry.manifest.batching.max_queue,
+                deadline=deadline,
+                tally=tally,
+                share=share,
+                max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
+            )
+            outputs = await unless_client_leaves(request, queued)
+            status = 200 if outputs is not None else CLIENT_CLOSED
         except GatewayError as exc:
             status = exc.status_code
             raise

@@ -185,9 +185,11 @@ class Residency:
         """Whether `waiting` ended before `deadline`; a `freed` wait is cancelled if not, a load
         is left to go on."""
         timeout = None if deadline is None else max(0.0, deadline - self.clock())
-        done, _ = await asyncio.wait({waiting}, timeout=timeout)
-        if not isinstance(waiting, asyncio.Task):
-            waiting.cancel()
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=timeout)
+        finally:
+            if not isinstance(waiting, asyncio.Task):
+                waiting.cancel()
         return bool(done)
 
     def wake(self) -> None:

@@ -15,12 +15,10 @@ work a dead or stopped replica did after its last checkpoint (redone by the next
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +26,7 @@ import torch
 
 from service.db.leases import ClaimLoop
 from service.db.models import FineTuneJob
-from service.errors import DeadlineExceeded, ModelUnavailable
+from service.errors import ModelUnavailable
 from service.metering import Meter
 from service.serving.devices import DevicePool
 from service.serving.registry import ModelEntry, ModelRegistry, ModelStatus
@@ -148,9 +146,11 @@ class JobRunner(ClaimLoop[FineTuneJob]):
     async def _load(self, entry: ModelEntry) -> None:
         """Load the new model, or leave it to load on its first use where the memory budget has no
         room within a lease's third (models in use); raise if its weights cannot be loaded."""
-        deadline = time.monotonic() + self.settings.fine_tune_lease_s / 3
-        with contextlib.suppress(DeadlineExceeded, ModelUnavailable):
-            await self.registry.ensure_loaded(entry, deadline)
+        try:
+            async with asyncio.timeout(self.settings.fine_tune_lease_s / 3):  # the lease is not renewed
+                await self.registry.ensure_loaded(entry)
+        except (TimeoutError, ModelUnavailable) as waited:
+            log.info("fine-tuned model %s not loaded now (%s): it loads on first use", entry.name, waited)
         if entry.status is ModelStatus.UNAVAILABLE:
             raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
 
