@@ -111,10 +111,12 @@ class MirrorRegistry(ModelRegistry):
         super().__init__(*args, **kwargs)
         self.client = client
 
-    async def ensure_loaded(self, entry: ModelEntry) -> ModelEntry:
+    async def ensure_loaded(
+        self, entry: ModelEntry, deadline: float | None = None, *, make_room: bool = True
+    ) -> ModelEntry:
         if entry.status is ModelStatus.READY and entry.replicas and _complete(entry):
-            return entry
-        info: ModelInfo = await self.client.call("model", name=entry.name)
+            return entry  # the model process loads it again, if it has evicted it since
+        info: ModelInfo = await self.client.call("model", name=entry.name, deadline=deadline)
         self._apply(entry, info)
         return entry
 
@@ -151,7 +153,7 @@ class MirrorRegistry(ModelRegistry):
         finally:
             self.preload_done.set()
 
-    def start_loading(self, entry: ModelEntry) -> None:
+    def start_loading(self, entry: ModelEntry, *, make_room: bool = True) -> None:
         if entry.status not in (ModelStatus.READY, ModelStatus.LOADING):
             entry.status, entry.reason = ModelStatus.LOADING, None  # the model process loads it
 

@@ -150,8 +150,8 @@ class EngineServer:
         await self.gateway.registry.preload_done.wait()
         return True
 
-    async def _model(self, worker: _Worker, name: str) -> ModelInfo:
-        entry = await self.gateway.registry.ensure_loaded(await self._entry(name))
+    async def _model(self, worker: _Worker, name: str, deadline: float | None) -> ModelInfo:
+        entry = await self.gateway.registry.ensure_loaded(await self._entry(name), deadline)
         return info_of(entry, complete=True)
 
     async def _statuses(self, worker: _Worker) -> dict[str, ModelInfo]:
@@ -168,21 +168,27 @@ class EngineServer:
         share: Share,
         arrived: bool,
     ) -> Outcome:
-        inference = self.gateway.inference
+        inference, registry = self.gateway.inference, self.gateway.registry
         try:
             entry = await self._entry(model)
-            adapter = (await self.gateway.registry.ensure_loaded(entry)).adapter
-            if any(isinstance(f, RawInput) for f in features):  # text, or images without a recipe
-                features = await inference.features(entry, adapter, features, deadline)
-            else:
-                features = [torch.from_numpy(array) for array in features]
-        finally:
+        except BaseException:
             if arrived:
                 self._arrive(worker, model, -1)
-        tally = Tally()
-        outputs = await inference.queue(
-            entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
-        )
+            raise
+        with registry.residency.hold(entry):  # not evicted for memory while the call is on it
+            try:
+                adapter = (await registry.ensure_loaded(entry, deadline)).adapter
+                if any(isinstance(f, RawInput) for f in features):  # text, or images without a recipe
+                    features = await inference.features(entry, adapter, features, deadline)
+                else:
+                    features = [torch.from_numpy(array) for array in features]
+            finally:
+                if arrived:
+                    self._arrive(worker, model, -1)
+            tally = Tally()
+            outputs = await inference.queue(
+                entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
         return Outcome(outputs, tally.compute_s, tally.queue_s)
 
     async def _take(self, worker: _Worker, buckets: list[Bucket]) -> Verdict:
