@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import socket
@@ -129,8 +130,6 @@ class _Supervisor:
 def _signal(process: BaseProcess, sig: int) -> None:
     if process.pid is not None and process.is_alive():
         with contextlib.suppress(ProcessLookupError):
-            import os
-
             os.kill(process.pid, sig)
 
 
@@ -158,7 +157,7 @@ async def _engine(settings: Settings, path: Path) -> None:
     await server.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    log.info("model process ready for the workers at %s", path)
+    log.info("model process (pid %d) ready for the workers at %s", os.getpid(), path)
     try:
         await stop.wait()
     finally:
