@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from service.serving.runtime.compiled import CompileState
+
 InputKind = Literal["image", "text"]
 
 
@@ -58,6 +60,12 @@ class ModelAdapter(abc.ABC):
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
         self.dtype = dtype
+        self.compile_state: CompileState | None = None  # set by `compile` (manifest `compile: true`)
+
+    def compile(self, max_batch_size: int, *, name: str) -> None:
+        """Compile the forward pass for batches up to `max_batch_size` (see runtime/compiled.py),
+        or run eagerly and say why in `compile_state`."""
+        self.compile_state = CompileState(active=False, reason=f"{type(self).__name__} is not compiled")
 
     def draft(self, image: Any) -> None:
         """Called with an image whose header is read but whose pixels are not: a JPEG may be told

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from service.serving.runtime.base import InputKind, ModelAdapter
+from service.serving.runtime.compiled import Forward, compile_forward
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
 
 
@@ -58,6 +59,18 @@ class ImageAdapter(ModelAdapter):
         # the fast image path where the model's processor is a standard one, else the processor
         self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
         self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
+        self.forward: Forward = self.model_forward  # compiled by `compile`
+
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's output tensor for a pixel batch (its first dimension the batch's)."""
+        raise NotImplementedError(f"{type(self).__name__} runs its model in `predict`")
+
+    def compile(self, max_batch_size: int, *, name: str) -> None:
+        with torch.inference_mode():
+            sample = self.pixel_batch([self.preprocess(self.warmup_input())])
+        self.forward, self.compile_state = compile_forward(
+            self.model_forward, sample, max_batch_size, self.device, name=name
+        )
 
     @property
     def image_processor(self) -> Any:
