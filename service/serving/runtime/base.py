@@ -72,6 +72,12 @@ class ModelAdapter(abc.ABC):
         to decode at a reduced scale (the fast image path). Does nothing by default."""
         return None
 
+    def device_decoded(self, data: bytes, image: Any, index: int) -> Any | None:
+        """Called with an image whose header passed the gateway's checks and whose pixels are not
+        read yet: its features as still-encoded bytes, where the device decodes it itself (GPU
+        JPEG decode); None (the default) to decode it on the CPU and `preprocess` it."""
+        return None
+
     @abc.abstractmethod
     def preprocess(self, item: Any) -> Any:
         """Turn one decoded input into features (runs on a worker thread, off the event loop)."""

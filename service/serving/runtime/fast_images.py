@@ -109,8 +109,8 @@ class Normalizer:
         self.dtype = dtype
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) on the CPU -> normalised (N, 3, H, W) on the device."""
-        if self.device.type == "cuda":
+        """uint8 (N, 3, H, W) on the CPU or the device -> normalised (N, 3, H, W) on the device."""
+        if self.device.type == "cuda" and batch.device.type == "cpu":
             batch = batch.pin_memory()  # so that the copy does not wait on the host
         on_device = batch.to(self.device, non_blocking=True).to(self.dtype)
         return torch.addcmul(-self.subtract, on_device, self.multiply)

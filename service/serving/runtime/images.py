@@ -10,6 +10,7 @@ from PIL import Image
 
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.compiled import Forward, compile_forward
+from service.serving.runtime.device_jpeg import device_decoder
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
 
 
@@ -59,6 +60,8 @@ class ImageAdapter(ModelAdapter):
         # the fast image path where the model's processor is a standard one, else the processor
         self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
         self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
+        # on a CUDA device with torchvision: JPEGs decoded there (nvJPEG), else on the CPU
+        self.jpeg_decoder, self.jpeg_decoding = device_decoder(self.plan, device)
         self.forward: Forward = self.model_forward  # compiled by `compile`
 
     def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -85,6 +88,11 @@ class ImageAdapter(ModelAdapter):
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         return processor_resized_size(self.image_processor, width, height)
 
+    def device_decoded(self, data: bytes, image: Image.Image, index: int) -> Any | None:
+        if self.jpeg_decoder is None or not self.jpeg_decoder.accepts(image, data):
+            return None
+        return self.jpeg_decoder.encoded(data, index)
+
     def preprocess(self, item: Image.Image) -> torch.Tensor:
         if self.plan is not None:
             return self.plan.pixels(item)
@@ -93,6 +101,8 @@ class ImageAdapter(ModelAdapter):
 
     def pixel_batch(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The batch's pixels on the device, in the model's dtype, normalised."""
+        if self.jpeg_decoder is not None:
+            features = self.jpeg_decoder.batch(features)  # encoded JPEGs decoded on the device
         batch = torch.cat(features)
         if self.normalizer is not None:
             return self.normalizer(batch)
