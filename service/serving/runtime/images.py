@@ -3,6 +3,7 @@ path (service/serving/runtime/fast_images.py) where that processor is a standard
 
 from __future__ import annotations
 
+import io
 from typing import Any, ClassVar
 
 import torch
@@ -107,6 +108,13 @@ class ImageAdapter(ModelAdapter):
         if self.normalizer is not None:
             return self.normalizer(batch)
         return batch.to(self.device, self.dtype, non_blocking=True)
+
+    def warmup(self) -> None:
+        super().warmup()
+        if self.jpeg_decoder is not None:  # nvJPEG sets itself up on its first call: not a request's
+            buffer = io.BytesIO()
+            self.warmup_input().save(buffer, format="JPEG")
+            self.predict([self.jpeg_decoder.encoded(buffer.getvalue(), 0)], top_k=1)
 
     def warmup_input(self) -> Image.Image:
         return Image.new("RGB", (224, 224), (127, 127, 127))

@@ -184,5 +184,5 @@ def load_transformers_adapter(
         )
     if isinstance(adapter, ImageAdapter):
         how = "fast (uint8, normalised on the device)" if adapter.plan else "the model's image processor"
-        log.info("model %s: image preprocessing: %s", manifest.name, how)
+        log.info("model %s: image preprocessing: %s; %s", manifest.name, how, adapter.jpeg_decoding)
     return adapter
