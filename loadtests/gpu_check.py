@@ -243,18 +243,32 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
     return levels
 
 
-def gateway(
-    folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, *, compile: bool
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    server = start_server(
-        "maas",
+def _start(
+    name: str, folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, **options: Any
+) -> RunningServer:
+    """Server `name` on the device, with the check's batching."""
+    return start_server(
+        name,
         folder,
         work,
         bodies[0],
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
         devices=args.device,
+        **options,
+    )
+
+
+def gateway(
+    folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, *, compile: bool
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    server = _start(
+        "maas",
+        folder,
+        bodies,
+        args,
+        work,
         dtype="auto",
         maas_env=args.env,
         max_queue=max(256, 4 * max(args.levels)),  # room for every client twice over: no 503s
@@ -283,16 +297,7 @@ def litserve(
     if args.no_litserve:
         return {"skipped": "--no-litserve"}
     try:
-        server = start_server(
-            "litserve",
-            folder,
-            work,
-            bodies[0],
-            max_batch_size=args.max_batch_size,
-            max_delay_ms=args.max_delay_ms,
-            devices=args.device,
-            dtype=dtype,
-        )
+        server = _start("litserve", folder, bodies, args, work, dtype=dtype)
     except ServerUnavailable as exc:
         return {"skipped": str(exc).splitlines()[0]}
     try:
