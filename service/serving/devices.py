@@ -171,6 +171,12 @@ class DevicePool:
                 free[device] = (free[device] or 0) - need_bytes
         return chosen
 
+    @staticmethod
+    def pipeline_depth(device: torch.device) -> int:
+        """Batches a replica on `device` has in flight: 2 on a GPU (the next batch's copy and the
+        last one's outputs overlap a forward pass); 1 on a CPU, whose passes share its cores."""
+        return 2 if device.type == "cuda" else 1
+
     def attach(self, device: torch.device, worker: Worker) -> None:
         self.workers.setdefault(device, []).append(worker)
 

@@ -191,7 +191,8 @@ class ModelRegistry:
                 )
                 adapter.warmup()
                 release_cached_memory(device)
-                executor = ThreadPoolExecutor(1, thread_name_prefix=f"maas-{entry.name}")
+                depth = self.pool.pipeline_depth(device)
+                executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
                 replicas.append(Replica(adapter, device, executor))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
@@ -225,6 +226,7 @@ class ModelRegistry:
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving,
                 fair=self.fair_queueing,
+                pipeline=self.pool.pipeline_depth(replica.device),
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)

@@ -71,6 +71,9 @@ class BucketedForward:
     def __init__(self, forward: Forward, buckets: list[int]) -> None:
         self.compiled: Forward = torch.compile(forward, dynamic=False)
         self.buckets = buckets
+        # a GPU replica runs two batches at once: their kernels are launched one call at a time
+        # (the device runs them in order anyway; reading the outputs is what overlaps)
+        self._launch = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         rows = batch.shape[0]
@@ -78,7 +81,8 @@ class BucketedForward:
         if bucket > rows:
             padding = batch.new_zeros((bucket - rows, *batch.shape[1:]))
             batch = torch.cat([batch, padding])
-        return self.compiled(batch)[:rows]
+        with self._launch:
+            return self.compiled(batch)[:rows]
 
     def warm(self, sample: torch.Tensor) -> None:
         """Compile every bucket now, from one input row, so that no request waits for a compile."""
