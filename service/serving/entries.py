@@ -49,6 +49,7 @@ class Replica:
     device: torch.device
     executor: ThreadPoolExecutor
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
+    pipeline: int = 1  # batches in flight at once (the executor's threads): 2 for some GPU replicas
 
 
 @dataclass

@@ -191,9 +191,9 @@ class ModelRegistry:
                 )
                 adapter.warmup()
                 release_cached_memory(device)
-                depth = self.pool.pipeline_depth(device)
+                depth = self.pool.pipeline_depth(device) if adapter.pipelined else 1
                 executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
-                replicas.append(Replica(adapter, device, executor))
+                replicas.append(Replica(adapter, device, executor, pipeline=depth))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
                 replica.executor.shutdown(wait=False)
@@ -226,7 +226,7 @@ class ModelRegistry:
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving,
                 fair=self.fair_queueing,
-                pipeline=self.pool.pipeline_depth(replica.device),
+                pipeline=replica.pipeline,
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)

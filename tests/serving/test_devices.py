@@ -152,3 +152,18 @@ def test_pending_counts_the_work_waiting_on_each_device() -> None:
 def test_pool_from_spec() -> None:
     pool = DevicePool.from_spec("cpu")
     assert pool.devices == [CPU] and pool.place(2) == [CPU, CPU]
+
+
+def test_gpu_replicas_of_pixel_models_keep_two_batches_in_flight_and_cpu_ones_one() -> None:
+    from service.serving.runtime.torch_adapter import TorchImageClassifierAdapter
+    from service.serving.runtime.transformers_adapter import (
+        FeatureExtractionAdapter,
+        ImageClassificationAdapter,
+    )
+    from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
+
+    assert DevicePool.pipeline_depth(torch.device("cuda", 0)) == 2
+    assert DevicePool.pipeline_depth(CPU) == 1  # two passes would only share the same cores
+    assert ImageClassificationAdapter.pipelined and TorchImageClassifierAdapter.pipelined
+    # a tokenizer (or a cache) serves one batch at a time
+    assert not FeatureExtractionAdapter.pipelined and not ZeroShotImageClassificationAdapter.pipelined

@@ -56,6 +56,9 @@ class ModelAdapter(abc.ABC):
     output_key: ClassVar[OutputKey]  # the answer's key; "predictions" outputs are ranked (top_k)
     # the `TaskParams` fields this task reads; when any, each feature comes as `WithParams`
     reads_params: ClassVar[frozenset[str]] = frozenset()
+    # whether two batches may run at once (a GPU replica keeps two in flight): `predict` shares
+    # no state between calls (no tokenizer, no cache)
+    pipelined: ClassVar[bool] = False
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device

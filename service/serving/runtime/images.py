@@ -54,6 +54,7 @@ class ImageAdapter(ModelAdapter):
     """An image model behind a transformers pipeline: images in, pixel batches on the device."""
 
     input_kind: ClassVar[InputKind] = "image"
+    pipelined: ClassVar[bool] = True  # pixels in, one forward pass: nothing shared between batches
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, *, fast: bool = True) -> None:
         super().__init__(device, dtype)

@@ -50,6 +50,7 @@ def _load_entrypoint(folder: Path, entrypoint: str) -> torch.nn.Module:
 class TorchImageClassifierAdapter(ModelAdapter):
     input_kind: ClassVar[InputKind] = "image"
     output_key = "predictions"
+    pipelined: ClassVar[bool] = True  # pixels in, one forward pass: nothing shared between batches
 
     def __init__(
         self,
