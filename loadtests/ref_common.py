@@ -5,6 +5,7 @@ classes of each input."""
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,19 @@ import torch
 from PIL import Image
 
 TOP_K = 5
+
+
+def server_args(doc: str) -> argparse.Namespace:
+    """The options both reference servers take from the benchmark: model folder, port, batching."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    # where the model runs (LitServe reads these; the GPU check runs it on the GPU, in float16)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    return parser.parse_args()
 
 
 class ViTClassifier:

@@ -10,14 +10,13 @@ dynamic batching (`max_batch_size`, `batch_timeout`); one API server process. `-
 
 # No `from __future__ import annotations` here: LitServe and FastAPI read the real annotation
 # of `decode_request` (a raw `bytes` body) at run time.
-import argparse
 import os
 from typing import Annotated, Any
 
 import litserve as ls
 import torch
 from fastapi import Body
-from ref_common import ViTClassifier
+from ref_common import ViTClassifier, server_args
 
 
 class ViTAPI(ls.LitAPI):  # type: ignore[misc]
@@ -48,14 +47,7 @@ class ViTAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda:N (the GPU check)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args()
+    args = server_args(__doc__)
     api = ViTAPI(
         args.model_dir,
         args.dtype,

@@ -394,14 +394,10 @@ class AdminModels(_Resource):
     ) -> Model:
         """Change a registered model: only the arguments given change; replicas and batching
         reload it, a price holds at once."""
-        changes: dict[str, Any] = {
-            "replicas": replicas,
-            "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
-            "price": price if isinstance(price, _NotGiven) else dict(price),
-            "preload": preload,
-            "description": description,
-        }
-        return self._client._request(ops.update_model(name, changes))
+        call = ops.update_model(
+            name, replicas=replicas, batching=batching, price=price, preload=preload, description=description
+        )
+        return self._client._request(call)
 
     def delete(self, name: str) -> Model:
         """Drain a registered model (queued inputs are answered), then remove it (status `deleted`)."""

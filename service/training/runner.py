@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +60,6 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         self.finished = finished
         self.meter = meter  # None: training is not metered (tests of the runner alone)
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
         self.checkpoint_listeners: list[Callable[[str, int], None]] = []
@@ -164,9 +160,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             status,
             message,
             usage=usage,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
             **values,
         )
         if not ended:
@@ -183,9 +177,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             job.id,
             self.owner,
             self.settings.fine_tune_lease_s,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
         )
         if state != "ok":  # cancelled (maybe through another replica), or the lease was lost
             control.stop(state)
@@ -217,9 +209,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
                 self.owner,
                 self.settings.fine_tune_lease_s,
                 epochs_done=report.epoch,
-                steps_done=control.steps_done,
-                trained_samples=control.samples,
-                device_seconds=control.device_seconds,
+                **_progress(control),
             )
             for listener in self.checkpoint_listeners:
                 listener(job.id, report.epoch)
@@ -255,3 +245,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         seed = int(job.hyperparameters.get("seed", 0))
         limits = DatasetLimits.of(self.settings)
         return training_data(self.store.file_path(train_file), validation, seed, limits)
+
+
+def _progress(control: Control) -> dict[str, Any]:
+    """The training progress a job's row records: steps, samples and device time so far."""
+    return {
+        "steps_done": control.steps_done,
+        "trained_samples": control.samples,
+        "device_seconds": control.device_seconds,
+    }

@@ -21,7 +21,7 @@ from service.app import create_app
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.api.conftest import Gate
-from tests.api.test_fine_tuning import tenant_key
+from tests.api.jobs import tenant_key
 from tests.api.test_openapi import fields_match
 from tests.conftest import TINY_LABELS, Gateway, image_bytes, redis_url_or_skip
 
