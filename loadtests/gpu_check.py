@@ -85,6 +85,12 @@ def describe_device(device: Any) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__}
+    try:  # with torchvision (the `gpu` extra) the gateway decodes JPEGs on a CUDA device
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        info["torchvision"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(

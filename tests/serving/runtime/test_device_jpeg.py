@@ -121,3 +121,22 @@ def test_a_corrupt_jpeg_fails_its_own_input_with_a_400() -> None:
         decoder.batch(batch)
     [alone] = decoder.batch(batch[:1])  # its neighbour, alone (as the batcher retries), decodes
     assert alone.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("torchvision") is None,
+    reason="needs a CUDA device and torchvision (the `gpu` extra)",
+)
+@pytest.mark.parametrize(
+    "plan", [FIXED_SIZE, SHORTEST_EDGE_AND_CROP], ids=["resize", "shortest-edge-and-crop"]
+)
+def test_on_a_gpu_nvjpeg_gives_the_cpu_paths_pixels(plan: ImagePlan) -> None:
+    gpu = torch.device("cuda", 0)
+    decoder, why = device_decoder(plan, gpu)
+    assert decoder is not None, why
+    jpegs = [photo(*size, "JPEG", seed=i) for i, size in enumerate([(97, 61), (640, 480), (40, 130)])]
+    decoded = decoder.batch([decoder.encoded(data, i) for i, data in enumerate(jpegs)])
+    for data, pixels in zip(jpegs, decoded, strict=True):
+        expected = plan.pixels(decode_image(RawInput(0, data), LIMITS))
+        difference = (pixels.cpu().int() - expected.int()).abs()
+        assert difference.float().mean() < 1.0 and difference.max() <= 16  # two decoders' IDCTs differ
