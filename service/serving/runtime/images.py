@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.compiled import Forward, compile_forward
-from service.serving.runtime.device_jpeg import device_decoder
+from service.serving.runtime.device_jpeg import EncodedJpeg, device_decoder
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
 
 
@@ -103,7 +103,7 @@ class ImageAdapter(ModelAdapter):
 
     def pixel_batch(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The batch's pixels on the device, in the model's dtype, normalised."""
-        if self.jpeg_decoder is not None:
+        if self.jpeg_decoder is not None and any(isinstance(f, EncodedJpeg) for f in features):
             features = self.jpeg_decoder.batch(features)  # encoded JPEGs decoded on the device
         batch = torch.cat(features)
         if self.normalizer is not None:

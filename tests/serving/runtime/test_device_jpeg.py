@@ -140,3 +140,32 @@ def test_on_a_gpu_nvjpeg_gives_the_cpu_paths_pixels(plan: ImagePlan) -> None:
         expected = plan.pixels(decode_image(RawInput(0, data), LIMITS))
         difference = (pixels.cpu().int() - expected.int()).abs()
         assert difference.float().mean() < 1.0 and difference.max() <= 16  # two decoders' IDCTs differ
+
+
+def test_a_batch_of_device_decoded_jpegs_and_cpu_pixels_answers_as_the_cpu_path(tiny_vit_dir: Path) -> None:
+    manifest = ModelManifest.model_validate(
+        {"name": "tiny", "task": "image-classification", "source": str(tiny_vit_dir), "dtype": "float32"}
+    )
+    cpu_only = load_adapter(manifest, tiny_vit_dir, CPU, torch.float32)
+    adapter = load_adapter(manifest, tiny_vit_dir, CPU, torch.float32)
+    adapter.jpeg_decoder = JpegDecoder(adapter.plan, CPU, pillow_decode)  # type: ignore[attr-defined]
+    inputs = [
+        RawInput(0, photo(97, 61, "JPEG")),
+        RawInput(1, photo(40, 130, "PNG")),
+        RawInput(2, photo(640, 480, "JPEG")),
+    ]
+    features = prepare_inputs(adapter, "image", inputs, LIMITS, deadline=float("inf"))
+    assert [type(f) for f in features] == [
+        EncodedJpeg,
+        torch.Tensor,
+        EncodedJpeg,
+    ]  # PNGs stay on the CPU path
+    # the CPU path decodes at full scale here too (no draft), so that only the resize differs
+    everything = cpu_only.num_labels  # every class with its score: no ranking of near-ties to trip on
+    expected = cpu_only.predict(
+        [cpu_only.preprocess(decode_image(item, LIMITS)) for item in inputs], top_k=everything
+    )
+    got = adapter.predict(features, top_k=everything)
+    for want, have in zip(expected, got, strict=True):
+        scores = {c.label: c.score for c in have}  # type: ignore[union-attr]
+        assert all(scores[c.label] == pytest.approx(c.score, abs=1e-2) for c in want)  # type: ignore[union-attr]
