@@ -236,6 +236,7 @@ def update_model(
     batching: Mapping[str, Any] | _NotGiven,
     price: Mapping[str, Any] | _NotGiven,
     preload: bool | _NotGiven,
+    pinned: bool | _NotGiven,
     description: str | _NotGiven,
 ) -> Call[Model]:
     """PATCH with only the fields given (NOT_GIVEN ones left out)."""
@@ -244,6 +245,7 @@ def update_model(
         "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
         "price": price if isinstance(price, _NotGiven) else dict(price),
         "preload": preload,
+        "pinned": pinned,
         "description": description,
     }
     body = {k: v for k, v in changes.items() if v is not NOT_GIVEN}

@@ -109,7 +109,8 @@ class BatchRunner(ClaimLoop[BatchJob]):
         )
         try:
             entry = await self._model(job)
-            progress = await self._process(job, entry)
+            with self.registry.residency.hold(entry):  # not evicted for memory while the job runs
+                progress = await self._process(job, entry)
             outcome = progress.pop("outcome")
             if outcome == "stopping":
                 await asyncio.to_thread(self.store.release, job.id, self.owner)

@@ -68,6 +68,15 @@ class ModelEntry:
     # a model registered through the admin API: its row's last change (None: a folder or fine-tuned model)
     version: datetime | None = None
     registered_at: int | None = None  # when it was registered, in Unix seconds
+    # residency (service/serving/residency.py): what a replica holds, when it was last used, who uses it
+    memory_bytes: int | None = None  # one replica's memory, counted against its device's budget
+    last_used: float = 0.0  # on the residency clock: the least recently used is evicted first
+    users: int = 0  # requests and batch jobs holding the model: it is not evicted meanwhile
+    load_task: asyncio.Task[None] | None = field(default=None, repr=False)  # the load under way, shared
+
+    @property
+    def pinned(self) -> bool:
+        return self.manifest is not None and self.manifest.pinned
 
     @contextlib.contextmanager
     def arriving_request(self) -> Iterator[None]:
@@ -117,6 +126,7 @@ class ModelEntry:
             "replicas": m.replicas if m else 0,
             "batching": m.batching.model_dump(exclude_none=True) if m else None,
             "preload": m.preload if m else False,
+            "pinned": self.pinned,
             "description": m.description if m else "",
             "labels": self.num_labels,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,

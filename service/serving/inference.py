@@ -73,7 +73,10 @@ class Inference:
             inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
             return inputs, dataclasses.replace(params, threshold=threshold)
 
-        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share)
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def run_inputs(
         self,
@@ -92,9 +95,10 @@ class Inference:
         async def given() -> tuple[list[RawInput], TaskParams]:
             return check_inputs(inputs, self.limits), TaskParams()
 
-        return await self._run(
-            request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
-        )
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def _run(
         self,
@@ -111,7 +115,7 @@ class Inference:
         status = 500
         try:
             # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
-            adapter = (await self.registry.ensure_loaded(entry)).adapter
+            adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
             with entry.arriving_request():
                 inputs, params = await read()
                 check_params(adapter, params)

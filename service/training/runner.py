@@ -23,9 +23,10 @@ import torch
 
 from service.db.leases import ClaimLoop
 from service.db.models import FineTuneJob
+from service.errors import ModelUnavailable
 from service.metering import Meter
 from service.serving.devices import DevicePool
-from service.serving.registry import ModelRegistry
+from service.serving.registry import ModelEntry, ModelRegistry, ModelStatus
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.dataset_files import training_data
@@ -112,12 +113,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             entry = self.registry.add_fine_tuned(
                 name, models_dir(self.settings.data_dir) / name, job.tenant_id, job.base_model
             )
-            await self.registry.ensure_loaded(entry)
+            await self._load(entry)
             await self._finish(
                 job,
                 control,
                 "succeeded",
-                f"job succeeded: model {name} is ready",
+                f"job succeeded: model {name} is {entry.status.value}",
                 fine_tuned_model=name,
                 metrics=metrics,
             )
@@ -137,6 +138,17 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             self.controls.pop(job.id, None)
             if self.metrics is not None:
                 self.metrics.running.dec()
+
+    async def _load(self, entry: ModelEntry) -> None:
+        """Load the new model, or leave it to load on its first use where the memory budget has no
+        room within a lease's third (models in use); raise if its weights cannot be loaded."""
+        try:
+            async with asyncio.timeout(self.settings.fine_tune_lease_s / 3):  # the lease is not renewed
+                await self.registry.ensure_loaded(entry)
+        except (TimeoutError, ModelUnavailable) as waited:
+            log.info("fine-tuned model %s not loaded now (%s): it loads on first use", entry.name, waited)
+        if entry.status is ModelStatus.UNAVAILABLE:
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
 
     async def _finish(
         self, job: FineTuneJob, control: Control, status: str, message: str, **values: Any
