@@ -33,6 +33,7 @@ from service.serving.inputs import RawInput
 from service.serving.preprocess import STAGE, prepare_images
 from service.serving.registry import UNLOADED_REASON, ModelRegistry
 from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, TaskParams
+from service.serving.runtime.compiled import CompileState
 from service.tenancy.ratelimit import Bucket, Verdict
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ModelInfo:
     num_labels: int | None = None
     embedding_size: int | None = None
     processor: Any = None  # the image preprocessing recipe the worker runs; None: the model process does
+    compile_state: CompileState | None = None  # manifest `compile: true`: what became of it
     complete: bool = False  # False: a status only (from `statuses`), without the processor
 
 
@@ -72,6 +74,7 @@ class RemoteAdapter(ModelAdapter):
         super().__init__(torch.device(info.devices[0] if info.devices else "cpu"), info.dtype)
         self.info, self.name, self.client = info, name, client
         self.image_processor = info.processor
+        self.compile_state = info.compile_state
         # the task's shape, per instance: a worker has one class for every task
         self.input_kind = info.input_kind  # type: ignore[misc]
         self.output_key = info.output_key  # type: ignore[misc]

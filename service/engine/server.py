@@ -235,6 +235,7 @@ def info_of(entry: ModelEntry, *, complete: bool) -> ModelInfo:
         reads_params=adapter.reads_params,
         num_labels=adapter.num_labels,
         embedding_size=adapter.embedding_size,
+        compile_state=adapter.compile_state,
         processor=PreprocessPool.processor_of(adapter) if complete else None,
         complete=complete,
     )
