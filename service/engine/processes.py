@@ -4,7 +4,10 @@
       ├─ model process: every model once per device, batchers, job runners, rate-limit buckets
       └─ worker 0..N-1: HTTP, keys, limits, metering, reading and decoding inputs, on the shared port
 
-The kernel spreads connections over the workers (they accept on one listening socket). A worker
+Each worker listens on the port with its own socket (SO_REUSEPORT), so that the kernel spreads
+new connections evenly over the workers (on one shared socket, the worker that wakes first takes
+most of a burst of connections, and keeps them: a benchmark's 16 keep-alive connections all
+landed on one of two workers). The supervisor holds the port (bound, not listening). A worker
 reaches the model process over a Unix socket in a private temporary folder (wire.py). A process
 that dies is started again: a worker's requests in flight are lost with it (their usage events
 committed before each answer went out are not), a model process's queued calls answer 503 in the
@@ -45,10 +48,8 @@ def serve_workers(settings: Settings) -> None:
     model process cannot start."""
     folder = Path(tempfile.mkdtemp(prefix="maas-engine-"))  # mode 0700: this user's alone
     try:
-        from service.cli.serve import bind
-
-        listener = bind(settings)
-        supervisor = _Supervisor(settings, listener, folder / "engine.sock")
+        port = reserve(settings.host, settings.port)
+        supervisor = _Supervisor(settings, port, folder / "engine.sock")
         code = supervisor.run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -57,9 +58,9 @@ def serve_workers(settings: Settings) -> None:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, listener: socket.socket, path: Path) -> None:
+    def __init__(self, settings: Settings, port: socket.socket, path: Path) -> None:
         self.settings = settings
-        self.listener = listener
+        self.port = port  # held, so that the port stays this gateway's while workers come and go
         self.path = path
         self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
         self.engine: BaseProcess | None = None
@@ -73,7 +74,7 @@ class _Supervisor:
         self._start_engine()
         for index in range(self.settings.workers):
             self._start_worker(index)
-        host, port = self.listener.getsockname()[:2]
+        host, port = self.port.getsockname()[:2]
         log.info("maas gateway on http://%s:%d: a model process, %d workers", host, port, len(self.workers))
         while not self.stopping:
             processes = [p for p in (self.engine, *self.workers.values()) if p is not None]
@@ -105,10 +106,15 @@ class _Supervisor:
 
     def _start_worker(self, index: int) -> None:
         settings = self.settings.model_copy(
-            update={"print_admin_key": False, "fine_tune_runner": False, "batch_runner": False}
+            update={
+                "port": self.port.getsockname()[1],  # the one MAAS_PORT 0 was given
+                "print_admin_key": False,
+                "fine_tune_runner": False,
+                "batch_runner": False,
+            }
         )
         worker = self.context.Process(
-            target=run_worker, args=(settings, index, self.listener, self.path), name=f"maas-worker-{index}"
+            target=run_worker, args=(settings, index, self.path), name=f"maas-worker-{index}"
         )
         worker.start()
         self.workers[index] = worker
@@ -166,8 +172,31 @@ async def _engine(settings: Settings, path: Path) -> None:
         await server.close()
 
 
-def run_worker(settings: Settings, index: int, listener: socket.socket, path: Path) -> None:
-    """Front-end worker `index`: the HTTP gateway on the shared `listener`, models at `path`."""
+def _socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """The gateway's port, bound (a port in use fails here, at start) but not listening."""
+    sock = _socket(host)
+    sock.bind((host, port))
+    return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A worker's own listening socket on the gateway's port."""
+    sock = _socket(host)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_worker(settings: Settings, index: int, path: Path) -> None:
+    """Front-end worker `index`: the HTTP gateway on its own socket on the port, models at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
     from service.app import create_app
@@ -175,4 +204,4 @@ def run_worker(settings: Settings, index: int, listener: socket.socket, path: Pa
     from service.engine.client import EngineAddress
 
     app = create_app(settings, EngineAddress(path, worker=index))
-    server(settings, app).run(sockets=[listener])
+    server(settings, app).run(sockets=[listen(settings.host, settings.port)])
