@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from service.serving.fairqueue import ServiceClass
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import ModelAdapter
 from service.serving.runtime.base import InputKind
+
+if TYPE_CHECKING:
+    from service.serving.runtime.lora_views import LoraHost
 
 INPUT_KIND: dict[str, InputKind] = {
     "image-classification": "image",
@@ -49,6 +52,8 @@ class Replica:
     device: torch.device
     executor: ThreadPoolExecutor
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
+    # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)
+    lora: LoraHost | None = None
 
 
 @dataclass
@@ -67,6 +72,11 @@ class ModelEntry:
     # a model registered through the admin API: its row's last change (None: a folder or fine-tuned model)
     version: datetime | None = None
     registered_at: int | None = None  # when it was registered, in Unix seconds
+    # a LoRA fine-tune: the model whose replicas serve it as an adapter (service/serving/lora.py)
+    adapts: str | None = None
+    adapters: dict[str, ModelEntry] = field(default_factory=dict)  # the LoRA fine-tunes served over this one
+    in_flight: int = 0  # inputs queued or running
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @contextlib.contextmanager
     def arriving_request(self) -> Iterator[None]:
@@ -79,6 +89,28 @@ class ModelEntry:
             if self.arriving == 0:
                 for batcher in self.batchers:
                     batcher.poke()
+
+    @contextlib.contextmanager
+    def inputs_in_flight(self, inputs: int) -> Iterator[None]:
+        """Count `inputs` as queued or running until the block ends."""
+        self.in_flight += inputs
+        try:
+            yield
+        finally:
+            self.in_flight -= inputs
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def until_idle(self) -> None:
+        """Return once no input of this model is queued or running."""
+        while self.in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    @property
+    def arriving_here(self) -> int:
+        """Requests on their way to this model's batches: its own and its LoRA adapters'."""
+        return self.arriving + sum(a.arriving for a in self.adapters.values())
 
     @property
     def input_kind(self) -> InputKind:

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
+from service.serving import lora
 from service.serving.batching import Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
-from service.serving.runtime import ModelAdapter, Output, SourceError, load_adapter
+from service.serving.runtime import Output, SourceError, load_adapter
 from service.serving.runtime.sources import resolve_local_folder
 from service.serving.sizing import estimate_bytes
 from service.tenancy.principal import Principal
@@ -134,6 +135,8 @@ class ModelRegistry:
         )
         root = base.base_model if base is not None and base.base_model else base_model
         entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner, base_model=root)
+        if base_source is not None and base is not None:
+            entry.adapts = base_model  # served as an adapter over the base's replicas
         self.entries[name] = entry
         self.metrics.registered(name, owner)
         return entry
@@ -161,17 +164,40 @@ class ModelRegistry:
             self.preload_done.set()
 
     async def ensure_loaded(self, entry: ModelEntry) -> ModelEntry:
-        """Load `entry` if it is not loaded yet; raise 503 if it cannot be."""
+        """Load `entry` if it is not loaded yet; raise 503 if it cannot be. A LoRA fine-tune is
+        served over its base model (loaded first), unless it can only be merged into a copy."""
         if entry.status is not ModelStatus.READY:
+            base = self.entries.get(entry.adapts) if entry.adapts else None
+            if base is not None:  # before taking this entry's lock: a base's unload never waits on it
+                await self.ensure_loaded(base)
             async with entry.load_lock:
                 if entry.status in (ModelStatus.NOT_LOADED, ModelStatus.LOADING) and not entry.replicas:
                     entry.status = ModelStatus.LOADING
+                    if base is not None and await self._attach(entry, base):
+                        return entry
                     await asyncio.to_thread(self._load, entry)
                     if entry.status is ModelStatus.READY:
                         self._start_batchers(entry)
         if entry.status is not ModelStatus.READY:
             raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
         return entry
+
+    async def _attach(self, entry: ModelEntry, base: ModelEntry) -> bool:
+        """Serve the LoRA fine-tune `entry` over `base`'s replicas; False: load it merged instead."""
+        started = time.perf_counter()
+        try:
+            if not await lora.attach(entry, base):
+                return False
+        except ModelUnavailable:
+            entry.status = ModelStatus.NOT_LOADED  # tried again with its base
+            raise
+        except Exception as exc:  # unreadable adapter files: listed, with the reason
+            entry.status, entry.reason = ModelStatus.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+            log.warning("model %s unavailable: %s", entry.name, entry.reason)
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}") from exc
+        entry.load_seconds = time.perf_counter() - started
+        self.metrics.loaded(entry.name, entry.owner, entry.load_seconds)
+        return True
 
     def _load(self, entry: ModelEntry) -> None:
         assert entry.manifest is not None
@@ -217,13 +243,13 @@ class ModelRegistry:
         batching = entry.manifest.batching
         for replica in entry.replicas:
             replica.batcher = Batcher(
-                run_batch=_predictor(replica.adapter),
+                run_batch=_predictor(replica),
                 executor=replica.executor,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000,
                 on_batch=self.metrics.batch_observer(self.metrics.model_label(entry.name, entry.owner)),
                 name=f"{entry.name}@{replica.device}",
-                arriving=lambda: entry.arriving,
+                arriving=lambda: entry.arriving_here,
                 fair=self.fair_queueing,
             )
             replica.batcher.start()
@@ -265,6 +291,11 @@ class ModelRegistry:
             await self.unload(entry)
 
     async def _release(self, entry: ModelEntry) -> None:
+        base = self.entries.get(entry.adapts) if entry.adapts else None
+        if base is not None and base.adapters.get(entry.name) is entry:
+            await lora.detach(entry, base)  # a LoRA adapter: its base's replicas stay
+            return
+        await lora.detach_all(entry)
         for replica in entry.replicas:
             if replica.batcher is not None:
                 await replica.batcher.close()  # finishes every queued input first
@@ -283,9 +314,11 @@ class ModelRegistry:
             await self._release(entry)
 
 
-def _predictor(adapter: ModelAdapter) -> Callable[[list[Any], int], list[Output]]:
+def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
     def run(features: list[Any], top_k: int) -> list[Output]:
-        return adapter.predict(features, top_k=top_k)
+        if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
+            return replica.lora.predict(features, top_k=top_k)
+        return replica.adapter.predict(features, top_k=top_k)
 
     return run
 

@@ -74,6 +74,11 @@ class ModelAdapter(abc.ABC):
         would blow up (an adapter that resizes keeping the aspect ratio says how far)."""
         return width, height
 
+    def queued(self, features: Any) -> Any:
+        """What the batcher carries for one input's features: the features themselves, unless the
+        model runs in another model's batches (a LoRA adapter over its base) and tags them."""
+        return features
+
     @abc.abstractmethod
     def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
         """One forward pass over the batch; one output per feature, in order."""

@@ -85,15 +85,24 @@ class ImageClassificationAdapter(ImageAdapter):
         super().__init__(pipe, device, dtype, fast=fast)
         config = pipe.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
-        self.multi_label = config.problem_type == "multi_label_classification"
+        self.multi_label = self.is_multi_label(len(self.labels))
+
+    def is_multi_label(self, labels: int) -> bool:
+        """Whether a head of `labels` classes over this model scores with a sigmoid per class."""
+        return bool(self.pipe.model.config.problem_type == "multi_label_classification")
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """One forward pass: the batch's logits, one row per input."""
+        logits: torch.Tensor = self.pipe.model(pixel_values=self.pixel_batch(features)).logits
+        return logits
+
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        logits = self.pipe.model(pixel_values=self.pixel_batch(features)).logits
+        logits = self.logits(features)
         return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
 
 

@@ -1,0 +1,132 @@
+"""LoRA fine-tunes as models over one loaded classifier (service/serving/runtime/multi_lora.py):
+`LoraHost` runs a batch that mixes the base's own inputs with inputs for any of its resident
+adapters in one forward pass, each row scored with its own head and label set; `LoraView` is one
+adapter seen as a model (what its replica's adapter is): its inputs are prepared by the base,
+tagged with its name, and queued in the base replica's batches."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.multi_lora import LoraInput, LoraWeights, MultiLoraModel, UnsupportedAdapter
+from service.serving.runtime.text_classification import TextClassificationAdapter
+from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
+
+Classifier = ImageClassificationAdapter | TextClassificationAdapter
+DEFAULT_HEAD = "classifier"  # what the trainer saves in full next to the adapter
+
+
+def can_host(adapter: ModelAdapter) -> bool:
+    """Whether LoRA adapters can be served over this loaded model (a transformers classifier)."""
+    return isinstance(adapter, (ImageClassificationAdapter, TextClassificationAdapter))
+
+
+class LoraHost:
+    """The LoRA adapters resident over one replica of a base classifier. Every method runs on the
+    replica's own thread (the one that runs its batches): adding or removing an adapter never
+    overlaps a forward pass."""
+
+    def __init__(self, base: Classifier, head_path: str | None) -> None:
+        self.base = base
+        try:
+            self.model = MultiLoraModel(base.pipe.model, head_path or DEFAULT_HEAD)
+        except AttributeError as exc:  # no module at the head's path
+            raise UnsupportedAdapter(f"the base model has no classifier head {head_path!r}") from exc
+        self.labels: dict[str, tuple[list[str], bool]] = {}  # adapter -> its labels, multi-label
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.labels)
+
+    def add(self, name: str, weights: LoraWeights) -> None:
+        self.model.add(name, weights)
+        labels = weights.labels if weights.head else self.base.labels
+        self.labels[name] = (labels, self.base.is_multi_label(len(labels)))
+
+    def remove(self, name: str) -> None:
+        self.model.remove(name)
+        self.labels.pop(name, None)
+
+    @torch.inference_mode()
+    def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
+        """One forward pass over a batch of the base's inputs and `LoraInput`s, in any mix."""
+        names = [f.adapter if isinstance(f, LoraInput) else None for f in features]
+        if not any(names):
+            return self.base.predict(features, top_k=top_k)
+        slots = [0 if n is None else self.model.slot(n) for n in names]
+        plain = [f.features if isinstance(f, LoraInput) else f for f in features]
+        with self.model.routed(slots, self.base.device):
+            logits = self.base.logits(plain)
+        rows: dict[str | None, list[int]] = defaultdict(list)
+        for row, name in enumerate(names):
+            rows[name].append(row)
+        outputs: list[Output] = [[] for _ in features]
+        for name, where in rows.items():
+            labels, multi = (self.base.labels, self.base.multi_label) if name is None else self.labels[name]
+            scored = logits[where, : len(labels)]
+            for row, output in zip(
+                where, top_k_classes(scored, labels, top_k=top_k, multi_label=multi), strict=True
+            ):
+                outputs[row] = output
+        return outputs
+
+
+class LoraView(ModelAdapter):
+    """One resident LoRA adapter of `host`, as a model."""
+
+    output_key = "predictions"
+
+    def __init__(self, host: LoraHost, name: str) -> None:
+        super().__init__(host.base.device, host.base.dtype)
+        self.host = host
+        self.name = name
+        self.labels = host.labels[name][0]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def queued(self, features: Any) -> LoraInput:
+        return LoraInput(self.name, features)
+
+    def preprocess(self, item: Any) -> Any:
+        return self.host.base.preprocess(item)
+
+    def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
+        return self.host.predict([self.queued(f) for f in features], top_k=top_k)
+
+    def warmup_input(self) -> Any:
+        return self.host.base.warmup_input()
+
+
+class ImageLoraView(LoraView):
+    input_kind: ClassVar[InputKind] = "image"
+
+    @property
+    def image_processor(self) -> Any:
+        """The base's (what a preprocessing process runs)."""
+        base = self.host.base
+        assert isinstance(base, ImageClassificationAdapter)
+        return base.image_processor
+
+    def draft(self, image: Image.Image) -> None:
+        self.host.base.draft(image)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.host.base.resized_size(width, height)
+
+
+class TextLoraView(LoraView):
+    input_kind: ClassVar[InputKind] = "text"
+
+
+def view_of(host: LoraHost, name: str) -> LoraView:
+    """The resident adapter `name` of `host` as a model of its base's input kind."""
+    if isinstance(host.base, ImageClassificationAdapter):
+        return ImageLoraView(host, name)
+    return TextLoraView(host, name)

@@ -1,0 +1,279 @@
+"""Many LoRA adapters over one copy of a classifier's weights, mixed in one batch.
+
+A PEFT LoRA adapter adds `scale * B(A(x))` to some Linear layers' outputs and (a classification
+fine-tune) brings its own classifier head. Merging it (W + scale * B @ A) costs a full copy of the
+model per adapter. Here the base model's adapted layers are wrapped once, in place: every resident
+adapter's A and B (scale folded into B) sit in one bank per layer, padded to the largest rank,
+and each row of a batch is routed to its adapter's slot: per layer one gather and two batched
+matmuls, whatever the mix. Slot 0 holds zeros and the base's own head: rows with no adapter run
+the base model exactly. A Linear head is banked the same way; another head runs once per adapter
+on that adapter's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor name
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
+class UnsupportedAdapter(ValueError):
+    """An adapter folder these banks cannot serve (another PEFT method, DoRA, per-layer ranks...):
+    the caller merges it into a copy of its base instead."""
+
+
+@dataclass(frozen=True)
+class LoraInput:
+    """One input's features, for the LoRA adapter named `adapter` of the model that runs it."""
+
+    adapter: str
+    features: Any
+
+
+@dataclass
+class LoraWeights:
+    """One PEFT LoRA adapter as read from its folder (on the CPU, float32)."""
+
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer path -> (A (r, in), scale * B (out, r))
+    head_path: str | None  # the classifier head PEFT saved in full (`modules_to_save`), if any
+    head: dict[str, torch.Tensor]  # its tensors, by name within the head
+    labels: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*(t for pair in self.pairs.values() for t in pair), *self.head.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def read_lora(folder: Path) -> LoraWeights:
+    """The adapter saved in `folder` (adapter_config.json, adapter_model.safetensors, labels.json);
+    raises UnsupportedAdapter for what the banks do not model."""
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    refused = {
+        "peft_type": config.get("peft_type") != "LORA",
+        "use_dora": bool(config.get("use_dora")),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+        "bias": config.get("bias", "none") != "none" or bool(config.get("lora_bias")),
+        "rank_pattern": bool(config.get("rank_pattern")) or bool(config.get("alpha_pattern")),
+        "layer_replication": bool(config.get("layer_replication")),
+    }
+    if any(refused.values()):
+        raise UnsupportedAdapter(f"{folder.name}: {', '.join(k for k, v in refused.items() if v)}")
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    state = {
+        k.removeprefix(PREFIX): v.float() for k, v in load_file(folder / "adapter_model.safetensors").items()
+    }
+    pairs = {
+        name.removesuffix(LORA_A): (a, state[name.removesuffix(LORA_A) + LORA_B] * scale)
+        for name, a in state.items()
+        if name.endswith(LORA_A)
+    }
+    heads = list(config.get("modules_to_save") or [])
+    if len(heads) > 1:
+        raise UnsupportedAdapter(f"{folder.name}: more than one module saved in full ({heads})")
+    head_path = _saved_module(state, heads[0]) if heads else None
+    head = {}
+    if head_path is not None:
+        head = {k.removeprefix(head_path + "."): v for k, v in state.items() if k.startswith(head_path + ".")}
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    return LoraWeights(pairs, head_path, head, [str(label) for label in labels])
+
+
+def _saved_module(state: dict[str, torch.Tensor], name: str) -> str | None:
+    """The path of the module called `name` whose tensors PEFT saved (e.g. `classifier`)."""
+    for key in state:
+        parts = key.split(".")
+        if name in parts[:-1] and LORA_A not in key and LORA_B not in key:
+            return ".".join(parts[: parts.index(name) + 1])
+    return None
+
+
+class Routing(threading.local):
+    """Which slot each row of the batch now running on this thread uses (None: no adapters)."""
+
+    slots: torch.Tensor | None = None
+
+
+class LoraBankLinear(nn.Module):
+    """A Linear layer of the base, plus the resident adapters' low-rank updates for it."""
+
+    def __init__(self, base: nn.Linear, routing: Routing) -> None:
+        super().__init__()
+        self.base = base
+        self.routing = routing
+        weight = base.weight
+        # slot 0 (rank 1, zeros): the base's own rows
+        self.a = torch.zeros(1, 1, base.in_features, device=weight.device, dtype=weight.dtype)
+        self.b = torch.zeros(1, base.out_features, 1, device=weight.device, dtype=weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.base(x)
+        slots = self.routing.slots
+        if slots is None:
+            return out
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, tokens, in)
+        low = torch.bmm(rows, self.a[slots].transpose(1, 2))  # (N, tokens, r)
+        return out + torch.bmm(low, self.b[slots].transpose(1, 2)).reshape(out.shape)
+
+    def set_slots(self, pairs: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        """The bank of slots 1... in order: each adapter's (A, B), None where it leaves this layer be."""
+        weight = self.base.weight
+        rank = max([1, *(a.shape[0] for a, _ in filter(None, pairs))])
+        a = torch.zeros(len(pairs) + 1, rank, self.base.in_features, device=weight.device, dtype=weight.dtype)
+        b = torch.zeros(
+            len(pairs) + 1, self.base.out_features, rank, device=weight.device, dtype=weight.dtype
+        )
+        for slot, pair in enumerate(pairs, start=1):
+            if pair is not None:
+                a[slot, : pair[0].shape[0]] = pair[0]
+                b[slot, :, : pair[1].shape[1]] = pair[1]
+        self.a, self.b = a, b
+
+
+class HeadBank(nn.Module):
+    """The base's classifier head, and each resident adapter's own, applied row by row."""
+
+    def __init__(self, base: nn.Module, routing: Routing) -> None:
+        super().__init__()
+        self.base = base
+        self.routing = routing
+        self.heads: list[dict[str, torch.Tensor] | None] = []  # per slot 1...; None: the base's head
+        self.weight: torch.Tensor | None = None  # Linear heads: (slots, labels, in), padded
+        self.bias: torch.Tensor | None = None  # (slots, labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slots = self.routing.slots
+        if slots is None:
+            out: torch.Tensor = self.base(x)
+            return out
+        if self.weight is not None and self.bias is not None:
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            logits = torch.baddbmm(self.bias[slots].unsqueeze(1), rows, self.weight[slots].transpose(1, 2))
+            return logits.reshape(*x.shape[:-1], -1)
+        return self._per_adapter(x, slots)
+
+    def _per_adapter(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        outputs: dict[int, torch.Tensor] = {}
+        for slot in sorted(set(slots.tolist())):
+            rows = x[slots == slot]
+            state = self.heads[slot - 1] if slot > 0 else None
+            outputs[slot] = (
+                self.base(rows) if state is None else torch.func.functional_call(self.base, state, (rows,))
+            )
+        width = max(o.shape[-1] for o in outputs.values())
+        first = next(iter(outputs.values()))
+        logits = first.new_zeros((x.shape[0], *first.shape[1:-1], width))
+        for slot, out in outputs.items():
+            logits[slots == slot, ..., : out.shape[-1]] = out
+        return logits
+
+    def set_slots(self, heads: list[dict[str, torch.Tensor] | None]) -> None:
+        self.heads = heads
+        if not isinstance(self.base, nn.Linear):
+            return
+        own = {"weight": self.base.weight, "bias": self.base.bias}
+        states = [own, *(h or own for h in heads)]
+        width = max(s["weight"].shape[0] for s in states)
+        weight = self.base.weight.new_zeros(len(states), width, self.base.in_features)
+        bias = self.base.weight.new_zeros(len(states), width)
+        for slot, state in enumerate(states):
+            weight[slot, : state["weight"].shape[0]] = state["weight"]
+            if state.get("bias") is not None:
+                bias[slot, : state["weight"].shape[0]] = state["bias"]
+        self.weight, self.bias = weight, bias
+
+
+class MultiLoraModel:
+    """A base classifier, wrapped in place to serve any number of LoRA adapters by slot.
+
+    Its forward pass is unchanged outside `routed`; `add` and `remove` must not run during a
+    forward pass (the caller runs them on the thread that runs the model)."""
+
+    def __init__(self, model: nn.Module, head_path: str) -> None:
+        self.model = model
+        self.routing = Routing()
+        self.head_path = head_path
+        self.head = HeadBank(model.get_submodule(head_path), self.routing)
+        _replace(model, head_path, self.head)
+        self.layers: dict[str, LoraBankLinear] = {}
+        self.adapters: dict[str, LoraWeights] = {}  # in slot order (slot = position + 1)
+
+    def slot(self, name: str) -> int:
+        """The slot of the resident adapter `name`; KeyError when it is not resident."""
+        return list(self.adapters).index(name) + 1 if name in self.adapters else _missing(name)
+
+    def add(self, name: str, weights: LoraWeights) -> None:
+        """Make the adapter resident (its tensors moved to the model's device and dtype)."""
+        if weights.head_path not in (None, self.head_path):
+            raise UnsupportedAdapter(f"{name}: its head {weights.head_path!r} is not {self.head_path!r}")
+        for path in weights.pairs:
+            if path not in self.layers:
+                module = self.model.get_submodule(path)
+                if not isinstance(module, nn.Linear):
+                    raise UnsupportedAdapter(
+                        f"{name}: {path} is a {type(module).__name__}, not a Linear layer"
+                    )
+        reference = next(self.model.parameters())
+        placed = LoraWeights(
+            {p: (a.to(reference), b.to(reference)) for p, (a, b) in weights.pairs.items()},
+            weights.head_path,
+            {k: v.to(reference) for k, v in weights.head.items()},
+            weights.labels,
+        )
+        for path in placed.pairs:
+            if path not in self.layers:
+                linear = self.model.get_submodule(path)
+                assert isinstance(linear, nn.Linear)  # checked above
+                self.layers[path] = LoraBankLinear(linear, self.routing)
+                _replace(self.model, path, self.layers[path])
+        self.adapters[name] = placed
+        self._rebuild()
+
+    def remove(self, name: str) -> None:
+        if self.adapters.pop(name, None) is not None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        adapters = list(self.adapters.values())
+        for path, layer in self.layers.items():
+            layer.set_slots([w.pairs.get(path) for w in adapters])
+        self.head.set_slots([w.head or None for w in adapters])
+
+    @contextlib.contextmanager
+    def routed(self, slots: list[int], device: torch.device) -> Iterator[None]:
+        """Forward passes on this thread run row i with the adapter in slot `slots[i]`."""
+        self.routing.slots = torch.tensor(slots, device=device)
+        try:
+            yield
+        finally:
+            self.routing.slots = None
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the adapters' banks hold."""
+        tensors = [t for layer in self.layers.values() for t in (layer.a, layer.b)]
+        tensors += [t for t in (self.head.weight, self.head.bias) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _missing(name: str) -> int:
+    raise KeyError(f"LoRA adapter {name!r} is not resident")
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
