@@ -42,20 +42,27 @@ def images() -> list[Image.Image]:
     return [Image.new("RGB", (40 + 3 * i, 32), c) for i, c in enumerate(colours)]
 
 
-def assert_same(got: Any, want: Any) -> None:
+def assert_same(got: Any, want: Any, tolerance: float = 1e-5) -> None:
     assert [c.label for c in got] == [c.label for c in want]
     for a, b in zip(got, want, strict=True):
         assert isinstance(a, Classification) and isinstance(b, Classification)
-        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.score == pytest.approx(b.score, abs=tolerance)
 
 
-def mixed_against_merged(task: str, base_dir: Path, folders: dict[str, Path], inputs: list[Any]) -> None:
-    base = load_adapter(manifest(task, base_dir), base_dir, CPU, torch.float32)
+def mixed_against_merged(
+    task: str,
+    base_dir: Path,
+    folders: dict[str, Path],
+    inputs: list[Any],
+    dtype: torch.dtype = torch.float32,
+    tolerance: float = 1e-5,
+) -> None:
+    base = load_adapter(manifest(task, base_dir), base_dir, CPU, dtype)
     merged: dict[str | None, ModelAdapter] = {
-        None: load_adapter(manifest(task, base_dir), base_dir, CPU, torch.float32)
+        None: load_adapter(manifest(task, base_dir), base_dir, CPU, dtype)
     }
     for name, folder in folders.items():
-        merged[name] = load_adapter(manifest(task, folder, base_dir), folder, CPU, torch.float32)
+        merged[name] = load_adapter(manifest(task, folder, base_dir), folder, CPU, dtype)
     host = LoraHost(base, "classifier")  # type: ignore[arg-type]
     for name, folder in folders.items():
         host.add(name, read_lora(folder))
@@ -69,20 +76,23 @@ def mixed_against_merged(task: str, base_dir: Path, folders: dict[str, Path], in
     )
     for (name, _), feature, output in zip(batch, features, outputs, strict=True):
         [alone] = merged[name].predict([feature], top_k=5)
-        assert_same(output, alone)
+        assert_same(output, alone, tolerance)
     # one adapter's view answers as its merged copy
     view = view_of(host, "moods") if "moods" in folders else view_of(host, next(iter(folders)))
     assert view.num_labels == merged[view.name].num_labels
     for feature, output in zip(features, view.predict(features, top_k=5), strict=True):
-        assert_same(output, merged[view.name].predict([feature], top_k=5)[0])
+        assert_same(output, merged[view.name].predict([feature], top_k=5)[0], tolerance)
 
 
-def test_a_mixed_image_batch_equals_each_adapter_merged(tiny_vit_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_a_mixed_image_batch_equals_each_adapter_merged(
+    tiny_vit_dir: Path, tmp_path: Path, dtype: torch.dtype, tolerance: float
+) -> None:
     folders = {
         name: save_lora_adapter(tiny_vit_dir, tmp_path / name, labels, seed=n, rank=rank)
         for n, (name, (labels, rank)) in enumerate(ADAPTERS.items())
     }
-    mixed_against_merged("image-classification", tiny_vit_dir, folders, images())
+    mixed_against_merged("image-classification", tiny_vit_dir, folders, images(), dtype, tolerance)
 
 
 def test_a_mixed_text_batch_equals_each_adapter_merged(
