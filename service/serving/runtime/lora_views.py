@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.base import Classification, InputKind, ModelAdapter, Output, top_k_ranked
 from service.serving.runtime.multi_lora import LoraInput, LoraWeights, MultiLoraModel, UnsupportedAdapter
 from service.serving.runtime.text_classification import TextClassificationAdapter
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
@@ -62,17 +62,16 @@ class LoraHost:
         plain = [f.features if isinstance(f, LoraInput) else f for f in features]
         with self.model.routed(slots, self.base.device):
             logits = self.base.logits(plain)
-        rows: dict[str | None, list[int]] = defaultdict(list)
-        for row, name in enumerate(names):
-            rows[name].append(row)
+        scoring = [(self.base.labels, self.base.multi_label) if n is None else self.labels[n] for n in names]
+        rows: dict[tuple[int, bool], list[int]] = defaultdict(list)  # heads scored alike: ranked at once
+        for row, (labels, multi) in enumerate(scoring):
+            rows[len(labels), multi].append(row)
         outputs: list[Output] = [[] for _ in features]
-        for name, where in rows.items():
-            labels, multi = (self.base.labels, self.base.multi_label) if name is None else self.labels[name]
-            scored = logits[where, : len(labels)]
-            for row, output in zip(
-                where, top_k_classes(scored, labels, top_k=top_k, multi_label=multi), strict=True
-            ):
-                outputs[row] = output
+        for (width, multi), where in rows.items():
+            ranked = top_k_ranked(logits[where, :width], top_k=top_k, multi_label=multi)
+            for row, classes in zip(where, ranked, strict=True):
+                labels = scoring[row][0]
+                outputs[row] = [Classification(labels[i], score) for score, i in classes]
         return outputs
 
 

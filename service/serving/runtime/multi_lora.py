@@ -116,31 +116,30 @@ class LoraBankLinear(nn.Module):
         self.base = base
         self.routing = routing
         weight = base.weight
-        # slot 0 (rank 1, zeros): the base's own rows
-        self.a = torch.zeros(1, 1, base.in_features, device=weight.device, dtype=weight.dtype)
-        self.b = torch.zeros(1, base.out_features, 1, device=weight.device, dtype=weight.dtype)
+        # per slot, A and B transposed (x @ a @ b); slot 0 (rank 1, zeros): the base's own rows
+        self.a = torch.zeros(1, base.in_features, 1, device=weight.device, dtype=weight.dtype)
+        self.b = torch.zeros(1, 1, base.out_features, device=weight.device, dtype=weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.base(x)
         slots = self.routing.slots
         if slots is None:
             return out
-        rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, tokens, in)
-        low = torch.bmm(rows, self.a[slots].transpose(1, 2))  # (N, tokens, r)
-        return out + torch.bmm(low, self.b[slots].transpose(1, 2)).reshape(out.shape)
+        low = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), self.a[slots])  # (N, tokens, r)
+        rows = out.reshape(out.shape[0], -1, out.shape[-1])
+        return torch.baddbmm(rows, low, self.b[slots]).reshape(out.shape)
 
     def set_slots(self, pairs: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
         """The bank of slots 1... in order: each adapter's (A, B), None where it leaves this layer be."""
         weight = self.base.weight
         rank = max([1, *(a.shape[0] for a, _ in filter(None, pairs))])
-        a = torch.zeros(len(pairs) + 1, rank, self.base.in_features, device=weight.device, dtype=weight.dtype)
-        b = torch.zeros(
-            len(pairs) + 1, self.base.out_features, rank, device=weight.device, dtype=weight.dtype
-        )
+        slots = len(pairs) + 1
+        a = torch.zeros(slots, self.base.in_features, rank, device=weight.device, dtype=weight.dtype)
+        b = torch.zeros(slots, rank, self.base.out_features, device=weight.device, dtype=weight.dtype)
         for slot, pair in enumerate(pairs, start=1):
             if pair is not None:
-                a[slot, : pair[0].shape[0]] = pair[0]
-                b[slot, :, : pair[1].shape[1]] = pair[1]
+                a[slot, :, : pair[0].shape[0]] = pair[0].T
+                b[slot, : pair[1].shape[1]] = pair[1].T
         self.a, self.b = a, b
 
 
@@ -152,7 +151,7 @@ class HeadBank(nn.Module):
         self.base = base
         self.routing = routing
         self.heads: list[dict[str, torch.Tensor] | None] = []  # per slot 1...; None: the base's head
-        self.weight: torch.Tensor | None = None  # Linear heads: (slots, labels, in), padded
+        self.weight: torch.Tensor | None = None  # Linear heads: (slots, in, labels), padded
         self.bias: torch.Tensor | None = None  # (slots, labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +161,7 @@ class HeadBank(nn.Module):
             return out
         if self.weight is not None and self.bias is not None:
             rows = x.reshape(x.shape[0], -1, x.shape[-1])
-            logits = torch.baddbmm(self.bias[slots].unsqueeze(1), rows, self.weight[slots].transpose(1, 2))
+            logits = torch.baddbmm(self.bias[slots].unsqueeze(1), rows, self.weight[slots])
             return logits.reshape(*x.shape[:-1], -1)
         return self._per_adapter(x, slots)
 
@@ -188,10 +187,10 @@ class HeadBank(nn.Module):
         own = {"weight": self.base.weight, "bias": self.base.bias}
         states = [own, *(h or own for h in heads)]
         width = max(s["weight"].shape[0] for s in states)
-        weight = self.base.weight.new_zeros(len(states), width, self.base.in_features)
+        weight = self.base.weight.new_zeros(len(states), self.base.in_features, width)
         bias = self.base.weight.new_zeros(len(states), width)
         for slot, state in enumerate(states):
-            weight[slot, : state["weight"].shape[0]] = state["weight"]
+            weight[slot, :, : state["weight"].shape[0]] = state["weight"].T
             if state.get("bias") is not None:
                 bias[slot, : state["weight"].shape[0]] = state["bias"]
         self.weight, self.bias = weight, bias
