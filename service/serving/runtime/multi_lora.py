@@ -109,16 +109,16 @@ class Routing(threading.local):
 
 
 class LoraBankLinear(nn.Module):
-    """A Linear layer of the base, plus the resident adapters' low-rank updates for it."""
+    """A Linear layer of the base, plus the resident adapters' low-rank updates for it: per slot,
+    A and B transposed (x @ a @ b), padded to the largest rank; slot 0 (zeros) is the base's."""
 
-    def __init__(self, base: nn.Linear, routing: Routing) -> None:
+    def __init__(self, base: nn.Linear, routing: Routing, capacity: int) -> None:
         super().__init__()
         self.base = base
         self.routing = routing
         weight = base.weight
-        # per slot, A and B transposed (x @ a @ b); slot 0 (rank 1, zeros): the base's own rows
-        self.a = torch.zeros(1, base.in_features, 1, device=weight.device, dtype=weight.dtype)
-        self.b = torch.zeros(1, 1, base.out_features, device=weight.device, dtype=weight.dtype)
+        self.a = torch.zeros(capacity, base.in_features, 1, device=weight.device, dtype=weight.dtype)
+        self.b = torch.zeros(capacity, 1, base.out_features, device=weight.device, dtype=weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.base(x)
@@ -129,30 +129,44 @@ class LoraBankLinear(nn.Module):
         rows = out.reshape(out.shape[0], -1, out.shape[-1])
         return torch.baddbmm(rows, low, self.b[slots]).reshape(out.shape)
 
-    def set_slots(self, pairs: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
-        """The bank of slots 1... in order: each adapter's (A, B), None where it leaves this layer be."""
-        weight = self.base.weight
-        rank = max([1, *(a.shape[0] for a, _ in filter(None, pairs))])
-        slots = len(pairs) + 1
-        a = torch.zeros(slots, self.base.in_features, rank, device=weight.device, dtype=weight.dtype)
-        b = torch.zeros(slots, rank, self.base.out_features, device=weight.device, dtype=weight.dtype)
-        for slot, pair in enumerate(pairs, start=1):
-            if pair is not None:
-                a[slot, :, : pair[0].shape[0]] = pair[0].T
-                b[slot, : pair[1].shape[1]] = pair[1].T
-        self.a, self.b = a, b
+    def reserve(self, capacity: int, rank: int = 1) -> None:
+        """Room for `capacity` slots of rank `rank` (the bank only grows)."""
+        capacity, rank = max(capacity, self.a.shape[0]), max(rank, self.a.shape[2])
+        if (capacity, rank) != (self.a.shape[0], self.a.shape[2]):
+            self.a = _grown(self.a, (capacity, self.base.in_features, rank))
+            self.b = _grown(self.b, (capacity, rank, self.base.out_features))
+
+    def put(self, slot: int, pair: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Slot `slot` holds this (A, B), or nothing (an adapter that leaves this layer be)."""
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        if pair is not None:
+            rank = pair[0].shape[0]
+            self.reserve(0, rank)
+            self.a[slot, :, :rank] = pair[0].T
+            self.b[slot, :rank] = pair[1].T
+
+    def move(self, source: int, slot: int) -> None:
+        self.a[slot] = self.a[source]
+        self.b[slot] = self.b[source]
 
 
 class HeadBank(nn.Module):
-    """The base's classifier head, and each resident adapter's own, applied row by row."""
+    """The base's classifier head (slot 0) and each resident adapter's own, applied row by row: a
+    Linear head from a bank like the layers' (padded to the widest label set), another head once
+    per adapter on its rows."""
 
-    def __init__(self, base: nn.Module, routing: Routing) -> None:
+    def __init__(self, base: nn.Module, routing: Routing, capacity: int) -> None:
         super().__init__()
         self.base = base
         self.routing = routing
-        self.heads: list[dict[str, torch.Tensor] | None] = []  # per slot 1...; None: the base's head
-        self.weight: torch.Tensor | None = None  # Linear heads: (slots, in, labels), padded
+        self.heads: dict[int, dict[str, torch.Tensor]] = {}  # by slot; none: the base's head
+        self.weight: torch.Tensor | None = None  # Linear heads: (slots, in, labels)
         self.bias: torch.Tensor | None = None  # (slots, labels)
+        if isinstance(base, nn.Linear):
+            self.weight = base.weight.new_zeros(capacity, base.in_features, base.out_features)
+            self.bias = base.weight.new_zeros(capacity, base.out_features)
+            self.put(0, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self.routing.slots
@@ -168,11 +182,9 @@ class HeadBank(nn.Module):
     def _per_adapter(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         outputs: dict[int, torch.Tensor] = {}
         for slot in sorted(set(slots.tolist())):
-            rows = x[slots == slot]
-            state = self.heads[slot - 1] if slot > 0 else None
-            outputs[slot] = (
-                self.base(rows) if state is None else torch.func.functional_call(self.base, state, (rows,))
-            )
+            rows, state = x[slots == slot], self.heads.get(slot)
+            call = torch.func.functional_call
+            outputs[slot] = self.base(rows) if state is None else call(self.base, state, (rows,))
         width = max(o.shape[-1] for o in outputs.values())
         first = next(iter(outputs.values()))
         logits = first.new_zeros((x.shape[0], *first.shape[1:-1], width))
@@ -180,24 +192,45 @@ class HeadBank(nn.Module):
             logits[slots == slot, ..., : out.shape[-1]] = out
         return logits
 
-    def set_slots(self, heads: list[dict[str, torch.Tensor] | None]) -> None:
-        self.heads = heads
-        if not isinstance(self.base, nn.Linear):
+    def reserve(self, capacity: int) -> None:
+        if self.weight is not None and self.bias is not None and capacity > self.weight.shape[0]:
+            self.weight = _grown(self.weight, (capacity, *self.weight.shape[1:]))
+            self.bias = _grown(self.bias, (capacity, self.bias.shape[1]))
+
+    def put(self, slot: int, state: dict[str, torch.Tensor] | None) -> None:
+        """Slot `slot` scores with this head's tensors (None: the base's head)."""
+        self.heads.pop(slot, None)
+        if state is not None and self.weight is None:
+            self.heads[slot] = {k: v.to(next(self.base.parameters())) for k, v in state.items()}
+        if self.weight is None or self.bias is None:
             return
-        own = {"weight": self.base.weight, "bias": self.base.bias}
-        states = [own, *(h or own for h in heads)]
-        width = max(s["weight"].shape[0] for s in states)
-        weight = self.base.weight.new_zeros(len(states), self.base.in_features, width)
-        bias = self.base.weight.new_zeros(len(states), width)
-        for slot, state in enumerate(states):
-            weight[slot, :, : state["weight"].shape[0]] = state["weight"].T
-            if state.get("bias") is not None:
-                bias[slot, : state["weight"].shape[0]] = state["bias"]
-        self.weight, self.bias = weight, bias
+        assert isinstance(self.base, nn.Linear)
+        weight, bias = (
+            (state or {}).get("weight", self.base.weight),
+            (state or {}).get("bias", self.base.bias),
+        )
+        width = weight.shape[0]
+        if width > self.weight.shape[2]:
+            self.weight = _grown(self.weight, (*self.weight.shape[:2], width))
+            self.bias = _grown(self.bias, (self.bias.shape[0], width))
+        self.weight[slot].zero_()
+        self.bias[slot].zero_()
+        self.weight[slot, :, :width] = weight.T
+        if bias is not None:
+            self.bias[slot, :width] = bias
+
+    def move(self, source: int, slot: int) -> None:
+        if source in self.heads:
+            self.heads[slot] = self.heads.pop(source)
+        if self.weight is not None and self.bias is not None:
+            self.weight[slot] = self.weight[source]
+            self.bias[slot] = self.bias[source]
 
 
 class MultiLoraModel:
-    """A base classifier, wrapped in place to serve any number of LoRA adapters by slot.
+    """A base classifier, wrapped in place to serve any number of LoRA adapters by slot. Only the
+    banks hold an adapter's tensors (moved to the model's device and dtype); they grow by a
+    quarter when full, and a removed adapter's slot takes the last one's.
 
     Its forward pass is unchanged outside `routed`; `add` and `remove` must not run during a
     forward pass (the caller runs them on the thread that runs the model)."""
@@ -206,51 +239,56 @@ class MultiLoraModel:
         self.model = model
         self.routing = Routing()
         self.head_path = head_path
-        self.head = HeadBank(model.get_submodule(head_path), self.routing)
+        self.capacity = 1  # slots, the base's included
+        self.head = HeadBank(model.get_submodule(head_path), self.routing, self.capacity)
         _replace(model, head_path, self.head)
         self.layers: dict[str, LoraBankLinear] = {}
-        self.adapters: dict[str, LoraWeights] = {}  # in slot order (slot = position + 1)
+        self.slots: dict[str, int] = {}  # resident adapter -> its slot (1...)
 
     def slot(self, name: str) -> int:
         """The slot of the resident adapter `name`; KeyError when it is not resident."""
-        return list(self.adapters).index(name) + 1 if name in self.adapters else _missing(name)
+        return self.slots[name] if name in self.slots else _missing(name)
 
     def add(self, name: str, weights: LoraWeights) -> None:
-        """Make the adapter resident (its tensors moved to the model's device and dtype)."""
+        """Make the adapter resident (again, if it was)."""
         if weights.head_path not in (None, self.head_path):
             raise UnsupportedAdapter(f"{name}: its head {weights.head_path!r} is not {self.head_path!r}")
         for path in weights.pairs:
-            if path not in self.layers:
-                module = self.model.get_submodule(path)
-                if not isinstance(module, nn.Linear):
-                    raise UnsupportedAdapter(
-                        f"{name}: {path} is a {type(module).__name__}, not a Linear layer"
-                    )
-        reference = next(self.model.parameters())
-        placed = LoraWeights(
-            {p: (a.to(reference), b.to(reference)) for p, (a, b) in weights.pairs.items()},
-            weights.head_path,
-            {k: v.to(reference) for k, v in weights.head.items()},
-            weights.labels,
-        )
-        for path in placed.pairs:
+            module = self.layers.get(path) or self.model.get_submodule(path)
+            if not isinstance(module, (nn.Linear, LoraBankLinear)):
+                raise UnsupportedAdapter(f"{name}: {path} is a {type(module).__name__}, not a Linear layer")
+        self.remove(name)
+        slot = len(self.slots) + 1
+        if slot >= self.capacity:
+            self.capacity = slot + max(4, slot // 4)
+            self.head.reserve(self.capacity)
+            for layer in self.layers.values():
+                layer.reserve(self.capacity)
+        for path in weights.pairs:
             if path not in self.layers:
                 linear = self.model.get_submodule(path)
                 assert isinstance(linear, nn.Linear)  # checked above
-                self.layers[path] = LoraBankLinear(linear, self.routing)
+                self.layers[path] = LoraBankLinear(linear, self.routing, self.capacity)
                 _replace(self.model, path, self.layers[path])
-        self.adapters[name] = placed
-        self._rebuild()
+        for path, layer in self.layers.items():
+            layer.put(slot, weights.pairs.get(path))
+        self.head.put(slot, weights.head or None)
+        self.slots[name] = slot
 
     def remove(self, name: str) -> None:
-        if self.adapters.pop(name, None) is not None:
-            self._rebuild()
-
-    def _rebuild(self) -> None:
-        adapters = list(self.adapters.values())
-        for path, layer in self.layers.items():
-            layer.set_slots([w.pairs.get(path) for w in adapters])
-        self.head.set_slots([w.head or None for w in adapters])
+        slot = self.slots.pop(name, None)
+        if slot is None:
+            return
+        last = len(self.slots) + 1
+        if slot != last:  # the last adapter moves into the freed slot
+            moved = next(n for n, s in self.slots.items() if s == last)
+            for layer in self.layers.values():
+                layer.move(last, slot)
+            self.head.move(last, slot)
+            self.slots[moved] = slot
+        for layer in self.layers.values():
+            layer.put(last, None)
+        self.head.put(last, None)
 
     @contextlib.contextmanager
     def routed(self, slots: list[int], device: torch.device) -> Iterator[None]:
@@ -266,7 +304,15 @@ class MultiLoraModel:
         """The memory the adapters' banks hold."""
         tensors = [t for layer in self.layers.values() for t in (layer.a, layer.b)]
         tensors += [t for t in (self.head.weight, self.head.bias) if t is not None]
+        tensors += [t for state in self.head.heads.values() for t in state.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _grown(bank: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A zero tensor of `shape` holding `bank` in its leading corner."""
+    grown = bank.new_zeros(shape)
+    grown[tuple(slice(0, n) for n in bank.shape)] = bank
+    return grown
 
 
 def _missing(name: str) -> int:

@@ -111,20 +111,28 @@ def test_a_mixed_text_batch_equals_each_adapter_merged(
 def test_adapters_come_and_go_without_disturbing_the_others(tiny_vit_dir: Path, tmp_path: Path) -> None:
     base = load_adapter(manifest("image-classification", tiny_vit_dir), tiny_vit_dir, CPU, torch.float32)
     host = LoraHost(base, "classifier")  # type: ignore[arg-type]
+    names = "stuvwxyz"  # more than the banks first make room for: they grow
     folders = {
-        n: save_lora_adapter(tiny_vit_dir, tmp_path / n, ["a", "b", "c"], seed=i) for i, n in enumerate("xyz")
+        n: save_lora_adapter(tiny_vit_dir, tmp_path / n, ["a", "b", "c"], seed=i) for i, n in enumerate(names)
     }
     features = [base.preprocess(image) for image in images()]
+
+    def answers() -> dict[str, Any]:
+        return {n: host.predict([LoraInput(n, f) for f in features], top_k=3) for n in host.names}
+
     for name, folder in folders.items():
         host.add(name, read_lora(folder))
-    before = host.predict([LoraInput("z", f) for f in features], top_k=3)
-    host.remove("x")  # z's slot moves down
-    assert host.names == ["y", "z"]
-    after = host.predict([LoraInput("z", f) for f in features], top_k=3)
-    for a, b in zip(after, before, strict=True):
-        assert_same(a, b)
-    with pytest.raises(KeyError, match="'x' is not resident"):
-        host.predict([LoraInput("x", features[0])], top_k=3)
+    before = answers()
+    assert len({str(a) for a in before.values()}) == len(names)  # each adapter answers its own way
+    host.remove("t")  # z takes t's slot
+    host.remove("z")
+    host.add("t", read_lora(folders["t"]))  # back, in the last slot
+    assert sorted(host.names) == sorted(names[:-1])
+    for name, outputs in answers().items():
+        for a, b in zip(outputs, before[name], strict=True):
+            assert_same(a, b)
+    with pytest.raises(KeyError, match="'z' is not resident"):
+        host.predict([LoraInput("z", features[0])], top_k=3)
     # the base's own inputs never see the adapters
     plain = host.predict(features, top_k=3)
     for a, b in zip(plain, base.predict(features, top_k=3), strict=True):
