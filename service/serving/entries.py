@@ -54,6 +54,7 @@ class Replica:
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
     # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)
     lora: LoraHost | None = None
+    shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelEntry:
     registered_at: int | None = None  # when it was registered, in Unix seconds
     # a LoRA fine-tune: the model whose replicas serve it as an adapter (service/serving/lora.py)
     adapts: str | None = None
+    served_over: ModelEntry | None = None  # the model whose replicas serve it now (`adapts`, loaded)
     adapters: dict[str, ModelEntry] = field(default_factory=dict)  # the LoRA fine-tunes served over this one
     in_flight: int = 0  # inputs queued or running
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,10 +162,12 @@ class ModelEntry:
 
     @property
     def queue_depth(self) -> int:
-        return sum(len(b.queue) for b in self.batchers)
+        """Inputs in this model's own queues (a base's hold its LoRA adapters' inputs too)."""
+        return sum(len(r.batcher.queue) for r in self.replicas if r.batcher is not None and not r.shared)
 
     def class_depth(self, service_class: ServiceClass) -> int:
-        return sum(b.queue.depth(service_class) for b in self.batchers)
+        own = [r.batcher for r in self.replicas if r.batcher is not None and not r.shared]
+        return sum(b.queue.depth(service_class) for b in own)
 
     @property
     def adapter(self) -> ModelAdapter:

@@ -64,14 +64,14 @@ async def attach(entry: ModelEntry, base: ModelEntry) -> bool:
         try:
             for replica in base.replicas:
                 view = await _on_thread(replica, functools.partial(_add, replica, entry.name, weights))
-                views.append(Replica(view, replica.device, replica.executor, replica.batcher))
+                views.append(Replica(view, replica.device, replica.executor, replica.batcher, shared=True))
         except UnsupportedAdapter as exc:
             for replica in base.replicas[: len(views)]:
                 await _on_thread(replica, functools.partial(_remove, replica, entry.name))
             log.info("model %s: served as a merged copy (%s)", entry.name, exc)
             return False
         entry.replicas = views
-        base.adapters[entry.name] = entry
+        base.adapters[entry.name], entry.served_over = entry, base
         entry.status, entry.reason = ModelStatus.READY, None
     log.info(
         "model %s: LoRA adapter (%d kB) served over %s on %s",
@@ -96,13 +96,15 @@ def _remove(replica: Replica, name: str) -> None:
         replica.lora.remove(name)
 
 
-async def detach(entry: ModelEntry, base: ModelEntry | None) -> None:
-    """Stop serving the LoRA fine-tune `entry`: no new inputs, the queued ones answered, then its
-    weights dropped from every replica of `base`."""
-    entry.replicas = []  # new requests: 503, or a fresh load
-    if base is None or base.adapters.get(entry.name) is not entry:
+async def detach(entry: ModelEntry) -> None:
+    """Stop serving the LoRA fine-tune `entry` over its base: no new inputs, the queued ones
+    answered, then its weights dropped from every replica of the base."""
+    base, entry.served_over = entry.served_over, None
+    entry.replicas, entry.status = [], ModelStatus.NOT_LOADED  # new requests: 503, or a fresh load
+    if base is None:
         return
-    del base.adapters[entry.name]
+    if base.adapters.get(entry.name) is entry:
+        del base.adapters[entry.name]
     await entry.until_idle()
     for replica in base.replicas:
         with contextlib.suppress(RuntimeError):  # the base released meanwhile: its thread is gone
@@ -112,9 +114,7 @@ async def detach(entry: ModelEntry, base: ModelEntry | None) -> None:
 async def detach_all(base: ModelEntry) -> None:
     """Detach every LoRA fine-tune served over `base` (they load again, with it, when next used)."""
     for entry in list(base.adapters.values()):
-        await detach(entry, base)
-        if entry.status is ModelStatus.READY:
-            entry.status = ModelStatus.NOT_LOADED
+        await detach(entry)
 
 
 def in_use(base: ModelEntry) -> bool:

@@ -291,9 +291,8 @@ class ModelRegistry:
             await self.unload(entry)
 
     async def _release(self, entry: ModelEntry) -> None:
-        base = self.entries.get(entry.adapts) if entry.adapts else None
-        if base is not None and base.adapters.get(entry.name) is entry:
-            await lora.detach(entry, base)  # a LoRA adapter: its base's replicas stay
+        if entry.served_over is not None:
+            await lora.detach(entry)  # a LoRA adapter: its base's replicas stay
             return
         await lora.detach_all(entry)
         for replica in entry.replicas:
