@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import io
 import json
 import os
@@ -37,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.shipped import digit_images  # noqa: E402
+
 BASE_DIR = REPO / "models" / "digits-vit"
 ADMIN = "mk_loadtest_multi_lora_admin_0123456789abcdef"
 DIGITS = [str(d) for d in range(10)]
@@ -47,34 +50,6 @@ BATCH = 16
 def rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def training_script() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "train_digits_vit", REPO / "scripts" / "train_digits_vit.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def held_out_digits(count: int) -> tuple[list[bytes], list[int]]:
-    """`count` digits the base never trained on, as PNG bytes, with their true labels."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    script = training_script()
-    digits = load_digits()
-    _, x_test, _, y_test = train_test_split(
-        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
-    )
-    pngs = []
-    for pixels in x_test[:count]:
-        buffer = io.BytesIO()
-        script.digit_to_image(pixels).save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
-    return pngs, [int(y) for y in y_test[:count]]
 
 
 def permutation(k: int) -> list[int]:
@@ -126,7 +101,7 @@ async def served(folders: list[Path], merged: bool, seconds: float) -> dict[str,
     from service.serving.runtime.multi_lora import LoraInput
     from service.settings import Settings
 
-    pngs, truths = held_out_digits(PROBES)
+    pngs, truths = digit_images(PROBES)  # held-out digits, as PNGs, with their true labels
     work = Path(tempfile.mkdtemp(prefix="maas-multi-lora-"))
     (work / "models").mkdir()
     manifest = (REPO / "models" / "digits-vit.yaml").read_text(encoding="utf-8")

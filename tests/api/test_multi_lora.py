@@ -6,6 +6,7 @@ are answered, and leaves with its base."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -187,3 +188,20 @@ async def test_adapters_leave_with_their_base_and_come_back_with_it(served: Serv
         again = await predict(acme, "ft-tiny-vit-moods")  # loads over the base's new replica
         assert again.status_code == 200, again.text
         assert moods.batchers == base.batchers and base.replicas[0].lora is not None
+
+
+async def test_an_adapter_the_banks_cannot_hold_is_served_merged(served: Served, tiny_vit_dir: Path) -> None:
+    folder = save_lora_adapter(
+        tiny_vit_dir, served.folders["ft-tiny-vit-shapes"].parent / "odd", ["x", "y"], seed=9
+    )
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config["rank_pattern"] = {"q_proj": 4}  # the rank it has: PEFT loads it, the banks do not model it
+    (folder / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    owner = served.entry("ft-tiny-vit-shapes").owner
+    assert owner is not None
+    odd = served.registry.add_fine_tuned("ft-tiny-vit-odd", folder, owner, "tiny-vit")
+    async with served.client("acme") as acme:
+        answer = await predict(acme, "ft-tiny-vit-odd")
+    assert answer.status_code == 200, answer.text
+    assert {p["label"] for p in answer.json()["predictions"][0]} == {"x", "y"}
+    assert odd.served_over is None and odd.batchers != served.entry("tiny-vit").batchers  # its own copy
