@@ -65,9 +65,11 @@ async def attach(entry: ModelEntry, base: ModelEntry) -> bool:
             for replica in base.replicas:
                 view = await _on_thread(replica, functools.partial(_add, replica, entry.name, weights))
                 views.append(Replica(view, replica.device, replica.executor, replica.batcher, shared=True))
-        except UnsupportedAdapter as exc:
-            for replica in base.replicas[: len(views)]:
+        except Exception as exc:  # none of it stays resident
+            for replica in base.replicas:
                 await _on_thread(replica, functools.partial(_remove, replica, entry.name))
+            if not isinstance(exc, UnsupportedAdapter):
+                raise
             log.info("model %s: served as a merged copy (%s)", entry.name, exc)
             return False
         entry.replicas = views
