@@ -25,29 +25,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
-from fairness import _tenant_key
 from loadgen import build_request, run_closed_loop, send_once
-from servers import RunningServer, start_server
-from workload import MODELS, build_model, jpeg_bodies
+from servers import RunningServer, start_server, tenant_key
+from workload import phase_model, phase_parser
 
 BOUNDARY = "maasbatchloadtest"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="deit-tiny", choices=sorted(MODELS))
+    parser = phase_parser(__doc__)
     parser.add_argument("--images", type=int, default=2000, help="inputs of the batch job")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
-    parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=1, help="interactive closed-loop clients")
     parser.add_argument(
         "--in-flight", type=int, default=2, help="MAAS_BATCH_IN_FLIGHT: the job's inputs queued at once"
     )
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     return parser.parse_args(argv)
 
 
@@ -71,7 +62,7 @@ async def _call(url: str, body: bytes, content_type: str, key: dict[str, str], m
 async def _run(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     url = server.predict_url
     base = url.split("/v1/")[0]
-    key = await _tenant_key(server, "interactive")
+    key = await tenant_key(server, "interactive")
     requests = [build_request(url, b, headers=key) for b in bodies]
 
     def load() -> Any:
@@ -115,9 +106,7 @@ async def _run(server: RunningServer, bodies: list[bytes], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    folder = build_model(MODELS[args.model], args.cache_dir)
-    bodies = jpeg_bodies()
+    folder, bodies = phase_model(args)
     with tempfile.TemporaryDirectory(prefix="maas-batch-job-") as tmp:
         server = start_server(
             "maas",

@@ -13,54 +13,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
-from loadgen import LoadResult, build_request, run_closed_loop, send_once
-from servers import RunningServer, start_server
-from workload import MODELS, build_model, jpeg_bodies
+from loadgen import LoadResult, build_request, run_closed_loop
+from servers import RunningServer, start_server, tenant_key
+from workload import phase_model, phase_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="deit-tiny", choices=sorted(MODELS))
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not recorded before each phase")
+    parser = phase_parser(__doc__)
     parser.add_argument("--flood-concurrency", type=int, default=24)
     parser.add_argument("--light-concurrency", type=int, default=1)
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     return parser.parse_args(argv)
-
-
-async def _tenant_key(server: RunningServer, name: str) -> dict[str, str]:
-    """A new tenant `name` and a key of its own, made through the admin API."""
-    base = server.predict_url.split("/v1/")[0]
-    for path, body in (
-        (f"{base}/v1/admin/tenants", {"name": name}),
-        (f"{base}/v1/admin/tenants/{name}/keys", {}),
-    ):
-        raw = build_request(
-            path, json.dumps(body).encode(), content_type="application/json", headers=server.headers
-        )
-        response = await send_once(path, raw)
-        if response.status != 201:
-            raise RuntimeError(f"{path}: {response.status} {response.body[:200]!r}")
-    return {"Authorization": f"Bearer {json.loads(response.body)['key']}"}
 
 
 async def _phases(
     server: RunningServer, bodies: list[bytes], args: argparse.Namespace
 ) -> dict[str, LoadResult]:
     url = server.predict_url
-    light_key, flood_key = await _tenant_key(server, "light"), await _tenant_key(server, "flood")
+    light_key, flood_key = await tenant_key(server, "light"), await tenant_key(server, "flood")
     light = [build_request(url, b, headers=light_key) for b in bodies]
     flood = [build_request(url, b, headers=flood_key) for b in bodies]
 
@@ -90,9 +65,7 @@ def _line(fair: bool, results: dict[str, LoadResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    folder = build_model(MODELS[args.model], args.cache_dir)
-    bodies = jpeg_bodies()
+    folder, bodies = phase_model(args)
     lines = []
     with tempfile.TemporaryDirectory(prefix="maas-fairness-") as tmp:
         for fair in (True, False):

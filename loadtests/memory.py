@@ -19,7 +19,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
+
+from workload import MODELS, build_model
 
 CACHE = Path(os.environ.get("MAAS_BENCH_CACHE", Path.home() / ".cache" / "maas-bench"))
 
@@ -27,26 +32,6 @@ CACHE = Path(os.environ.get("MAAS_BENCH_CACHE", Path.home() / ".cache" / "maas-b
 def rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def build_vit_base(folder: Path) -> Path:
-    """ViT-B/16 at 224 with random weights, saved like a hub checkpoint (cached between runs)."""
-    if (folder / "model.safetensors").exists():
-        return folder
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    config = ViTConfig(
-        image_size=224,
-        patch_size=16,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        num_labels=1000,
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
-    return folder
 
 
 def measure_in_this_process(model_dir: Path, dtype: str) -> dict[str, float]:
@@ -97,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(measure_in_this_process(args.model_dir, args.dtype)))
         return
-    build_vit_base(args.model_dir)
+    build_model(replace(MODELS["vit-base"], name=args.model_dir.name), args.model_dir.parent)
     # a fresh process, so that building the model does not inflate the baseline
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--dtype", args.dtype, "--model-dir", str(args.model_dir)],

@@ -4,6 +4,7 @@ per batch under `torch.inference_mode`, softmax and the top 5 classes of each in
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,16 @@ import torch
 from PIL import Image
 
 TOP_K = 5
+
+
+def server_args(doc: str) -> argparse.Namespace:
+    """The options both reference servers take from the benchmark: model folder, port, batching."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    return parser.parse_args()
 
 
 class ViTClassifier:

@@ -9,13 +9,12 @@ dynamic batching (`max_batch_size`, `batch_timeout`); one API server process.
 
 # No `from __future__ import annotations` here: LitServe and FastAPI read the real annotation
 # of `decode_request` (a raw `bytes` body) at run time.
-import argparse
 from typing import Annotated, Any
 
 import litserve as ls
 import torch
 from fastapi import Body
-from ref_common import ViTClassifier
+from ref_common import ViTClassifier, server_args
 
 
 class ViTAPI(ls.LitAPI):  # type: ignore[misc]
@@ -45,12 +44,7 @@ class ViTAPI(ls.LitAPI):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    args = parser.parse_args()
+    args = server_args(__doc__)
     api = ViTAPI(args.model_dir, max_batch_size=args.max_batch_size, batch_timeout=args.max_delay_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
     server.run(

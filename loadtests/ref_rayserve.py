@@ -9,14 +9,13 @@ Runs until SIGTERM or SIGINT, then shuts Serve and Ray down.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 from typing import Any
 
 import torch
 from ray import serve
-from ref_common import ViTClassifier
+from ref_common import ViTClassifier, server_args
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -39,12 +38,7 @@ def build_app(model_dir: str, max_batch_size: int, max_delay_ms: float) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    args = parser.parse_args()
+    args = server_args(__doc__)
 
     import ray
 

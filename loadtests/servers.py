@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -197,3 +198,19 @@ def _wait_ready(server: RunningServer, port: int, jpeg: bytes, timeout_s: float)
             last = repr(exc)
         time.sleep(0.2)
     raise ServerUnavailable(f"{server.name} not ready in {timeout_s:.0f}s ({last}):\n{server.log_tail()}")
+
+
+async def tenant_key(server: RunningServer, name: str) -> dict[str, str]:
+    """A new tenant `name` and a key of its own, made through the admin API: the key's headers."""
+    base = server.predict_url.split("/v1/")[0]
+    for path, body in (
+        (f"{base}/v1/admin/tenants", {"name": name}),
+        (f"{base}/v1/admin/tenants/{name}/keys", {}),
+    ):
+        raw = build_request(
+            path, json.dumps(body).encode(), content_type="application/json", headers=server.headers
+        )
+        response = await send_once(path, raw)
+        if response.status != 201:
+            raise RuntimeError(f"{path}: {response.status} {response.body[:200]!r}")
+    return {"Authorization": f"Bearer {json.loads(response.body)['key']}"}

@@ -8,6 +8,7 @@ Random weights are fine: speed does not depend on what the weights say. The mode
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
 from dataclasses import dataclass
@@ -177,3 +178,22 @@ def measure_raw_limit(
         ((t, b) for t, row in by_threads.items() for b in row), key=lambda tb: by_threads[tb[0]][tb[1]]
     )
     return RawLimit(preprocess_s * 1000, by_threads[threads][size], size, threads, by_threads)
+
+
+def phase_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a load test that measures the gateway on one model in timed phases: `--model`,
+    `--duration`, `--warmup`, the batching and `--cache-dir`. The test adds its own, and parses."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="deit-tiny", choices=sorted(MODELS))
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not recorded before each phase")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
+    return parser
+
+
+def phase_model(args: argparse.Namespace) -> tuple[Path, list[bytes]]:
+    """The folder of `args.model` (built into `args.cache_dir` the first time) and the JPEG bodies."""
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    return build_model(MODELS[args.model], args.cache_dir), jpeg_bodies()

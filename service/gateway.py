@@ -126,6 +126,7 @@ class Gateway:
             hub_timeout_s=settings.hub_probe_timeout_s,
             finder=finished,
             fair_queueing=settings.fair_queueing,
+            memory_mb=settings.device_memory_mb,
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts
@@ -134,6 +135,7 @@ class Gateway:
             lambda: {c.value: sum(e.class_depth(c) for e in registry.list()) for c in CLASSES}
         )
         metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
+        metrics.sample_residency(registry.residency.resident_models, registry.residency.resident_bytes)
 
         usage_metrics = UsageMetrics(
             metrics.registry,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     fair_queueing: bool = True  # tenants share a busy model's batches by weight; false: FIFO
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work
     model_sync_s: float = Field(5.0, gt=0, le=3600)  # how often replicas re-read registered models
+    # each device's budget for resident models, in MB (2**20 bytes; fractions allowed); None: the
+    # device's memory less 10 % on CUDA, half the RAM on the CPU (per process)
+    device_memory_mb: float | None = Field(None, gt=0, le=1e9)
 
     redis_url: SecretStr | None = None  # may carry a password
     redis_fail_open: bool = True

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import TextIO
 
-from maas_client._cli_output import Cell, print_fields, print_json, print_table
+from maas_client._cli_output import Cell, print_fields, print_json, print_table, write_output
 from maas_client.client import Client
 from maas_client.types import Batch
 
@@ -68,9 +67,5 @@ def cancel(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 def results(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     text = "".join(json.dumps(line) + "\n" for line in client.batches.results(args.batch_id))
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote the results of {args.batch_id} to {args.output}", file=out)
-    else:
-        out.write(text)
+    write_output(text, args.output, f"the results of {args.batch_id}", out)
     return 0

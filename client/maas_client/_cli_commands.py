@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from maas_client._cli_output import Cell, print_fields, print_json, print_table
+from maas_client._cli_output import Cell, print_fields, print_json, print_table, write_output
 from maas_client.client import Client
 from maas_client.types import (
     APIKey,
@@ -121,11 +121,7 @@ def billing_export(client: Client, args: argparse.Namespace, out: TextIO) -> int
             print_table(headers, rows, out)
             print(f"total {export.total} for {export.period}", file=out)
             return 0
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote the {args.period} billing export ({fmt}) to {args.output}", file=out)
-    else:
-        out.write(text)
+    write_output(text, args.output, f"the {args.period} billing export ({fmt})", out)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 
 Cell = object
@@ -51,3 +52,12 @@ def print_fields(fields: Sequence[tuple[str, Cell]], out: TextIO) -> None:
 def print_json(value: Any, out: TextIO) -> None:
     """The gateway's JSON, indented."""
     print(json.dumps(value, indent=2), file=out)
+
+
+def write_output(text: str, path: str | None, what: str, out: TextIO) -> None:
+    """`text` into the file at `path` (saying it wrote `what` there), or onto `out` when None."""
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+        print(f"wrote {what} to {path}", file=out)
+    else:
+        out.write(text)

@@ -229,8 +229,25 @@ def register_model(manifest: Mapping[str, Any]) -> Call[Model]:
     return Call("POST", "/v1/admin/models", _one(Model), json=dict(manifest))
 
 
-def update_model(name: str, changes: dict[str, Any]) -> Call[Model]:
+def update_model(
+    name: str,
+    *,
+    replicas: int | _NotGiven,
+    batching: Mapping[str, Any] | _NotGiven,
+    price: Mapping[str, Any] | _NotGiven,
+    preload: bool | _NotGiven,
+    pinned: bool | _NotGiven,
+    description: str | _NotGiven,
+) -> Call[Model]:
     """PATCH with only the fields given (NOT_GIVEN ones left out)."""
+    changes: dict[str, Any] = {
+        "replicas": replicas,
+        "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
+        "price": price if isinstance(price, _NotGiven) else dict(price),
+        "preload": preload,
+        "pinned": pinned,
+        "description": description,
+    }
     body = {k: v for k, v in changes.items() if v is not NOT_GIVEN}
     return Call("PATCH", f"/v1/admin/models/{_seg(name)}", _one(Model), json=body)
 

@@ -393,18 +393,21 @@ class AsyncAdminModels(_AsyncResource):
         batching: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         price: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         preload: bool | _NotGiven = NOT_GIVEN,
+        pinned: bool | _NotGiven = NOT_GIVEN,
         description: str | _NotGiven = NOT_GIVEN,
     ) -> Model:
         """Change a registered model: only the arguments given change; replicas and batching
-        reload it, a price holds at once."""
-        changes: dict[str, Any] = {
-            "replicas": replicas,
-            "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
-            "price": price if isinstance(price, _NotGiven) else dict(price),
-            "preload": preload,
-            "description": description,
-        }
-        return await self._client._request(ops.update_model(name, changes))
+        reload it, a price and pinning hold at once."""
+        call = ops.update_model(
+            name,
+            replicas=replicas,
+            batching=batching,
+            price=price,
+            preload=preload,
+            pinned=pinned,
+            description=description,
+        )
+        return await self._client._request(call)
 
     async def delete(self, name: str) -> Model:
         """Drain a registered model (queued inputs are answered), then remove it (status `deleted`)."""
@@ -415,7 +418,7 @@ class AsyncAdminModels(_AsyncResource):
         return await self._client._request(ops.load_model(name, True))
 
     async def unload(self, name: str) -> Model:
-        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        """Drain a registered model and free its devices: `unloaded` until its next use loads it."""
         return await self._client._request(ops.load_model(name, False))
 
 

@@ -390,18 +390,21 @@ class AdminModels(_Resource):
         batching: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         price: Mapping[str, Any] | _NotGiven = NOT_GIVEN,
         preload: bool | _NotGiven = NOT_GIVEN,
+        pinned: bool | _NotGiven = NOT_GIVEN,
         description: str | _NotGiven = NOT_GIVEN,
     ) -> Model:
         """Change a registered model: only the arguments given change; replicas and batching
-        reload it, a price holds at once."""
-        changes: dict[str, Any] = {
-            "replicas": replicas,
-            "batching": batching if isinstance(batching, _NotGiven) else dict(batching),
-            "price": price if isinstance(price, _NotGiven) else dict(price),
-            "preload": preload,
-            "description": description,
-        }
-        return self._client._request(ops.update_model(name, changes))
+        reload it, a price and pinning hold at once."""
+        call = ops.update_model(
+            name,
+            replicas=replicas,
+            batching=batching,
+            price=price,
+            preload=preload,
+            pinned=pinned,
+            description=description,
+        )
+        return self._client._request(call)
 
     def delete(self, name: str) -> Model:
         """Drain a registered model (queued inputs are answered), then remove it (status `deleted`)."""
@@ -412,7 +415,7 @@ class AdminModels(_Resource):
         return self._client._request(ops.load_model(name, True))
 
     def unload(self, name: str) -> Model:
-        """Drain a registered model and free its devices; it stays listed as `unloaded`."""
+        """Drain a registered model and free its devices: `unloaded` until its next use loads it."""
         return self._client._request(ops.load_model(name, False))
 
 

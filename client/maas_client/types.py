@@ -197,6 +197,7 @@ class Model:
     replicas: int | None = None
     batching: JSON | None = None
     preload: bool | None = None
+    pinned: bool | None = None  # kept resident: never evicted to make room for another model
     description: str = ""
     labels: int | None = None
     load_seconds: float | None = None

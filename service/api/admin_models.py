@@ -26,7 +26,8 @@ ADMIN = s.AUTHENTICATED
 
 
 class ModelChanges(BaseModel):
-    """Only the fields sent change; replicas and batching reload the model, price applies at once."""
+    """Only the fields sent change; replicas and batching reload the model, price and pinning
+    apply at once."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +35,7 @@ class ModelChanges(BaseModel):
     batching: Batching | None = None
     price: Price | None = None
     preload: bool | None = None
+    pinned: bool | None = None
     description: str | None = Field(None, max_length=1000)
 
 
@@ -84,7 +86,7 @@ async def load_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
 
 @router.post("/{model}/unload", **s.documented(s.ModelInfo, *ADMIN, 404, 409))
 async def unload_model(model: str, gateway: App, _: Admin) -> dict[str, Any]:
-    """Drain the model and free its devices; it stays listed as `unloaded` until loaded again."""
+    """Drain the model and free its devices: `unloaded` until its next use (or a load) loads it."""
     return await _set_loaded(gateway, model, False)
 
 

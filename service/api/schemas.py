@@ -77,8 +77,9 @@ class ModelInfo(BaseModel):
     task: str | None
     adapter: str | None
     status: str = Field(
-        description="ready, loading, not_loaded (loads on its first request), unloaded (by an admin), "
-        "unavailable (see reason); deleted in the answer to its deletion."
+        description="ready, loading, not_loaded (loads on its first request), unloaded (by an admin or "
+        "evicted for memory: loads again on its next request), unavailable (see reason); deleted in "
+        "the answer to its deletion."
     )
     reason: str | None
     dtype: str | None
@@ -86,6 +87,7 @@ class ModelInfo(BaseModel):
     replicas: int
     batching: dict[str, Any] | None
     preload: bool
+    pinned: bool = Field(description="Kept resident: never evicted to make room for another model.")
     description: str
     labels: int | None
     load_seconds: float | None

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -35,13 +33,12 @@ from service.db.models import BatchJob
 from service.errors import GatewayError, Overloaded
 from service.metering import Meter
 from service.serving.batching import Tally
-from service.serving.dispatch import infer
 from service.serving.fairqueue import ServiceClass, Share
-from service.serving.inference import check_params, encode_output
+from service.serving.inference import check_params, encode_output, infer_features
 from service.serving.inputs import InputLimits, check_inputs
 from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelFinder, ModelRegistry
-from service.serving.runtime.base import TaskParams, WithParams
+from service.serving.runtime.base import TaskParams
 from service.settings import Settings
 from service.training.datasets import DatasetLimits
 from service.training.store import FineTuneStore
@@ -76,7 +73,6 @@ class BatchRunner(ClaimLoop[BatchJob]):
         self.meter = meter  # None: not metered (tests of the runner alone)
         self.limits = InputLimits.of(settings)
         self.dataset_limits = DatasetLimits.of(settings)
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         # called on the event loop after each committed progress: (job id, lines written)
         self.progress_listeners: list[Callable[[str, int], None]] = []
         super().__init__("maas-batch-runner")
@@ -113,7 +109,8 @@ class BatchRunner(ClaimLoop[BatchJob]):
         )
         try:
             entry = await self._model(job)
-            progress = await self._process(job, entry)
+            with self.registry.residency.hold(entry):  # not evicted for memory while the job runs
+                progress = await self._process(job, entry)
             outcome = progress.pop("outcome")
             if outcome == "stopping":
                 await asyncio.to_thread(self.store.release, job.id, self.owner)
@@ -249,19 +246,18 @@ class BatchRunner(ClaimLoop[BatchJob]):
             features, _ = await prepare_features(
                 self.preprocess, entry.adapter, entry.input_kind, raw, self.limits.image, deadline
             )
-        if entry.adapter.reads_params:
-            features = [WithParams(f, TaskParams()) for f in features]
-        assert entry.manifest is not None
         while True:
             try:
-                [output] = await infer(
+                [output] = await infer_features(
                     entry,
+                    entry.adapter,
                     features,
+                    TaskParams(),
                     top_k=TOP_K,
-                    max_queue=entry.manifest.batching.max_queue,
                     deadline=None,
                     tally=tally,
                     share=share,
+                    tenant_bound=False,  # at most batch_in_flight of a job's inputs wait at once
                 )
                 return output
             except Overloaded as full:  # the model's queue is full of interactive inputs: wait

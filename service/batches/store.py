@@ -4,7 +4,6 @@ over it. A tenant's job is looked up with its tenant id: another tenant's is sim
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,6 @@ FINISHED = frozenset({"completed", "failed", "cancelled"})
 READ_CHUNK = 64 * 1024
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
-
-
 def describe_batch(row: BatchJob) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -34,9 +29,7 @@ def describe_batch(row: BatchJob) -> dict[str, Any]:
         "status": row.status,
         "counts": {"total": row.total, "completed": row.completed, "failed": row.failed},
         "error": row.error,
-        "created_at": _iso(row.created_at),
-        "started_at": _iso(row.started_at),
-        "finished_at": _iso(row.finished_at),
+        **leases.job_times(row),
     }
 
 

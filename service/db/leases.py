@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
+
+from service.db.models import iso
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
@@ -108,6 +113,15 @@ def cancel_queued(session: Session, table: Any, job_id: str) -> bool:
     return False
 
 
+def job_times(job: Any) -> dict[str, str | None]:
+    """A leased job's `created_at`, `started_at` and `finished_at` as the API shows them."""
+    return {
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
 def rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
@@ -116,10 +130,12 @@ def rowcount(result: Any) -> int:
 class ClaimLoop(Generic[Job]):
     """The loop of a job runner: claim a job (on a worker thread), run it, claim the next; when
     there is none, wait for `notify` (a job queued here) or `IDLE_POLL_S` (one queued by another
-    replica). Subclasses say how to claim (`_claim`) and run (`_run`) a job."""
+    replica). Subclasses say how to claim (`_claim`) and run (`_run`) a job. `owner` names this
+    runner in the leases it holds: unique across replicas and restarts."""
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None

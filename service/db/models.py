@@ -27,6 +27,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+def iso(when: datetime | None) -> str | None:
+    """A row's timestamp as the API shows it: ISO 8601, or None when unset."""
+    return when.isoformat() if when else None
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that goes in as aware UTC, is stored naive, and comes out aware UTC again."""
 

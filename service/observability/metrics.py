@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from service.serving.batching import BatchStats
 
+LOAD_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -117,6 +118,25 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.model_loads = Counter(
+            "maas_model_loads",
+            "Loads of a model that made it ready (at start, on first use, after an eviction).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.model_evictions = Counter(
+            "maas_model_evictions",
+            "Times a model was unloaded to make room for another (MAAS_DEVICE_MEMORY_MB).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.model_load_duration = Histogram(
+            "maas_model_load_duration_seconds",
+            "Time a load of a model took (all replicas, warm-up included).",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
+        )
 
     def model_label(self, name: str, owner: str | None) -> str:
         """The `model` label of the model `name` owned by `owner` (None: a public model)."""
@@ -124,11 +144,20 @@ class Metrics:
 
     def loaded(self, name: str, owner: str | None, seconds: float) -> None:
         """A model became ready: its load time and readiness, or one more ready `fine-tuned` model."""
+        label = self.model_label(name, owner)
+        self.model_loads.labels(label).inc()
+        self.model_load_duration.labels(label).observe(seconds)
         if self._hidden(owner):  # one model's load time says nothing of the others'; ready ones are counted
             self.model_ready.labels(FINE_TUNED).inc()
             return
         self.model_load_seconds.labels(name).set(seconds)
         self.model_ready.labels(name).set(1)
+
+    def evicted(self, name: str, owner: str | None) -> None:
+        """A model was unloaded to make room for another."""
+        self.model_evictions.labels(self.model_label(name, owner)).inc()
+        if self._hidden(owner):  # one ready `fine-tuned` model fewer
+            self.model_ready.labels(FINE_TUNED).dec()
 
     def registered(self, name: str, owner: str | None) -> None:
         """A model is known, not loaded yet."""
@@ -192,6 +221,22 @@ class Metrics:
                 "Memory in use per device (CUDA: allocated by this process; cpu: resident set).",
                 "device",
                 sample,
+            )
+        )
+
+    def sample_residency(
+        self, models: Callable[[], Mapping[str, float | None]], used: Callable[[], Mapping[str, float | None]]
+    ) -> None:
+        """Resident models and the bytes they hold, per device (what the budget counts)."""
+        self.registry.register(
+            _Sampled("maas_resident_models", "Model replicas resident on a device.", "device", models)
+        )
+        self.registry.register(
+            _Sampled(
+                "maas_resident_bytes",
+                "Memory the resident models hold on a device, as counted against MAAS_DEVICE_MEMORY_MB.",
+                "device",
+                used,
             )
         )
 

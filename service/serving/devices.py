@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -130,9 +130,12 @@ class DevicePool:
     def from_spec(cls, spec: str) -> DevicePool:
         return cls(parse_devices(spec))
 
-    def place(self, replicas: int, need_bytes: int | None = None) -> list[torch.device]:
-        """Pick a device for each of `replicas` copies of a model needing about `need_bytes` each."""
-        free = {d: self.free_memory(d) for d in self.devices}
+    def place(
+        self, replicas: int, need_bytes: int | None = None, *, room: Mapping[torch.device, int] | None = None
+    ) -> list[torch.device]:
+        """Pick a device for each of `replicas` copies of a model needing about `need_bytes` each,
+        within each device's free memory, or within `room` where given (a memory budget's room)."""
+        free = {d: (room.get(d, 0) if room is not None else self.free_memory(d)) for d in self.devices}
         placed = {d: len(self.workers.get(d, [])) for d in self.devices}
         chosen: list[torch.device] = []
         for replica in range(replicas):

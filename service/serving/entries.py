@@ -79,6 +79,21 @@ class ModelEntry:
     adapters: dict[str, ModelEntry] = field(default_factory=dict)  # the LoRA fine-tunes served over this one
     in_flight: int = 0  # inputs queued or running
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # residency (service/serving/residency.py): what a replica holds, when it was last used, who uses it
+    memory_bytes: int | None = None  # one replica's memory, counted against its device's budget
+    last_used: float = 0.0  # on the residency clock: the least recently used is evicted first
+    users: int = 0  # requests and batch jobs holding the model: it is not evicted meanwhile
+    load_task: asyncio.Task[None] | None = field(default=None, repr=False)  # the load under way, shared
+
+    @property
+    def pinned(self) -> bool:
+        return self.manifest is not None and self.manifest.pinned
+
+    @property
+    def adapters_in_use(self) -> bool:
+        """Whether a LoRA fine-tune served over this model is used (held, arriving, queued or
+        running): then this model is in use too, and is not evicted."""
+        return any(a.users or a.arriving or a.in_flight for a in self.adapters.values())
 
     @contextlib.contextmanager
     def arriving_request(self) -> Iterator[None]:
@@ -150,6 +165,7 @@ class ModelEntry:
             "replicas": m.replicas if m else 0,
             "batching": m.batching.model_dump(exclude_none=True) if m else None,
             "preload": m.preload if m else False,
+            "pinned": self.pinned,
             "description": m.description if m else "",
             "labels": self.num_labels,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,

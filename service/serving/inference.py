@@ -22,7 +22,7 @@ from service.serving.fairqueue import ANYONE, Share
 from service.serving.inputs import LABELS_FIELD, InputLimits, RawInput, check_inputs, read_inputs
 from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelRegistry
-from service.serving.runtime.base import Classification, ModelAdapter, TaskParams, WithParams
+from service.serving.runtime.base import Classification, ModelAdapter, Output, TaskParams, WithParams
 
 T = TypeVar("T")
 
@@ -73,7 +73,10 @@ class Inference:
             inputs, params = await read_inputs(request, entry.input_kind, self.limits, body)
             return inputs, dataclasses.replace(params, threshold=threshold)
 
-        return await self._run(request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share)
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, read, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def run_inputs(
         self,
@@ -92,9 +95,10 @@ class Inference:
         async def given() -> tuple[list[RawInput], TaskParams]:
             return check_inputs(inputs, self.limits), TaskParams()
 
-        return await self._run(
-            request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
-        )
+        with self.registry.residency.hold(entry):  # not evicted for memory while the request is on it
+            return await self._run(
+                request, entry, given, top_k=top_k, deadline=deadline, tally=tally, share=share
+            )
 
     async def _run(
         self,
@@ -111,24 +115,14 @@ class Inference:
         status = 500
         try:
             # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
-            adapter = (await self.registry.ensure_loaded(entry)).adapter
+            adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
             with entry.arriving_request():
                 inputs, params = await read()
                 check_params(adapter, params)
                 tally.inputs = len(inputs)
                 features = await self._features(entry, adapter, inputs, deadline)
-            if adapter.reads_params:  # each input carries them through the batcher
-                features = [WithParams(f, params) for f in features]
-            assert entry.manifest is not None
-            queued = infer(
-                entry,
-                features,
-                top_k=top_k,
-                max_queue=entry.manifest.batching.max_queue,
-                deadline=deadline,
-                tally=tally,
-                share=share,
-                max_tenant_queue=entry.manifest.batching.tenant_queue_bound,
+            queued = infer_features(
+                entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
             )
             outputs = await unless_client_leaves(request, queued)
             status = 200 if outputs is not None else CLIENT_CLOSED
@@ -155,6 +149,37 @@ class Inference:
         )
         self.metrics.preprocessed.labels(where).inc(len(features))
         return features
+
+
+async def infer_features(
+    entry: ModelEntry,
+    adapter: ModelAdapter,
+    features: list[Any],
+    params: TaskParams,
+    *,
+    top_k: int,
+    deadline: float | None,
+    tally: Tally,
+    share: Share,
+    tenant_bound: bool = True,
+) -> list[Output]:
+    """Queue one request's features on the model within its manifest's queue bounds (the tenant's
+    own bound unless `tenant_bound` is False), each carrying `params` where the model reads them;
+    the outputs, in input order."""
+    if adapter.reads_params:  # each input carries them through the batcher
+        features = [WithParams(f, params) for f in features]
+    assert entry.manifest is not None
+    batching = entry.manifest.batching
+    return await infer(
+        entry,
+        features,
+        top_k=top_k,
+        max_queue=batching.max_queue,
+        deadline=deadline,
+        tally=tally,
+        share=share,
+        max_tenant_queue=batching.tenant_queue_bound if tenant_bound else None,
+    )
 
 
 def check_params(adapter: ModelAdapter, params: TaskParams) -> None:

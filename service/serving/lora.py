@@ -17,12 +17,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import ModelUnavailable
+from service.observability.metrics import Metrics
 from service.serving.entries import ModelEntry, ModelStatus, Replica
+from service.serving.residency import LOADABLE
 from service.serving.runtime.lora_views import LoraHost, can_host, view_of
 from service.serving.runtime.multi_lora import LoraWeights, UnsupportedAdapter, read_lora
 
@@ -42,6 +45,34 @@ def _host(replica: Replica, weights: LoraWeights) -> LoraHost:
             raise UnsupportedAdapter(f"a {type(replica.adapter).__name__} cannot serve LoRA adapters")
         replica.lora = LoraHost(replica.adapter, weights.head_path)  # type: ignore[arg-type]
     return replica.lora
+
+
+async def serve_over(entry: ModelEntry, base: ModelEntry, metrics: Metrics) -> bool:
+    """Load the LoRA fine-tune `entry` as an adapter over its resident `base` unless it is loaded:
+    whether it is served so (False: the caller loads it, merged, or says why it cannot be)."""
+    async with entry.load_lock:
+        if entry.served_over is not None:
+            return entry.status is ModelStatus.READY
+        if entry.replicas or entry.load_task is not None or entry.status not in LOADABLE:
+            return False
+        before = ModelStatus.NOT_LOADED if entry.status is ModelStatus.LOADING else entry.status
+        reason, started = entry.reason, time.perf_counter()
+        entry.status, entry.reason = ModelStatus.LOADING, None
+        try:
+            attached = await attach(entry, base)
+        except ModelUnavailable:
+            entry.status, entry.reason = before, reason  # tried again with its base
+            raise
+        except Exception as exc:  # unreadable adapter files: listed, with the reason
+            entry.status, entry.reason = ModelStatus.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+            log.warning("model %s unavailable: %s", entry.name, entry.reason)
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}") from exc
+        if not attached:
+            entry.status, entry.reason = before, reason
+            return False
+        entry.load_seconds = time.perf_counter() - started
+        metrics.loaded(entry.name, entry.owner, entry.load_seconds)
+        return True
 
 
 async def attach(entry: ModelEntry, base: ModelEntry) -> bool:
@@ -72,7 +103,7 @@ async def attach(entry: ModelEntry, base: ModelEntry) -> bool:
                 raise
             log.info("model %s: served as a merged copy (%s)", entry.name, exc)
             return False
-        entry.replicas = views
+        entry.replicas, entry.memory_bytes = views, weights.nbytes  # counted on each device's budget
         base.adapters[entry.name], entry.served_over = entry, base
         entry.status, entry.reason = ModelStatus.READY, None
     log.info(
@@ -120,8 +151,8 @@ async def detach_all(base: ModelEntry) -> None:
 
 
 def in_use(base: ModelEntry) -> bool:
-    """Whether any LoRA fine-tune served over `base` has inputs queued or running."""
-    return any(entry.in_flight for entry in base.adapters.values())
+    """Whether any LoRA fine-tune served over `base` is used (held, arriving, queued or running)."""
+    return base.adapters_in_use
 
 
 def resident_bytes(base: ModelEntry) -> int:

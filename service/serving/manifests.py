@@ -79,6 +79,7 @@ class ModelManifest(BaseModel):
     batching: Batching = Batching()
     replicas: int = Field(1, ge=1, le=64)
     preload: bool = True
+    pinned: bool = False  # kept resident: never evicted to make room for another model
     price: Price = Price()
     description: str = ""
     # torch adapter: `file.py:function` in the source folder, returning a torch.nn.Module

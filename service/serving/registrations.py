@@ -3,9 +3,10 @@ and the sync that makes this replica's registry match them.
 
 Every replica syncs every `MAAS_MODEL_SYNC_S` seconds, and at once when poked (a change made
 here, or one another replica announced over Redis). A sync adds new registrations and starts
-loading them, reloads changed ones where the change needs it, unloads and loads as asked, and
-drains then drops deleted ones. Manifests in the models folder are the defaults: a registration
-never takes a folder model's (or a fine-tuned model's) name.
+loading them (where they fit without evicting another model), reloads changed ones where the
+change needs it, unloads and loads as a new or changed registration asks, and drains then drops
+deleted ones. Manifests in the models folder are the defaults: a registration never takes a
+folder model's (or a fine-tuned model's) name.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from service.serving.registry import ModelRegistry, ModelStatus
 log = logging.getLogger(__name__)
 
 # what a change may touch without a reload: the rest (source, replicas, batching, …) reloads
-LIVE_FIELDS = {"price", "description", "preload"}
+LIVE_FIELDS = {"price", "description", "preload", "pinned"}
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class ModelSync:
         if entry is not None and entry.version is None:
             log.warning("registered model %s ignored: a manifest file or fine-tune has that name", found.name)
             return
+        new = entry is None
         changed = entry is not None and entry.version != found.updated_at
         if entry is None or (changed and _needs_reload(entry.manifest, found.manifest)):
             if entry is not None:
@@ -199,15 +201,18 @@ class ModelSync:
             if entry.manifest is not None and entry.manifest.price != found.manifest.price:
                 await asyncio.to_thread(self.on_price, found.name, found.manifest.price)
             entry.manifest, entry.version = found.manifest, found.updated_at
+        # `loaded` is applied when the registration is new or changed, not on every pass: a model
+        # evicted for memory (or unloaded, then used again) stays as residency left it
+        if not (new or changed):
+            return
         if not found.loaded:
             if entry.status is not ModelStatus.UNLOADED:
                 await self.registry.unload(entry)
-        elif entry.status is ModelStatus.UNLOADED or (
-            # a new one loads if it says `preload`; a changed one (e.g. asked to load) loads at once
-            (entry.status is ModelStatus.NOT_LOADED and (changed or found.manifest.preload))
-            or (entry.status is ModelStatus.UNAVAILABLE and changed)
-        ):
-            self.registry.start_loading(entry)
+        elif new:  # loads at once if it says `preload` and fits without evicting another model
+            if entry.status is ModelStatus.NOT_LOADED and found.manifest.preload:
+                self.registry.start_loading(entry, make_room=False)
+        elif entry.status in (ModelStatus.NOT_LOADED, ModelStatus.UNLOADED, ModelStatus.UNAVAILABLE):
+            self.registry.start_loading(entry)  # changed (e.g. asked to load): loads at once
 
 
 def _needs_reload(old: ModelManifest | None, new: ModelManifest) -> bool:

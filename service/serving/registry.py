@@ -2,8 +2,9 @@
 
 Every manifest file becomes a listed model. One that cannot be parsed or loaded stays listed
 as `unavailable` with the reason; the gateway starts regardless. Models marked `preload`
-load at start-up (in the background: `/readyz` says when they are done); the others load on
-their first request.
+load at start-up (in the background: `/readyz` says when they are done) where their device's
+memory budget has room; the others load on their first request. What is resident, and what is
+evicted for what, is `residency.py`'s.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
 
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
@@ -25,15 +28,17 @@ from service.serving.batching import Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
+from service.serving.residency import Residency, device_budgets
 from service.serving.runtime import Output, SourceError, load_adapter
 from service.serving.runtime.sources import resolve_local_folder
-from service.serving.sizing import estimate_bytes
 from service.tenancy.principal import Principal
 
 log = logging.getLogger(__name__)
 
 __all__ = ["INPUT_KIND", "ModelEntry", "ModelFinder", "ModelRegistry", "ModelStatus", "Replica"]
-UNLOADED_REASON = "unloaded by an admin: POST /v1/admin/models/{model}/load loads it again"
+UNLOADED_REASON = (
+    "unloaded by an admin; it loads again on its next use, or POST /v1/admin/models/{model}/load"
+)
 
 
 class ModelFinder(Protocol):
@@ -55,6 +60,7 @@ class ModelRegistry:
         hub_timeout_s: float = 3.0,
         finder: ModelFinder | None = None,
         fair_queueing: bool = True,
+        memory_mb: float | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
@@ -65,6 +71,7 @@ class ModelRegistry:
         self.entries: dict[str, ModelEntry] = {}
         self.preload_done = asyncio.Event()
         self._loads: set[asyncio.Task[None]] = set()  # background loads (registered models)
+        self.residency = Residency(self, pool, metrics, device_budgets(pool.devices, memory_mb))
 
     def discover(self) -> None:
         """Read every manifest in the models directory (does not load anything)."""
@@ -154,59 +161,41 @@ class ModelRegistry:
         return list(self.entries.values())
 
     async def preload(self) -> None:
-        """Load every `preload` model, one after another, then mark the registry ready."""
+        """Load every `preload` model not loaded yet, one after another, where it fits without
+        evicting another (the rest load on their first use), then mark the registry ready."""
         try:
             for entry in self.list():
-                if entry.manifest and entry.manifest.preload:
+                if entry.manifest and entry.manifest.preload and entry.status is ModelStatus.NOT_LOADED:
                     with contextlib.suppress(ModelUnavailable):  # listed as unavailable, with its reason
-                        await self.ensure_loaded(entry)
+                        await self.ensure_loaded(entry, make_room=False)
         finally:
             self.preload_done.set()
 
-    async def ensure_loaded(self, entry: ModelEntry) -> ModelEntry:
-        """Load `entry` if it is not loaded yet; raise 503 if it cannot be. A LoRA fine-tune is
-        served over its base model (loaded first), unless it can only be merged into a copy."""
-        if entry.status is not ModelStatus.READY:
-            base = self.entries.get(entry.adapts) if entry.adapts else None
-            if base is not None:  # before taking this entry's lock: a base's unload never waits on it
-                await self.ensure_loaded(base)
-            async with entry.load_lock:
-                if entry.status in (ModelStatus.NOT_LOADED, ModelStatus.LOADING) and not entry.replicas:
-                    entry.status = ModelStatus.LOADING
-                    if base is not None and await self._attach(entry, base):
-                        return entry
-                    await asyncio.to_thread(self._load, entry)
-                    if entry.status is ModelStatus.READY:
-                        self._start_batchers(entry)
-        if entry.status is not ModelStatus.READY:
-            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
-        return entry
+    async def ensure_loaded(
+        self, entry: ModelEntry, deadline: float | None = None, *, make_room: bool = True
+    ) -> ModelEntry:
+        """`entry`, loaded now if it is not resident (see `Residency.ensure_loaded`): 503 if it
+        cannot be, 504 if `deadline` passes first. A LoRA fine-tune is served over its base model
+        (made resident first), unless it can only be merged into a copy of its own."""
+        base = (
+            self.entries.get(entry.adapts) if entry.adapts and entry.status is not ModelStatus.READY else None
+        )
+        if base is not None:  # before this entry's lock: a base's unload never waits on it
+            await self.ensure_loaded(base, deadline, make_room=make_room)
+            if await lora.serve_over(entry, base, self.metrics):
+                self.residency.touch(entry)
+                return entry
+        return await self.residency.ensure_loaded(entry, deadline, make_room=make_room)
 
-    async def _attach(self, entry: ModelEntry, base: ModelEntry) -> bool:
-        """Serve the LoRA fine-tune `entry` over `base`'s replicas; False: load it merged instead."""
-        started = time.perf_counter()
-        try:
-            if not await lora.attach(entry, base):
-                return False
-        except ModelUnavailable:
-            entry.status = ModelStatus.NOT_LOADED  # tried again with its base
-            raise
-        except Exception as exc:  # unreadable adapter files: listed, with the reason
-            entry.status, entry.reason = ModelStatus.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
-            log.warning("model %s unavailable: %s", entry.name, entry.reason)
-            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}") from exc
-        entry.load_seconds = time.perf_counter() - started
-        self.metrics.loaded(entry.name, entry.owner, entry.load_seconds)
-        return True
-
-    def _load(self, entry: ModelEntry) -> None:
+    def load_replicas(self, entry: ModelEntry, devices: Sequence[torch.device]) -> None:
+        """Load one replica of `entry` on each of `devices` (in a worker thread): `ready`, or
+        `unavailable` with the reason."""
         assert entry.manifest is not None
         manifest = entry.manifest
         started = time.perf_counter()
         replicas: list[Replica] = []
         try:
-            need = estimate_bytes(manifest, entry.manifest_path.parent)
-            for device in self.pool.place(manifest.replicas, need):
+            for device in devices:
                 dtype = resolve_dtype(manifest.dtype, device)
                 adapter = load_adapter(
                     manifest,
@@ -238,7 +227,8 @@ class ModelRegistry:
             entry.load_seconds,
         )
 
-    def _start_batchers(self, entry: ModelEntry) -> None:
+    def start_serving(self, entry: ModelEntry) -> None:
+        """Start a batcher on each replica of a model just made ready."""
         assert entry.manifest is not None
         batching = entry.manifest.batching
         for replica in entry.replicas:
@@ -264,25 +254,32 @@ class ModelRegistry:
         self.metrics.registered(entry.name, None)
         return entry
 
-    def start_loading(self, entry: ModelEntry) -> None:
-        """Load `entry` in the background (`loading` at once; then `ready` or `unavailable`)."""
+    def start_loading(self, entry: ModelEntry, *, make_room: bool = True) -> None:
+        """Load `entry` in the background (`loading` at once; then `ready` or `unavailable`).
+        Without `make_room` it loads only if it fits without evicting another model."""
         if entry.manifest is None or entry.status in (ModelStatus.READY, ModelStatus.LOADING):
             return
         entry.status, entry.reason = ModelStatus.LOADING, None
-        task = asyncio.create_task(self._load_quietly(entry), name=f"maas-load-{entry.name}")
+        task = asyncio.create_task(self._load_quietly(entry, make_room), name=f"maas-load-{entry.name}")
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
 
-    async def _load_quietly(self, entry: ModelEntry) -> None:
+    async def _load_quietly(self, entry: ModelEntry, make_room: bool) -> None:
         with contextlib.suppress(ModelUnavailable):  # listed as unavailable, with its reason
-            await self.ensure_loaded(entry)
+            await self.ensure_loaded(entry, make_room=make_room)
 
     async def unload(self, entry: ModelEntry) -> None:
-        """Answer every input queued for `entry`, then free its replicas; it stays listed as `unloaded`."""
+        """Answer every input queued for `entry`, then free its replicas; it stays listed as
+        `unloaded` (and loads again on its next use)."""
         async with entry.load_lock:
-            await self._release(entry)
-            entry.status, entry.reason, entry.load_seconds = ModelStatus.UNLOADED, UNLOADED_REASON, None
-            self.metrics.registered(entry.name, entry.owner)
+            await self.drop_replicas(entry, UNLOADED_REASON)
+
+    async def drop_replicas(self, entry: ModelEntry, reason: str) -> None:
+        """`unload` for a caller holding `entry.load_lock`: `unloaded`, with `reason`."""
+        await self._release(entry)
+        entry.status, entry.reason, entry.load_seconds = ModelStatus.UNLOADED, reason, None
+        self.metrics.registered(entry.name, entry.owner)
+        self.residency.wake()  # its room is free
 
     async def remove(self, name: str) -> None:
         """Stop listing `name` (new requests get 404), then drain and free it."""
@@ -306,9 +303,10 @@ class ModelRegistry:
 
     async def close(self) -> None:
         """Finish every queued input, then release the replicas' threads."""
-        for task in list(self._loads):
+        loads = {*self._loads, *(e.load_task for e in self.entries.values() if e.load_task is not None)}
+        for task in loads:
             task.cancel()
-        await asyncio.gather(*self._loads, return_exceptions=True)
+        await asyncio.gather(*loads, return_exceptions=True)
         for entry in self.entries.values():
             await self._release(entry)
 

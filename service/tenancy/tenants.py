@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.bounds import MAX_WEIGHT, MIN_WEIGHT
-from service.db.models import ApiKey, Tenant
+from service.db.models import ApiKey, Tenant, iso
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
 from service.redaction import KEY_PREFIX
@@ -84,10 +84,6 @@ def describe_tenant(tenant: Tenant) -> dict[str, Any]:
 
 def describe_key(key: ApiKey, tenant: str) -> dict[str, Any]:
     """A key as lists show it: never its secret, never its hash."""
-
-    def iso(when: datetime | None) -> str | None:
-        return when.isoformat() if when else None
-
     return {
         "object": "api_key",
         "id": key.id,

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +23,10 @@ import torch
 
 from service.db.leases import ClaimLoop
 from service.db.models import FineTuneJob
+from service.errors import ModelUnavailable
 from service.metering import Meter
 from service.serving.devices import DevicePool
-from service.serving.registry import ModelRegistry
+from service.serving.registry import ModelEntry, ModelRegistry, ModelStatus
 from service.serving.runtime.sources import resolve_local_folder
 from service.settings import Settings
 from service.training.dataset_files import training_data
@@ -63,7 +61,6 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         self.finished = finished
         self.meter = meter  # None: training is not metered (tests of the runner alone)
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.controls: dict[str, Control] = {}
         # called (on the training thread) after each epoch's checkpoint is written: (job id, epoch)
         self.checkpoint_listeners: list[Callable[[str, int], None]] = []
@@ -116,12 +113,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             entry = self.registry.add_fine_tuned(
                 name, models_dir(self.settings.data_dir) / name, job.tenant_id, job.base_model
             )
-            await self.registry.ensure_loaded(entry)
+            await self._load(entry)
             await self._finish(
                 job,
                 control,
                 "succeeded",
-                f"job succeeded: model {name} is ready",
+                f"job succeeded: model {name} is {entry.status.value}",
                 fine_tuned_model=name,
                 metrics=metrics,
             )
@@ -141,6 +138,17 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             self.controls.pop(job.id, None)
             if self.metrics is not None:
                 self.metrics.running.dec()
+
+    async def _load(self, entry: ModelEntry) -> None:
+        """Load the new model, or leave it to load on its first use where the memory budget has no
+        room within a lease's third (models in use); raise if its weights cannot be loaded."""
+        try:
+            async with asyncio.timeout(self.settings.fine_tune_lease_s / 3):  # the lease is not renewed
+                await self.registry.ensure_loaded(entry)
+        except (TimeoutError, ModelUnavailable) as waited:
+            log.info("fine-tuned model %s not loaded now (%s): it loads on first use", entry.name, waited)
+        if entry.status is ModelStatus.UNAVAILABLE:
+            raise ModelUnavailable(f"model {entry.name!r} is unavailable: {entry.reason}")
 
     async def _finish(
         self, job: FineTuneJob, control: Control, status: str, message: str, **values: Any
@@ -164,9 +172,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             status,
             message,
             usage=usage,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
             **values,
         )
         if not ended:
@@ -183,9 +189,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             job.id,
             self.owner,
             self.settings.fine_tune_lease_s,
-            steps_done=control.steps_done,
-            trained_samples=control.samples,
-            device_seconds=control.device_seconds,
+            **_progress(control),
         )
         if state != "ok":  # cancelled (maybe through another replica), or the lease was lost
             control.stop(state)
@@ -217,9 +221,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
                 self.owner,
                 self.settings.fine_tune_lease_s,
                 epochs_done=report.epoch,
-                steps_done=control.steps_done,
-                trained_samples=control.samples,
-                device_seconds=control.device_seconds,
+                **_progress(control),
             )
             for listener in self.checkpoint_listeners:
                 listener(job.id, report.epoch)
@@ -255,3 +257,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         seed = int(job.hyperparameters.get("seed", 0))
         limits = DatasetLimits.of(self.settings)
         return training_data(self.store.file_path(train_file), validation, seed, limits)
+
+
+def _progress(control: Control) -> dict[str, Any]:
+    """The training progress a job's row records: steps, samples and device time so far."""
+    return {
+        "steps_done": control.steps_done,
+        "trained_samples": control.samples,
+        "device_seconds": control.device_seconds,
+    }

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.batches.inputs import check_batch_file
 from service.bounds import text_problem
 from service.db import leases
-from service.db.models import BatchJob, DatasetFile, FineTuneEvent, FineTuneJob
+from service.db.models import BatchJob, DatasetFile, FineTuneEvent, FineTuneJob, iso
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
 from service.metering import Usage, insert_usage
@@ -34,10 +33,6 @@ PRIORITIES = {"high": 1, "normal": 0, "low": -1}
 PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
-
-
 def describe_file(row: DatasetFile) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -47,7 +42,7 @@ def describe_file(row: DatasetFile) -> dict[str, Any]:
         "purpose": row.purpose,
         "status": row.status,
         "summary": with_examples(row.summary) if row.purpose == FINE_TUNE_PURPOSE else row.summary,
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
     }
 
 
@@ -73,9 +68,7 @@ def describe_job(row: FineTuneJob) -> dict[str, Any]:
         "fine_tuned_model": row.fine_tuned_model,
         "error": row.error,
         "usage": {"device_seconds": round(row.device_seconds, 3), "trained_samples": row.trained_samples},
-        "created_at": _iso(row.created_at),
-        "started_at": _iso(row.started_at),
-        "finished_at": _iso(row.finished_at),
+        **leases.job_times(row),
     }
 
 
@@ -87,7 +80,7 @@ def describe_event(row: FineTuneEvent) -> dict[str, Any]:
         "type": row.type,
         "message": row.message,
         "data": row.data,
-        "created_at": _iso(row.created_at),
+        "created_at": iso(row.created_at),
     }
 
 

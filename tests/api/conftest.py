@@ -31,6 +31,14 @@ def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """A gate in front of the image classifier's forward pass (a module may hold another model
+    by defining its own `gate`)."""
+    with held(ImageClassificationAdapter, monkeypatch) as gate:
+        yield gate
+
+
 @contextlib.contextmanager
 def held(adapter: type[ModelAdapter], monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """A gate in front of `adapter`'s forward pass for a test, opened when the test ends."""

@@ -6,26 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.app import create_app
-from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
-from tests.api.conftest import Gate, held
+from tests.api.conftest import Gate
 from tests.conftest import ADMIN_KEY, image_bytes, write_manifest
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/held/predict"
-
-
-@pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    with held(ImageClassificationAdapter, monkeypatch) as gate:
-        yield gate
 
 
 @pytest.fixture

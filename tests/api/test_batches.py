@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from service.db.models import UsageEvent
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.api.conftest import Gate
-from tests.api.test_fine_tuning import tenant_key
+from tests.api.jobs import DEADLINE_S, tenant_key, upload_file, wait_for_status
 from tests.conftest import Gateway, write_tiny_vit
 from tests.training.zips import COLOURS, build_zip, png
 
 pytestmark = pytest.mark.anyio
-DEADLINE_S = 120
 PER_IMAGE_MICRO, DISCOUNT = 1000, 0.4  # the manifest below: 0.001 an image, 40 % off in batches
 BATCH_MICRO = 600
 
@@ -55,7 +53,7 @@ def images(count: int) -> list[bytes]:
 
 
 async def upload(http: httpx.AsyncClient, data: bytes, name: str = "inputs.jsonl") -> str:
-    made = await http.post("/v1/files", files={"file": (name, data)}, data={"purpose": "batch"})
+    made = await upload_file(http, name, data, "batch")
     assert made.status_code == 201, made.text
     file_id: str = made.json()["id"]
     return file_id
@@ -69,13 +67,7 @@ async def create(http: httpx.AsyncClient, file_id: str) -> dict[str, Any]:
 
 
 async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = (await http.get(f"/v1/batches/{job_id}")).json()
-        if job["status"] in statuses:
-            return job
-        await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
-    raise AssertionError(f"batch {job_id} never reached {statuses}: {job}")
+    return await wait_for_status(http, f"/v1/batches/{job_id}", statuses)
 
 
 async def results(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:

@@ -13,14 +13,14 @@ import httpx
 import pytest
 
 from tests.api.conftest import Gate
-from tests.api.test_backpressure import files, gate, held_model_client, hold_the_model  # noqa: F401
+from tests.api.test_backpressure import files, held_model_client, hold_the_model
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/held/predict"
 
 
 @pytest.fixture
-async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
+async def client(tmp_path: Path, tiny_vit_dir: Path, gate: Gate) -> AsyncIterator[httpx.AsyncClient]:
     batching = "max_batch_size: 1, max_delay_ms: 1, max_queue: 20, max_queue_per_tenant: 2"
     async with held_model_client(tmp_path, tiny_vit_dir, gate, batching) as http:
         yield http
@@ -70,7 +70,7 @@ async def test_the_service_class_header_is_checked_and_counted(client: httpx.Asy
 
 async def test_a_flooding_tenant_gets_its_own_503_while_another_is_admitted(
     client: httpx.AsyncClient,
-    gate: Gate,  # noqa: F811
+    gate: Gate,
 ) -> None:
     flood, light = await key_of(client, "flood"), await key_of(client, "light")
     client.headers.update(flood)

@@ -21,27 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.app import create_app
 from service.db.models import UsageEvent
 from service.settings import Settings
+from tests.api.jobs import DEADLINE_S, tenant_key, upload_file, wait_for_status
 from tests.conftest import Gateway
 from tests.training.zips import COLOURS, colour_dataset, png
 
 pytestmark = pytest.mark.anyio
-DEADLINE_S = 120
-
-
-async def tenant_key(admin: httpx.AsyncClient, name: str) -> str:
-    assert (await admin.post("/v1/admin/tenants", json={"name": name})).status_code == 201
-    made = await admin.post(f"/v1/admin/tenants/{name}/keys", json={})
-    assert made.status_code == 201, made.text
-    key: str = made.json()["key"]
-    return key
 
 
 async def upload(http: httpx.AsyncClient, data: bytes) -> httpx.Response:
-    return await http.post(
-        "/v1/files",
-        files={"file": ("colours.zip", data, "application/zip")},
-        data={"purpose": "fine-tune"},
-    )
+    return await upload_file(http, "colours.zip", data, "fine-tune", "application/zip")
 
 
 async def create_job(http: httpx.AsyncClient, file_id: str, epochs: int, **extra: Any) -> dict[str, Any]:
@@ -59,14 +47,7 @@ async def create_job(http: httpx.AsyncClient, file_id: str, epochs: int, **extra
 
 
 async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str]) -> dict[str, Any]:
-    """Poll the job until its status is one of `statuses` (fails at the deadline)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = (await http.get(f"/v1/fine-tunes/{job_id}")).json()
-        if job["status"] in statuses:
-            return job
-        await asyncio.sleep(0.05)  # a poll interval, not a timing assumption
-    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+    return await wait_for_status(http, f"/v1/fine-tunes/{job_id}", statuses)
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.app import create_app
 from service.db.models import FineTuneJob
 from service.settings import Settings
-from tests.api.test_fine_tuning import tenant_key, upload, wait_for
+from tests.api.jobs import tenant_key
+from tests.api.test_fine_tuning import upload, wait_for
 from tests.conftest import Gateway
 from tests.training.zips import COLOURS, colour_dataset, png
 

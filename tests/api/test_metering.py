@@ -5,7 +5,7 @@ test needs a request to be in flight."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,19 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
 from service.db.models import UsageEvent
-from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
-from tests.api.conftest import Gate, held
+from tests.api.conftest import Gate
 from tests.conftest import ADMIN_KEY, image_bytes
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/tiny-vit/predict"
-
-
-@pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    with held(ImageClassificationAdapter, monkeypatch) as gate:
-        yield gate
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from service.app import create_app
 from service.serving.runtime.transformers_adapter import ImageClassificationAdapter
 from service.settings import Settings
 from tests.api.conftest import Gate
-from tests.api.test_fine_tuning import tenant_key
+from tests.api.jobs import tenant_key
 from tests.api.test_openapi import fields_match
 from tests.conftest import TINY_LABELS, Gateway, image_bytes, redis_url_or_skip
 
@@ -168,11 +168,15 @@ async def test_patch_unload_load_and_delete(gateway: Gateway, tiny_vit_dir: Path
         unloaded = await admin.post("/v1/admin/models/extra-vit/unload")
         assert unloaded.status_code == 200 and unloaded.json()["status"] == "unloaded"
         assert unloaded.json()["devices"] == []
-        assert (await predict(admin, "extra-vit")).status_code == 503
         loaded = await admin.post("/v1/admin/models/extra-vit/load")
         assert loaded.status_code == 200 and loaded.json()["status"] == "loading"
         await wait_status(admin, "extra-vit", {"ready"})
         assert (await predict(admin, "extra-vit")).status_code == 200
+        # unloaded, it loads again on its next use (and the sync leaves it so)
+        assert (await admin.post("/v1/admin/models/extra-vit/unload")).json()["status"] == "unloaded"
+        assert (await predict(admin, "extra-vit")).status_code == 200
+        await gateway.app.state.gateway.model_sync.sync()
+        assert (await admin.get("/v1/models/extra-vit")).json()["status"] == "ready"
 
         deleted = await admin.delete("/v1/admin/models/extra-vit")
         assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"

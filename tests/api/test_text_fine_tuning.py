@@ -12,7 +12,8 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.api.test_fine_tuning import tenant_key, training_cost, training_events, wait_for
+from tests.api.jobs import tenant_key, upload_file
+from tests.api.test_fine_tuning import training_cost, training_events, wait_for
 from tests.conftest import Gateway, write_manifest, write_tiny_vit
 from tests.training.zips import colour_dataset
 
@@ -71,8 +72,7 @@ def reviews_csv() -> bytes:
 
 
 async def upload(http: httpx.AsyncClient, name: str, data: bytes) -> httpx.Response:
-    files = {"file": (name, data, "application/octet-stream")}
-    return await http.post("/v1/files", files=files, data={"purpose": "fine-tune"})
+    return await upload_file(http, name, data, "fine-tune", "application/octet-stream")
 
 
 async def fine_tune(http: httpx.AsyncClient, file_id: str, **extra: object) -> httpx.Response:

@@ -58,6 +58,14 @@ def wait_until_finished(http: httpx.Client, job_id: str, deadline_s: float) -> d
     return job
 
 
+def tenant_key(admin: httpx.Client, name: str, **limits: Any) -> str:
+    """A new tenant `name` (with `limits`) and a key of its own (its usage starts at nothing)."""
+    assert admin.post("/v1/admin/tenants", json={"name": name, **limits}).status_code == 201
+    made = admin.post(f"/v1/admin/tenants/{name}/keys", json={})
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
 def start_server(
     models_dir: Path, data_dir: Path, *, env: dict[str, str] | None = None, args: Sequence[str] = ()
 ) -> Server:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import write_manifest
-from tests.e2e.conftest import Server, start_server, wait_until_finished
+from tests.e2e.conftest import Server, start_server, tenant_key, wait_until_finished
 from tests.shipped import digit_images, save_untrained_digits_vit, training_script
 
 pytestmark = pytest.mark.e2e
@@ -53,12 +53,6 @@ def scratch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     server = start_server(models, root / "var", env={"MAAS_ADMIN_KEY": ADMIN})
     yield server
     server.stop()
-
-
-def tenant_key(admin: httpx.Client, name: str) -> str:
-    assert admin.post("/v1/admin/tenants", json={"name": name}).status_code == 201
-    key: str = admin.post(f"/v1/admin/tenants/{name}/keys", json={}).json()["key"]
-    return key
 
 
 def test_fine_tune_digits_to_90_percent_and_serve_to_the_tenant_only(scratch_server: Server) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import write_manifest
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, tenant_key
 from tests.shipped import digit_images
 
 pytestmark = pytest.mark.e2e
@@ -61,14 +61,6 @@ def admin(server: Server, admin_key: str) -> Iterator[httpx.Client]:
         base_url=server.base_url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}
     ) as client:
         yield client
-
-
-def tenant_key(admin: httpx.Client, name: str, **limits: Any) -> str:
-    """A new tenant's key (its usage starts at nothing)."""
-    assert admin.post("/v1/admin/tenants", json={"name": name, **limits}).status_code == 201
-    made = admin.post(f"/v1/admin/tenants/{name}/keys", json={})
-    assert made.status_code == 201, made.text
-    return str(made.json()["key"])
 
 
 @pytest.fixture(scope="module")
