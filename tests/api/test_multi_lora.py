@@ -23,8 +23,10 @@ from service.db.models import UsageEvent
 from service.serving import lora
 from service.serving.entries import ModelEntry, ModelStatus
 from service.serving.registry import ModelRegistry
+from service.serving.residency import MB
 from service.settings import Settings
-from tests.conftest import Gateway, image_bytes, write_manifest
+from tests.api.test_residency import vit_bytes
+from tests.conftest import ADMIN_KEY, Gateway, image_bytes, write_manifest
 from tests.lora_adapters import save_lora_adapter
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +206,43 @@ async def test_an_adapter_the_banks_cannot_hold_is_served_merged(served: Served,
     assert answer.status_code == 200, answer.text
     assert {p["label"] for p in answer.json()["predictions"][0]} == {"x", "y"}
     assert odd.served_over is None and odd.batchers != served.entry("tiny-vit").batchers  # its own copy
+
+
+async def test_a_base_whose_fine_tunes_are_in_use_is_not_evicted(tmp_path: Path, tiny_vit_dir: Path) -> None:
+    """Under a memory budget that fits one tiny ViT: while a fine-tune is in use (held, as by a
+    batch job), another model cannot evict its base (its request's deadline passes waiting for room); once
+    idle, the base is evicted with its adapters, and the fine-tune's next request brings both back."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("tiny-vit", "other"):
+        write_manifest(models, name, f"name: {name}\ntask: image-classification\nsource: {tiny_vit_dir}\n")
+    size = vit_bytes(tiny_vit_dir)
+    settings = Settings(
+        models_dir=models,
+        data_dir=tmp_path / "var",
+        admin_key=ADMIN_KEY,
+        devices="cpu",
+        device_memory_mb=1.5 * size / MB,
+    )
+    folder = save_lora_adapter(
+        tiny_vit_dir, tmp_path / "var" / "models" / "ft-tiny-vit-x", ["a", "b"], seed=0
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), Gateway(app).client() as admin:
+        registry: ModelRegistry = app.state.gateway.registry
+        await registry.preload_done.wait()
+        base = registry.get("tiny-vit")
+        fine_tune = registry.add_fine_tuned("ft-tiny-vit-x", folder, "some-tenant", "tiny-vit")
+        fine_tune.owner = None  # public here: the admin key calls it
+        assert (await predict(admin, "ft-tiny-vit-x")).status_code == 200
+        with registry.residency.hold(fine_tune):  # as a batch job on the fine-tune holds it
+            hurried = await admin.post(
+                "/v1/models/other/predict",
+                content=RED,
+                headers={"Content-Type": "image/png", "X-Request-Timeout-Ms": "300"},
+            )
+            assert hurried.status_code == 504, hurried.text  # the base was not evicted under its fine-tune
+        assert (await predict(admin, "other")).status_code == 200  # now the idle base makes room
+        assert base.status is ModelStatus.UNLOADED and fine_tune.status is ModelStatus.NOT_LOADED
+        assert (await predict(admin, "ft-tiny-vit-x")).status_code == 200  # base and adapter back
+        assert fine_tune.batchers == base.batchers and registry.get("other").status is ModelStatus.UNLOADED
