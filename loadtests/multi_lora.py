@@ -16,7 +16,7 @@ its model, in a gateway run in-process (`create_app`, its lifespan, HTTP through
   permutation of the true digit as often as the base is right; another tenant's key gets 404.
 - throughput: one batch of 16 inputs over 16 adapters against a batch of 16 for the base alone,
   the forward pass the base replica's thread runs (target: >= 0.7x), and end to end over HTTP
-  (16 clients, each on its own fine-tune, against 16 clients on the base).
+  (16 tenants' clients, each on its own fine-tune, against the same clients on the base).
 
     python loadtests/multi_lora.py [--adapters 50] [--seconds 5]
 """
@@ -189,7 +189,7 @@ async def served(folders: list[Path], merged: bool, seconds: float) -> dict[str,
             rounds += 1
         result["engine"] = {"base_per_s": rounds * BATCH / plain_s, "mixed_per_s": rounds * BATCH / mixed_s}
         result["http"] = {
-            "base_per_s": await closed_loop(client, [ADMIN] * BATCH, ["digits-vit"] * BATCH, pngs, seconds),
+            "base_per_s": await closed_loop(client, keys[:BATCH], ["digits-vit"] * BATCH, pngs, seconds),
             "mixed_per_s": await closed_loop(client, keys[:BATCH], names[:BATCH], pngs, seconds),
         }
         del torch
