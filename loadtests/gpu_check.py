@@ -1,20 +1,24 @@
-"""The GPU check: half precision on CUDA, raw ViT-B/16 throughput by dtype and batch size, and the
-gateway's own throughput on the GPU, in one short run for a machine with a GPU.
+"""The GPU check: the serving engine on a GPU, next to the model's forward-only limit and LitServe.
 
-    python loadtests/gpu_check.py --json gpu.json              # on a CUDA machine, about 3 minutes
-    python loadtests/gpu_check.py --device cpu --quick         # the same steps on the CPU: a dry run
+    python loadtests/gpu_check.py --json gpu.json                  # cuda:0, ViT-B/16, a few minutes
+    python loadtests/gpu_check.py --compile --json gpu.json        # and the gateway with compile: true
+    python loadtests/gpu_check.py --device cpu --quick             # the same steps on the CPU: a dry run
 
 Steps, each printed as it ends:
 1. the device: name, memory, whether bfloat16 is supported;
-2. precision: ViT-B/16 (built from `ViTConfig`, see workload.py) on real JPEGs in float32 and in
-   float16 (and bfloat16 where supported): the largest difference of the softmax probabilities from
-   float32, and whether the top-5 labels agree;
-3. the raw forward throughput (images/s, forward pass only, `torch.cuda.synchronize` around it) for
-   each dtype at batch sizes 1, 16 and 64, and the JPEG decode + image processor cost per image on
-   one CPU core;
-4. the gateway: `maas serve --devices <device>` with `dtype: auto` (float16 on CUDA), checks that
-   `/v1/models/bench` says so, then drives it closed-loop at each concurrency and reports throughput,
-   p50 and p99 next to the raw float16 limit, and the device memory the gateway reports.
+2. precision: the model (ViT-B/16 built from `ViTConfig`, see workload.py) on real JPEGs in float32
+   and in float16 (and bfloat16 where supported): the largest difference of the softmax
+   probabilities from float32, and whether the top-1 and top-5 labels agree;
+3. the forward-only limit: images/s of the forward pass alone (the batch already on the device,
+   `torch.cuda.synchronize` around it) for each dtype at each batch size, and the best; with
+   `--compile` also the torch.compile'd forward in the gateway's dtype at the best batch size;
+   and the JPEG decode + image processor cost per image on one CPU core;
+4. the gateway: the real `maas serve --devices <device>` with `dtype: auto` (checked to be float16
+   on CUDA), driven closed-loop over HTTP at each concurrency (default 64 and 256): throughput,
+   p50 and p99, the device memory it reports, and the share of the forward-only limit in its dtype
+   at the best batch size; with `--compile`, the same again with `compile: true` in the manifest;
+5. LitServe on the same device in the same dtype (when installed: the `bench` extra), same
+   batching and concurrency, and the gateway's throughput over LitServe's.
 
 On a machine without the gateway's dependencies (the lent GPU machines have torch and transformers
 but not FastAPI and the rest) carry them as wheels: `scripts/gpu_wheels.sh` downloads them into
@@ -37,27 +41,36 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 from loadgen import build_request, run_closed_loop
-from servers import BENCH_KEY, start_server
+from servers import BENCH_KEY, RunningServer, ServerUnavailable, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
 
-BATCH_SIZES = (1, 16, 64)
+GPU_BATCH_SIZES = (1, 16, 64, 128, 256)
+QUICK_BATCH_SIZES = (1, 4, 16)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--device", default="cuda:0", help="cuda:N, or cpu for a dry run")
-    parser.add_argument("--model", default="vit-base", choices=sorted(MODELS))
-    parser.add_argument("--concurrency", default="16,64,128", help="closed-loop clients, comma-separated")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per concurrency")
-    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--model", choices=sorted(MODELS), help="default vit-base (--quick: tiny)")
+    parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 64,256)")
+    parser.add_argument("--duration", type=float, help="measured seconds per concurrency (default 10)")
+    parser.add_argument("--max-batch-size", type=int, help="the gateway's and LitServe's (default 128)")
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument("--compile", action="store_true", help="also the gateway with compile: true")
+    parser.add_argument("--no-litserve", action="store_true", help="skip LitServe even where installed")
+    parser.add_argument("--maas-env", action="append", default=[], help="KEY=VALUE for the gateway")
     parser.add_argument("--quick", action="store_true", help="tiny model, concurrency 4, 3 s: a dry run")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.model, args.concurrency, args.duration = "tiny", "4", 3.0
+    quick = args.quick
+    args.model = args.model or ("tiny" if quick else "vit-base")
+    args.concurrency = args.concurrency or ("4" if quick else "64,256")
+    args.duration = args.duration if args.duration is not None else (3.0 if quick else 10.0)
+    args.max_batch_size = args.max_batch_size or (8 if quick else 128)
+    args.batch_sizes = QUICK_BATCH_SIZES if quick else GPU_BATCH_SIZES
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.env = dict(item.split("=", 1) for item in args.maas_env)
     return args
 
 
@@ -72,6 +85,12 @@ def describe_device(device: Any) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"device": str(device), "torch": torch.__version__}
+    try:  # with torchvision (the `gpu` extra) the gateway decodes JPEGs on a CUDA device
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        info["torchvision"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(
@@ -105,26 +124,30 @@ def precision(folder: Path, bodies: list[bytes], device: Any, dtypes: list[str])
             probabilities[name] = model(pixel_values=pixels.to(dtype)).logits.float().softmax(-1).cpu()
         del model
     reference = probabilities["float32"]
-    top5 = reference.topk(5, dim=-1).indices
+    k = min(5, reference.shape[-1])
+    topk = reference.topk(k, dim=-1).indices
     report: dict[str, Any] = {}
     for name in dtypes[1:]:
         other = probabilities[name]
         report[name] = {
             "max_abs_probability_diff": float((other - reference).abs().max()),
             "top1_agreement": float((other.argmax(-1) == reference.argmax(-1)).float().mean()),
-            "top5_agreement": float((other.topk(5, dim=-1).indices == top5).all(-1).float().mean()),
+            f"top{k}_agreement": float((other.topk(k, dim=-1).indices == topk).all(-1).float().mean()),
         }
     return report
 
 
-def raw_throughput(
-    folder: Path, bodies: list[bytes], device: Any, dtypes: list[str], min_s: float
+def forward_limit(
+    folder: Path, bodies: list[bytes], device: Any, dtypes: list[str], args: argparse.Namespace, served: str
 ) -> dict[str, Any]:
-    """Forward-only images/s per dtype and batch size; preprocessing ms per image on one core."""
+    """Forward-only images/s per dtype and batch size, the best of each; preprocessing ms per image
+    on one core; with --compile, the compiled forward in `served` (the gateway's dtype) at its best
+    batch size."""
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    min_s = 0.5 if args.quick else 2.0
     processor = AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
     cursor = iter(range(1 << 62))
 
@@ -140,33 +163,57 @@ def raw_throughput(
     finally:
         torch.set_num_threads(threads)
     sample = preprocess_one()
-    forward: dict[str, dict[int, float]] = {}
+    top_k = min(5, MODELS[args.model].num_labels)
+
+    def images_per_s(forward: Any, dtype: Any, size: int) -> float:
+        batch = sample.repeat(size, 1, 1, 1).to(device, dtype)
+
+        def step() -> None:
+            with torch.inference_mode():
+                forward(batch).softmax(-1).topk(top_k, dim=-1)
+            _sync(device)
+
+        return round(size / _timed_loop(step, min_s, 3, repeats=2), 1)
+
+    by_dtype: dict[str, dict[int, float]] = {}
+    report: dict[str, Any] = {"preprocess_ms_per_image_one_core": round(preprocess_ms, 3)}
     for name in dtypes:
         dtype = getattr(torch, name)
         model = AutoModelForImageClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
-        forward[name] = {}
-        for size in BATCH_SIZES:
-            batch = sample.repeat(size, 1, 1, 1).to(device, dtype)
 
-            def step(batch: torch.Tensor = batch, model: Any = model) -> None:
-                with torch.inference_mode():
-                    model(pixel_values=batch).logits.softmax(-1).topk(5, dim=-1)
-                _sync(device)
+        def eager(pixels: torch.Tensor, model: Any = model) -> torch.Tensor:
+            return model(pixel_values=pixels).logits  # type: ignore[no-any-return]
 
-            forward[name][size] = round(size / _timed_loop(step, min_s, 3, repeats=2), 1)
+        row = by_dtype[name] = {size: images_per_s(eager, dtype, size) for size in args.batch_sizes}
+        if args.compile and name == served:
+            best = max(row, key=lambda size: row[size])
+            compiled = torch.compile(eager, dynamic=False)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                compiled(sample.repeat(best, 1, 1, 1).to(device, dtype))
+            report["compiled"] = {
+                "dtype": name,
+                "batch_size": best,
+                "compile_s": round(time.perf_counter() - started, 1),
+                "images_per_s": images_per_s(compiled, dtype, best),
+            }
         del model
-    return {"preprocess_ms_per_image_one_core": round(preprocess_ms, 3), "forward_images_per_s": forward}
+    report["forward_images_per_s"] = by_dtype
+    report["best"] = {
+        name: {"batch_size": max(row, key=lambda size: row[size]), "images_per_s": max(row.values())}
+        for name, row in by_dtype.items()
+    }
+    return report
 
 
-def _get_json(url: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_KEY}"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
+def _get_json(url: str, authorized: bool = True) -> Any:
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"} if authorized else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as answer:
         return json.load(answer)
 
 
 def _device_memory(base_url: str) -> dict[str, float]:
-    request = urllib.request.Request(f"{base_url}/metrics")
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    with urllib.request.urlopen(urllib.request.Request(f"{base_url}/metrics"), timeout=10) as answer:
         text = answer.read().decode()
     return {  # maas_device_memory_bytes{device="cuda:0"} 3.6e+08
         line.split('"', 2)[1]: round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
@@ -175,54 +222,123 @@ def _device_memory(base_url: str) -> dict[str, float]:
     }
 
 
-def gateway(folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    server = start_server(
-        "maas",
+def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Closed-loop HTTP load at each concurrency: throughput, p50, p99, errors."""
+    requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
+    levels = []
+    for concurrency in args.levels:
+        result = asyncio.run(
+            run_closed_loop(
+                server.predict_url,
+                requests,
+                concurrency=concurrency,
+                duration_s=args.duration,
+                warmup_s=min(3.0, args.duration),
+            )
+        )
+        level = {
+            "concurrency": concurrency,
+            "throughput": round(result.throughput, 1),
+            "p50_ms": round(result.percentile_ms(50), 2),
+            "p99_ms": round(result.percentile_ms(99), 2),
+            "errors": result.errors,
+            "error_samples": result.error_samples,
+        }
+        print(f"  {server.name} c={concurrency}: {level}", flush=True)
+        levels.append(level)
+    return levels
+
+
+def _start(
+    name: str, folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, **options: Any
+) -> RunningServer:
+    """Server `name` on the device, with the check's batching."""
+    return start_server(
+        name,
         folder,
         work,
         bodies[0],
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
         devices=args.device,
+        **options,
+    )
+
+
+def gateway(
+    folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, *, compile: bool
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    server = _start(
+        "maas",
+        folder,
+        bodies,
+        args,
+        work,
         dtype="auto",
+        maas_env=args.env,
+        max_queue=max(256, 4 * max(args.levels)),  # room for every client twice over: no 503s
+        compile=compile,
+        start_timeout_s=900.0 if compile else 240.0,
     )
     try:
         base_url = server.predict_url.split("/v1/", 1)[0]
         described = _get_json(f"{base_url}/v1/models/bench")
-        requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
-        levels = []
-        for concurrency in args.levels:
-            result = asyncio.run(
-                run_closed_loop(
-                    server.predict_url,
-                    requests,
-                    concurrency=concurrency,
-                    duration_s=args.duration,
-                    warmup_s=min(3.0, args.duration),
-                )
-            )
-            level = {
-                "concurrency": concurrency,
-                "throughput": round(result.throughput, 1),
-                "p50_ms": round(result.percentile_ms(50), 2),
-                "p99_ms": round(result.percentile_ms(99), 2),
-                "errors": result.errors,
-                "error_samples": result.error_samples,
-            }
-            print(f"  gateway c={concurrency}: {level}", flush=True)
-            levels.append(level)
+        ready_s = round(time.perf_counter() - started, 1)
         return {
+            "compile": described.get("compile"),
             "dtype": described.get("dtype"),
             "devices": described.get("devices"),
-            "levels": levels,
+            "ready_s": ready_s,
+            "levels": drive(server, bodies, args),
             "device_memory_mib": _device_memory(base_url),
         }
     finally:
         server.stop()
 
 
+def litserve(
+    folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, dtype: str
+) -> dict[str, Any]:
+    if args.no_litserve:
+        return {"skipped": "--no-litserve"}
+    try:
+        server = _start("litserve", folder, bodies, args, work, dtype=dtype)
+    except ServerUnavailable as exc:
+        return {"skipped": str(exc).splitlines()[0]}
+    try:
+        return {"dtype": dtype, "levels": drive(server, bodies, args)}
+    finally:
+        server.stop()
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Each gateway run's best throughput as a share of the forward-only limit in its dtype (at the
+    best batch size), and over LitServe's best."""
+    served = results["gateway"]["dtype"]
+    limit = results["forward"]["best"].get(served, {}).get("images_per_s")
+    lit_levels = results["litserve"].get("levels") or []
+    lit_best = max((level["throughput"] for level in lit_levels), default=None)
+    summary: dict[str, Any] = {
+        "forward_limit": {"dtype": served, **results["forward"]["best"].get(served, {})}
+    }
+    for run in ("gateway", "gateway_compiled"):
+        if run not in results:
+            continue
+        best = max(level["throughput"] for level in results[run]["levels"])
+        summary[run] = {
+            "best_throughput": best,
+            "share_of_forward_limit": round(best / limit, 3) if limit else None,
+            "over_litserve": round(best / lit_best, 2) if lit_best else None,
+        }
+    summary["litserve_best_throughput"] = lit_best
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
+
+    from service.serving.devices import dtype_name, resolve_dtype
 
     args = _parse_args(argv)
     device = torch.device(args.device)
@@ -230,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device here: run with --device cpu for a dry run", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    expected = dtype_name(resolve_dtype("auto", device))  # float16 on CUDA
     results: dict[str, Any] = {"model": args.model, "device": describe_device(device)}
     print(f"device: {results['device']}", flush=True)
     folder = build_model(MODELS[args.model], args.cache_dir)
@@ -237,18 +354,21 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = dtypes_for(results["device"])
     results["precision"] = precision(folder, bodies, device, dtypes)
     print(f"precision against float32: {results['precision']}", flush=True)
-    results["raw"] = raw_throughput(folder, bodies, device, dtypes, min_s=0.5 if args.quick else 2.0)
-    print(f"raw: {results['raw']}", flush=True)
+    results["forward"] = forward_limit(folder, bodies, device, sorted({*dtypes, expected}), args, expected)
+    print(f"forward-only: {results['forward']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="maas-gpu-") as work:
-        results["gateway"] = gateway(folder, bodies, args, Path(work))
-    raw16 = max(results["raw"]["forward_images_per_s"]["float16"].values())
-    best = max(level["throughput"] for level in results["gateway"]["levels"])
-    results["gateway_share_of_raw_float16_forward"] = round(best / raw16, 3)
+        results["gateway"] = gateway(folder, bodies, args, Path(work) / "maas", compile=False)
+        if args.compile:
+            results["gateway_compiled"] = gateway(folder, bodies, args, Path(work) / "compiled", compile=True)
+            print(f"compile: {results['gateway_compiled']['compile']}", flush=True)
+        results["litserve"] = litserve(folder, bodies, args, Path(work) / "litserve", expected)
+    results["summary"] = summarize(results)
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=2), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    ok = results["gateway"]["dtype"] == ("float16" if device.type == "cuda" else "float32")
+    runs = [results[run] for run in ("gateway", "gateway_compiled") if run in results]
+    ok = all(run["dtype"] == expected and not any(level["errors"] for level in run["levels"]) for run in runs)
     return 0 if ok else 1
 
 

@@ -1,6 +1,7 @@
 """The model code both reference servers share, so that they do exactly what the gateway does:
-PIL decode + `.convert("RGB")`, the saved transformers image processor, one float32 forward pass
-per batch under `torch.inference_mode`, softmax and the top 5 classes of each input."""
+PIL decode + `.convert("RGB")`, the saved transformers image processor, one forward pass per batch
+under `torch.inference_mode` (float32 on the CPU unless asked otherwise), softmax and the top 5
+classes of each input."""
 
 from __future__ import annotations
 
@@ -22,17 +23,22 @@ def server_args(doc: str) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    # where the model runs (LitServe reads these; the GPU check runs it on the GPU, in float16)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     return parser.parse_args()
 
 
 class ViTClassifier:
     """A saved transformers image classifier: preprocess one JPEG, predict a batch, top-5 per input."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "float32") -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         self.processor = AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
-        self.model = AutoModelForImageClassification.from_pretrained(folder).eval()
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
+        model = AutoModelForImageClassification.from_pretrained(folder)
+        self.model = model.to(self.device, self.dtype).eval()
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
 
@@ -46,7 +52,8 @@ class ViTClassifier:
 
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor]) -> list[list[dict[str, Any]]]:
-        scores = self.model(pixel_values=torch.cat(features)).logits.float().softmax(dim=-1)
+        pixels = torch.cat(features).to(self.device, self.dtype)
+        scores = self.model(pixel_values=pixels).logits.float().softmax(dim=-1)
         values, indices = scores.topk(min(TOP_K, scores.shape[-1]), dim=-1)
         return [
             [{"label": self.labels[i], "score": round(v, 6)} for v, i in zip(row_v, row_i, strict=True)]

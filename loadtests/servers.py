@@ -86,6 +86,8 @@ def _maas_command(
     *,
     devices: str = "cpu",
     dtype: str = "float32",
+    max_queue: int = 256,
+    compile: bool = False,
 ) -> list[str]:
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,11 @@ def _maas_command(
             source: {model_dir}
             dtype: {dtype}
             preload: true
-            batching: {{max_batch_size: {max_batch_size}, max_delay_ms: {max_delay_ms}}}
+            compile: {str(compile).lower()}
+            batching:
+              max_batch_size: {max_batch_size}
+              max_delay_ms: {max_delay_ms}
+              max_queue: {max_queue}
         """),
         encoding="utf-8",
     )
@@ -130,9 +136,12 @@ def start_server(
     devices: str = "cpu",
     dtype: str = "float32",
     maas_env: dict[str, str] | None = None,
+    max_queue: int = 256,
+    compile: bool = False,
 ) -> RunningServer:
     """Start server `name` for the model in `model_dir`; returns once it has answered one prediction.
-    `maas_env` adds gateway settings (MAAS_*) to the gateway's environment."""
+    `maas_env` adds gateway settings (MAAS_*) to the gateway's environment; `max_queue` and
+    `compile` go to its manifest. LitServe runs on `devices` (its first) in `dtype` too."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", str(max_delay_ms)]
@@ -140,7 +149,15 @@ def start_server(
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     if name == "maas":
         command = _maas_command(
-            model_dir, work, port, max_batch_size, max_delay_ms, devices=devices, dtype=dtype
+            model_dir,
+            work,
+            port,
+            max_batch_size,
+            max_delay_ms,
+            devices=devices,
+            dtype=dtype,
+            max_queue=max_queue,
+            compile=compile,
         )
         env.update(maas_env or {})
         env["MAAS_ADMIN_KEY"] = BENCH_KEY
@@ -155,6 +172,8 @@ def start_server(
             raise ServerUnavailable(f"{package} is not installed; pip install -e '.[bench]'")
         script = HERE / f"ref_{name}.py"
         command = [sys.executable, str(script), "--model-dir", str(model_dir), "--port", str(port), *batching]
+        if name == "litserve":
+            command += ["--device", devices.split(",")[0], "--dtype", dtype]
         url, headers, cwd = f"http://127.0.0.1:{port}/predict", {}, work
     else:
         raise ServerUnavailable(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")

@@ -203,6 +203,7 @@ class Model:
     load_seconds: float | None = None
     owned_by: str | None = None
     created: int | None = None  # Unix time (OpenAI's `Model.created`)
+    compile: JSON | None = None  # manifest `compile: true`: active, batch_sizes, reason, seconds
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
 

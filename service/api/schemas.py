@@ -70,6 +70,13 @@ class Readiness(BaseModel):
 # models
 
 
+class CompileInfo(BaseModel):
+    active: bool = Field(description="Compiled; false: running eagerly (see reason).")
+    batch_sizes: list[int] = Field(description="The batch sizes compiled; a batch is padded up to one.")
+    reason: str | None = Field(description="Why the model runs eagerly although the manifest asks.")
+    seconds: float | None = Field(description="How long compiling every batch size took.")
+
+
 class ModelInfo(BaseModel):
     id: str
     object: Literal["model"]
@@ -91,6 +98,7 @@ class ModelInfo(BaseModel):
     description: str
     labels: int | None
     load_seconds: float | None
+    compile: CompileInfo | None = Field(description="Manifest `compile: true`: what it became.")
     owned_by: Literal["system", "tenant"]
 
 

@@ -10,6 +10,10 @@ Inputs whose request was cancelled (client gone) or whose deadline passed are dr
 the device is used. The forward pass runs on the replica's own thread, so the event loop
 (and the preprocessing of the next requests) goes on meanwhile. If a batch fails, its inputs
 are retried one by one, so that one bad input fails only its own request.
+With `pipeline` 2 (a GPU replica) the next batch is formed and started while the last one is
+still on the device: its copy to the device and the last batch's reading of outputs overlap a
+forward pass. A batch is charged the time it had the device to itself (from its start or the
+previous batch's end, whichever is later), so overlapping batches are not charged twice.
 """
 
 from __future__ import annotations
@@ -100,11 +104,15 @@ class Batcher:
     arriving: Callable[[], int] | None = None
     fair: bool = True  # False: first in, first out within each class (MAAS_FAIR_QUEUEING=false)
     queue: FairQueue[WorkItem] = field(init=False)
-    in_flight: int = 0  # inputs in the batch now on the device
+    in_flight: int = 0  # inputs in the batches now on the device
+    # batches on the device at once (the executor needs as many threads); 1: one after another
+    pipeline: int = 1
     rate: ServiceRate = field(default_factory=ServiceRate)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
+    _device_free_at: float = 0.0  # perf_counter() when the last batch came off the device
 
     def __post_init__(self) -> None:
         self.queue = FairQueue(fair=self.fair)
@@ -158,8 +166,11 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
+            while len(self._running) >= self.pipeline:  # the next batch forms once it can start
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             if not self.queue:
                 if self._closing:
+                    await asyncio.gather(*self._running)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -167,7 +178,9 @@ class Batcher:
             await self._wait_until_batch_closes()
             batch, stats = self._take_batch()
             if batch:
-                await self._run(batch, stats)
+                task = asyncio.get_running_loop().create_task(self._run(batch, stats))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
             elif self.on_batch and (stats.dropped_expired or stats.dropped_cancelled):
                 self.on_batch(stats)
 
@@ -213,7 +226,7 @@ class Batcher:
         for item, waited in zip(batch, stats.queue_wait_s, strict=True):
             if item.tally is not None:
                 item.tally.queue_s = max(item.tally.queue_s, waited)
-        self.in_flight = len(batch)
+        self.in_flight += len(batch)
         started = time.perf_counter()
         one_by_one = False
         try:
@@ -229,8 +242,10 @@ class Batcher:
                 one_by_one = True
                 await self._run_one_by_one(batch, failed_s=time.perf_counter() - started)
         finally:
-            self.in_flight = 0
-        stats.forward_s = time.perf_counter() - started
+            self.in_flight -= len(batch)
+        ended = time.perf_counter()
+        stats.forward_s = ended - max(started, min(self._device_free_at, ended))  # its own device time
+        self._device_free_at = max(self._device_free_at, ended)
         self.rate.observe(len(batch), stats.forward_s)
         if not one_by_one:  # charged before resolving: the request reads its tally once woken
             _charge(batch, stats.forward_s / len(batch))

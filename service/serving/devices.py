@@ -50,7 +50,16 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch's kernels use it."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bool(cpu_bfloat16_features())
+
+
+def cpu_bfloat16_features() -> list[str]:
+    """This CPU's native bfloat16 instruction sets that torch's kernels use (AVX512-BF16, AMX)."""
+    found = [
+        ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported()),
+        ("AMX", torch.cpu._is_amx_tile_supported()),
+    ]
+    return [name for name, present in found if present]
 
 
 def resolve_dtype(
@@ -66,6 +75,17 @@ def resolve_dtype(
         return _DTYPES[requested]
     except KeyError:
         raise ValueError(f"unknown dtype {requested!r}") from None
+
+
+def dtype_reason(requested: str, dtype: torch.dtype, device: torch.device) -> str:
+    """Why a replica on `device` got `dtype` (logged at load, so that `auto`'s choice is visible)."""
+    if requested != "auto":
+        return f"dtype {requested} as the manifest asks"
+    if device.type == "cuda":
+        return "dtype auto: float16 on CUDA"
+    if dtype is torch.bfloat16:
+        return f"dtype auto: bfloat16, this CPU computes it natively ({', '.join(cpu_bfloat16_features())})"
+    return "dtype auto: float32, this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -153,6 +173,12 @@ class DevicePool:
             if need_bytes is not None and free[device] is not None:
                 free[device] = (free[device] or 0) - need_bytes
         return chosen
+
+    @staticmethod
+    def pipeline_depth(device: torch.device) -> int:
+        """Batches a replica on `device` has in flight: 2 on a GPU (the next batch's copy and the
+        last one's outputs overlap a forward pass); 1 on a CPU, whose passes share its cores."""
+        return 2 if device.type == "cuda" else 1
 
     def attach(self, device: torch.device, worker: Worker) -> None:
         self.workers.setdefault(device, []).append(worker)

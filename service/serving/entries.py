@@ -52,6 +52,7 @@ class Replica:
     device: torch.device
     executor: ThreadPoolExecutor
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
+    pipeline: int = 1  # batches in flight at once (the executor's threads): 2 for some GPU replicas
     # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)
     lora: LoraHost | None = None
     shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
@@ -169,8 +170,18 @@ class ModelEntry:
             "description": m.description if m else "",
             "labels": self.num_labels,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+            "compile": self.compile_info(),
             "owned_by": "tenant" if self.owner else "system",  # fine-tuned models are their tenant's
         }
+
+    def compile_info(self) -> dict[str, Any] | None:
+        """What `compile: true` became (None where the manifest does not ask for it)."""
+        if self.manifest is None or not self.manifest.compile:
+            return None
+        state = self.adapter.compile_state if self.replicas else None
+        if state is None:
+            return {"active": False, "batch_sizes": [], "reason": "compiled when loaded", "seconds": None}
+        return state.describe()
 
     @property
     def batchers(self) -> list[Batcher]:

@@ -296,6 +296,11 @@ def decode_image(
     and (with `resized`, the model's) preprocessed size from the header alone, so that bombs and
     absurd shapes never get decoded; then decode it as RGB (`draft`, given the image before its
     pixels are read, may ask a JPEG for a reduced scale)."""
+    return load_image(open_image(item, limits, resized), item.index, draft)
+
+
+def open_image(item: RawInput, limits: ImageLimits, resized: ResizedSize | None = None) -> Image.Image:
+    """`decode_image`'s checks, from the header alone: the image opened, its pixels not read yet."""
     assert isinstance(item.data, bytes)
     where = f"input {item.index}"
     declared = item.declared_type
@@ -315,6 +320,14 @@ def decode_image(
     if declared in IMAGE_TYPES and IMAGE_TYPES[declared] != actual:
         raise UnsupportedMediaType(f"{where}: declared {declared} but the bytes are a {actual} image")
     _check_size(where, *image.size, limits, resized)
+    return image
+
+
+def load_image(
+    image: Image.Image, index: int, draft: Callable[[Image.Image], None] | None = None
+) -> Image.Image:
+    """The pixels of an image `open_image` checked, as RGB: 413 or 400 if they cannot be read."""
+    where = f"input {index}"
     try:
         if draft is not None:
             draft(image)

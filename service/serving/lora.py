@@ -95,7 +95,11 @@ async def attach(entry: ModelEntry, base: ModelEntry) -> bool:
         try:
             for replica in base.replicas:
                 view = await _on_thread(replica, functools.partial(_add, replica, entry.name, weights))
-                views.append(Replica(view, replica.device, replica.executor, replica.batcher, shared=True))
+                views.append(
+                    Replica(
+                        view, replica.device, replica.executor, replica.batcher, replica.pipeline, shared=True
+                    )
+                )
         except Exception as exc:  # none of it stays resident
             for replica in base.replicas:
                 await _on_thread(replica, functools.partial(_remove, replica, entry.name))

@@ -23,6 +23,7 @@ Task = Literal[
     "image-segmentation",
 ]
 Adapter = Literal["transformers", "torch"]
+COMPILABLE_TASKS = ("image-classification", "image-feature-extraction")
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -90,6 +91,9 @@ class ModelManifest(BaseModel):
     # (where the model's processor is a standard resize/crop/rescale/normalise); exact = always
     # the model's own processor on the CPU
     preprocessing: Literal["fast", "exact"] = "fast"
+    # image classification and image feature extraction: the forward pass compiled with
+    # torch.compile at load, for batch sizes bucketed to powers of two (runtime/compiled.py)
+    compile: bool = False
     # feature-extraction and image-feature-extraction: how token (patch) vectors become one vector
     # per input: their mean, or the first (CLS) token's
     pooling: Literal["mean", "cls"] = "mean"
@@ -110,6 +114,12 @@ class ModelManifest(BaseModel):
                 "base_source (a LoRA adapter's base) needs adapter transformers and task "
                 "image-classification or text-classification"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _only_pixel_models_compile(self) -> ModelManifest:
+        if self.compile and self.task not in COMPILABLE_TASKS:
+            raise ValueError(f"compile: true needs task {' or '.join(COMPILABLE_TASKS)}")
         return self
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from service.serving.deadlines import before_deadline, check_deadline
-from service.serving.inputs import ImageLimits, RawInput, decode_image
+from service.serving.inputs import ImageLimits, RawInput, decode_image, load_image, open_image
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.fast_images import ImagePlan
 from service.serving.runtime.images import processor_resized_size
@@ -50,8 +50,13 @@ def prepare_inputs(
         check_deadline(deadline, f"preprocessing input {item.index}")
         # one decoded image alive at a time: it is dropped as soon as its features exist
         if kind == "image":
-            image = decode_image(item, limits, adapter.resized_size, adapter.draft)
-            features.append(adapter.preprocess(image))
+            image = open_image(item, limits, adapter.resized_size)  # every check, from the header
+            assert isinstance(item.data, bytes)
+            encoded = adapter.device_decoded(item.data, image, item.index)
+            if encoded is not None:  # the device decodes it (GPU JPEG decode)
+                features.append(encoded)
+                continue
+            features.append(adapter.preprocess(load_image(image, item.index, adapter.draft)))
             del image
         else:
             features.append(adapter.preprocess(item.data))

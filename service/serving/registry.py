@@ -206,8 +206,9 @@ class ModelRegistry:
                 )
                 adapter.warmup()
                 release_cached_memory(device)
-                executor = ThreadPoolExecutor(1, thread_name_prefix=f"maas-{entry.name}")
-                replicas.append(Replica(adapter, device, executor))
+                depth = self.pool.pipeline_depth(device) if adapter.pipelined else 1
+                executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
+                replicas.append(Replica(adapter, device, executor, pipeline=depth))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
                 replica.executor.shutdown(wait=False)
@@ -241,6 +242,7 @@ class ModelRegistry:
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving_here,
                 fair=self.fair_queueing,
+                pipeline=replica.pipeline,
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -246,3 +247,30 @@ async def test_after_a_failed_batch_each_input_is_charged_before_its_request_wak
         await asyncio.wait([future])
         assert tally.compute_s > 0  # set when the future resolves, not after the whole batch
     assert futures[0].result() == "OK1" and isinstance(futures[1].exception(), ValueError)
+
+
+async def test_with_a_pipeline_of_two_the_next_batch_runs_while_one_is_on_the_device() -> None:
+    together = threading.Barrier(2)  # passed only by two batches in the model at the same time
+
+    def model(features: list[Any], top_k: int) -> Sequence[Any]:
+        together.wait(timeout=30)
+        return [f.upper() for f in features]
+
+    pool = ThreadPoolExecutor(2)
+    stats: list[BatchStats] = []
+    batcher = Batcher(
+        model, pool, max_batch_size=2, max_delay_s=3600, clock=FakeClock(), on_batch=stats.append, pipeline=2
+    )
+    tally = Tally()
+    futures = [batcher.submit(f"x{i}", top_k=1, tally=tally) for i in range(4)]
+    started = time.perf_counter()
+    batcher.start()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 30) == ["X0", "X1", "X2", "X3"]
+    elapsed = time.perf_counter() - started
+    await batcher.close()
+    pool.shutdown(wait=True)
+    assert not together.broken and batcher.in_flight == 0
+    # each batch is charged only the time it had the device to itself: never more than the wall clock
+    assert [s.size for s in stats] == [2, 2]
+    assert tally.compute_s == pytest.approx(sum(s.forward_s for s in stats))
+    assert tally.compute_s <= elapsed

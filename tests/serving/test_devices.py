@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.serving.devices import DevicePool, dtype_name, parse_devices, resolve_dtype
+from service.serving.devices import (
+    DevicePool,
+    cpu_bfloat16_features,
+    dtype_name,
+    dtype_reason,
+    parse_devices,
+    resolve_dtype,
+)
 
 CPU = torch.device("cpu")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -64,6 +71,23 @@ def test_auto_dtype_is_float32_on_cpu_and_float16_on_cuda() -> None:
     assert resolve_dtype("auto", CPU, native_bfloat16=lambda: False) is torch.float32
     assert resolve_dtype("auto", CPU, native_bfloat16=lambda: True) is torch.bfloat16  # AVX512-BF16, AMX
     assert resolve_dtype("auto", torch.device("cuda", 0)) is torch.float16
+
+
+def test_the_dtype_auto_picked_is_logged_with_its_reason() -> None:
+    picked = resolve_dtype("auto", CPU)
+    reason = dtype_reason("auto", picked, CPU)
+    if cpu_bfloat16_features():
+        assert picked is torch.bfloat16
+        assert reason.startswith("dtype auto: bfloat16, this CPU computes it natively (")
+        assert all(feature in reason for feature in cpu_bfloat16_features())
+    else:
+        assert (picked, reason) == (
+            torch.float32,
+            "dtype auto: float32, this CPU has no native bfloat16 (AVX512-BF16 or AMX)",
+        )
+    cuda = torch.device("cuda", 0)
+    assert dtype_reason("auto", resolve_dtype("auto", cuda), cuda) == "dtype auto: float16 on CUDA"
+    assert dtype_reason("bfloat16", torch.bfloat16, cuda) == "dtype bfloat16 as the manifest asks"
 
 
 @pytest.mark.parametrize(
@@ -128,3 +152,18 @@ def test_pending_counts_the_work_waiting_on_each_device() -> None:
 def test_pool_from_spec() -> None:
     pool = DevicePool.from_spec("cpu")
     assert pool.devices == [CPU] and pool.place(2) == [CPU, CPU]
+
+
+def test_gpu_replicas_of_pixel_models_keep_two_batches_in_flight_and_cpu_ones_one() -> None:
+    from service.serving.runtime.torch_adapter import TorchImageClassifierAdapter
+    from service.serving.runtime.transformers_adapter import (
+        FeatureExtractionAdapter,
+        ImageClassificationAdapter,
+    )
+    from service.serving.runtime.zero_shot import ZeroShotImageClassificationAdapter
+
+    assert DevicePool.pipeline_depth(torch.device("cuda", 0)) == 2
+    assert DevicePool.pipeline_depth(CPU) == 1  # two passes would only share the same cores
+    assert ImageClassificationAdapter.pipelined and TorchImageClassifierAdapter.pipelined
+    # a tokenizer (or a cache) serves one batch at a time
+    assert not FeatureExtractionAdapter.pipelined and not ZeroShotImageClassificationAdapter.pipelined

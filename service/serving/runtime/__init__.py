@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
+from service.serving.devices import dtype_reason
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import Classification, ModelAdapter, Output
 from service.serving.runtime.sources import SourceError, resolve_source
 
 __all__ = ["Classification", "ModelAdapter", "Output", "SourceError", "load_adapter"]
+
+log = logging.getLogger(__name__)
 
 
 def load_adapter(
@@ -21,15 +25,22 @@ def load_adapter(
     *,
     hub_timeout_s: float = 3.0,
 ) -> ModelAdapter:
-    """Load one replica of `manifest` on `device`; raises with a readable reason on failure."""
+    """Load one replica of `manifest` on `device` (compiled where it says `compile: true`); raises
+    with a readable reason on failure."""
+    log.info("model %s on %s: %s", manifest.name, device, dtype_reason(manifest.dtype, dtype, device))
     source = resolve_source(manifest.source, manifest_dir, hub_timeout_s=hub_timeout_s)
+    adapter: ModelAdapter
     if manifest.adapter == "torch":
         from service.serving.runtime.torch_adapter import load_torch_adapter
 
-        return load_torch_adapter(manifest, source, device, dtype)
-    from service.serving.runtime.transformers_adapter import load_transformers_adapter
+        adapter = load_torch_adapter(manifest, source, device, dtype)
+    else:
+        from service.serving.runtime.transformers_adapter import load_transformers_adapter
 
-    base = None
-    if manifest.base_source is not None:
-        base = resolve_source(manifest.base_source, manifest_dir, hub_timeout_s=hub_timeout_s)
-    return load_transformers_adapter(manifest, source, device, dtype, base=base)
+        base = None
+        if manifest.base_source is not None:
+            base = resolve_source(manifest.base_source, manifest_dir, hub_timeout_s=hub_timeout_s)
+        adapter = load_transformers_adapter(manifest, source, device, dtype, base=base)
+    if manifest.compile:
+        adapter.compile(manifest.batching.max_batch_size, name=manifest.name)
+    return adapter

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from service.serving.runtime.compiled import CompileState
+
 InputKind = Literal["image", "text"]
 
 
@@ -54,14 +56,29 @@ class ModelAdapter(abc.ABC):
     output_key: ClassVar[OutputKey]  # the answer's key; "predictions" outputs are ranked (top_k)
     # the `TaskParams` fields this task reads; when any, each feature comes as `WithParams`
     reads_params: ClassVar[frozenset[str]] = frozenset()
+    # whether two batches may run at once (a GPU replica keeps two in flight): `predict` shares
+    # no state between calls (no tokenizer, no cache)
+    pipelined: ClassVar[bool] = False
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
         self.dtype = dtype
+        self.compile_state: CompileState | None = None  # set by `compile` (manifest `compile: true`)
+
+    def compile(self, max_batch_size: int, *, name: str) -> None:
+        """Compile the forward pass for batches up to `max_batch_size` (see runtime/compiled.py),
+        or run eagerly and say why in `compile_state`."""
+        self.compile_state = CompileState(active=False, reason=f"{type(self).__name__} is not compiled")
 
     def draft(self, image: Any) -> None:
         """Called with an image whose header is read but whose pixels are not: a JPEG may be told
         to decode at a reduced scale (the fast image path). Does nothing by default."""
+        return None
+
+    def device_decoded(self, data: bytes, image: Any, index: int) -> Any | None:
+        """Called with an image whose header passed the gateway's checks and whose pixels are not
+        read yet: its features as still-encoded bytes, where the device decodes it itself (GPU
+        JPEG decode); None (the default) to decode it on the CPU and `preprocess` it."""
         return None
 
     @abc.abstractmethod

@@ -34,9 +34,13 @@ class ImageFeatureExtractionAdapter(ImageAdapter):
         size = getattr(self.pipe.model.config, "hidden_size", None)
         return int(size) if size is not None else None
 
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.pipe.model(pixel_values=pixels).last_hidden_state
+        return hidden
+
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        hidden = self.pipe.model(pixel_values=self.pixel_batch(features)).last_hidden_state
+        hidden = self.forward(self.pixel_batch(features))
         if hidden.dim() == 4:  # a convolutional model's (N, C, H, W) map: its H*W positions are the tokens
             hidden = hidden.flatten(2).transpose(1, 2)
         return list(pooled(hidden, None, pooling=self.pooling, normalize=self.normalize))

@@ -3,12 +3,15 @@ path (service/serving/runtime/fast_images.py) where that processor is a standard
 
 from __future__ import annotations
 
+import io
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
 from service.serving.runtime.base import InputKind, ModelAdapter
+from service.serving.runtime.compiled import Forward, compile_forward
+from service.serving.runtime.device_jpeg import EncodedJpeg, device_decoder
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
 
 
@@ -51,6 +54,7 @@ class ImageAdapter(ModelAdapter):
     """An image model behind a transformers pipeline: images in, pixel batches on the device."""
 
     input_kind: ClassVar[InputKind] = "image"
+    pipelined: ClassVar[bool] = True  # pixels in, one forward pass: nothing shared between batches
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, *, fast: bool = True) -> None:
         super().__init__(device, dtype)
@@ -58,6 +62,20 @@ class ImageAdapter(ModelAdapter):
         # the fast image path where the model's processor is a standard one, else the processor
         self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
         self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
+        # on a CUDA device with torchvision: JPEGs decoded there (nvJPEG), else on the CPU
+        self.jpeg_decoder, self.jpeg_decoding = device_decoder(self.plan, device)
+        self.forward: Forward = self.model_forward  # compiled by `compile`
+
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's output tensor for a pixel batch (its first dimension the batch's)."""
+        raise NotImplementedError(f"{type(self).__name__} runs its model in `predict`")
+
+    def compile(self, max_batch_size: int, *, name: str) -> None:
+        with torch.inference_mode():
+            sample = self.pixel_batch([self.preprocess(self.warmup_input())])
+        self.forward, self.compile_state = compile_forward(
+            self.model_forward, sample, max_batch_size, self.device, name=name
+        )
 
     @property
     def image_processor(self) -> Any:
@@ -72,6 +90,11 @@ class ImageAdapter(ModelAdapter):
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         return processor_resized_size(self.image_processor, width, height)
 
+    def device_decoded(self, data: bytes, image: Image.Image, index: int) -> Any | None:
+        if self.jpeg_decoder is None or not self.jpeg_decoder.accepts(image, data):
+            return None
+        return self.jpeg_decoder.encoded(data, index)
+
     def preprocess(self, item: Image.Image) -> torch.Tensor:
         if self.plan is not None:
             return self.plan.pixels(item)
@@ -80,10 +103,19 @@ class ImageAdapter(ModelAdapter):
 
     def pixel_batch(self, features: list[torch.Tensor]) -> torch.Tensor:
         """The batch's pixels on the device, in the model's dtype, normalised."""
+        if self.jpeg_decoder is not None and any(isinstance(f, EncodedJpeg) for f in features):
+            features = self.jpeg_decoder.batch(features)  # encoded JPEGs decoded on the device
         batch = torch.cat(features)
         if self.normalizer is not None:
             return self.normalizer(batch)
         return batch.to(self.device, self.dtype, non_blocking=True)
+
+    def warmup(self) -> None:
+        super().warmup()
+        if self.jpeg_decoder is not None:  # nvJPEG sets itself up on its first call: not a request's
+            buffer = io.BytesIO()
+            self.warmup_input().save(buffer, format="JPEG")
+            self.predict([self.jpeg_decoder.encoded(buffer.getvalue(), 0)], top_k=1)
 
     def warmup_input(self) -> Image.Image:
         return Image.new("RGB", (224, 224), (127, 127, 127))

@@ -6,6 +6,7 @@ tagged with its name, and queued in the base replica's batches."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import Any, ClassVar
 
@@ -22,14 +23,16 @@ DEFAULT_HEAD = "classifier"  # what the trainer saves in full next to the adapte
 
 
 def can_host(adapter: ModelAdapter) -> bool:
-    """Whether LoRA adapters can be served over this loaded model (a transformers classifier)."""
-    return isinstance(adapter, (ImageClassificationAdapter, TextClassificationAdapter))
+    """Whether LoRA adapters can be served over this loaded model: a transformers classifier run
+    eagerly (a compiled forward pass would not see the adapters' layers)."""
+    compiled = adapter.compile_state is not None and adapter.compile_state.active
+    return isinstance(adapter, (ImageClassificationAdapter, TextClassificationAdapter)) and not compiled
 
 
 class LoraHost:
-    """The LoRA adapters resident over one replica of a base classifier. Every method runs on the
-    replica's own thread (the one that runs its batches): adding or removing an adapter never
-    overlaps a forward pass."""
+    """The LoRA adapters resident over one replica of a base classifier. Its methods run on the
+    replica's own threads (those that run its batches); a batch with adapter rows and adding or
+    removing an adapter take turns (`lock`: a GPU replica may run two batches at once)."""
 
     def __init__(self, base: Classifier, head_path: str | None) -> None:
         self.base = base
@@ -38,19 +41,22 @@ class LoraHost:
         except AttributeError as exc:  # no module at the head's path
             raise UnsupportedAdapter(f"the base model has no classifier head {head_path!r}") from exc
         self.labels: dict[str, tuple[list[str], bool]] = {}  # adapter -> its labels, multi-label
+        self.lock = threading.Lock()
 
     @property
     def names(self) -> list[str]:
         return list(self.labels)
 
     def add(self, name: str, weights: LoraWeights) -> None:
-        self.model.add(name, weights)
         labels = weights.labels if weights.head else self.base.labels
-        self.labels[name] = (labels, self.base.is_multi_label(len(labels)))
+        with self.lock:
+            self.model.add(name, weights)
+            self.labels[name] = (labels, self.base.is_multi_label(len(labels)))
 
     def remove(self, name: str) -> None:
-        self.model.remove(name)
-        self.labels.pop(name, None)
+        with self.lock:
+            self.model.remove(name)
+            self.labels.pop(name, None)
 
     @torch.inference_mode()
     def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
@@ -58,11 +64,14 @@ class LoraHost:
         names = [f.adapter if isinstance(f, LoraInput) else None for f in features]
         if not any(names):
             return self.base.predict(features, top_k=top_k)
-        slots = [0 if n is None else self.model.slot(n) for n in names]
         plain = [f.features if isinstance(f, LoraInput) else f for f in features]
-        with self.model.routed(slots, self.base.device):
-            logits = self.base.logits(plain)
-        scoring = [(self.base.labels, self.base.multi_label) if n is None else self.labels[n] for n in names]
+        with self.lock:
+            slots = [0 if n is None else self.model.slot(n) for n in names]
+            scoring = [
+                (self.base.labels, self.base.multi_label) if n is None else self.labels[n] for n in names
+            ]
+            with self.model.routed(slots, self.base.device):
+                logits = self.base.logits(plain)
         rows: dict[tuple[int, bool], list[int]] = defaultdict(list)  # heads scored alike: ranked at once
         for row, (labels, multi) in enumerate(scoring):
             rows[len(labels), multi].append(row)

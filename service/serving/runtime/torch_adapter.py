@@ -17,6 +17,7 @@ from PIL import Image
 
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import InputKind, ModelAdapter, Output, top_k_classes
+from service.serving.runtime.compiled import Forward, compile_forward
 from service.serving.runtime.fast_images import ImagePlan, Normalizer
 from service.serving.runtime.sources import ResolvedSource
 
@@ -49,6 +50,7 @@ def _load_entrypoint(folder: Path, entrypoint: str) -> torch.nn.Module:
 class TorchImageClassifierAdapter(ModelAdapter):
     input_kind: ClassVar[InputKind] = "image"
     output_key = "predictions"
+    pipelined: ClassVar[bool] = True  # pixels in, one forward pass: nothing shared between batches
 
     def __init__(
         self,
@@ -74,6 +76,14 @@ class TorchImageClassifierAdapter(ModelAdapter):
         )
         self.normalizer = Normalizer(self.plan, device, dtype)
         self.fast = manifest.preprocessing == "fast"  # else JPEGs are decoded at full scale
+        self.forward: Forward = self.model  # compiled by `compile`
+
+    def compile(self, max_batch_size: int, *, name: str) -> None:
+        with torch.inference_mode():
+            sample = self.normalizer(self.preprocess(self.warmup_input()))
+        self.forward, self.compile_state = compile_forward(
+            self.model, sample, max_batch_size, self.device, name=name
+        )
 
     @property
     def num_labels(self) -> int:
@@ -98,7 +108,7 @@ class TorchImageClassifierAdapter(ModelAdapter):
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
         batch = self.normalizer(torch.cat(features))
-        logits = self.model(batch)
+        logits = self.forward(batch)
         if logits.shape != (batch.shape[0], len(self.labels)):
             raise RuntimeError(
                 f"model returned shape {tuple(logits.shape)}, expected ({batch.shape[0]}, {len(self.labels)})"

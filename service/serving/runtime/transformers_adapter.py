@@ -95,14 +95,17 @@ class ImageClassificationAdapter(ImageAdapter):
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """One forward pass: the batch's logits, one row per input."""
-        logits: torch.Tensor = self.pipe.model(pixel_values=self.pixel_batch(features)).logits
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.pipe.model(pixel_values=pixels).logits
         return logits
+
+    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """One eager forward pass (never the compiled one): the batch's logits, one row per input."""
+        return self.model_forward(self.pixel_batch(features))
 
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
-        logits = self.logits(features)
+        logits = self.forward(self.pixel_batch(features))
         return list(top_k_classes(logits, self.labels, top_k=top_k, multi_label=self.multi_label))
 
 
@@ -189,5 +192,5 @@ def load_transformers_adapter(
         )
     if isinstance(adapter, ImageAdapter):
         how = "fast (uint8, normalised on the device)" if adapter.plan else "the model's image processor"
-        log.info("model %s: image preprocessing: %s", manifest.name, how)
+        log.info("model %s: image preprocessing: %s; %s", manifest.name, how, adapter.jpeg_decoding)
     return adapter

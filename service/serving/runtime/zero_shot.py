@@ -21,6 +21,7 @@ LABEL_SETS_CACHED = 256  # text embeddings of this many label sets per replica
 
 
 class ZeroShotImageClassificationAdapter(ImageAdapter):
+    pipelined = False  # its tokenizer and label cache serve one batch at a time
     output_key = "predictions"
     reads_params: ClassVar[frozenset[str]] = frozenset({"candidate_labels"})
 

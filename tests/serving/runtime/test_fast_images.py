@@ -134,3 +134,11 @@ def test_fast_and_exact_paths_agree_on_held_out_digits_sent_as_large_jpegs(tmp_p
     }
     assert agree >= 0.95, agree
     assert accuracy["fast"] >= accuracy["exact"] - 0.03 and accuracy["fast"] >= 0.9, accuracy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_copy_on_its_own_stream_gives_the_cpus_numbers() -> None:
+    plan = ImagePlan(resample=2, scale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), size=(32, 32))
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    on_gpu = Normalizer(plan, torch.device("cuda", 0), torch.float32)(batch)
+    assert torch.allclose(on_gpu.cpu(), Normalizer(plan, CPU, torch.float32)(batch), atol=1e-6)

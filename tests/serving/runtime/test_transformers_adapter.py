@@ -83,3 +83,17 @@ def test_processor_resized_size_follows_the_processors_size(
 def test_the_tiny_vit_resizes_every_image_to_its_square(tiny_vit_dir: Path) -> None:
     adapter = load_adapter(vit_manifest(tiny_vit_dir), tiny_vit_dir, torch.device("cpu"), torch.float32)
     assert adapter.resized_size(1, 6000) == (32, 32)  # its SizeDict, as the pipeline loads it
+
+
+def test_loading_says_which_dtype_auto_picked_and_why(
+    tiny_vit_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.serving.devices import dtype_name, dtype_reason, resolve_dtype
+
+    cpu = torch.device("cpu")
+    picked = resolve_dtype("auto", cpu)
+    with caplog.at_level("INFO", logger="service.serving.runtime"):
+        load_adapter(vit_manifest(tiny_vit_dir), tiny_vit_dir, cpu, picked)
+    said = f"model tiny on cpu: {dtype_reason('auto', picked, cpu)}"
+    assert said in caplog.messages
+    assert f"dtype auto: {dtype_name(picked)}" in said

@@ -1,0 +1,39 @@
+"""loadtests/gpu_check.py's CPU mode: the whole check (precision, forward-only limit, the real
+`maas serve` driven over HTTP, the summary) runs on the CPU with the tiny model, so that the
+script is ready for the first GPU machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.serving.devices import dtype_name, resolve_dtype
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
+    report = tmp_path / "gpu.json"
+    command = [sys.executable, str(REPO / "loadtests" / "gpu_check.py"), "--device", "cpu", "--quick"]
+    command += ["--duration", "1", "--cache-dir", str(tmp_path / "models"), "--json", str(report)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(report.read_text(encoding="utf-8"))
+    served = dtype_name(resolve_dtype("auto", torch.device("cpu")))
+    assert results["gateway"]["dtype"] == served  # what `dtype: auto` picks on this CPU
+    [level] = results["gateway"]["levels"]
+    assert level["concurrency"] == 4 and level["errors"] == 0 and level["throughput"] > 0
+    assert results["forward"]["best"][served]["images_per_s"] > 0
+    summary = results["summary"]
+    assert summary["forward_limit"]["dtype"] == served
+    assert summary["gateway"]["share_of_forward_limit"] > 0
+    assert "litserve" in results  # measured where installed, else the reason it was skipped
+    assert "levels" in results["litserve"] or "skipped" in results["litserve"]
