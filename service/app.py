@@ -27,6 +27,7 @@ from service.api import (
 from service.api.docs import install_docs
 from service.api.guard import plain_text_parameters
 from service.console import install_console
+from service.engine.client import EngineAddress, EngineClient
 from service.errors import GatewayError, error_response, install_error_handlers
 from service.gateway import Gateway
 from service.observability.middleware import RequestMiddleware
@@ -36,17 +37,26 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway for `settings`. Nothing heavy happens until the app starts (its lifespan)."""
+def create_app(settings: Settings, engine: EngineAddress | None = None) -> FastAPI:
+    """The gateway for `settings`. Nothing heavy happens until the app starts (its lifespan).
+    With `engine`, a front-end worker's: its models run in the model process at that address."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = await Gateway.start(settings)
-        app.state.gateway = gateway
+        client = None
+        if engine is not None:
+            client = EngineClient(engine.path, worker=engine.worker)
+            await client.start(timeout_s=engine.start_timeout_s)
         try:
-            yield
+            gateway = await Gateway.start(settings, client)
+            app.state.gateway = gateway
+            try:
+                yield
+            finally:
+                await gateway.close()
         finally:
-            await gateway.close()
+            if client is not None:
+                await client.close()
 
     app = FastAPI(
         title="maas-gateway",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.batches.runner import BatchRunner
 from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
+from service.engine.client import EngineClient, EngineGone
+from service.engine.mirror import EngineBuckets, EngineSlots, MirrorRegistry, RemoteInference
 from service.errors import Conflict
 from service.metering import (
     INFERENCE,
@@ -43,7 +46,7 @@ from service.tenancy.keychanges import MODELS_CHANNEL, KeyChangeMetrics, KeyChan
 from service.tenancy.keys import SCOPES
 from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
 from service.tenancy.quota import Quota
-from service.tenancy.ratelimit import Limiter, LimitMetrics, MemoryBuckets, RedisBuckets, build_buckets
+from service.tenancy.ratelimit import Buckets, Limiter, LimitMetrics, build_buckets
 from service.tenancy.tenants import DEFAULT_TENANT, Tenants
 from service.training.finished import FinishedModels
 from service.training.metrics import TrainingMetrics
@@ -51,6 +54,8 @@ from service.training.runner import JobRunner
 from service.training.store import FineTuneStore
 
 log = logging.getLogger(__name__)
+
+METRICS_PUSH_S = 2.0  # a worker's metrics reach the model process at least this often
 
 
 @dataclass
@@ -66,7 +71,7 @@ class Gateway:
     key_changes: KeyChanges | None
     quota: Quota
     limiter: Limiter
-    buckets: MemoryBuckets | RedisBuckets
+    buckets: Buckets
     pool: DevicePool
     registry: ModelRegistry
     preprocess: PreprocessPool | None
@@ -81,18 +86,26 @@ class Gateway:
     model_sync: ModelSync
     model_changes: KeyChanges | None  # with Redis: registrations announced to every replica
     draining: bool = False
+    # a front-end worker's connection to the model process (MAAS_WORKERS > 1); None: models run here
+    client: EngineClient | None = None
     _preload: asyncio.Task[None] | None = field(default=None, repr=False)
+    _push: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Gateway:
+    async def start(cls, settings: Settings, client: EngineClient | None = None) -> Gateway:
         """Open the database (migrated), the key store, the limits, the model registry (preloading
-        in the background), the usage writer, the fine-tuning runner and the batch runner."""
+        in the background), the usage writer, the fine-tuning runner and the batch runner.
+
+        With `client`, a front-end worker's gateway (service/engine/): the same routes, keys,
+        limits and metering, but its models run in the model process that `client` reaches (which
+        migrated the database, runs the jobs and keeps the rate-limit buckets unless Redis does)."""
         redact_keys_in_logs()
         metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.resolved_database_url)
         check_connection(engine)
-        upgrade(engine)
+        if client is None:
+            upgrade(engine)
         sessions = session_factory(engine)
         tenants = Tenants(sessions)
         keys = _key_store(settings, sessions, tenants)
@@ -103,23 +116,28 @@ class Gateway:
             )
             await key_changes.start(keys.forget)
         limit_metrics = LimitMetrics(metrics.registry)
-        buckets = build_buckets(settings, limit_metrics)
+        buckets: Buckets = build_buckets(settings, limit_metrics)
+        if client is not None and settings.redis_url is None:
+            buckets = EngineBuckets(client)  # one set of buckets for every worker
         limiter = Limiter(
             buckets,
             limit_metrics,
             default_rps=settings.default_rate_limit_rps,
             burst_factor=settings.rate_limit_burst_factor,
+            slots=EngineSlots(client) if client is not None else None,
         )
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        preprocess = PreprocessPool(settings.preprocess_processes) if settings.preprocess_processes else None
+        preprocess = None  # a worker decodes on its own threads: the workers are the processes
+        if settings.preprocess_processes and client is None:
+            preprocess = PreprocessPool(settings.preprocess_processes)
         if preprocess is not None:
             await anyio.to_thread.run_sync(preprocess.start)
-        pool = DevicePool.from_spec(settings.devices)
+        pool = DevicePool.from_spec(settings.devices if client is None else "cpu")
         fine_tunes = FineTuneStore(sessions, settings.data_dir)
         finished = FinishedModels(fine_tunes, settings.data_dir)  # also those other replicas finish
-        registry = ModelRegistry(
+        registry = (ModelRegistry if client is None else functools.partial(MirrorRegistry, client))(
             settings.models_dir,
             pool,
             metrics,
@@ -193,7 +211,9 @@ class Gateway:
             pool=pool,
             registry=registry,
             preprocess=preprocess,
-            inference=Inference(registry, metrics, InputLimits.of(settings), preprocess),
+            inference=(Inference if client is None else functools.partial(RemoteInference, client))(
+                registry, metrics, InputLimits.of(settings), preprocess
+            ),
             meter=meter,
             writer=writer,
             fine_tunes=fine_tunes,
@@ -203,14 +223,17 @@ class Gateway:
             registrations=registrations,
             model_sync=model_sync,
             model_changes=model_changes,
+            client=client,
         )
         writer.start()
         gateway._preload = asyncio.create_task(registry.preload(), name="maas-preload")
         model_sync.start()
-        if settings.fine_tune_runner:
+        if settings.fine_tune_runner and client is None:
             runner.start()
-        if settings.batch_runner:
+        if settings.batch_runner and client is None:
             batch_runner.start()
+        if client is not None:
+            gateway._push = asyncio.create_task(gateway._push_metrics(), name="maas-metrics-push")
         log.info(
             "maas gateway starting: %d model manifest(s) in %s", len(registry.entries), settings.models_dir
         )
@@ -220,6 +243,8 @@ class Gateway:
         """Stop in order: training and batch jobs (resumable), then serving (every queued input
         answered), then metering (their usage committed), then the connections."""
         self.draining = True
+        if self._push is not None:
+            self._push.cancel()
         await self.runner.stop()  # the running job stops after its step; another start resumes it
         await self.batch_runner.stop()  # progress committed; another start goes on from there
         await self.model_sync.close()
@@ -237,6 +262,23 @@ class Gateway:
             await self.key_changes.close()
         self.engine.dispose()
 
+    async def render_metrics(self) -> bytes:
+        """`/metrics`: this process's metrics; a worker's, merged with the model process's and every
+        other worker's (service/engine/metrics.py), or its own alone while that process restarts."""
+        if self.client is not None:
+            with contextlib.suppress(EngineGone):
+                merged: bytes = await self.client.call("metrics", families=self.metrics.families())
+                return merged
+        return self.metrics.render()
+
+    async def _push_metrics(self) -> None:
+        """A worker's metrics, sent to the model process every few seconds, so that a scrape that
+        reaches another worker counts this one's requests too."""
+        assert self.client is not None
+        while True:
+            await asyncio.sleep(METRICS_PUSH_S)
+            self.client.notify("metrics", worker=self.client.worker, families=self.metrics.families())
+
     def keys_changed(self, reason: str) -> None:
         """A key or tenant changed: drop this process's key cache and, with Redis, every replica's,
         so the change holds on the next request anywhere."""
@@ -247,6 +289,10 @@ class Gateway:
     async def models_changed(self) -> None:
         """A registration changed: apply it here now and, with Redis, tell every replica to."""
         await self.model_sync.sync()
+        if self.client is not None:  # the model process applies it now too; then show its status
+            await self.client.call("sync")
+            assert isinstance(self.registry, MirrorRegistry)
+            await self.registry.refresh()
         if self.model_changes is not None:
             await asyncio.to_thread(self.model_changes.publish, "models changed")
 

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.batches.store import BatchStore
 from service.errors import AuthenticationFailed, InvalidInput, RateLimited
 from service.gateway import Gateway
-from service.observability.metrics import Metrics
 from service.serving.registry import ModelRegistry
 from service.settings import Settings
 from service.tenancy.principal import Principal
@@ -109,7 +108,6 @@ Tenanted = Annotated[Principal, Depends(_tenanted)]
 BatchSubmitter = Annotated[Principal, Depends(_batch_submitter)]
 Registry = Annotated[ModelRegistry, _part("registry")]
 AppSettings = Annotated[Settings, _part("settings")]
-AppMetrics = Annotated[Metrics, _part("metrics")]
 Directory = Annotated[Tenants, _part("tenants")]
 Sessions = Annotated[sessionmaker[Session], _part("sessions")]
 Store = Annotated[FineTuneStore, _part("fine_tunes")]

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api import schemas as s
-from service.api.deps import App, AppMetrics
+from service.api.deps import App
 
 router = APIRouter(tags=["health"])
 
@@ -44,6 +44,7 @@ async def readyz(gateway: App) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics(metrics: AppMetrics) -> Response:
-    """Prometheus text format; tenant ids and fine-tuned model names only with MAAS_METRICS_TENANT_LABELS."""
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(gateway: App) -> Response:
+    """Prometheus text format; tenant ids and fine-tuned model names only with MAAS_METRICS_TENANT_LABELS.
+    With several workers, every process's metrics in one (any worker answers for all)."""
+    return Response(await gateway.render_metrics(), media_type=CONTENT_TYPE_LATEST)

@@ -1,30 +1,54 @@
-"""`maas serve`: the gateway under uvicorn until SIGINT/SIGTERM, then a graceful drain."""
+"""`maas serve`: the gateway under uvicorn until SIGINT/SIGTERM, then a graceful drain. With
+`MAAS_WORKERS` above 1, a model process and that many front-end workers (service/engine/)."""
 
 from __future__ import annotations
 
+import socket
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from service.cli.header_timeout import header_timeout_protocol
 from service.observability.logs import configure_logging
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
 
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from service.engine.processes import serve_workers
+
+        serve_workers(settings)
+        return
+    from service.app import create_app
+
+    server(settings, create_app(settings)).run()
+
+
+def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
+    """uvicorn serving `app` as the gateway does: SIGTERM first marks it draining (readiness 503),
+    then in-flight requests finish within MAAS_DRAIN_TIMEOUT_S."""
     import uvicorn
 
-    from service.app import begin_draining, create_app
-
-    configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    from service.app import begin_draining
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             begin_draining(app)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(
-        app,
+    return DrainingServer(uvicorn_config(settings, app))
+
+
+def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]  # None only to bind the socket before there is an app
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -33,4 +57,8 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         http=header_timeout_protocol(settings.header_timeout_s),
     )
-    DrainingServer(config).run()
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket for MAAS_HOST:MAAS_PORT, bound once and shared by every worker."""
+    return uvicorn_config(settings).bind_socket()

@@ -50,7 +50,7 @@ class Replica:
 
     adapter: ModelAdapter
     device: torch.device
-    executor: ThreadPoolExecutor
+    executor: ThreadPoolExecutor | None  # None in a front-end worker: the model runs elsewhere
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
     pipeline: int = 1  # batches in flight at once (the executor's threads): 2 for some GPU replicas
     # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)

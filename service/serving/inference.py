@@ -116,12 +116,12 @@ class Inference:
         try:
             # this replica's adapter, kept: an unload meanwhile answers what was queued, then drops it
             adapter = (await self.registry.ensure_loaded(entry, deadline)).adapter
-            with entry.arriving_request():
+            with self.arriving(entry):
                 inputs, params = await read()
                 check_params(adapter, params)
                 tally.inputs = len(inputs)
-                features = await self._features(entry, adapter, inputs, deadline)
-            queued = infer_features(
+                features = await self.features(entry, adapter, inputs, deadline)
+            queued = self.queue(
                 entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
             )
             outputs = await unless_client_leaves(request, queued)
@@ -139,7 +139,11 @@ class Inference:
         self.metrics.class_inputs.labels(share.service_class.value).inc(len(inputs))
         return Answer(adapter.output_key, [encode_output(o) for o in outputs])
 
-    async def _features(
+    def arriving(self, entry: ModelEntry) -> contextlib.AbstractContextManager[None]:
+        """Marks a request on its way to the model's queue while its inputs are read and decoded."""
+        return entry.arriving_request()
+
+    async def features(
         self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float
     ) -> list[Any]:
         """The inputs' features, off the event loop (see `prepare_features`); 504 past the deadline."""
@@ -149,6 +153,23 @@ class Inference:
         )
         self.metrics.preprocessed.labels(where).inc(len(features))
         return features
+
+    async def queue(
+        self,
+        entry: ModelEntry,
+        adapter: ModelAdapter,
+        features: list[Any],
+        params: TaskParams,
+        *,
+        top_k: int,
+        deadline: float,
+        tally: Tally,
+        share: Share,
+    ) -> list[Any]:
+        """Queue one request's features on the model and await their outputs, in order."""
+        return await infer_features(
+            entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
+        )
 
 
 async def infer_features(

@@ -63,7 +63,7 @@ def prepare_inputs(
     return features
 
 
-def _prepare_images(
+def prepare_images(
     processor: Any, items: list[RawInput], limits: ImageLimits, deadline: float
 ) -> list[np.ndarray[Any, Any]]:
     """In the worker: decode and preprocess each input in turn, as a thread would (the first bad
@@ -126,7 +126,7 @@ class PreprocessPool:
         self, processor: Any, inputs: list[RawInput], limits: ImageLimits, deadline: float
     ) -> list[torch.Tensor]:
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, _prepare_images, processor, inputs, limits, deadline)
+        work = loop.run_in_executor(self._executor, prepare_images, processor, inputs, limits, deadline)
         arrays = await before_deadline(deadline, STAGE, work)
         return [torch.from_numpy(array) for array in arrays]
 

@@ -211,7 +211,8 @@ class ModelRegistry:
                 replicas.append(Replica(adapter, device, executor, pipeline=depth))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
-                replica.executor.shutdown(wait=False)
+                if replica.executor is not None:
+                    replica.executor.shutdown(wait=False)
             expected = isinstance(exc, (SourceError, ValueError, OSError))
             entry.status = ModelStatus.UNAVAILABLE
             entry.reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
@@ -233,6 +234,7 @@ class ModelRegistry:
         assert entry.manifest is not None
         batching = entry.manifest.batching
         for replica in entry.replicas:
+            assert replica.executor is not None  # a replica loaded in this process
             replica.batcher = Batcher(
                 run_batch=_predictor(replica),
                 executor=replica.executor,
@@ -300,7 +302,8 @@ class ModelRegistry:
                 self.pool.detach(replica.device, replica.batcher)
         replicas, entry.replicas = entry.replicas, []
         for replica in replicas:
-            await asyncio.to_thread(replica.executor.shutdown, wait=True)
+            if replica.executor is not None:
+                await asyncio.to_thread(replica.executor.shutdown, wait=True)
             release_cached_memory(replica.device)
 
     async def close(self) -> None:

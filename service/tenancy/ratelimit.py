@@ -4,7 +4,8 @@ Buckets live in this process (`MemoryBuckets`) or, with `MAAS_REDIS_URL`, in Red
 (`RedisBuckets`: one atomic Lua script per check, so every replica draws from the same bucket).
 When Redis cannot be reached the check fails open by default (the request goes through, a
 warning is logged and `maas_ratelimit_backend_errors_total` counts it); `MAAS_REDIS_FAIL_OPEN=false`
-answers 503 instead. The in-flight cap is counted per process.
+answers 503 instead. The in-flight cap is counted per process (per gateway with several workers:
+the model process counts for all of them).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def decide(buckets: Sequence[Bucket], tokens: Sequence[float]) -> tuple[Verdict,
 
 class Buckets(Protocol):
     async def take(self, buckets: Sequence[Bucket]) -> Verdict: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryBuckets:
@@ -201,6 +204,21 @@ class InFlight:
         with self._lock:
             return self._counts.get(tenant, 0)
 
+    async def acquire(self, tenant: str, cap: int) -> bool:
+        return self.enter(tenant, cap)
+
+    async def release(self, tenant: str) -> None:
+        self.leave(tenant)
+
+
+class Slots(Protocol):
+    """Where a tenant's requests in flight are counted: this process (`InFlight`), or the model
+    process that every worker of a gateway shares (service/engine/)."""
+
+    async def acquire(self, tenant: str, cap: int) -> bool: ...
+
+    async def release(self, tenant: str) -> None: ...
+
 
 class LimitMetrics:
     """The limiter's collectors, made once per app (a restarted lifespan reuses them)."""
@@ -229,9 +247,11 @@ class Limiter:
         *,
         default_rps: float | None = None,
         burst_factor: float = 2.0,
+        slots: Slots | None = None,
     ) -> None:
         self.buckets = buckets
         self.in_flight = InFlight()
+        self.slots: Slots = slots or self.in_flight
         self._default_rps = default_rps
         self._burst_factor = burst_factor
         self.refused = metrics.refused
@@ -271,7 +291,7 @@ class Limiter:
             yield
             return
         tenant = caller.tenant_id or caller.tenant
-        if not self.in_flight.enter(tenant, caller.max_concurrency):
+        if not await self.slots.acquire(tenant, caller.max_concurrency):
             self.refused.labels("concurrency").inc()
             raise RateLimited(
                 f"too many requests in flight for this tenant (limit {caller.max_concurrency})",
@@ -280,7 +300,7 @@ class Limiter:
         try:
             yield
         finally:
-            self.in_flight.leave(tenant)
+            await self.slots.release(tenant)
 
 
 def build_buckets(settings: Settings, metrics: LimitMetrics) -> MemoryBuckets | RedisBuckets:

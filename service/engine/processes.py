@@ -1,0 +1,178 @@
+"""`maas serve` with `MAAS_WORKERS` > 1: a supervisor, one model process, N front-end workers.
+
+    supervisor (this process: binds the port, starts and restarts the others, sequences the drain)
+      ├─ model process: every model once per device, batchers, job runners, rate-limit buckets
+      └─ worker 0..N-1: HTTP, keys, limits, metering, reading and decoding inputs, on the shared port
+
+The kernel spreads connections over the workers (they accept on one listening socket). A worker
+reaches the model process over a Unix socket in a private temporary folder (wire.py). A process
+that dies is started again: a worker's requests in flight are lost with it (their usage events
+committed before each answer went out are not), a model process's queued calls answer 503 in the
+workers, which reconnect once it is back. SIGTERM (or Ctrl-C) drains the workers first (they
+finish their requests, which need the model process), then the model process (jobs stop
+resumably, queued inputs are answered, usage committed), then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+
+from service.observability.logs import configure_logging
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+START_FAILURE_S = 30.0  # a model process that exits this soon after starting failed to start: give up
+_PR_SET_PDEATHSIG = 1
+
+
+def serve_workers(settings: Settings) -> None:
+    """Run the model process and `settings.workers` workers until SIGTERM/SIGINT; exit 1 if the
+    model process cannot start."""
+    folder = Path(tempfile.mkdtemp(prefix="maas-engine-"))  # mode 0700: this user's alone
+    try:
+        from service.cli.serve import bind
+
+        listener = bind(settings)
+        supervisor = _Supervisor(settings, listener, folder / "engine.sock")
+        code = supervisor.run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if code:
+        raise SystemExit(code)
+
+
+class _Supervisor:
+    def __init__(self, settings: Settings, listener: socket.socket, path: Path) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.path = path
+        self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
+        self.engine: BaseProcess | None = None
+        self.engine_started = 0.0
+        self.workers: dict[int, BaseProcess] = {}
+        self.stopping = False
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        self._start_engine()
+        for index in range(self.settings.workers):
+            self._start_worker(index)
+        host, port = self.listener.getsockname()[:2]
+        log.info("maas gateway on http://%s:%d: a model process, %d workers", host, port, len(self.workers))
+        while not self.stopping:
+            processes = [p for p in (self.engine, *self.workers.values()) if p is not None]
+            wait([p.sentinel for p in processes], timeout=1.0)
+            if self.stopping:
+                break
+            if self.engine is not None and not self.engine.is_alive():
+                code = self.engine.exitcode
+                if time.monotonic() - self.engine_started < START_FAILURE_S and code:
+                    log.error("the model process failed to start (exit %s); stopping", code)
+                    self._drain()
+                    return 1
+                log.error("the model process stopped (exit %s); starting it again", code)
+                self._start_engine()
+            for index, worker in list(self.workers.items()):
+                if not worker.is_alive():
+                    log.error("worker %d stopped (exit %s); starting it again", index, worker.exitcode)
+                    self._start_worker(index)
+        self._drain()
+        return 0
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _start_engine(self) -> None:
+        engine = self.context.Process(target=run_engine, args=(self.settings, self.path), name="maas-model")
+        engine.start()
+        self.engine, self.engine_started = engine, time.monotonic()
+
+    def _start_worker(self, index: int) -> None:
+        settings = self.settings.model_copy(
+            update={"print_admin_key": False, "fine_tune_runner": False, "batch_runner": False}
+        )
+        worker = self.context.Process(
+            target=run_worker, args=(settings, index, self.listener, self.path), name=f"maas-worker-{index}"
+        )
+        worker.start()
+        self.workers[index] = worker
+
+    def _drain(self) -> None:
+        """Workers first (their requests need the model process), then the model process."""
+        grace = self.settings.drain_timeout_s + 30
+        for worker in self.workers.values():
+            _signal(worker, signal.SIGTERM)
+        for worker in self.workers.values():
+            worker.join(grace)
+            _signal(worker, signal.SIGKILL)
+        if self.engine is not None:
+            _signal(self.engine, signal.SIGTERM)
+            self.engine.join(grace)
+            _signal(self.engine, signal.SIGKILL)
+
+
+def _signal(process: BaseProcess, sig: int) -> None:
+    if process.pid is not None and process.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def _die_with_parent() -> None:
+    """On Linux, this process gets SIGTERM when the supervisor dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_engine(settings: Settings, path: Path) -> None:
+    """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
+    configure_logging(settings.log_level, settings.log_format)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
+    asyncio.run(_engine(settings, path))
+
+
+async def _engine(settings: Settings, path: Path) -> None:
+    from service.engine.server import EngineServer
+    from service.gateway import Gateway
+
+    gateway = await Gateway.start(settings)
+    server = EngineServer(gateway, path)
+    path.unlink(missing_ok=True)  # a previous model process's
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    log.info("model process (pid %d) ready for the workers at %s", os.getpid(), path)
+    try:
+        await stop.wait()
+    finally:
+        gateway.draining = True
+        await gateway.close()  # jobs stop resumably, queued inputs answered, usage committed
+        await server.close()
+
+
+def run_worker(settings: Settings, index: int, listener: socket.socket, path: Path) -> None:
+    """Front-end worker `index`: the HTTP gateway on the shared `listener`, models at `path`."""
+    configure_logging(settings.log_level, settings.log_format)
+    _die_with_parent()
+    from service.app import create_app
+    from service.cli.serve import server
+    from service.engine.client import EngineAddress
+
+    app = create_app(settings, EngineAddress(path, worker=index))
+    server(settings, app).run(sockets=[listener])

@@ -1,0 +1,253 @@
+"""`maas serve` with MAAS_WORKERS=2: a supervisor, a model process and two front-end workers on
+one port, over real HTTP, on the default SQLite database.
+
+The answers are those of a single-process gateway, bit for bit (the workers decode, the model
+process runs the forward pass); usage is exact and an Idempotency-Key retry is billed once
+whichever worker takes it; one rate limit holds across the workers; a killed worker loses no
+metered answer and is replaced; a killed model process fails the requests waiting on it with
+503 at once (none hangs) and is started again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import image_bytes, write_manifest, write_tiny_vit
+from tests.e2e.conftest import Server, start_server
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "mk_e2e_workers_admin_key_0123456789abcdef"
+PRICE_MICRO = 1000  # the manifest's per_image price, 0.001, in micro-units
+RESTART_S = 180  # a killed process is back well within this, even on a busy machine
+
+
+def photo(seed: int) -> bytes:
+    """A 640x480 JPEG with detail in it (decoded at reduced scale by the fast path)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((160, 120)).resize((640, 480)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_slow_vit(models: Path, root: Path) -> None:
+    """`slow-vit`: a ViT big enough that 64 inputs one at a time keep its queue busy for a while."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(1)
+    folder = root / "slow-vit"
+    config = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=3,
+        intermediate_size=768,
+        num_labels=2,
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
+    write_manifest(
+        models,
+        "slow-vit",
+        f"name: slow-vit\ntask: image-classification\nsource: {folder}\n"
+        "batching: {max_batch_size: 1, max_delay_ms: 1, max_queue: 512}\nprice: {per_image: 0.001}\n",
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("workers-models")
+    folder = root / "models"
+    folder.mkdir()
+    write_tiny_vit(folder, tiny_vit_dir)
+    write_slow_vit(folder, root)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Iterator[Server]:
+    env = {"MAAS_WORKERS": "2", "MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
+    server = start_server(models, tmp_path_factory.mktemp("workers") / "data", env=env)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.log()[-4000:]
+
+
+def client(server: Server, key: str = ADMIN) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def predict(server: Server, key: str, body: bytes, model: str = "tiny-vit", **headers: str) -> httpx.Response:
+    """One request on a connection of its own (so that the kernel spreads them over the workers)."""
+    with client(server, key) as http:
+        return http.post(
+            f"/v1/models/{model}/predict", content=body, headers={"Content-Type": "image/jpeg", **headers}
+        )
+
+
+def tenant_key(server: Server, tenant: str, **limits: float) -> str:
+    with client(server) as admin:
+        assert admin.post("/v1/admin/tenants", json={"name": tenant, **limits}).status_code == 201
+        made = admin.post(f"/v1/admin/tenants/{tenant}/keys", json={})
+        assert made.status_code == 201, made.text
+    key: str = made.json()["key"]
+    return key
+
+
+def children(pid: int) -> dict[int, str]:
+    """The supervisor's live child processes (pid: role), the multiprocessing resource tracker left out."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        if "resource_tracker" not in cmdline:
+            found[int(child)] = cmdline
+    return found
+
+
+def model_process(server: Server) -> int:
+    """The model process now serving, as its start-up line in the log names it."""
+    started = re.findall(r"model process \(pid (\d+)\) ready", server.log())
+    assert started, server.log()[-2000:]
+    return int(started[-1])
+
+
+def usage(server: Server, tenant: str) -> dict[str, int]:
+    with client(server) as admin:
+        [total] = admin.get("/v1/admin/usage", params={"tenant": tenant}).json()["data"]
+    return {k: total[k] for k in ("requests", "errors", "inputs", "cost_micro")}
+
+
+def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
+    gateway: Server, models: Path, tmp_path: Path
+) -> None:
+    bodies = [photo(seed) for seed in range(3)] + [image_bytes("JPEG", (640, 480), (10, 200, 90))]
+    single = start_server(
+        models, tmp_path / "single", env={"MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
+    )
+    try:
+        expected = [predict(single, ADMIN, body).json()["predictions"] for body in bodies]
+    finally:
+        single.stop()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: predict(gateway, ADMIN, body), bodies * 3))
+    assert [a.status_code for a in answers] == [200] * len(answers)
+    assert [a.json()["predictions"] for a in answers] == expected * 3
+
+
+def test_usage_is_exact_and_a_retry_is_billed_once_whichever_worker_takes_it(gateway: Server) -> None:
+    key = tenant_key(gateway, "spread")
+    body = photo(7)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: predict(gateway, key, body), range(40)))
+        retries = list(
+            pool.map(lambda _: predict(gateway, key, body, **{"Idempotency-Key": "once"}), range(8))
+        )
+    assert [a.status_code for a in answers] == [200] * 40
+    statuses = sorted(r.status_code for r in retries)
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 409}, statuses  # 409: the first still running
+    first = [r for r in retries if r.status_code == 200]
+    assert len({r.json()["id"] for r in first}) == 1  # every 200 is the first answer, replayed
+    # a repeat (replayed, or 409 while the first runs) records nothing: the first is the one billed
+    assert usage(gateway, "spread") == {
+        "requests": 41,
+        "errors": 0,
+        "inputs": 41,
+        "cost_micro": 41 * PRICE_MICRO,
+    }
+
+
+def test_one_rate_limit_holds_across_the_workers(gateway: Server) -> None:
+    key = tenant_key(gateway, "limited", rate_limit_rps=0.01)  # a burst of 1, then one token per 100 s
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: predict(gateway, key, photo(1)), range(12)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [429] * 11, statuses
+
+
+def test_one_in_flight_cap_holds_across_the_workers(gateway: Server) -> None:
+    key = tenant_key(gateway, "one-at-a-time", max_concurrency=1)
+    files = [("file", (f"{i}.jpg", photo(4), "image/jpeg")) for i in range(64)]
+
+    def slow_request(_: int) -> int:
+        with client(gateway, key) as http:
+            return http.post("/v1/models/slow-vit/predict", files=files).status_code
+
+    for _ in range(3):  # two at once, each on its own connection: on one worker or on both
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(slow_request, range(2)))
+        assert statuses == [200, 429], statuses
+    assert slow_request(0) == 200  # and the slot is free again
+
+
+def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server) -> None:
+    key = tenant_key(gateway, "crash-worker")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: predict(gateway, key, photo(2)), range(12)))
+    assert [a.status_code for a in answers] == [200] * 12
+    before = children(gateway.process.pid)
+    engine = model_process(gateway)
+    victim = max(set(before) - {engine})  # a worker
+    os.kill(victim, signal.SIGKILL)
+    assert usage(gateway, "crash-worker")["inputs"] == 12  # every answered request was committed first
+    deadline = time.monotonic() + RESTART_S
+    while len(now := children(gateway.process.pid)) < len(before) or victim in now:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)  # polling for the replacement, not a timing assumption
+    assert engine in now  # the model process was not touched
+    while predict(gateway, key, photo(2)).status_code != 200:  # served all the while, or once back
+        assert time.monotonic() < deadline
+    assert usage(gateway, "crash-worker")["inputs"] >= 13
+
+
+def queue_depth(server: Server, model: str) -> float:
+    with client(server) as http:
+        metrics = http.get("/metrics").text
+    line = next(
+        (line for line in metrics.splitlines() if line.startswith(f'maas_queue_depth{{model="{model}"}}')),
+        None,
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_a_killed_model_process_fails_the_waiting_requests_with_503_and_comes_back(gateway: Server) -> None:
+    key = tenant_key(gateway, "crash-model")
+    files = [("file", (f"{i}.jpg", photo(3), "image/jpeg")) for i in range(64)]
+
+    def slow_request() -> tuple[int, float]:
+        started = time.monotonic()
+        with client(gateway, key) as http:
+            answer = http.post("/v1/models/slow-vit/predict", files=files)
+        return answer.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(slow_request) for _ in range(2)]
+        deadline = time.monotonic() + 120
+        while queue_depth(gateway, "slow-vit") == 0:  # inputs queued in the model process
+            assert time.monotonic() < deadline and not all(w.done() for w in waiting)
+        engine = model_process(gateway)
+        os.kill(engine, signal.SIGKILL)
+        outcomes = [w.result(timeout=60) for w in waiting]
+    assert [status for status, _ in outcomes] == [503, 503], outcomes
+    assert max(seconds for _, seconds in outcomes) < 60  # answered at once, not at the 30 s deadline
+    deadline = time.monotonic() + RESTART_S
+    while (answer := predict(gateway, key, photo(3))).status_code != 200:
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() < deadline
+        time.sleep(0.2)  # polling for the model process to come back, not a timing assumption
+    assert engine not in children(gateway.process.pid)
+    assert usage(gateway, "crash-model")["inputs"] >= 1
