@@ -69,10 +69,11 @@ async def infer(
             )
     batcher = pick_replica(entry)
     # read before waiting: a model unloaded or deleted meanwhile answers what was queued, then has no replicas
-    ranked = entry.adapter.output_key == "predictions"  # a batch ranks to its largest top_k
+    adapter = entry.adapter
+    ranked = adapter.output_key == "predictions"  # a batch ranks to its largest top_k
     futures = [
         batcher.submit(
-            f,
+            adapter.queued(f),
             top_k=top_k,
             deadline=deadline,
             tally=tally,
@@ -84,8 +85,9 @@ async def infer(
     ]
     timeout = None if deadline is None else max(0.0, deadline - batcher.clock())
     try:
-        async with asyncio.timeout(timeout):
-            outputs = await asyncio.gather(*futures)
+        with entry.inputs_in_flight(len(futures)):
+            async with asyncio.timeout(timeout):
+                outputs = await asyncio.gather(*futures)
     except TimeoutError:
         raise DeadlineExceeded(
             f"no answer within the request's deadline ({len(features)} input(s) for {entry.name!r})"

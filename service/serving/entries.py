@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from service.serving.fairqueue import ServiceClass
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import ModelAdapter
 from service.serving.runtime.base import InputKind
+
+if TYPE_CHECKING:
+    from service.serving.runtime.lora_views import LoraHost
 
 INPUT_KIND: dict[str, InputKind] = {
     "image-classification": "image",
@@ -50,6 +53,9 @@ class Replica:
     executor: ThreadPoolExecutor | None  # None in a front-end worker: the model runs elsewhere
     batcher: Batcher | None = None  # started once the model is loaded, on the event loop
     pipeline: int = 1  # batches in flight at once (the executor's threads): 2 for some GPU replicas
+    # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)
+    lora: LoraHost | None = None
+    shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
 
 
 @dataclass
@@ -68,6 +74,12 @@ class ModelEntry:
     # a model registered through the admin API: its row's last change (None: a folder or fine-tuned model)
     version: datetime | None = None
     registered_at: int | None = None  # when it was registered, in Unix seconds
+    # a LoRA fine-tune: the model whose replicas serve it as an adapter (service/serving/lora.py)
+    adapts: str | None = None
+    served_over: ModelEntry | None = None  # the model whose replicas serve it now (`adapts`, loaded)
+    adapters: dict[str, ModelEntry] = field(default_factory=dict)  # the LoRA fine-tunes served over this one
+    in_flight: int = 0  # inputs queued or running
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     # residency (service/serving/residency.py): what a replica holds, when it was last used, who uses it
     memory_bytes: int | None = None  # one replica's memory, counted against its device's budget
     last_used: float = 0.0  # on the residency clock: the least recently used is evicted first
@@ -77,6 +89,12 @@ class ModelEntry:
     @property
     def pinned(self) -> bool:
         return self.manifest is not None and self.manifest.pinned
+
+    @property
+    def adapters_in_use(self) -> bool:
+        """Whether a LoRA fine-tune served over this model is used (held, arriving, queued or
+        running): then this model is in use too, and is not evicted."""
+        return any(a.users or a.arriving or a.in_flight for a in self.adapters.values())
 
     @contextlib.contextmanager
     def arriving_request(self) -> Iterator[None]:
@@ -89,6 +107,28 @@ class ModelEntry:
             if self.arriving == 0:
                 for batcher in self.batchers:
                     batcher.poke()
+
+    @contextlib.contextmanager
+    def inputs_in_flight(self, inputs: int) -> Iterator[None]:
+        """Count `inputs` as queued or running until the block ends."""
+        self.in_flight += inputs
+        try:
+            yield
+        finally:
+            self.in_flight -= inputs
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def until_idle(self) -> None:
+        """Return once no input of this model is queued or running."""
+        while self.in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    @property
+    def arriving_here(self) -> int:
+        """Requests on their way to this model's batches: its own and its LoRA adapters'."""
+        return self.arriving + sum(a.arriving for a in self.adapters.values())
 
     @property
     def input_kind(self) -> InputKind:
@@ -149,10 +189,12 @@ class ModelEntry:
 
     @property
     def queue_depth(self) -> int:
-        return sum(len(b.queue) for b in self.batchers)
+        """Inputs in this model's own queues (a base's hold its LoRA adapters' inputs too)."""
+        return sum(len(r.batcher.queue) for r in self.replicas if r.batcher is not None and not r.shared)
 
     def class_depth(self, service_class: ServiceClass) -> int:
-        return sum(b.queue.depth(service_class) for b in self.batchers)
+        own = [r.batcher for r in self.replicas if r.batcher is not None and not r.shared]
+        return sum(b.queue.depth(service_class) for b in own)
 
     @property
     def adapter(self) -> ModelAdapter:

@@ -23,12 +23,13 @@ import torch
 
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
+from service.serving import lora
 from service.serving.batching import Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.residency import Residency, device_budgets
-from service.serving.runtime import ModelAdapter, Output, SourceError, load_adapter
+from service.serving.runtime import Output, SourceError, load_adapter
 from service.serving.runtime.sources import resolve_local_folder
 from service.tenancy.principal import Principal
 
@@ -141,6 +142,8 @@ class ModelRegistry:
         )
         root = base.base_model if base is not None and base.base_model else base_model
         entry = ModelEntry(name, folder / "manifest.yaml", manifest, owner=owner, base_model=root)
+        if base_source is not None and base is not None:
+            entry.adapts = base_model  # served as an adapter over the base's replicas
         self.entries[name] = entry
         self.metrics.registered(name, owner)
         return entry
@@ -172,7 +175,16 @@ class ModelRegistry:
         self, entry: ModelEntry, deadline: float | None = None, *, make_room: bool = True
     ) -> ModelEntry:
         """`entry`, loaded now if it is not resident (see `Residency.ensure_loaded`): 503 if it
-        cannot be, 504 if `deadline` passes first."""
+        cannot be, 504 if `deadline` passes first. A LoRA fine-tune is served over its base model
+        (made resident first), unless it can only be merged into a copy of its own."""
+        base = (
+            self.entries.get(entry.adapts) if entry.adapts and entry.status is not ModelStatus.READY else None
+        )
+        if base is not None:  # before this entry's lock: a base's unload never waits on it
+            await self.ensure_loaded(base, deadline, make_room=make_room)
+            if await lora.serve_over(entry, base, self.metrics):
+                self.residency.touch(entry)
+                return entry
         return await self.residency.ensure_loaded(entry, deadline, make_room=make_room)
 
     def load_replicas(self, entry: ModelEntry, devices: Sequence[torch.device]) -> None:
@@ -224,13 +236,13 @@ class ModelRegistry:
         for replica in entry.replicas:
             assert replica.executor is not None  # a replica loaded in this process
             replica.batcher = Batcher(
-                run_batch=_predictor(replica.adapter),
+                run_batch=_predictor(replica),
                 executor=replica.executor,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000,
                 on_batch=self.metrics.batch_observer(self.metrics.model_label(entry.name, entry.owner)),
                 name=f"{entry.name}@{replica.device}",
-                arriving=lambda: entry.arriving,
+                arriving=lambda: entry.arriving_here,
                 fair=self.fair_queueing,
                 pipeline=replica.pipeline,
             )
@@ -280,6 +292,10 @@ class ModelRegistry:
             await self.unload(entry)
 
     async def _release(self, entry: ModelEntry) -> None:
+        if entry.served_over is not None:
+            await lora.detach(entry)  # a LoRA adapter: its base's replicas stay
+            return
+        await lora.detach_all(entry)
         for replica in entry.replicas:
             if replica.batcher is not None:
                 await replica.batcher.close()  # finishes every queued input first
@@ -300,9 +316,11 @@ class ModelRegistry:
             await self._release(entry)
 
 
-def _predictor(adapter: ModelAdapter) -> Callable[[list[Any], int], list[Output]]:
+def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
     def run(features: list[Any], top_k: int) -> list[Output]:
-        return adapter.predict(features, top_k=top_k)
+        if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
+            return replica.lora.predict(features, top_k=top_k)
+        return replica.adapter.predict(features, top_k=top_k)
 
     return run
 

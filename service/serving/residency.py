@@ -318,8 +318,8 @@ class Residency:
             return None
 
     def _evictable(self) -> list[ModelEntry]:
-        """Ready models no one uses: not pinned, nothing arriving, queued or running, no batch
-        job on them, not being loaded or unloaded."""
+        """Ready models no one uses: not pinned, nothing arriving, queued or running (for them or
+        their LoRA fine-tunes), no batch job on them, not being loaded or unloaded."""
         return [
             e
             for e in self.models.entries.values()
@@ -329,6 +329,7 @@ class Residency:
             and e.users == 0
             and e.arriving == 0
             and not any(b.load for b in e.batchers)
+            and not e.adapters_in_use  # a base whose LoRA fine-tunes are used
             and not e.load_lock.locked()
         ]
 

@@ -91,6 +91,11 @@ class ModelAdapter(abc.ABC):
         would blow up (an adapter that resizes keeping the aspect ratio says how far)."""
         return width, height
 
+    def queued(self, features: Any) -> Any:
+        """What the batcher carries for one input's features: the features themselves, unless the
+        model runs in another model's batches (a LoRA adapter over its base) and tags them."""
+        return features
+
     @abc.abstractmethod
     def predict(self, features: list[Any], *, top_k: int) -> list[Output]:
         """One forward pass over the batch; one output per feature, in order."""
@@ -122,11 +127,21 @@ def top_k_classes(
     logits: torch.Tensor, labels: list[str], *, top_k: int, multi_label: bool = False
 ) -> list[list[Classification]]:
     """Scores (softmax, or sigmoid for multi-label models) and the top-k classes of each row."""
+    return [
+        [Classification(labels[i], v) for v, i in ranked]
+        for ranked in top_k_ranked(logits, top_k=top_k, multi_label=multi_label)
+    ]
+
+
+def top_k_ranked(
+    logits: torch.Tensor, *, top_k: int, multi_label: bool = False
+) -> list[list[tuple[float, int]]]:
+    """`top_k_classes` as (score, class index) pairs, for rows whose heads name their classes apart."""
     scores = logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
     k = min(top_k, scores.shape[-1])
     values, indices = scores.topk(k, dim=-1)
     return [
-        [Classification(labels[i], round(float(v), 6)) for v, i in zip(row_v, row_i, strict=True)]
+        [(round(float(v), 6), i) for v, i in zip(row_v, row_i, strict=True)]
         for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
     ]
 

@@ -85,7 +85,11 @@ class ImageClassificationAdapter(ImageAdapter):
         super().__init__(pipe, device, dtype, fast=fast)
         config = pipe.model.config
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
-        self.multi_label = config.problem_type == "multi_label_classification"
+        self.multi_label = self.is_multi_label(len(self.labels))
+
+    def is_multi_label(self, labels: int) -> bool:
+        """Whether a head of `labels` classes over this model scores with a sigmoid per class."""
+        return bool(self.pipe.model.config.problem_type == "multi_label_classification")
 
     @property
     def num_labels(self) -> int:
@@ -94,6 +98,10 @@ class ImageClassificationAdapter(ImageAdapter):
     def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.pipe.model(pixel_values=pixels).logits
         return logits
+
+    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """One eager forward pass (never the compiled one): the batch's logits, one row per input."""
+        return self.model_forward(self.pixel_batch(features))
 
     @torch.inference_mode()
     def predict(self, features: list[torch.Tensor], *, top_k: int) -> list[Output]:
