@@ -28,9 +28,9 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
 
@@ -39,7 +39,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-START_FAILURE_S = 30.0  # a model process that exits this soon after starting failed to start: give up
 _PR_SET_PDEATHSIG = 1
 
 
@@ -64,7 +63,7 @@ class _Supervisor:
         self.path = path
         self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
         self.engine: BaseProcess | None = None
-        self.engine_started = 0.0
+        self.engine_ready: EventType = self.context.Event()
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
 
@@ -83,7 +82,7 @@ class _Supervisor:
                 break
             if self.engine is not None and not self.engine.is_alive():
                 code = self.engine.exitcode
-                if time.monotonic() - self.engine_started < START_FAILURE_S and code:
+                if not self.engine_ready.is_set():
                     log.error("the model process failed to start (exit %s); stopping", code)
                     self._drain()
                     return 1
@@ -100,9 +99,12 @@ class _Supervisor:
         self.stopping = True
 
     def _start_engine(self) -> None:
-        engine = self.context.Process(target=run_engine, args=(self.settings, self.path), name="maas-model")
+        self.engine_ready = self.context.Event()  # set once it serves the workers
+        engine = self.context.Process(
+            target=run_engine, args=(self.settings, self.path, self.engine_ready), name="maas-model"
+        )
         engine.start()
-        self.engine, self.engine_started = engine, time.monotonic()
+        self.engine = engine
 
     def _start_worker(self, index: int) -> None:
         settings = self.settings.model_copy(
@@ -145,15 +147,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_engine(settings: Settings, path: Path) -> None:
+def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
     """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
-    asyncio.run(_engine(settings, path))
+    asyncio.run(_engine(settings, path, ready))
 
 
-async def _engine(settings: Settings, path: Path) -> None:
+async def _engine(settings: Settings, path: Path, ready: EventType) -> None:
     from service.engine.server import EngineServer
     from service.gateway import Gateway
 
@@ -164,6 +166,7 @@ async def _engine(settings: Settings, path: Path) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     log.info("model process (pid %d) ready for the workers at %s", os.getpid(), path)
+    ready.set()
     try:
         await stop.wait()
     finally:
