@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -44,11 +43,11 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
     return DrainingServer(uvicorn_config(settings, app))
 
 
-def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
     import uvicorn
 
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]  # None only to bind the socket before there is an app
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -57,8 +56,3 @@ def uvicorn_config(settings: Settings, app: FastAPI | None = None) -> uvicorn.Co
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         http=header_timeout_protocol(settings.header_timeout_s),
     )
-
-
-def bind(settings: Settings) -> socket.socket:
-    """The listening socket for MAAS_HOST:MAAS_PORT, bound once and shared by every worker."""
-    return uvicorn_config(settings).bind_socket()

@@ -4,7 +4,10 @@
       ├─ model process: every model once per device, batchers, job runners, rate-limit buckets
       └─ worker 0..N-1: HTTP, keys, limits, metering, reading and decoding inputs, on the shared port
 
-The kernel spreads connections over the workers (they accept on one listening socket). A worker
+Each worker listens on the port with its own socket (SO_REUSEPORT), so that the kernel spreads
+new connections evenly over the workers (on one shared socket, the worker that wakes first takes
+most of a burst of connections, and keeps them: a benchmark's 16 keep-alive connections all
+landed on one of two workers). The supervisor holds the port (bound, not listening). A worker
 reaches the model process over a Unix socket in a private temporary folder (wire.py). A process
 that dies is started again: a worker's requests in flight are lost with it (their usage events
 committed before each answer went out are not), a model process's queued calls answer 503 in the
@@ -25,9 +28,9 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
 
@@ -36,7 +39,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-START_FAILURE_S = 30.0  # a model process that exits this soon after starting failed to start: give up
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,10 +47,8 @@ def serve_workers(settings: Settings) -> None:
     model process cannot start."""
     folder = Path(tempfile.mkdtemp(prefix="maas-engine-"))  # mode 0700: this user's alone
     try:
-        from service.cli.serve import bind
-
-        listener = bind(settings)
-        supervisor = _Supervisor(settings, listener, folder / "engine.sock")
+        port = reserve(settings.host, settings.port)
+        supervisor = _Supervisor(settings, port, folder / "engine.sock")
         code = supervisor.run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -57,13 +57,13 @@ def serve_workers(settings: Settings) -> None:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, listener: socket.socket, path: Path) -> None:
+    def __init__(self, settings: Settings, port: socket.socket, path: Path) -> None:
         self.settings = settings
-        self.listener = listener
+        self.port = port  # held, so that the port stays this gateway's while workers come and go
         self.path = path
         self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
         self.engine: BaseProcess | None = None
-        self.engine_started = 0.0
+        self.engine_ready: EventType = self.context.Event()
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
 
@@ -73,7 +73,7 @@ class _Supervisor:
         self._start_engine()
         for index in range(self.settings.workers):
             self._start_worker(index)
-        host, port = self.listener.getsockname()[:2]
+        host, port = self.port.getsockname()[:2]
         log.info("maas gateway on http://%s:%d: a model process, %d workers", host, port, len(self.workers))
         while not self.stopping:
             processes = [p for p in (self.engine, *self.workers.values()) if p is not None]
@@ -82,7 +82,7 @@ class _Supervisor:
                 break
             if self.engine is not None and not self.engine.is_alive():
                 code = self.engine.exitcode
-                if time.monotonic() - self.engine_started < START_FAILURE_S and code:
+                if not self.engine_ready.is_set():
                     log.error("the model process failed to start (exit %s); stopping", code)
                     self._drain()
                     return 1
@@ -99,16 +99,24 @@ class _Supervisor:
         self.stopping = True
 
     def _start_engine(self) -> None:
-        engine = self.context.Process(target=run_engine, args=(self.settings, self.path), name="maas-model")
+        self.engine_ready = self.context.Event()  # set once it serves the workers
+        engine = self.context.Process(
+            target=run_engine, args=(self.settings, self.path, self.engine_ready), name="maas-model"
+        )
         engine.start()
-        self.engine, self.engine_started = engine, time.monotonic()
+        self.engine = engine
 
     def _start_worker(self, index: int) -> None:
         settings = self.settings.model_copy(
-            update={"print_admin_key": False, "fine_tune_runner": False, "batch_runner": False}
+            update={
+                "port": self.port.getsockname()[1],  # the one MAAS_PORT 0 was given
+                "print_admin_key": False,
+                "fine_tune_runner": False,
+                "batch_runner": False,
+            }
         )
         worker = self.context.Process(
-            target=run_worker, args=(settings, index, self.listener, self.path), name=f"maas-worker-{index}"
+            target=run_worker, args=(settings, index, self.path), name=f"maas-worker-{index}"
         )
         worker.start()
         self.workers[index] = worker
@@ -139,15 +147,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_engine(settings: Settings, path: Path) -> None:
+def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
     """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
-    asyncio.run(_engine(settings, path))
+    asyncio.run(_engine(settings, path, ready))
 
 
-async def _engine(settings: Settings, path: Path) -> None:
+async def _engine(settings: Settings, path: Path, ready: EventType) -> None:
     from service.engine.server import EngineServer
     from service.gateway import Gateway
 
@@ -158,6 +166,7 @@ async def _engine(settings: Settings, path: Path) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     log.info("model process (pid %d) ready for the workers at %s", os.getpid(), path)
+    ready.set()
     try:
         await stop.wait()
     finally:
@@ -166,8 +175,31 @@ async def _engine(settings: Settings, path: Path) -> None:
         await server.close()
 
 
-def run_worker(settings: Settings, index: int, listener: socket.socket, path: Path) -> None:
-    """Front-end worker `index`: the HTTP gateway on the shared `listener`, models at `path`."""
+def _socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """The gateway's port, bound (a port in use fails here, at start) but not listening."""
+    sock = _socket(host)
+    sock.bind((host, port))
+    return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A worker's own listening socket on the gateway's port."""
+    sock = _socket(host)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_worker(settings: Settings, index: int, path: Path) -> None:
+    """Front-end worker `index`: the HTTP gateway on its own socket on the port, models at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
     from service.app import create_app
@@ -175,4 +207,4 @@ def run_worker(settings: Settings, index: int, listener: socket.socket, path: Pa
     from service.engine.client import EngineAddress
 
     app = create_app(settings, EngineAddress(path, worker=index))
-    server(settings, app).run(sockets=[listener])
+    server(settings, app).run(sockets=[listen(settings.host, settings.port)])

@@ -127,9 +127,17 @@ def model_process(server: Server) -> int:
 
 
 def usage(server: Server, tenant: str) -> dict[str, int]:
-    with client(server) as admin:
-        [total] = admin.get("/v1/admin/usage", params={"tenant": tenant}).json()["data"]
-    return {k: total[k] for k in ("requests", "errors", "inputs", "cost_micro")}
+    """The tenant's usage totals. A connection the kernel handed to a worker that was just killed
+    is reset (as a client would, this asks again on a new one)."""
+    for attempt in range(5):
+        try:
+            with client(server) as admin:
+                [total] = admin.get("/v1/admin/usage", params={"tenant": tenant}).json()["data"]
+            return {k: total[k] for k in ("requests", "errors", "inputs", "cost_micro")}
+        except httpx.TransportError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
