@@ -13,7 +13,7 @@ from PIL import Image
 from service.errors import DeadlineExceeded
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.inputs import ImageLimits, RawInput
-from service.serving.preprocess import _prepare_images, prepare_inputs
+from service.serving.preprocess import prepare_images, prepare_inputs
 from service.serving.runtime.base import ModelAdapter, Output
 
 LIMITS = ImageLimits(max_pixels=1_000_000, max_aspect_ratio=32)
@@ -64,7 +64,7 @@ def test_a_passed_deadline_stops_the_preprocessing_process_too() -> None:
         raise AssertionError("not called past the deadline")
 
     with pytest.raises(DeadlineExceeded, match="input 0"):
-        _prepare_images(processor, [RawInput(0, png())], LIMITS, time.monotonic())
+        prepare_images(processor, [RawInput(0, png())], LIMITS, time.monotonic())
 
 
 @pytest.mark.parametrize(
