@@ -52,7 +52,7 @@ async def create_embeddings(
     ) as call:
         openai.check_model(call.entry)
         texts = openai.texts_of(params)
-        adapter = (await gateway.registry.ensure_loaded(call.entry)).adapter
+        adapter = (await gateway.registry.ensure_loaded(call.entry, call.deadline)).adapter
         native = adapter.embedding_size
         assert native is not None  # a loaded text embedding model
         size = openai.output_size(call.entry, params.dimensions, native)
