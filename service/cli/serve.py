@@ -40,19 +40,15 @@ def server(settings: Settings, app: FastAPI) -> uvicorn.Server:
             begin_draining(app)
             super().handle_exit(sig, frame)
 
-    return DrainingServer(uvicorn_config(settings, app))
-
-
-def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # configure_logging routes uvicorn's loggers
-        access_log=False,  # service/observability/middleware.py writes one richer line per request
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-        http=header_timeout_protocol(settings.header_timeout_s),
+    return DrainingServer(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,  # configure_logging routes uvicorn's loggers
+            access_log=False,  # service/observability/middleware.py writes one richer line per request
+            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            http=header_timeout_protocol(settings.header_timeout_s),
+        )
     )

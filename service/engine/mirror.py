@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import torch
 
-from service.engine.client import EngineClient, EngineGone
+from service.engine.client import RECONNECT_S, EngineClient, EngineGone
 from service.errors import LimiterUnavailable
 from service.serving.batching import Tally
 from service.serving.deadlines import before_deadline
@@ -129,7 +129,7 @@ class MirrorRegistry(ModelRegistry):
             entry.replicas = []
         elif info.complete or not _complete(entry):
             adapter = RemoteAdapter(info, entry.name, self.client)
-            entry.replicas = [Replica(adapter, adapter.device, None) for _ in info.devices or ("cpu",)]
+            entry.replicas = [Replica(adapter, torch.device(d), None) for d in info.devices or ("cpu",)]
 
     async def refresh(self) -> None:
         """Every model's status as the model process has it (what the models routes show)."""
@@ -152,7 +152,7 @@ class MirrorRegistry(ModelRegistry):
                     await self.refresh()
                     return
                 except EngineGone:
-                    await anyio.sleep(0.05)  # restarting: ask again once it is back
+                    await anyio.sleep(RECONNECT_S)  # restarting: ask again once it is back
         finally:
             self.preload_done.set()
 
@@ -234,6 +234,14 @@ class RemoteInference(Inference):
         return outcome.outputs
 
 
+async def _limits_call(client: EngineClient, what: str, op: str, **args: Any) -> Any:
+    """A limits call to the model process; 503 (`LimiterUnavailable`) while it restarts."""
+    try:
+        return await client.call(op, **args)
+    except EngineGone:
+        raise LimiterUnavailable(f"{what} unavailable (model process restarting); retry") from None
+
+
 class EngineSlots:
     """A tenant's requests in flight counted in the model process, for every worker at once; a
     worker that dies gives its slots back with its connection."""
@@ -242,12 +250,7 @@ class EngineSlots:
         self.client = client
 
     async def acquire(self, tenant: str, cap: int) -> bool:
-        try:
-            taken: bool = await self.client.call("acquire", tenant=tenant, cap=cap)
-        except EngineGone:
-            raise LimiterUnavailable(
-                "in-flight limit unavailable (model process restarting); retry"
-            ) from None
+        taken: bool = await _limits_call(self.client, "in-flight limit", "acquire", tenant=tenant, cap=cap)
         return taken
 
     async def release(self, tenant: str) -> None:
@@ -262,10 +265,7 @@ class EngineBuckets:
         self.client = client
 
     async def take(self, buckets: Sequence[Bucket]) -> Verdict:
-        try:
-            verdict: Verdict = await self.client.call("take", buckets=list(buckets))
-        except EngineGone:
-            raise LimiterUnavailable("rate limiter unavailable (model process restarting); retry") from None
+        verdict: Verdict = await _limits_call(self.client, "rate limiter", "take", buckets=list(buckets))
         return verdict
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +137,15 @@ class EngineServer:
             for batcher in entry.batchers:
                 batcher.poke()
 
+    @contextlib.contextmanager
+    def _arrived(self, worker: _Worker, name: str, arrived: bool) -> Iterator[None]:
+        """Ends the arrival the worker announced for this call (if it did) when the block ends."""
+        try:
+            yield
+        finally:
+            if arrived:
+                self._arrive(worker, name, -1)
+
     async def _entry(self, name: str) -> ModelEntry:
         """The model `name`, found among fine-tunes and registrations made since this process
         last looked if it does not know it yet; 404 if it is nowhere."""
@@ -169,22 +179,15 @@ class EngineServer:
         arrived: bool,
     ) -> Outcome:
         inference, registry = self.gateway.inference, self.gateway.registry
-        try:
-            entry = await self._entry(model)
-        except BaseException:
-            if arrived:
-                self._arrive(worker, model, -1)
-            raise
-        with registry.residency.hold(entry):  # not evicted for memory while the call is on it
-            try:
+        with contextlib.ExitStack() as held:
+            with self._arrived(worker, model, arrived):  # queued (or failed) by the end of this block
+                entry = await self._entry(model)
+                held.enter_context(registry.residency.hold(entry))  # not evicted while the call is on it
                 adapter = (await registry.ensure_loaded(entry, deadline)).adapter
                 if any(isinstance(f, RawInput) for f in features):  # text, or images without a recipe
                     features = await inference.features(entry, adapter, features, deadline)
                 else:
                     features = [torch.from_numpy(array) for array in features]
-            finally:
-                if arrived:
-                    self._arrive(worker, model, -1)
             tally = Tally()
             outputs = await inference.queue(
                 entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
