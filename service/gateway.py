@@ -33,6 +33,7 @@ from service.metering import (
 )
 from service.observability.metrics import Metrics
 from service.redaction import redact_keys_in_logs
+from service.serving.admission import PreprocessGate, preprocess_concurrency
 from service.serving.devices import DevicePool, used_bytes
 from service.serving.fairqueue import CLASSES
 from service.serving.inference import Inference
@@ -134,6 +135,7 @@ class Gateway:
             preprocess = PreprocessPool(settings.preprocess_processes)
         if preprocess is not None:
             await anyio.to_thread.run_sync(preprocess.start)
+        gate = PreprocessGate(preprocess_concurrency(settings), fair=settings.fair_queueing)
         pool = DevicePool.from_spec(settings.devices if client is None else "cpu")
         fine_tunes = FineTuneStore(sessions, settings.data_dir)
         finished = FinishedModels(fine_tunes, settings.data_dir)  # also those other replicas finish
@@ -195,7 +197,14 @@ class Gateway:
         )
         batches = BatchStore(sessions, settings.data_dir)
         batch_runner = BatchRunner(
-            batches, fine_tunes, registry, settings, preprocess=preprocess, finder=finished, meter=meter
+            batches,
+            fine_tunes,
+            registry,
+            settings,
+            preprocess=preprocess,
+            gate=gate,
+            finder=finished,
+            meter=meter,
         )
         gateway = cls(
             settings=settings,
@@ -212,7 +221,7 @@ class Gateway:
             registry=registry,
             preprocess=preprocess,
             inference=(Inference if client is None else functools.partial(RemoteInference, client))(
-                registry, metrics, InputLimits.of(settings), preprocess
+                registry, metrics, InputLimits.of(settings), preprocess, gate
             ),
             meter=meter,
             writer=writer,

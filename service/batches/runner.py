@@ -32,6 +32,7 @@ from service.db.leases import ClaimLoop
 from service.db.models import BatchJob
 from service.errors import GatewayError, Overloaded
 from service.metering import Meter
+from service.serving.admission import PreprocessGate
 from service.serving.batching import Tally
 from service.serving.fairqueue import ServiceClass, Share
 from service.serving.inference import check_params, encode_output, infer_features
@@ -61,6 +62,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         settings: Settings,
         *,
         preprocess: PreprocessPool | None = None,
+        gate: PreprocessGate | None = None,
         finder: ModelFinder | None = None,
         meter: Meter | None = None,
     ) -> None:
@@ -69,6 +71,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         self.registry = registry
         self.settings = settings
         self.preprocess = preprocess
+        self.gate = gate  # the process's admission to decoding: a job's inputs go in class batch
         self.finder = finder  # models fine-tuned on other replicas
         self.meter = meter  # None: not metered (tests of the runner alone)
         self.limits = InputLimits.of(settings)
@@ -244,7 +247,14 @@ class BatchRunner(ClaimLoop[BatchJob]):
         deadline = time.monotonic() + NO_DEADLINE_S
         async with self._lanes:
             features, _ = await prepare_features(
-                self.preprocess, entry.adapter, entry.input_kind, raw, self.limits.image, deadline
+                self.preprocess,
+                entry.adapter,
+                entry.input_kind,
+                raw,
+                self.limits.image,
+                deadline,
+                gate=self.gate,
+                share=share,
             )
         while True:
             try:

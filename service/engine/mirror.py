@@ -30,7 +30,7 @@ from service.serving.entries import ModelEntry, ModelStatus, Replica
 from service.serving.fairqueue import Share
 from service.serving.inference import Inference
 from service.serving.inputs import RawInput
-from service.serving.preprocess import STAGE, prepare_images
+from service.serving.preprocess import STAGE, admitted, prepare_images
 from service.serving.registry import UNLOADED_REASON, ModelRegistry
 from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, TaskParams
 from service.serving.runtime.compiled import CompileState
@@ -195,15 +195,16 @@ class RemoteInference(Inference):
             raise
 
     async def features(
-        self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float
+        self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float, share: Share
     ) -> list[Any]:
         processor = getattr(adapter, "image_processor", None)
         if processor is None or entry.input_kind != "image":
             return list(inputs)  # preprocessed in the model process
-        work = anyio.to_thread.run_sync(
-            prepare_images, processor, inputs, self.limits.image, deadline, abandon_on_cancel=True
-        )
-        arrays = await before_deadline(deadline, STAGE, work)
+        async with admitted(self.gate, share, deadline):  # this worker's own admission
+            work = anyio.to_thread.run_sync(
+                prepare_images, processor, inputs, self.limits.image, deadline, abandon_on_cancel=True
+            )
+            arrays = await before_deadline(deadline, STAGE, work)
         self.metrics.preprocessed.labels("worker").inc(len(arrays))
         return arrays
 

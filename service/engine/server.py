@@ -185,7 +185,7 @@ class EngineServer:
                 held.enter_context(registry.residency.hold(entry))  # not evicted while the call is on it
                 adapter = (await registry.ensure_loaded(entry, deadline)).adapter
                 if any(isinstance(f, RawInput) for f in features):  # text, or images without a recipe
-                    features = await inference.features(entry, adapter, features, deadline)
+                    features = await inference.features(entry, adapter, features, deadline, share)
                 else:
                     features = [torch.from_numpy(array) for array in features]
             tally = Tally()

@@ -118,13 +118,16 @@ class FairQueue(Generic[Item]):
                     del self._tenants[item.tenant]
                 self._depth[service_class] -= 1
             self._forget_idle(queue)
+        self._drop_taken_arrivals()
         return taken
 
     def oldest_enqueued_at(self) -> float:
         """When the longest-waiting item came (what a batch's deadline counts from)."""
-        while self._arrivals[0][0] in self._taken:
-            self._taken.discard(self._arrivals.popleft()[0])
         return self._arrivals[0][1]
+
+    def _drop_taken_arrivals(self) -> None:
+        while self._arrivals and self._arrivals[0][0] in self._taken:
+            self._taken.discard(self._arrivals.popleft()[0])
 
     def waiting(self, tenant: str) -> int:
         """Items of `tenant` waiting (what its own bound limits)."""

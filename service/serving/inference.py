@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from service.errors import CLIENT_CLOSED, GatewayError, InvalidInput
 from service.observability.metrics import Metrics
+from service.serving.admission import PreprocessGate
 from service.serving.batching import Tally
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.dispatch import infer
@@ -48,11 +49,13 @@ class Inference:
         metrics: Metrics,
         limits: InputLimits,
         preprocess: PreprocessPool | None = None,
+        gate: PreprocessGate | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.limits = limits
         self.preprocess = preprocess
+        self.gate = gate  # this process's admission to decoding (None: none)
 
     async def run(
         self,
@@ -120,7 +123,7 @@ class Inference:
                 inputs, params = await read()
                 check_params(adapter, params)
                 tally.inputs = len(inputs)
-                features = await self.features(entry, adapter, inputs, deadline)
+                features = await self.features(entry, adapter, inputs, deadline, share)
             queued = self.queue(
                 entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
             )
@@ -144,12 +147,13 @@ class Inference:
         return entry.arriving_request()
 
     async def features(
-        self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float
+        self, entry: ModelEntry, adapter: ModelAdapter, inputs: list[RawInput], deadline: float, share: Share
     ) -> list[Any]:
-        """The inputs' features, off the event loop (see `prepare_features`); 504 past the deadline."""
+        """The inputs' features, off the event loop once `share`'s turn comes (see `prepare_features`);
+        504 past the deadline."""
         kind = entry.input_kind
         features, where = await prepare_features(
-            self.preprocess, adapter, kind, inputs, self.limits.image, deadline
+            self.preprocess, adapter, kind, inputs, self.limits.image, deadline, gate=self.gate, share=share
         )
         self.metrics.preprocessed.labels(where).inc(len(features))
         return features

@@ -17,6 +17,7 @@ thread. Text models stay on threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +27,9 @@ import anyio
 import numpy as np
 import torch
 
+from service.serving.admission import PreprocessGate
 from service.serving.deadlines import before_deadline, check_deadline
+from service.serving.fairqueue import ANYONE, Share
 from service.serving.inputs import ImageLimits, RawInput, decode_image, load_image, open_image
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.fast_images import ImagePlan
@@ -90,18 +93,30 @@ async def prepare_features(
     inputs: list[RawInput],
     limits: ImageLimits,
     deadline: float,
+    *,
+    gate: PreprocessGate | None = None,
+    share: Share = ANYONE,
 ) -> tuple[list[Any], Literal["process", "thread"]]:
     """The inputs' features, and where they were made: in the preprocessing processes where the
-    model's image processor can run there, else on a worker thread of this process. 504 as soon
-    as `deadline` passes (the work stops before its next input)."""
-    if pool is not None and kind == "image":
-        processor = pool.processor_of(adapter)
-        if processor is not None:
-            return await pool.prepare(processor, inputs, limits, deadline), "process"
-    work = anyio.to_thread.run_sync(
-        prepare_inputs, adapter, kind, inputs, limits, deadline, abandon_on_cancel=True
-    )
-    return await before_deadline(deadline, STAGE, work), "thread"
+    model's image processor can run there, else on a worker thread of this process. With a
+    `gate`, the work waits for its turn there first (fairly, by `share`). 504 as soon as
+    `deadline` passes (the work stops before its next input)."""
+    async with admitted(gate, share, deadline):
+        if pool is not None and kind == "image":
+            processor = pool.processor_of(adapter)
+            if processor is not None:
+                return await pool.prepare(processor, inputs, limits, deadline), "process"
+        work = anyio.to_thread.run_sync(
+            prepare_inputs, adapter, kind, inputs, limits, deadline, abandon_on_cancel=True
+        )
+        return await before_deadline(deadline, STAGE, work), "thread"
+
+
+def admitted(
+    gate: PreprocessGate | None, share: Share, deadline: float
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """A slot of `gate` for `share`'s request (504 at `deadline`), or nothing to wait for without one."""
+    return contextlib.nullcontext() if gate is None else gate.admit(share, deadline)
 
 
 class PreprocessPool:
