@@ -146,6 +146,7 @@ class Gateway:
             hub_timeout_s=settings.hub_probe_timeout_s,
             finder=finished,
             fair_queueing=settings.fair_queueing,
+            batch_max_wait_s=settings.batch_max_wait_s,
             memory_mb=settings.device_memory_mb,
         )
         registry.discover()

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # asynchronous batch jobs (/v1/batches)
     batch_runner: bool = True  # run batch jobs in this process (off: an API-only replica)
     batch_in_flight: int = Field(2, ge=1, le=4096)  # a job's inputs queued at once; progress saved as often
+    batch_max_wait_s: float = Field(
+        10.0, gt=0, le=3600
+    )  # CPU: batch inputs yield to interactive at most this
     batch_preprocess_lanes: int = Field(1, ge=1, le=256)  # a job's inputs decoded at once
     batch_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
 

@@ -6,6 +6,10 @@ input has waited `max_delay_ms`, or as soon as no other request for the model is
 that deadline, never polls.
 Which inputs a batch takes is the queue's choice (service/serving/fairqueue.py): tenants share it
 by weight, and `batch`-class inputs only fill the room `interactive` ones leave.
+While the queue is shared (inputs of more than one tenant or class were waiting within the last
+`CONTENDED_WINDOW_S`), a batch also takes no more inputs than the measured service rate says fit
+in `max_contended_batch_s` of forward time: on a CPU, where a batch costs about the sum of its
+inputs, a long batch buys little throughput and holds every other tenant's next input behind it.
 Inputs whose request was cancelled (client gone) or whose deadline passed are dropped before
 the device is used. The forward pass runs on the replica's own thread, so the event loop
 (and the preprocessing of the next requests) goes on meanwhile. If a batch fails, its inputs
@@ -19,6 +23,7 @@ previous batch's end, whichever is later), so overlapping batches are not charge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,13 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import DeadlineExceeded
-from service.serving.fairqueue import FairQueue, ServiceClass
+from service.serving.fairqueue import CLASSES, FairQueue, ServiceClass
 
 log = logging.getLogger(__name__)
 
 # (features of a batch, largest top_k in it) -> one output per feature
 RunBatch = Callable[[list[Any], int], Sequence[Any]]
 Clock = Callable[[], float]
+CONTENDED_WINDOW_S = 1.0  # a queue shared this recently counts as shared (light tenants come and go)
+# on a replica with a contended bound (a CPU): batch inputs wait until no interactive input has
+# been queued or on its way for BATCH_IDLE_S, but a batch of them runs at least every
+# `batch_max_wait_s` (MAAS_BATCH_MAX_WAIT_S)
+BATCH_IDLE_S = 0.25
+BATCH_MAX_WAIT_S = 10.0
 
 
 @dataclass
@@ -98,6 +109,8 @@ class Batcher:
     max_batch_size: int
     max_delay_s: float
     clock: Clock = time.monotonic
+    max_contended_batch_s: float | None = None  # a shared queue's batch: at most this forward time
+    batch_max_wait_s: float = BATCH_MAX_WAIT_S  # batch inputs held back: one batch at least this often
     on_batch: Callable[[BatchStats], None] | None = None
     name: str = "model"
     # requests for this model being read or decoded right now; None: unknown, always wait
@@ -113,6 +126,9 @@ class Batcher:
     _closing: bool = False
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     _device_free_at: float = 0.0  # perf_counter() when the last batch came off the device
+    _shared_at: float = float("-inf")  # on `clock`: when the queue last held several tenants or classes
+    _interactive_at: float = float("-inf")  # on `clock`: when an interactive input was last queued or coming
+    _batch_class_at: float = float("-inf")  # on `clock`: when a batch last took batch-class inputs
 
     def __post_init__(self) -> None:
         self.queue = FairQueue(fair=self.fair)
@@ -144,6 +160,8 @@ class Batcher:
             raise RuntimeError("batcher is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         item = WorkItem(features, top_k, future, self.clock(), deadline, tally, tenant, weight, service_class)
+        if service_class is ServiceClass.INTERACTIVE:
+            self._interactive_at = item.enqueued_at
         self.queue.append(item)
         self._wakeup.set()
         return future
@@ -183,10 +201,25 @@ class Batcher:
                 task.add_done_callback(self._running.discard)
             elif self.on_batch and (stats.dropped_expired or stats.dropped_cancelled):
                 self.on_batch(stats)
+            if not batch and self.queue and not self._closing:  # batch inputs held back
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._batch_class_held_for())
+
+    def batch_limit(self) -> int:
+        """The most inputs the next batch takes: `max_batch_size`, or while the queue is shared
+        what the measured rate says fits in `max_contended_batch_s` (at least 1)."""
+        now = self.clock()
+        if self.queue.shared():
+            self._shared_at = now
+        rate = self.rate.inputs_per_s
+        if self.max_contended_batch_s is None or rate is None or now - self._shared_at > CONTENDED_WINDOW_S:
+            return self.max_batch_size
+        return max(1, min(self.max_batch_size, int(self.max_contended_batch_s * rate)))
 
     async def _wait_until_batch_closes(self) -> None:
         """Return when the queue holds a full batch, or the oldest input has waited max_delay."""
-        while len(self.queue) < self.max_batch_size and not self._closing:
+        while len(self.queue) < self.batch_limit() and not self._closing:
             if self.arriving is not None and self.arriving() == 0:
                 return  # nobody else is coming: do not hold the batch for company
             remaining = self.queue.oldest_enqueued_at() + self.max_delay_s - self.clock()
@@ -201,11 +234,17 @@ class Batcher:
                 return
 
     def _take_batch(self) -> tuple[list[WorkItem], BatchStats]:
+        limit = self.batch_limit()
         now = self.clock()
         batch: list[WorkItem] = []
         expired = cancelled = 0
-        while self.queue and len(batch) < self.max_batch_size:
-            for item in self.queue.take(self.max_batch_size - len(batch)):
+        bounded = limit < self.max_batch_size  # then inputs cost about their sum: see `_classes_to_take`
+        while self.queue and len(batch) < limit:
+            classes = self._classes_to_take(bounded, batch)
+            if not classes:
+                break
+            taken = self.queue.take(limit - len(batch), classes)
+            for item in taken:
                 if item.future.done():  # cancelled: the client went away or gave up
                     cancelled += 1
                 elif item.deadline is not None and now >= item.deadline:
@@ -216,8 +255,36 @@ class Batcher:
                 else:
                     batch.append(item)
         waits = [now - item.enqueued_at for item in batch]
-        classes = [item.service_class for item in batch]
-        return batch, BatchStats(len(batch), waits, 0.0, expired, cancelled, classes)
+        of_class = [item.service_class for item in batch]
+        if ServiceClass.BATCH in of_class:
+            self._batch_class_at = now
+        return batch, BatchStats(len(batch), waits, 0.0, expired, cancelled, of_class)
+
+    def _batch_class_held_for(self) -> float:
+        """Seconds batch-class inputs must still wait (0: none). Only where batches are bounded
+        (a CPU: each input costs the device its full time): while interactive inputs are queued
+        or on their way, and `BATCH_IDLE_S` after, except one batch every `batch_max_wait_s`."""
+        if self.max_contended_batch_s is None or self._closing:
+            return 0.0
+        now = self.clock()
+        if self.queue.depth(ServiceClass.INTERACTIVE) or (self.arriving is not None and self.arriving()):
+            self._interactive_at = now
+        idle_in = self._interactive_at + BATCH_IDLE_S - now
+        return max(0.0, min(idle_in, self._batch_class_at + self.batch_max_wait_s - now))
+
+    def _classes_to_take(self, bounded: bool, batch: list[WorkItem]) -> tuple[ServiceClass, ...]:
+        """Which classes the batch takes next: both, interactive first; but a bounded batch that
+        holds or can take interactive inputs takes no batch inputs (they would lengthen it), and
+        none are taken while they are held back (`_batch_class_held_for`)."""
+        if self._batch_class_held_for() > 0:
+            return (ServiceClass.INTERACTIVE,) if self.queue.depth(ServiceClass.INTERACTIVE) else ()
+        if not bounded:
+            return CLASSES
+        if self.queue.depth(ServiceClass.INTERACTIVE):
+            return (ServiceClass.INTERACTIVE,)
+        if any(item.service_class is ServiceClass.INTERACTIVE for item in batch):
+            return ()
+        return CLASSES
 
     async def _run(self, batch: list[WorkItem], stats: BatchStats) -> None:
         loop = asyncio.get_running_loop()

@@ -103,10 +103,10 @@ class FairQueue(Generic[Item]):
         self._tenants[item.tenant] += 1
         self._depth[item.service_class] += 1
 
-    def take(self, count: int) -> list[Item]:
-        """Up to `count` items: interactive ones by their start tags, then batch ones."""
+    def take(self, count: int, classes: tuple[ServiceClass, ...] = CLASSES) -> list[Item]:
+        """Up to `count` items of `classes`: interactive ones by their start tags, then batch ones."""
         taken: list[Item] = []
-        for service_class in CLASSES:
+        for service_class in classes:
             queue = self._classes[service_class]
             while queue.heap and len(taken) < count:
                 start, order, item = heapq.heappop(queue.heap)
@@ -135,6 +135,10 @@ class FairQueue(Generic[Item]):
 
     def depth(self, service_class: ServiceClass) -> int:
         return self._depth[service_class]
+
+    def shared(self) -> bool:
+        """Whether items of more than one tenant, or of both classes, are waiting."""
+        return len(self._tenants) > 1 or all(self._depth[c] for c in CLASSES)
 
     def _forget_idle(self, queue: _ClassQueue[Item]) -> None:
         """Drop finish tags no later than the virtual time of tenants with nothing waiting: they

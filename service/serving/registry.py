@@ -24,7 +24,7 @@ import torch
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
 from service.serving import lora
-from service.serving.batching import Batcher
+from service.serving.batching import BATCH_MAX_WAIT_S, Batcher
 from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
 from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
@@ -60,10 +60,12 @@ class ModelRegistry:
         hub_timeout_s: float = 3.0,
         finder: ModelFinder | None = None,
         fair_queueing: bool = True,
+        batch_max_wait_s: float = BATCH_MAX_WAIT_S,
         memory_mb: float | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
+        self.batch_max_wait_s = batch_max_wait_s  # batch inputs held back on a CPU: at most this
         self.pool = pool
         self.metrics = metrics
         self.hub_timeout_s = hub_timeout_s
@@ -240,10 +242,12 @@ class ModelRegistry:
                 executor=replica.executor,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000,
+                max_contended_batch_s=batching.contended_batch_s(replica.device.type),
                 on_batch=self.metrics.batch_observer(self.metrics.model_label(entry.name, entry.owner)),
                 name=f"{entry.name}@{replica.device}",
                 arriving=lambda: entry.arriving_here,
                 fair=self.fair_queueing,
+                batch_max_wait_s=self.batch_max_wait_s,
                 pipeline=replica.pipeline,
             )
             replica.batcher.start()
