@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -58,9 +57,6 @@ async def in_turn(stage: Stage, names: list[str]) -> list[str]:
 
 def tenant(name: str, weight: float = 1.0, service_class: ServiceClass = ServiceClass.INTERACTIVE) -> Share:
     return Share(name, weight, service_class)
-
-
-Scenario = Callable[[Stage], Awaitable[None]]
 
 
 @pytest.mark.anyio
@@ -142,15 +138,21 @@ async def test_a_deadline_passing_while_waiting_is_a_504_and_takes_no_slot() -> 
     assert stage.admitted == ["hold", "next"] and stage.gate.busy == 1
 
 
+async def full_stage(*waiting: str) -> Stage:
+    """A stage of one slot held by "hold", with `waiting` queued behind it (each its own tenant)."""
+    stage = Stage(PreprocessGate(1))
+    stage.send("hold", tenant("hold"))
+    await settle()
+    for name in waiting:
+        stage.send(name, tenant(name))
+    await settle()
+    return stage
+
+
 @pytest.mark.anyio
 async def test_a_caller_that_leaves_stops_waiting_and_its_turn_passes_on() -> None:
-    stage = Stage(PreprocessGate(1))
-    stage.send("hold", tenant("a"))
-    await settle()
-    gone = stage.send("gone", tenant("b"))
-    stage.send("next", tenant("c"))
-    await settle()
-    gone.cancel()
+    stage = await full_stage("gone", "next")
+    stage.tasks["gone"].cancel()
     await settle()
     await stage.finish("hold")
     assert stage.admitted == ["hold", "next"]
@@ -160,27 +162,18 @@ async def test_a_caller_that_leaves_stops_waiting_and_its_turn_passes_on() -> No
 
 @pytest.mark.anyio
 async def test_a_slot_handed_to_a_caller_as_it_leaves_is_passed_on() -> None:
-    stage = Stage(PreprocessGate(1))
-    stage.send("hold", tenant("a"))
-    await settle()
-    gone = stage.send("gone", tenant("b"))
-    stage.send("next", tenant("c"))
-    await settle()
+    stage = await full_stage("gone", "next")
     stage._done["hold"].set()
     await asyncio.sleep(0)  # "hold" leaves: its slot goes to "gone", which has not run yet
-    gone.cancel()
+    stage.tasks["gone"].cancel()
     await settle()
     assert "gone" not in stage.admitted and stage.admitted[-1] == "next" and stage.gate.busy == 1
 
 
 @pytest.mark.anyio
 async def test_a_stage_left_by_every_waiter_admits_the_next_at_once() -> None:
-    stage = Stage(PreprocessGate(1))
-    stage.send("hold", tenant("a"))
-    await settle()
-    gone = stage.send("gone", tenant("b"))
-    await settle()
-    gone.cancel()
+    stage = await full_stage("gone")
+    stage.tasks["gone"].cancel()
     await stage.finish("hold")
     stage.send("next", tenant("c"))
     await settle()
