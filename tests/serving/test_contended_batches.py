@@ -11,6 +11,7 @@ import pytest
 
 from service.serving.batching import Batcher, ServiceRate
 from service.serving.fairqueue import ServiceClass
+from service.serving.manifests import Batching
 from tests.serving.test_batching import FakeClock
 from tests.serving.test_fairqueue import Recorder, executor  # noqa: F401 (a fixture)
 
@@ -75,3 +76,10 @@ async def test_batch_inputs_stay_out_of_interactive_batches_and_wait_for_a_pause
     await held
     assert model.batches[-1] == ["b4"]
     await batcher.close()
+
+
+def test_the_bound_is_on_by_default_on_a_cpu_only() -> None:
+    assert Batching().contended_batch_s("cpu") == pytest.approx(0.1)
+    assert Batching().contended_batch_s("cuda") is None
+    assert Batching(max_contended_batch_ms=0).contended_batch_s("cpu") is None
+    assert Batching(max_contended_batch_ms=250).contended_batch_s("cuda") == pytest.approx(0.25)
