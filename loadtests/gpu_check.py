@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
+from cpu_profile import CpuProfile
 from loadgen import build_request, run_closed_loop
 from servers import BENCH_KEY, RunningServer, ServerUnavailable, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
@@ -63,6 +64,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers",
         default="",
         help="MAAS_WORKERS values, comma-separated: one gateway run each (default: one run)",
+    )
+    parser.add_argument(
+        "--gateway-only", action="store_true", help="skip the precision and forward-only steps (a rerun)"
     )
     parser.add_argument("--quick", action="store_true", help="tiny model, concurrency 4, 3 s: a dry run")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
@@ -233,15 +237,16 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
     requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
     levels = []
     for concurrency in args.levels:
-        result = asyncio.run(
-            run_closed_loop(
-                server.predict_url,
-                requests,
-                concurrency=concurrency,
-                duration_s=args.duration,
-                warmup_s=min(3.0, args.duration),
+        with CpuProfile(server.process.pid) as profile:  # warm-up included
+            result = asyncio.run(
+                run_closed_loop(
+                    server.predict_url,
+                    requests,
+                    concurrency=concurrency,
+                    duration_s=args.duration,
+                    warmup_s=min(3.0, args.duration),
+                )
             )
-        )
         level = {
             "concurrency": concurrency,
             "throughput": round(result.throughput, 1),
@@ -249,6 +254,7 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
             "p99_ms": round(result.percentile_ms(99), 2),
             "errors": result.errors,
             "error_samples": result.error_samples,
+            "profile": profile.report(),
         }
         print(f"  {server.name} c={concurrency}: {level}", flush=True)
         levels.append(level)
@@ -330,12 +336,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     best batch size), and over LitServe's best."""
     runs = [run for run in results if run.startswith("gateway")]
     served = results[runs[0]]["dtype"]
-    limit = results["forward"]["best"].get(served, {}).get("images_per_s")
+    best_by_dtype = results.get("forward", {}).get("best", {})
+    limit = best_by_dtype.get(served, {}).get("images_per_s")
     lit_levels = results["litserve"].get("levels") or []
     lit_best = max((level["throughput"] for level in lit_levels), default=None)
-    summary: dict[str, Any] = {
-        "forward_limit": {"dtype": served, **results["forward"]["best"].get(served, {})}
-    }
+    summary: dict[str, Any] = {"forward_limit": {"dtype": served, **best_by_dtype.get(served, {})}}
     for run in runs:
         best = max(level["throughput"] for level in results[run]["levels"])
         summary[run] = {
@@ -364,10 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     folder = build_model(MODELS[args.model], args.cache_dir)
     bodies = jpeg_bodies()
     dtypes = dtypes_for(results["device"])
-    results["precision"] = precision(folder, bodies, device, dtypes)
-    print(f"precision against float32: {results['precision']}", flush=True)
-    results["forward"] = forward_limit(folder, bodies, device, sorted({*dtypes, expected}), args, expected)
-    print(f"forward-only: {results['forward']}", flush=True)
+    if not args.gateway_only:
+        results["precision"] = precision(folder, bodies, device, dtypes)
+        print(f"precision against float32: {results['precision']}", flush=True)
+        results["forward"] = forward_limit(
+            folder, bodies, device, sorted({*dtypes, expected}), args, expected
+        )
+        print(f"forward-only: {results['forward']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="maas-gpu-") as work:
         for workers in args.workers or [None]:
             name = "gateway" if workers is None else f"gateway_workers_{workers}"
