@@ -143,6 +143,11 @@ class MirrorRegistry(ModelRegistry):
             await self.refresh()
         return await super().list_for(caller)
 
+    async def state_for(self, caller: Any, name: str) -> ModelEntry:
+        with contextlib.suppress(EngineGone):
+            await self.refresh()
+        return await super().state_for(caller, name)
+
     async def preload(self) -> None:
         """Ready when the model process has finished its preloads."""
         try:
@@ -172,6 +177,9 @@ class MirrorRegistry(ModelRegistry):
 
 
 def _complete(entry: ModelEntry) -> bool:
+    """Whether the worker holds `entry`'s preprocessing recipe (from a load it asked for)."""
+    if not entry.replicas:
+        return False
     adapter = entry.adapter
     return isinstance(adapter, RemoteAdapter) and adapter.info.complete
 

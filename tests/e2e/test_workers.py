@@ -157,6 +157,21 @@ def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
     assert [a.json()["predictions"] for a in answers] == expected * 3
 
 
+def test_whichever_worker_answers_a_model_detail_shows_it_as_loaded(gateway: Server) -> None:
+    """A model loaded through one worker shows as loaded from every worker: status, devices and
+    dtype as the model process has them, in the list, the detail and the v2 readiness."""
+    assert predict(gateway, ADMIN, photo(7)).status_code == 200  # loaded by whichever worker took it
+    for _ in range(8):  # a new connection each time: each worker takes some
+        with client(gateway) as http:
+            listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+            detail = http.get("/v1/models/tiny-vit").json()
+            ready = http.get("/v2/models/tiny-vit/ready")
+        assert (detail["status"], detail["devices"]) == ("ready", ["cpu"]), detail
+        assert detail["dtype"] in ("float32", "bfloat16"), detail  # resolved, not the manifest's "auto"
+        assert ready.status_code == 200, ready.text
+        assert listed["tiny-vit"] == detail
+
+
 def test_usage_is_exact_and_a_retry_is_billed_once_whichever_worker_takes_it(gateway: Server) -> None:
     key = tenant_key(gateway, "spread")
     body = photo(7)
