@@ -1,7 +1,6 @@
 """loadtests/gpu_check.py's CPU mode: the whole check (precision, forward-only limit, the real
 `maas serve` driven over HTTP in one process and with two workers, where the CPU went, the
-summary) runs on the CPU with the tiny model, so that the
-script is ready for the first GPU machine."""
+summary) runs on the CPU with the tiny model, so that the script is ready for a GPU machine."""
 
 from __future__ import annotations
 
