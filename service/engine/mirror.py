@@ -227,16 +227,17 @@ class RemoteInference(Inference):
         tally: Tally,
         share: Share,
     ) -> list[Any]:
-        outcome: Outcome = await self.client.call(
-            "infer",
-            model=entry.name,
-            features=features,
-            params=params,
-            top_k=top_k,
-            deadline=deadline,
-            share=share,
-            arrived=True,
-        )
+        with self.client.crossing(features) as crossing:  # pixels through shared memory
+            outcome: Outcome = await self.client.call(
+                "infer",
+                model=entry.name,
+                features=crossing,
+                params=params,
+                top_k=top_k,
+                deadline=deadline,
+                share=share,
+                arrived=True,
+            )
         tally.compute_s += outcome.compute_s
         tally.queue_s = max(tally.queue_s, outcome.queue_s)
         return outcome.outputs
