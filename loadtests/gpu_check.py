@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
+from cpu_profile import CpuProfile
 from loadgen import build_request, run_closed_loop
 from servers import BENCH_KEY, RunningServer, ServerUnavailable, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
@@ -59,6 +60,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also the gateway with compile: true")
     parser.add_argument("--no-litserve", action="store_true", help="skip LitServe even where installed")
     parser.add_argument("--maas-env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="MAAS_WORKERS values, comma-separated: one gateway run each (default: one run)",
+    )
+    parser.add_argument(
+        "--gateway-only", action="store_true", help="skip the precision and forward-only steps (a rerun)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, concurrency 4, 3 s: a dry run")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
@@ -71,6 +80,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = QUICK_BATCH_SIZES if quick else GPU_BATCH_SIZES
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.env = dict(item.split("=", 1) for item in args.maas_env)
+    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     return args
 
 
@@ -227,15 +237,16 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
     requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
     levels = []
     for concurrency in args.levels:
-        result = asyncio.run(
-            run_closed_loop(
-                server.predict_url,
-                requests,
-                concurrency=concurrency,
-                duration_s=args.duration,
-                warmup_s=min(3.0, args.duration),
+        with CpuProfile(server.process.pid) as profile:  # warm-up included
+            result = asyncio.run(
+                run_closed_loop(
+                    server.predict_url,
+                    requests,
+                    concurrency=concurrency,
+                    duration_s=args.duration,
+                    warmup_s=min(3.0, args.duration),
+                )
             )
-        )
         level = {
             "concurrency": concurrency,
             "throughput": round(result.throughput, 1),
@@ -243,6 +254,7 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
             "p99_ms": round(result.percentile_ms(99), 2),
             "errors": result.errors,
             "error_samples": result.error_samples,
+            "profile": profile.report(),
         }
         print(f"  {server.name} c={concurrency}: {level}", flush=True)
         levels.append(level)
@@ -266,7 +278,13 @@ def _start(
 
 
 def gateway(
-    folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, *, compile: bool
+    folder: Path,
+    bodies: list[bytes],
+    args: argparse.Namespace,
+    work: Path,
+    *,
+    compile: bool,
+    workers: int | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     server = _start(
@@ -276,7 +294,7 @@ def gateway(
         args,
         work,
         dtype="auto",
-        maas_env=args.env,
+        maas_env={**args.env, **({"MAAS_WORKERS": str(workers)} if workers else {})},
         max_queue=max(256, 4 * max(args.levels)),  # room for every client twice over: no 503s
         compile=compile,
         start_timeout_s=900.0 if compile else 240.0,
@@ -286,6 +304,7 @@ def gateway(
         described = _get_json(f"{base_url}/v1/models/bench")
         ready_s = round(time.perf_counter() - started, 1)
         return {
+            "workers": workers,
             "compile": described.get("compile"),
             "dtype": described.get("dtype"),
             "devices": described.get("devices"),
@@ -315,16 +334,14 @@ def litserve(
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Each gateway run's best throughput as a share of the forward-only limit in its dtype (at the
     best batch size), and over LitServe's best."""
-    served = results["gateway"]["dtype"]
-    limit = results["forward"]["best"].get(served, {}).get("images_per_s")
+    runs = [run for run in results if run.startswith("gateway")]
+    served = results[runs[0]]["dtype"]
+    best_by_dtype = results.get("forward", {}).get("best", {})
+    limit = best_by_dtype.get(served, {}).get("images_per_s")
     lit_levels = results["litserve"].get("levels") or []
     lit_best = max((level["throughput"] for level in lit_levels), default=None)
-    summary: dict[str, Any] = {
-        "forward_limit": {"dtype": served, **results["forward"]["best"].get(served, {})}
-    }
-    for run in ("gateway", "gateway_compiled"):
-        if run not in results:
-            continue
+    summary: dict[str, Any] = {"forward_limit": {"dtype": served, **best_by_dtype.get(served, {})}}
+    for run in runs:
         best = max(level["throughput"] for level in results[run]["levels"])
         summary[run] = {
             "best_throughput": best,
@@ -352,22 +369,29 @@ def main(argv: list[str] | None = None) -> int:
     folder = build_model(MODELS[args.model], args.cache_dir)
     bodies = jpeg_bodies()
     dtypes = dtypes_for(results["device"])
-    results["precision"] = precision(folder, bodies, device, dtypes)
-    print(f"precision against float32: {results['precision']}", flush=True)
-    results["forward"] = forward_limit(folder, bodies, device, sorted({*dtypes, expected}), args, expected)
-    print(f"forward-only: {results['forward']}", flush=True)
+    if not args.gateway_only:
+        results["precision"] = precision(folder, bodies, device, dtypes)
+        print(f"precision against float32: {results['precision']}", flush=True)
+        results["forward"] = forward_limit(
+            folder, bodies, device, sorted({*dtypes, expected}), args, expected
+        )
+        print(f"forward-only: {results['forward']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="maas-gpu-") as work:
-        results["gateway"] = gateway(folder, bodies, args, Path(work) / "maas", compile=False)
-        if args.compile:
-            results["gateway_compiled"] = gateway(folder, bodies, args, Path(work) / "compiled", compile=True)
-            print(f"compile: {results['gateway_compiled']['compile']}", flush=True)
+        for workers in args.workers or [None]:
+            name = "gateway" if workers is None else f"gateway_workers_{workers}"
+            results[name] = gateway(folder, bodies, args, Path(work) / name, compile=False, workers=workers)
+        if args.compile:  # with the most workers asked for
+            most = max(args.workers, default=None)
+            compiled = gateway(folder, bodies, args, Path(work) / "compiled", compile=True, workers=most)
+            results["gateway_compiled"] = compiled
+            print(f"compile: {compiled['compile']}", flush=True)
         results["litserve"] = litserve(folder, bodies, args, Path(work) / "litserve", expected)
     results["summary"] = summarize(results)
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=2), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    runs = [results[run] for run in ("gateway", "gateway_compiled") if run in results]
+    runs = [results[run] for run in results if run.startswith("gateway")]
     ok = all(run["dtype"] == expected and not any(level["errors"] for level in run["levels"]) for run in runs)
     return 0 if ok else 1
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, into .whl/, the gateway's dependencies that the lent GPU machines lack (they have
 # Python 3.12 with torch, transformers, numpy, Pillow, prometheus-client, PyYAML, httpx and
-# scikit-image, but not FastAPI and the rest), at the versions of the local set-up
+# scikit-image, but not FastAPI, LitServe and the rest), at the versions of the local set-up
 # (MAAS_VENV, default .venv), as cp312 manylinux wheels: about 10 MB.
 #
 #   scripts/gpu_wheels.sh
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MAAS_VENV:-.venv}
-PACKAGES=(fastapi uvicorn httptools orjson python-multipart pydantic pydantic-settings SQLAlchemy alembic redis)
+PACKAGES=(fastapi fastapi-offline uvicorn httptools orjson python-multipart pydantic pydantic-settings SQLAlchemy alembic redis litserve)
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 "$VENV/bin/python" -m pip freeze --exclude-editable | grep -v '^-e ' > "$constraints"

@@ -45,7 +45,7 @@ def create_app(settings: Settings, engine: EngineAddress | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = None
         if engine is not None:
-            client = EngineClient(engine.path, worker=engine.worker)
+            client = EngineClient(engine.path, worker=engine.worker, shared_bytes=engine.shared_bytes)
             await client.start(timeout_s=engine.start_timeout_s)
         try:
             gateway = await Gateway.start(settings, client)

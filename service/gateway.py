@@ -155,8 +155,9 @@ class Gateway:
         metrics.sample_class_queue_depth(
             lambda: {c.value: sum(e.class_depth(c) for e in registry.list()) for c in CLASSES}
         )
-        metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
-        metrics.sample_residency(registry.residency.resident_models, registry.residency.resident_bytes)
+        if client is None:  # a front-end worker holds no model: the model process reports these
+            metrics.sample_device_memory(lambda: {str(d): used_bytes(d) for d in pool.devices})
+            metrics.sample_residency(registry.residency.resident_models, registry.residency.resident_bytes)
 
         usage_metrics = UsageMetrics(
             metrics.registry,

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     request_timeout_ms: int = Field(30_000, gt=0)  # default deadline; X-Request-Timeout-Ms overrides
     max_request_timeout_ms: int = Field(600_000, gt=0)
     workers: int = Field(1, ge=1, le=256)  # >1: that many front-end worker processes + a model process
+    worker_shared_memory_mb: float = Field(32.0, ge=0, le=65536)  # each worker's arena for pixels; 0: none
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
     preprocess_concurrency: int = Field(0, ge=0, le=1024)  # requests decoding at once, per process; 0: cores

@@ -19,4 +19,4 @@ async def list_models(caller: Caller, registry: Registry) -> dict[str, Any]:
 
 @router.get("/{model}", **s.documented(s.ModelInfo, *s.AUTHENTICATED, 404))
 async def get_model(model: str, caller: Caller, registry: Registry) -> dict[str, Any]:
-    return (await registry.find_for(caller, model)).describe()
+    return (await registry.state_for(caller, model)).describe()

@@ -49,7 +49,7 @@ async def ready(gateway: App) -> JSONResponse:
 @router.get("/models/{model}", response_model=v2.ModelMetadata, responses=MODEL_ERRORS)
 async def model_metadata(model: str, caller: Caller, registry: Registry) -> v2.ModelMetadata:
     """The model's input and output tensors: names, datatypes and shapes."""
-    return v2.model_metadata(await registry.find_for(caller, model))
+    return v2.model_metadata(await registry.state_for(caller, model))
 
 
 @router.get(
@@ -59,7 +59,7 @@ async def model_metadata(model: str, caller: Caller, registry: Registry) -> v2.M
 )
 async def model_ready(model: str, caller: Caller, registry: Registry) -> JSONResponse:
     """200 when the model is loaded and serving; 503 otherwise (not loaded yet, or unavailable)."""
-    entry = await registry.find_for(caller, model)
+    entry = await registry.state_for(caller, model)
     is_ready = entry.status is ModelStatus.READY
     return JSONResponse({"name": entry.name, "ready": is_ready}, status_code=200 if is_ready else 503)
 

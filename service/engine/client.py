@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.engine import wire
+from service.engine.shared import Arena
 from service.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class EngineAddress:
     path: Path
     worker: int = 0
     start_timeout_s: float = 600.0
+    shared_bytes: int = 0  # the worker's shared-memory arena for pixels (0: they cross the socket)
 
 
 class EngineGone(ModelUnavailable):
@@ -43,9 +46,10 @@ class EngineGone(ModelUnavailable):
 class EngineClient:
     """One multiplexed connection to the model process, kept open while the worker runs."""
 
-    def __init__(self, path: Path, *, worker: int = 0) -> None:
+    def __init__(self, path: Path, *, worker: int = 0, shared_bytes: int = 0) -> None:
         self.path = path
         self.worker = worker
+        self.arena = Arena.create(path.parent, f"arena-{worker}-{os.getpid()}", shared_bytes)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -105,7 +109,9 @@ class EngineClient:
             self._writer = writer
             self.connections += 1
             try:
-                await wire.send(writer, wire.Call(0, "hello", {"worker": self.worker}, reply=False))
+                arena = self.arena.path.name if self.arena is not None else None
+                hello = wire.Call(0, "hello", {"worker": self.worker, "arena": arena}, reply=False)
+                await wire.send(writer, hello)
                 self._connected.set()
                 await self._read(reader)
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -136,6 +142,13 @@ class EngineClient:
             if not future.done():
                 future.set_exception(EngineGone("the model process stopped while serving this call; retry"))
 
+    def crossing(self, features: list[Any]) -> contextlib.AbstractContextManager[list[Any]]:
+        """`features` as a call should carry them: through the arena while the block runs (see
+        shared.py), else as they are."""
+        if self.arena is None:
+            return contextlib.nullcontext(features)
+        return self.arena.crossing(features)
+
     async def close(self) -> None:
         self._closing = True
         if self._writer is not None:
@@ -143,3 +156,5 @@ class EngineClient:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.arena is not None:
+            self.arena.close()

@@ -143,6 +143,11 @@ class MirrorRegistry(ModelRegistry):
             await self.refresh()
         return await super().list_for(caller)
 
+    async def state_for(self, caller: Any, name: str) -> ModelEntry:
+        with contextlib.suppress(EngineGone):
+            await self.refresh()
+        return await super().state_for(caller, name)
+
     async def preload(self) -> None:
         """Ready when the model process has finished its preloads."""
         try:
@@ -172,6 +177,9 @@ class MirrorRegistry(ModelRegistry):
 
 
 def _complete(entry: ModelEntry) -> bool:
+    """Whether the worker holds `entry`'s preprocessing recipe (from a load it asked for)."""
+    if not entry.replicas:
+        return False
     adapter = entry.adapter
     return isinstance(adapter, RemoteAdapter) and adapter.info.complete
 
@@ -220,16 +228,17 @@ class RemoteInference(Inference):
         tally: Tally,
         share: Share,
     ) -> list[Any]:
-        outcome: Outcome = await self.client.call(
-            "infer",
-            model=entry.name,
-            features=features,
-            params=params,
-            top_k=top_k,
-            deadline=deadline,
-            share=share,
-            arrived=True,
-        )
+        with self.client.crossing(features) as crossing:  # pixels through shared memory
+            outcome: Outcome = await self.client.call(
+                "infer",
+                model=entry.name,
+                features=crossing,
+                params=params,
+                top_k=top_k,
+                deadline=deadline,
+                share=share,
+                arrived=True,
+            )
         tally.compute_s += outcome.compute_s
         tally.queue_s = max(tally.queue_s, outcome.queue_s)
         return outcome.outputs

@@ -45,7 +45,8 @@ _PR_SET_PDEATHSIG = 1
 def serve_workers(settings: Settings) -> None:
     """Run the model process and `settings.workers` workers until SIGTERM/SIGINT; exit 1 if the
     model process cannot start."""
-    folder = Path(tempfile.mkdtemp(prefix="maas-engine-"))  # mode 0700: this user's alone
+    # mode 0700: this user's alone; on /dev/shm where there is one (the workers' arenas: memory)
+    folder = Path(tempfile.mkdtemp(prefix="maas-engine-", dir=_memory_folder()))
     try:
         port = reserve(settings.host, settings.port)
         supervisor = _Supervisor(settings, port, folder / "engine.sock")
@@ -54,6 +55,12 @@ def serve_workers(settings: Settings) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     if code:
         raise SystemExit(code)
+
+
+def _memory_folder() -> str | None:
+    """/dev/shm where this user may write there, else None (the system's temporary folder)."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
 class _Supervisor:
@@ -206,5 +213,6 @@ def run_worker(settings: Settings, index: int, path: Path) -> None:
     from service.cli.serve import server
     from service.engine.client import EngineAddress
 
-    app = create_app(settings, EngineAddress(path, worker=index))
+    shared_bytes = int(settings.worker_shared_memory_mb * 2**20)
+    app = create_app(settings, EngineAddress(path, worker=index, shared_bytes=shared_bytes))
     server(settings, app).run(sockets=[listen(settings.host, settings.port)])

@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import Metric
 from service.engine import wire
 from service.engine.metrics import merged_exposition
 from service.engine.mirror import ModelInfo, Outcome
+from service.engine.shared import ArenaReader, SharedArray
 from service.errors import GatewayError
 from service.serving.batching import Tally
 from service.serving.entries import ModelEntry
@@ -43,6 +44,7 @@ class _Worker:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.index = -1
+        self.arena: str | None = None  # its shared-memory arena's name, if it has one
         self.calls: dict[int, asyncio.Task[None]] = {}
         self.arriving: dict[str, int] = {}
         self.slots: dict[str, int] = {}  # in-flight slots held, by tenant
@@ -56,6 +58,7 @@ class EngineServer:
         self.path = path
         self._server: asyncio.Server | None = None
         self._workers: set[_Worker] = set()
+        self.arenas = ArenaReader(path.parent)
         self._families: dict[int, list[Metric]] = {}  # each worker's last metrics
 
     async def start(self) -> None:
@@ -86,6 +89,7 @@ class EngineServer:
             pass
         finally:
             self._workers.discard(worker)
+            self.arenas.forget(worker.arena)
             for task in worker.calls.values():
                 task.cancel()  # nobody is waiting for them: their queued inputs are dropped
             for name, count in worker.arriving.items():
@@ -115,6 +119,7 @@ class EngineServer:
     def _notice(self, worker: _Worker, call: wire.Call) -> None:
         if call.op == "hello":
             worker.index = int(call.args["worker"])
+            worker.arena = call.args.get("arena")
         elif call.op == "arrive":
             self._arrive(worker, str(call.args["model"]), int(call.args["delta"]))
         elif call.op == "release":
@@ -186,13 +191,16 @@ class EngineServer:
                 adapter = (await registry.ensure_loaded(entry, deadline)).adapter
                 if any(isinstance(f, RawInput) for f in features):  # text, or images without a recipe
                     features = await inference.features(entry, adapter, features, deadline, share)
-                else:
-                    features = [torch.from_numpy(array) for array in features]
+                else:  # read in place where the worker's arena holds them
+                    features = [torch.from_numpy(self._array(f)) for f in features]
             tally = Tally()
             outputs = await inference.queue(
                 entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
             )
         return Outcome(outputs, tally.compute_s, tally.queue_s)
+
+    def _array(self, feature: Any) -> Any:
+        return self.arenas.array(feature) if isinstance(feature, SharedArray) else feature
 
     async def _take(self, worker: _Worker, buckets: list[Bucket]) -> Verdict:
         return await self.gateway.buckets.take(buckets)

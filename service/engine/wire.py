@@ -3,8 +3,9 @@
 One Unix socket connection per front-end worker carries every call, multiplexed by id: a `Call`
 goes to the model process, a `Reply` (a value or an error) comes back, and a `Cancel` tells it
 that the caller left (a client hung up): its inputs still queued are dropped before the device.
-Frames are a 4-byte length and a pickle (protocol 5) of the message: numpy arrays (the uint8
-pixels a worker decoded) cross as one copy of their bytes, never as Python lists of floats. The
+Frames are a 4-byte length and a pickle (protocol 5) of the message. The uint8 pixels a worker
+decoded cross through its shared-memory arena (shared.py), and only their place crosses here;
+where they do not fit, numpy arrays cross as one copy of their bytes, never as lists of floats. The
 socket lives in a private folder (mode 0700) of the user running the gateway; nothing else
 connects to it.
 """

@@ -113,6 +113,11 @@ class ModelRegistry:
             await self.finder.discover(self, caller.tenant_id, name)
         return self.get_for(caller, name)
 
+    async def state_for(self, caller: Principal, name: str) -> ModelEntry:
+        """`find_for`, for the routes that show a model's state (detail, metadata, readiness): a
+        front-end worker asks the model process for it first (`MirrorRegistry`)."""
+        return await self.find_for(caller, name)
+
     async def list_for(self, caller: Principal) -> list[ModelEntry]:
         """The models `caller` may use, the tenant's fine-tuned ones included wherever they were trained."""
         if self.finder is not None and caller.tenant_id is not None:

@@ -1,11 +1,11 @@
 """`maas serve` with MAAS_WORKERS=2: a supervisor, a model process and two front-end workers on
 one port, over real HTTP, on the default SQLite database.
 
-The answers are those of a single-process gateway, bit for bit (the workers decode, the model
-process runs the forward pass); usage is exact and an Idempotency-Key retry is billed once
-whichever worker takes it; one rate limit holds across the workers; a killed worker loses no
-metered answer and is replaced; a killed model process fails the requests waiting on it with
-503 at once (none hangs) and is started again.
+The answers are those of a single-process gateway, bit for bit (the workers decode, the pixels
+cross through their shared memory, the model process runs the forward pass); usage is exact and
+an Idempotency-Key retry is billed once whichever worker takes it; one rate limit holds across
+the workers; a killed worker loses no metered answer and is replaced; a killed model process
+fails the requests waiting on it with 503 at once (none hangs) and is started again.
 """
 
 from __future__ import annotations
@@ -155,6 +155,23 @@ def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
         answers = list(pool.map(lambda body: predict(gateway, ADMIN, body), bodies * 3))
     assert [a.status_code for a in answers] == [200] * len(answers)
     assert [a.json()["predictions"] for a in answers] == expected * 3
+    # the pixels were read in place from the workers' shared memory, not sent through the socket
+    assert "/arena-" in Path(f"/proc/{model_process(gateway)}/maps").read_text()
+
+
+def test_whichever_worker_answers_a_model_detail_shows_it_as_loaded(gateway: Server) -> None:
+    """A model loaded through one worker shows as loaded from every worker: status, devices and
+    dtype as the model process has them, in the list, the detail and the v2 readiness."""
+    assert predict(gateway, ADMIN, photo(7)).status_code == 200  # loaded by whichever worker took it
+    for _ in range(8):  # a new connection each time: each worker takes some
+        with client(gateway) as http:
+            listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+            detail = http.get("/v1/models/tiny-vit").json()
+            ready = http.get("/v2/models/tiny-vit/ready")
+        assert (detail["status"], detail["devices"]) == ("ready", ["cpu"]), detail
+        assert detail["dtype"] in ("float32", "bfloat16"), detail  # resolved, not the manifest's "auto"
+        assert ready.status_code == 200, ready.text
+        assert listed["tiny-vit"] == detail
 
 
 def test_usage_is_exact_and_a_retry_is_billed_once_whichever_worker_takes_it(gateway: Server) -> None:

@@ -1,6 +1,6 @@
 """loadtests/gpu_check.py's CPU mode: the whole check (precision, forward-only limit, the real
-`maas serve` driven over HTTP, the summary) runs on the CPU with the tiny model, so that the
-script is ready for the first GPU machine."""
+`maas serve` driven over HTTP in one process and with two workers, where the CPU went, the
+summary) runs on the CPU with the tiny model, so that the script is ready for a GPU machine."""
 
 from __future__ import annotations
 
@@ -23,17 +23,21 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
     report = tmp_path / "gpu.json"
     command = [sys.executable, str(REPO / "loadtests" / "gpu_check.py"), "--device", "cpu", "--quick"]
     command += ["--duration", "1", "--cache-dir", str(tmp_path / "models"), "--json", str(report)]
+    command += ["--workers", "1,2"]  # one process, then a model process and two front-end workers
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(report.read_text(encoding="utf-8"))
     served = dtype_name(resolve_dtype("auto", torch.device("cpu")))
-    assert results["gateway"]["dtype"] == served  # what `dtype: auto` picks on this CPU
-    [level] = results["gateway"]["levels"]
-    assert level["concurrency"] == 4 and level["errors"] == 0 and level["throughput"] > 0
+    for run, processes in (("gateway_workers_1", 1), ("gateway_workers_2", 4)):
+        assert results[run]["dtype"] == served  # what `dtype: auto` picks on this CPU, from any worker
+        [level] = results[run]["levels"]
+        assert level["concurrency"] == 4 and level["errors"] == 0 and level["throughput"] > 0
+        roles = [p["role"] for p in level["profile"]["processes"]]  # where the CPU time went
+        assert "load generator" in roles and len(roles) >= 1 + processes, roles
     assert results["forward"]["best"][served]["images_per_s"] > 0
     summary = results["summary"]
     assert summary["forward_limit"]["dtype"] == served
-    assert summary["gateway"]["share_of_forward_limit"] > 0
+    assert summary["gateway_workers_2"]["share_of_forward_limit"] > 0
     assert "litserve" in results  # measured where installed, else the reason it was skipped
     assert "levels" in results["litserve"] or "skipped" in results["litserve"]
