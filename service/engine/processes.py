@@ -71,7 +71,7 @@ class _Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         self._start_engine()
-        for index in range(self.settings.workers):
+        for index in range(self.settings.resolved_workers):
             self._start_worker(index)
         host, port = self.port.getsockname()[:2]
         log.info("maas gateway on http://%s:%d: a model process, %d workers", host, port, len(self.workers))
