@@ -3,7 +3,8 @@ one port, over real HTTP, on the default SQLite database.
 
 The answers are those of a single-process gateway, bit for bit (the workers decode, the model
 process runs the forward pass); usage is exact and an Idempotency-Key retry is billed once
-whichever worker takes it; one rate limit holds across the workers; a killed worker loses no
+whichever worker takes it; one rate limit holds across the workers; a key revoked or a tenant
+suspended through one worker is refused by every worker at once; a killed worker loses no
 metered answer and is replaced; a killed model process fails the requests waiting on it with
 503 at once (none hangs) and is started again.
 """
@@ -215,6 +216,27 @@ def test_one_in_flight_cap_holds_across_the_workers(gateway: Server) -> None:
             statuses = sorted(pool.map(slow_request, range(2)))
         assert statuses == [200, 429], statuses
     assert slow_request(0) == 200  # and the slot is free again
+
+
+def test_a_key_revoked_or_a_tenant_suspended_through_one_worker_is_refused_by_all_at_once(
+    gateway: Server,
+) -> None:
+    """No Redis: the worker that makes the change tells every other worker (through the model
+    process) before it answers, not within the key cache's second."""
+    me = "/v1/me"
+    revoked, suspended = tenant_key(gateway, "revoked"), tenant_key(gateway, "suspended")
+    for _ in range(8):  # a new connection each time: every worker has both keys cached
+        for key in (revoked, suspended):
+            with client(gateway, key) as http:
+                assert http.get(me).status_code == 200
+    with client(gateway) as admin:
+        [made] = admin.get("/v1/admin/tenants/revoked/keys").json()["data"]
+        assert admin.delete(f"/v1/admin/keys/{made['id']}").status_code == 200
+        assert admin.post("/v1/admin/tenants/suspended/suspend").status_code == 200
+    for _ in range(8):  # at once, on whichever worker
+        for key, refused in ((revoked, 401), (suspended, 403)):
+            with client(gateway, key) as http:
+                assert http.get(me).status_code == refused
 
 
 def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server) -> None:
