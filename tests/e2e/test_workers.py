@@ -4,7 +4,8 @@ one port, over real HTTP, on the default SQLite database.
 The answers are those of a single-process gateway, bit for bit (the workers decode, the model
 process runs the forward pass); usage is exact and an Idempotency-Key retry is billed once
 whichever worker takes it; one rate limit holds across the workers; a key revoked or a tenant
-suspended through one worker is refused by every worker at once; a killed worker loses no
+suspended through one worker is refused by every worker at once; a monthly quota holds across
+them; a deadline that passes in the model process's queue is a 504; a killed worker loses no
 metered answer and is replaced; a killed model process fails the requests waiting on it with
 503 at once (none hangs) and is started again.
 """
@@ -216,6 +217,33 @@ def test_one_in_flight_cap_holds_across_the_workers(gateway: Server) -> None:
             statuses = sorted(pool.map(slow_request, range(2)))
         assert statuses == [200, 429], statuses
     assert slow_request(0) == 200  # and the slot is free again
+
+
+def test_a_monthly_quota_holds_across_the_workers(gateway: Server) -> None:
+    key = tenant_key(gateway, "quota", monthly_quota_inputs=4)
+    # one at a time, each on a new connection: the workers take turns spending one quota
+    statuses = [predict(gateway, key, photo(5)).status_code for _ in range(8)]
+    assert statuses == [200] * 4 + [429] * 4, statuses
+    assert usage(gateway, "quota")["inputs"] == 4
+
+
+def test_a_request_whose_deadline_passes_in_the_model_process_queue_gets_504(gateway: Server) -> None:
+    key = tenant_key(gateway, "hurried")
+    files = [("file", (f"{i}.jpg", photo(6), "image/jpeg")) for i in range(64)]
+
+    def slow_request() -> int:
+        with client(gateway, key) as http:
+            return http.post("/v1/models/slow-vit/predict", files=files).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        ahead = [pool.submit(slow_request) for _ in range(2)]  # 128 inputs, one at a time, before it
+        deadline = time.monotonic() + 120
+        while queue_depth(gateway, "slow-vit") == 0:  # queued in the model process
+            assert time.monotonic() < deadline and not all(a.done() for a in ahead)
+        late = predict(gateway, key, photo(6), model="slow-vit", **{"X-Request-Timeout-Ms": "200"})
+        assert [a.result(timeout=300) for a in ahead] == [200, 200]
+    assert late.status_code == 504 and late.json()["error"]["type"] == "timeout", late.text
+    assert predict(gateway, key, photo(6), model="slow-vit").status_code == 200  # and it serves on
 
 
 def test_a_key_revoked_or_a_tenant_suspended_through_one_worker_is_refused_by_all_at_once(
