@@ -146,9 +146,9 @@ def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
     gateway: Server, models: Path, tmp_path: Path
 ) -> None:
     bodies = [photo(seed) for seed in range(3)] + [image_bytes("JPEG", (640, 480), (10, 200, 90))]
-    single = start_server(
-        models, tmp_path / "single", env={"MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
-    )
+    # the reference is one process by nature: pinned, since the default is one worker per core
+    env = {"MAAS_WORKERS": "1", "MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
+    single = start_server(models, tmp_path / "single", env=env)
     try:
         expected = [predict(single, ADMIN, body).json()["predictions"] for body in bodies]
     finally:
