@@ -110,6 +110,8 @@ class Gateway:
         sessions = session_factory(engine)
         tenants = Tenants(sessions)
         keys = _key_store(settings, sessions, tenants)
+        if client is not None:  # a key change made through another worker drops this one's cache
+            client.on_notice["keys_changed"] = lambda reason: keys.forget()
         key_changes = None
         if settings.redis_url:  # a key change made on any replica drops every replica's key cache at once
             key_changes = KeyChanges(
@@ -291,9 +293,13 @@ class Gateway:
             self.client.notify("metrics", worker=self.client.worker, families=self.metrics.families())
 
     def keys_changed(self, reason: str) -> None:
-        """A key or tenant changed: drop this process's key cache and, with Redis, every replica's,
-        so the change holds on the next request anywhere."""
+        """A key or tenant changed: drop this process's key cache, every other worker's (through
+        the model process) and, with Redis, every replica's, so the change holds on the next
+        request anywhere. Called from a request's thread (the admin routes are synchronous)."""
         self.keys.forget()
+        if self.client is not None:
+            with contextlib.suppress(EngineGone):  # restarting: the others see it within 1 s anyway
+                anyio.from_thread.run(functools.partial(self.client.call, "keys_changed", reason=reason))
         if self.key_changes is not None:
             self.key_changes.publish(reason)
 

@@ -6,11 +6,32 @@ Nothing here is read at import time: `Settings()` reads the environment when it 
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_WORKERS = 256
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cores(affinity: int, cpu_max: str | None) -> int:
+    """The cores a process may keep busy: `affinity` (the CPUs it may run on), lowered by the
+    cgroup v2 quota in `cpu_max` (the text of cpu.max; None or "max ...": no quota), rounded up:
+    a Kubernetes CPU limit of 1.5 allows 2 busy workers' worth of bursts, never 64 on a big node."""
+    cores = max(1, affinity)
+    fields = (cpu_max or "").split()
+    if len(fields) == 2 and fields[0] != "max":
+        try:
+            quota, period = int(fields[0]), int(fields[1])
+        except ValueError:
+            return cores
+        if quota > 0 and period > 0:
+            cores = min(cores, math.ceil(quota / period))
+    return cores
 
 
 class Settings(BaseSettings):
@@ -38,7 +59,8 @@ class Settings(BaseSettings):
     hub_probe_timeout_s: float = Field(3.0, gt=0)
     request_timeout_ms: int = Field(30_000, gt=0)  # default deadline; X-Request-Timeout-Ms overrides
     max_request_timeout_ms: int = Field(600_000, gt=0)
-    workers: int = Field(1, ge=1, le=256)  # >1: that many front-end worker processes + a model process
+    # >1: that many front-end worker processes + a model process; auto: one per usable core
+    workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     worker_shared_memory_mb: float = Field(32.0, ge=0, le=65536)  # each worker's arena for pixels; 0: none
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
@@ -79,6 +101,25 @@ class Settings(BaseSettings):
     )  # CPU: batch inputs yield to interactive at most this
     batch_preprocess_lanes: int = Field(1, ge=1, le=256)  # a job's inputs decoded at once
     batch_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"MAAS_WORKERS is 1-{MAX_WORKERS} or auto")
+        return value
+
+    @property
+    def resolved_workers(self) -> int:
+        """The number of front-end workers: the setting, or for `auto` the cores this process may
+        use (its CPU affinity, lowered by a cgroup v2 CPU quota where one is set)."""
+        if isinstance(self.workers, int):
+            return self.workers
+        try:
+            quota: str | None = CGROUP_CPU_MAX.read_text(encoding="ascii")
+        except OSError:  # no cgroup v2 CPU controller here: no quota
+            quota = None
+        return min(usable_cores(len(os.sched_getaffinity(0)), quota), MAX_WORKERS)
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from service.cli import _parser, build_settings, main
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 from tests.conftest import REPO
 
 
@@ -99,3 +100,26 @@ def test_every_setting_is_in_the_settings_table_of_the_docs() -> None:
     table = (REPO / "docs" / "settings.md").read_text(encoding="utf-8")
     missing = [name for name in Settings.model_fields if f"| `MAAS_{name.upper()}` |" not in table]
     assert not missing, f"settings missing from docs/settings.md: {missing}"
+
+
+def test_workers_default_to_auto_and_take_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().workers == "auto"
+    monkeypatch.setenv("MAAS_WORKERS", "3")
+    assert Settings().workers == 3 and Settings().resolved_workers == 3
+    monkeypatch.setenv("MAAS_WORKERS", "auto")
+    assert 1 <= Settings().resolved_workers <= len(os.sched_getaffinity(0))
+    for bad in ("0", "257", "all", "1.5"):
+        monkeypatch.setenv("MAAS_WORKERS", bad)
+        with pytest.raises(ValidationError, match="workers"):
+            Settings()
+
+
+def test_auto_workers_are_the_cores_allowed_lowered_by_a_cgroup_cpu_quota() -> None:
+    assert usable_cores(8, None) == 8  # no cgroup v2 CPU controller
+    assert usable_cores(8, "max 100000\n") == 8  # a cgroup without a limit
+    assert usable_cores(64, "200000 100000\n") == 2  # a pod limited to 2 CPUs on a 64-core node
+    assert usable_cores(64, "150000 100000") == 2  # 1.5 CPUs: rounded up
+    assert usable_cores(64, "50000 100000") == 1  # half a CPU: still one worker
+    assert usable_cores(2, "800000 100000") == 2  # a quota above the CPUs allowed changes nothing
+    assert usable_cores(1, None) == 1  # one core: one process, as before
+    assert usable_cores(4, "garbage") == 4 and usable_cores(4, "") == 4

@@ -1,8 +1,10 @@
 """`maas serve`: the gateway under uvicorn until SIGINT/SIGTERM, then a graceful drain. With
-`MAAS_WORKERS` above 1, a model process and that many front-end workers (service/engine/)."""
+`MAAS_WORKERS` above 1 (by default one per core), a model process and that many front-end
+workers (service/engine/)."""
 
 from __future__ import annotations
 
+import logging
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -14,14 +16,22 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
+log = logging.getLogger(__name__)
+
 
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
     configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
+    workers = settings.resolved_workers
+    log.info(
+        "MAAS_WORKERS=%s: %s",
+        settings.workers,
+        f"{workers} front-end workers and a model process" if workers > 1 else "one process",
+    )
+    if workers > 1:
         from service.engine.processes import serve_workers
 
-        serve_workers(settings)
+        serve_workers(settings.model_copy(update={"workers": workers}))
         return
     from service.app import create_app
 

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class EngineClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.connections = 0  # how many times it has connected (1 + reconnections)
+        # what to do with a notice from the model process, by its op (called with its args)
+        self.on_notice: dict[str, Callable[..., None]] = {}
 
     async def start(self, timeout_s: float) -> None:
         """Connect (waiting up to `timeout_s` for the model process to listen), then keep the
@@ -127,6 +130,8 @@ class EngineClient:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:
             message = await wire.receive(reader)
+            if isinstance(message, wire.Call) and (handler := self.on_notice.get(message.op)):
+                handler(**message.args)
             if not isinstance(message, wire.Reply):
                 continue
             future = self._waiting.get(message.id)

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -78,7 +79,7 @@ class _Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         self._start_engine()
-        for index in range(self.settings.workers):
+        for index in range(self.settings.resolved_workers):
             self._start_worker(index)
         host, port = self.port.getsockname()[:2]
         log.info("maas gateway on http://%s:%d: a model process, %d workers", host, port, len(self.workers))
@@ -160,6 +161,7 @@ def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
     asyncio.run(_engine(settings, path, ready))
+    _exit_now(0)
 
 
 async def _engine(settings: Settings, path: Path, ready: EventType) -> None:
@@ -215,4 +217,15 @@ def run_worker(settings: Settings, index: int, path: Path) -> None:
 
     shared_bytes = int(settings.worker_shared_memory_mb * 2**20)
     app = create_app(settings, EngineAddress(path, worker=index, shared_bytes=shared_bytes))
-    server(settings, app).run(sockets=[listen(settings.host, settings.port)])
+    gateway = server(settings, app)
+    gateway.run(sockets=[listen(settings.host, settings.port)])
+    _exit_now(0 if gateway.started else 3)  # 3: its start failed, as uvicorn's own command says
+
+
+def _exit_now(code: int) -> None:
+    """Exit once drained and closed, without the interpreter's teardown of torch and
+    transformers (seconds on a busy machine, on every stop and restart): logs flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -216,6 +216,16 @@ class EngineServer:
             worker.slots[tenant] -= 1
             self.gateway.limiter.in_flight.leave(tenant)
 
+    async def _keys_changed(self, worker: _Worker, reason: str) -> None:
+        """A key or tenant changed through `worker`: this process's key cache and every other
+        worker's are dropped before the answer, so the change holds on the next request anywhere."""
+        self.gateway.keys.forget()
+        notice = wire.Call(0, "keys_changed", {"reason": reason}, reply=False)
+        for other in list(self._workers):
+            if other is not worker:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await wire.send(other.writer, notice)
+
     async def _sync(self, worker: _Worker) -> None:
         await self.gateway.model_sync.sync()
 

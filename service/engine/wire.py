@@ -26,7 +26,9 @@ MAX_FRAME = 1 << 31  # a frame is one request's inputs: bounded by MAAS_MAX_BODY
 
 @dataclass(frozen=True)
 class Call:
-    """A front-end worker asks the model process to run `op` with `args`."""
+    """A front-end worker asks the model process to run `op` with `args`; or, as a notice
+    (`reply` false), either side tells the other of something (the model process: a key change
+    made through another worker)."""
 
     id: int
     op: str

@@ -238,6 +238,13 @@ def test_gpus_node_selector_and_tolerations_when_asked(
     assert env_of(gateway_container(full))["MAAS_MAX_BODY_BYTES"] == "1024"
 
 
+def test_workers_follow_the_pods_cpu_request_not_the_nodes_cores(defaults: list[dict[str, Any]]) -> None:
+    # the pod sets no CPU limit: MAAS_WORKERS=auto would start one worker per core of the node
+    container = gateway_container(defaults)
+    assert env_of(container)["MAAS_WORKERS"] == container["resources"]["requests"]["cpu"] == "2"
+    assert env_of(gateway_container(render({"gateway": {"workers": "auto"}})))["MAAS_WORKERS"] == "auto"
+
+
 def test_secrets_reach_the_pods_by_reference_only(full: list[dict[str, Any]]) -> None:
     env = env_of(gateway_container(full))
     for name, key in (("MAAS_ADMIN_KEY", "admin-key"), ("MAAS_DATABASE_URL", "database-url")):

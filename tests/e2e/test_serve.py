@@ -222,8 +222,10 @@ def build():
 """
 
 
+# the default (one worker per core) and one process (one core, or MAAS_WORKERS=1) drain differently
+@pytest.mark.parametrize("workers", ["auto", "1"])
 def test_sigterm_finishes_every_queued_request_before_exiting(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, workers: str
 ) -> None:
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -250,7 +252,8 @@ def test_sigterm_finishes_every_queued_request_before_exiting(
     """,
     )
     key = "mk_drain_test_key_000000000000000000"
-    running = start_server(folder, tmp_path_factory.mktemp("drain") / "var", env={"MAAS_ADMIN_KEY": key})
+    env = {"MAAS_ADMIN_KEY": key, "MAAS_WORKERS": workers}
+    running = start_server(folder, tmp_path_factory.mktemp("drain") / "var", env=env)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
 
     def post() -> int:

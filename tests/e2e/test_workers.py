@@ -4,8 +4,10 @@ one port, over real HTTP, on the default SQLite database.
 The answers are those of a single-process gateway, bit for bit (the workers decode, the pixels
 cross through their shared memory, the model process runs the forward pass); usage is exact and
 an Idempotency-Key retry is billed once whichever worker takes it; one rate limit holds across
-the workers; a killed worker loses no metered answer and is replaced; a killed model process
-fails the requests waiting on it with 503 at once (none hangs) and is started again.
+the workers; a key revoked or a tenant suspended through one worker is refused by every worker
+at once; a monthly quota holds across them; a deadline that passes in the model process's queue
+is a 504; a killed worker loses no metered answer and is replaced; a killed model process fails
+the requests waiting on it with 503 at once (none hangs) and is started again.
 """
 
 from __future__ import annotations
@@ -144,9 +146,9 @@ def test_answers_are_those_of_a_single_process_gateway_bit_for_bit(
     gateway: Server, models: Path, tmp_path: Path
 ) -> None:
     bodies = [photo(seed) for seed in range(3)] + [image_bytes("JPEG", (640, 480), (10, 200, 90))]
-    single = start_server(
-        models, tmp_path / "single", env={"MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
-    )
+    # the reference is one process by nature: pinned, since the default is one worker per core
+    env = {"MAAS_WORKERS": "1", "MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
+    single = start_server(models, tmp_path / "single", env=env)
     try:
         expected = [predict(single, ADMIN, body).json()["predictions"] for body in bodies]
     finally:
@@ -217,6 +219,54 @@ def test_one_in_flight_cap_holds_across_the_workers(gateway: Server) -> None:
             statuses = sorted(pool.map(slow_request, range(2)))
         assert statuses == [200, 429], statuses
     assert slow_request(0) == 200  # and the slot is free again
+
+
+def test_a_monthly_quota_holds_across_the_workers(gateway: Server) -> None:
+    key = tenant_key(gateway, "quota", monthly_quota_inputs=4)
+    # one at a time, each on a new connection: the workers take turns spending one quota
+    statuses = [predict(gateway, key, photo(5)).status_code for _ in range(8)]
+    assert statuses == [200] * 4 + [429] * 4, statuses
+    assert usage(gateway, "quota")["inputs"] == 4
+
+
+def test_a_request_whose_deadline_passes_in_the_model_process_queue_gets_504(gateway: Server) -> None:
+    key = tenant_key(gateway, "hurried")
+    files = [("file", (f"{i}.jpg", photo(6), "image/jpeg")) for i in range(64)]
+
+    def slow_request() -> int:
+        with client(gateway, key) as http:
+            return http.post("/v1/models/slow-vit/predict", files=files).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        ahead = [pool.submit(slow_request) for _ in range(2)]  # 128 inputs, one at a time, before it
+        deadline = time.monotonic() + 120
+        while queue_depth(gateway, "slow-vit") == 0:  # queued in the model process
+            assert time.monotonic() < deadline and not all(a.done() for a in ahead)
+        late = predict(gateway, key, photo(6), model="slow-vit", **{"X-Request-Timeout-Ms": "200"})
+        assert [a.result(timeout=300) for a in ahead] == [200, 200]
+    assert late.status_code == 504 and late.json()["error"]["type"] == "timeout", late.text
+    assert predict(gateway, key, photo(6), model="slow-vit").status_code == 200  # and it serves on
+
+
+def test_a_key_revoked_or_a_tenant_suspended_through_one_worker_is_refused_by_all_at_once(
+    gateway: Server,
+) -> None:
+    """No Redis: the worker that makes the change tells every other worker (through the model
+    process) before it answers, not within the key cache's second."""
+    me = "/v1/me"
+    revoked, suspended = tenant_key(gateway, "revoked"), tenant_key(gateway, "suspended")
+    for _ in range(8):  # a new connection each time: every worker has both keys cached
+        for key in (revoked, suspended):
+            with client(gateway, key) as http:
+                assert http.get(me).status_code == 200
+    with client(gateway) as admin:
+        [made] = admin.get("/v1/admin/tenants/revoked/keys").json()["data"]
+        assert admin.delete(f"/v1/admin/keys/{made['id']}").status_code == 200
+        assert admin.post("/v1/admin/tenants/suspended/suspend").status_code == 200
+    for _ in range(8):  # at once, on whichever worker
+        for key, refused in ((revoked, 401), (suspended, 403)):
+            with client(gateway, key) as http:
+                assert http.get(me).status_code == refused
 
 
 def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server) -> None:

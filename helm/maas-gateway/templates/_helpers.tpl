@@ -103,6 +103,8 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
   value: {{ .Values.gateway.logFormat | quote }}
 - name: MAAS_DRAIN_TIMEOUT_S
   value: {{ .Values.gateway.drainTimeoutSeconds | quote }}
+- name: MAAS_WORKERS
+  value: {{ .Values.gateway.workers | toString | quote }}
 - name: MAAS_ADMIN_KEY
   valueFrom:
     secretKeyRef:
