@@ -150,6 +150,7 @@ class Gateway:
             fair_queueing=settings.fair_queueing,
             batch_max_wait_s=settings.batch_max_wait_s,
             memory_mb=settings.device_memory_mb,
+            tune_threads=not settings.torch_threads,
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -125,6 +126,46 @@ def release_cached_memory(device: torch.device) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# A CPU replica's forward passes use all of torch's intra-op threads only when a pass runs at least
+# this much faster on them than on one thread (measured at load, see `intra_op_threads`).
+PARALLEL_SPEEDUP = 1.3
+
+
+def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int = 3) -> int:
+    """How many intra-op threads a CPU replica's forward passes should use: `most` when `forward`
+    (one warmed pass) runs at least PARALLEL_SPEEDUP times as fast on them as on one thread, else 1.
+    A small model gains nothing from parallel kernels (handing each small operation to the threads
+    costs more than it saves) while those threads take cores that decoding and HTTP need: on two
+    cores a very small ViT served half again as many images on one thread, and a DeiT-tiny as
+    many, where ViT-B/16 needs both (docs/serving.md). Measured on the calling thread, whose
+    setting is restored."""
+    if most <= 1:
+        return max(1, most)
+    timings = {}
+    try:
+        for threads in (1, most):
+            use_threads(threads)
+            forward()  # the first pass at a thread count pays for starting the threads
+            timings[threads] = min(_timed(forward) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(most)
+    return most if timings[1] >= PARALLEL_SPEEDUP * timings[most] else 1
+
+
+def use_threads(threads: int) -> None:
+    """Run the calling thread's torch operations on `threads` intra-op threads (0: leave them).
+    Under OpenMP the setting is the calling thread's own: each replica's forward thread keeps its
+    replica's."""
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 class Worker(Protocol):

@@ -56,6 +56,7 @@ class Replica:
     # the LoRA adapters this replica's model serves in its own batches (service/serving/lora.py)
     lora: LoraHost | None = None
     shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
+    threads: int = 0  # intra-op threads of its forward passes on a CPU (0: the process's setting)
 
 
 @dataclass

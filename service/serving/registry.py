@@ -25,7 +25,14 @@ from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
 from service.serving import lora
 from service.serving.batching import BATCH_MAX_WAIT_S, Batcher
-from service.serving.devices import DevicePool, dtype_name, release_cached_memory, resolve_dtype
+from service.serving.devices import (
+    DevicePool,
+    dtype_name,
+    intra_op_threads,
+    release_cached_memory,
+    resolve_dtype,
+    use_threads,
+)
 from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.residency import Residency, device_budgets
@@ -62,8 +69,12 @@ class ModelRegistry:
         fair_queueing: bool = True,
         batch_max_wait_s: float = BATCH_MAX_WAIT_S,
         memory_mb: float | None = None,
+        tune_threads: bool = True,
     ) -> None:
         self.models_dir = models_dir
+        # CPU replicas' intra-op threads: all of torch's, or one where a forward pass gains nothing
+        # from them (measured at load); 0 when MAAS_TORCH_THREADS fixes them for every replica
+        self.cpu_threads = torch.get_num_threads() if tune_threads else 0
         self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
         self.batch_max_wait_s = batch_max_wait_s  # batch inputs held back on a CPU: at most this
         self.pool = pool
@@ -212,10 +223,11 @@ class ModelRegistry:
                     hub_timeout_s=self.hub_timeout_s,
                 )
                 adapter.warmup()
+                threads = self._threads(adapter, device)
                 release_cached_memory(device)
                 depth = self.pool.pipeline_depth(device) if adapter.pipelined else 1
                 executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
-                replicas.append(Replica(adapter, device, executor, pipeline=depth))
+                replicas.append(Replica(adapter, device, executor, pipeline=depth, threads=threads))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
                 if replica.executor is not None:
@@ -232,9 +244,16 @@ class ModelRegistry:
         log.info(
             "model %s ready on %s in %.2fs",
             entry.name,
-            ", ".join(f"{r.device} ({dtype_name(r.adapter.dtype)})" for r in replicas),  # what `auto` chose
+            ", ".join(f"{r.device} ({dtype_name(r.adapter.dtype)}{_threads_note(r)})" for r in replicas),
             entry.load_seconds,
         )
+
+    def _threads(self, adapter: Any, device: torch.device) -> int:
+        """The intra-op threads for a replica's forward passes (0: as the process has them)."""
+        if device.type != "cpu" or not self.cpu_threads:
+            return 0
+        sample = [adapter.preprocess(adapter.warmup_input())]
+        return intra_op_threads(lambda: adapter.predict(sample, top_k=1), self.cpu_threads)
 
     def start_serving(self, entry: ModelEntry) -> None:
         """Start a batcher on each replica of a model just made ready."""
@@ -325,8 +344,14 @@ class ModelRegistry:
             await self._release(entry)
 
 
+def _threads_note(replica: Replica) -> str:
+    """What `auto` chose and how many threads the forward passes run on, for the ready line."""
+    return f", {replica.threads} thread{'s' if replica.threads > 1 else ''}" if replica.threads else ""
+
+
 def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
     def run(features: list[Any], top_k: int) -> list[Output]:
+        use_threads(replica.threads)  # the forward thread's own setting (its replica's)
         if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
             return replica.lora.predict(features, top_k=top_k)
         return replica.adapter.predict(features, top_k=top_k)

@@ -1,6 +1,10 @@
-"""The device pool: reading `MAAS_DEVICES`, the dtype a model gets, and replica placement."""
+"""The device pool: reading `MAAS_DEVICES`, the dtype a model gets, replica placement, and the
+intra-op threads a CPU replica's forward passes run on."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -10,8 +14,10 @@ from service.serving.devices import (
     cpu_bfloat16_features,
     dtype_name,
     dtype_reason,
+    intra_op_threads,
     parse_devices,
     resolve_dtype,
+    use_threads,
 )
 
 CPU = torch.device("cpu")
@@ -167,3 +173,34 @@ def test_gpu_replicas_of_pixel_models_keep_two_batches_in_flight_and_cpu_ones_on
     assert ImageClassificationAdapter.pipelined and TorchImageClassifierAdapter.pipelined
     # a tokenizer (or a cache) serves one batch at a time
     assert not FeatureExtractionAdapter.pipelined and not ZeroShotImageClassificationAdapter.pipelined
+
+
+def _on_thread(call: Callable[[], int]) -> int:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_a_forward_pass_that_parallelises_gets_every_thread_and_one_that_does_not_gets_one() -> None:
+    most = torch.get_num_threads()
+    big = torch.randn(1024, 1024)
+    small = torch.randn(8)
+
+    assert intra_op_threads(lambda: big @ big @ big, most, repeats=5) == most  # large products split
+    assert intra_op_threads(lambda: [small + 1 for _ in range(50)], most) == 1  # hand-offs only
+    assert torch.get_num_threads() == most  # the caller's setting is back
+    assert intra_op_threads(lambda: big @ big, 1) == 1
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+def test_a_forward_threads_setting_is_its_own() -> None:
+    most = torch.get_num_threads()
+
+    def one_thread() -> int:
+        use_threads(1)
+        return torch.get_num_threads()
+
+    assert _on_thread(one_thread) == 1  # a replica's forward thread runs on one
+    assert torch.get_num_threads() == most  # the other threads keep theirs
+    use_threads(0)  # 0 leaves the setting alone
+    assert torch.get_num_threads() == most
