@@ -7,14 +7,21 @@ tenants with a key each, measures the light tenant alone (`--light-concurrency` 
 clients), then the same light load while the flooding tenant runs `--flood-concurrency` (24)
 closed-loop clients, and prints the light tenant's p50/p99 alone and under flood, and the ratio
 of the p99s (the target: at most 3x with fair queueing on). docs/serving.md records a run.
+
+The light tenant's clients run in a process of their own, as another tenant's would on its own
+machine: in the flood's event loop they would wait for the flood's answers to be read before
+their own (on two cores that alone doubled the light tenant's p99). `--same-loop` runs them in
+the flood's loop, as this script did before.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
@@ -28,7 +35,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = phase_parser(__doc__)
     parser.add_argument("--flood-concurrency", type=int, default=24)
     parser.add_argument("--light-concurrency", type=int, default=1)
+    parser.add_argument("--same-loop", action="store_true", help="light clients in the flood's event loop")
     return parser.parse_args(argv)
+
+
+def _closed_loop(
+    url: str, requests: list[bytes], concurrency: int, duration_s: float, warmup_s: float
+) -> LoadResult:
+    """A closed loop in its own event loop (in a process of its own)."""
+    return asyncio.run(
+        run_closed_loop(url, requests, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s)
+    )
 
 
 async def _phases(
@@ -46,10 +63,17 @@ async def _phases(
             )
         )
 
-    alone = await load(light, args.light_concurrency)
-    under, flooding = await asyncio.gather(
-        load(light, args.light_concurrency), load(flood, args.flood_concurrency)
-    )
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as own_process:
+
+        def light_load() -> asyncio.Future[LoadResult]:
+            if args.same_loop:
+                return load(light, args.light_concurrency)
+            return asyncio.get_running_loop().run_in_executor(
+                own_process, _closed_loop, url, light, args.light_concurrency, args.duration, args.warmup
+            )
+
+        alone = await light_load()
+        under, flooding = await asyncio.gather(light_load(), load(flood, args.flood_concurrency))
     return {"alone": alone, "flood": under, "flooder": flooding}
 
 
@@ -87,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  ! fair={fair} {name}: {sample}")
             lines.append(_line(fair, results))
             print(lines[-1], flush=True)
+    where = "in the flood's event loop" if args.same_loop else "in a process of their own"
     print(
         f"\nmodel {args.model}, batch {args.max_batch_size}/{args.max_delay_ms} ms, light "
-        f"{args.light_concurrency} client(s), flood {args.flood_concurrency} clients, "
+        f"{args.light_concurrency} client(s) ({where}), "
+        f"flood {args.flood_concurrency} clients, "
         f"{args.duration:g} s phases\n"
     )
     print(
