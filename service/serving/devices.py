@@ -128,30 +128,36 @@ def release_cached_memory(device: torch.device) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-# A CPU replica's forward passes use all of torch's intra-op threads only when a pass runs at least
-# this much faster on them than on one thread (measured at load, see `intra_op_threads`).
-PARALLEL_SPEEDUP = 1.3
+# A CPU replica's forward passes use all of torch's intra-op threads only when a pass on one
+# thread is long enough for its operations to be worth splitting and runs this much faster on all
+# of them (measured at load, see `intra_op_threads`).
+PARALLEL_MIN_PASS_S = 0.005
+PARALLEL_SPEEDUP = 1.15
 
 
 def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int = 3) -> int:
     """How many intra-op threads a CPU replica's forward passes should use: `most` when `forward`
-    (one warmed pass) runs at least PARALLEL_SPEEDUP times as fast on them as on one thread, else 1.
-    A small model gains nothing from parallel kernels (handing each small operation to the threads
-    costs more than it saves) while those threads take cores that decoding and HTTP need: on two
-    cores a very small ViT served half again as many images on one thread, and a DeiT-tiny as
-    many, where ViT-B/16 needs both (docs/serving.md). Measured on the calling thread, whose
-    setting is restored."""
+    (one warmed pass) takes at least PARALLEL_MIN_PASS_S on one thread and runs at least
+    PARALLEL_SPEEDUP times as fast on `most`, else 1. A small model gains nothing from parallel
+    kernels (handing each small operation to the threads costs about what it saves) while those
+    threads take cores that decoding and HTTP need (docs/serving.md, "Intra-op threads on a CPU").
+    The two settings are timed in turns, the best of `repeats` each, so that the machine's drift
+    falls on both; on the calling thread, whose setting is restored."""
     if most <= 1:
         return max(1, most)
-    timings = {}
+    timings: dict[int, list[float]] = {1: [], most: []}
     try:
-        for threads in (1, most):
+        for threads in timings:
             use_threads(threads)
             forward()  # the first pass at a thread count pays for starting the threads
-            timings[threads] = min(_timed(forward) for _ in range(repeats))
+        for _ in range(repeats):
+            for threads, times in timings.items():
+                use_threads(threads)
+                times.append(_timed(forward))
     finally:
         torch.set_num_threads(most)
-    return most if timings[1] >= PARALLEL_SPEEDUP * timings[most] else 1
+    one, all_ = min(timings[1]), min(timings[most])
+    return most if one >= PARALLEL_MIN_PASS_S and one >= PARALLEL_SPEEDUP * all_ else 1
 
 
 def use_threads(threads: int) -> None:

@@ -3,6 +3,7 @@ intra-op threads a CPU replica's forward passes run on."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -180,16 +181,27 @@ def _on_thread(call: Callable[[], int]) -> int:
         return pool.submit(call).result()
 
 
+def _pass(one_thread_s: float, *, splits: bool) -> Callable[[], None]:
+    """A forward pass that takes `one_thread_s` on one thread and, if it `splits`, that divided by
+    the threads it runs on (it reads the calling thread's setting, as torch's kernels do)."""
+    return lambda: time.sleep(one_thread_s / (torch.get_num_threads() if splits else 1))
+
+
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
 def test_a_forward_pass_that_parallelises_gets_every_thread_and_one_that_does_not_gets_one() -> None:
     most = torch.get_num_threads()
-    big = torch.randn(1024, 1024)
-    small = torch.randn(8)
 
-    assert intra_op_threads(lambda: big @ big @ big, most, repeats=5) == most  # large products split
-    assert intra_op_threads(lambda: [small + 1 for _ in range(50)], most) == 1  # hand-offs only
+    assert intra_op_threads(_pass(0.02, splits=True), most) == most
+    assert intra_op_threads(_pass(0.02, splits=False), most) == 1  # no faster on more threads
+    assert intra_op_threads(_pass(0.001, splits=True), most) == 1  # too short to be worth splitting
     assert torch.get_num_threads() == most  # the caller's setting is back
-    assert intra_op_threads(lambda: big @ big, 1) == 1
+    assert intra_op_threads(_pass(0.02, splits=True), 1) == 1
+
+
+def test_many_small_operations_keep_one_thread() -> None:
+    most = max(2, torch.get_num_threads())
+    small = torch.randn(8)
+    assert intra_op_threads(lambda: [small + 1 for _ in range(50)], most) == 1
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
