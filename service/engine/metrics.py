@@ -4,7 +4,9 @@ batches, devices, jobs) merged with every front-end worker's (requests, usage, l
 Counters, histograms and summaries add up across processes (a series' `_created` time is the
 first process's). A gauge is the model process's
 where it has one (queue depths, model status: the model process knows them), else the sum of
-the workers' values.
+the workers' values. A worker that goes away (it crashed, or was replaced) leaves its counts
+behind (`retire`), so that the sums never go down when its replacement starts from zero; only
+what it counted since it last reported (at most a couple of seconds) is lost with it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def merge(own: Iterable[Metric], workers: Iterable[Iterable[Metric]]) -> list[Me
     for name, family in families.items():
         family.samples = list(values[name].values())
     return list(families.values())
+
+
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+
+
+def retire(retired: Iterable[Metric], gone: Iterable[Metric]) -> list[Metric]:
+    """`retired` (what workers that went away had counted) with `gone`'s counts added in; its
+    gauges are dropped (a process that is not there has no current value)."""
+    return merge([], [retired, [family for family in gone if family.type in CUMULATIVE]])
 
 
 class _Fixed(Collector):

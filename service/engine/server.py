@@ -20,7 +20,7 @@ import torch
 from prometheus_client.metrics_core import Metric
 
 from service.engine import wire
-from service.engine.metrics import merged_exposition
+from service.engine.metrics import merged_exposition, retire
 from service.engine.mirror import ModelInfo, Outcome
 from service.engine.shared import ArenaReader, SharedArray
 from service.errors import GatewayError
@@ -59,7 +59,8 @@ class EngineServer:
         self._server: asyncio.Server | None = None
         self._workers: set[_Worker] = set()
         self.arenas = ArenaReader(path.parent)
-        self._families: dict[int, list[Metric]] = {}  # each worker's last metrics
+        self._families: dict[_Worker, list[Metric]] = {}  # each connected worker's last metrics
+        self._retired: list[Metric] = []  # the counts of workers that went away
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
@@ -89,6 +90,8 @@ class EngineServer:
             pass
         finally:
             self._workers.discard(worker)
+            if (families := self._families.pop(worker, None)) is not None:
+                self._retired = retire(self._retired, families)
             self.arenas.forget(worker.arena)
             for task in worker.calls.values():
                 task.cancel()  # nobody is waiting for them: their queued inputs are dropped
@@ -125,7 +128,7 @@ class EngineServer:
         elif call.op == "release":
             self._release(worker, str(call.args["tenant"]))
         elif call.op == "metrics":
-            self._families[int(call.args["worker"])] = call.args["families"]
+            self._families[worker] = call.args["families"]
 
     def _arrive(self, worker: _Worker, name: str, delta: int) -> None:
         """A request for `name` is on its way (+1) or has arrived or failed (-1)."""
@@ -235,9 +238,9 @@ class EngineServer:
 
     async def _metrics(self, worker: _Worker, families: list[Metric]) -> bytes:
         """Every process's metrics as one exposition: this one's, and each worker's latest."""
-        self._families[worker.index] = families
+        self._families[worker] = families
         own = list(self.gateway.metrics.registry.collect())
-        return merged_exposition(own, list(self._families.values()))
+        return merged_exposition(own, [self._retired, *self._families.values()])
 
 
 def info_of(entry: ModelEntry, *, complete: bool) -> ModelInfo:

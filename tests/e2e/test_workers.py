@@ -121,6 +121,15 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
+STARTED = "Application startup complete"  # uvicorn's line: a worker is serving
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process `pid` has used (user + system, /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def model_process(server: Server) -> int:
     """The model process now serving, as its start-up line in the log names it."""
     started = re.findall(r"model process \(pid (\d+)\) ready", server.log())
@@ -269,17 +278,33 @@ def test_a_key_revoked_or_a_tenant_suspended_through_one_worker_is_refused_by_al
                 assert http.get(me).status_code == refused
 
 
+def answered(server: Server, model: str = "tiny-vit") -> float:
+    """`maas_requests_total` for `model`, every status, as /metrics says it: counted by the worker
+    that answered, summed over the processes."""
+    with client(server) as http:
+        metrics = http.get("/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("maas_requests_total{") and f'model="{model}"' in line
+    )
+
+
 def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server) -> None:
     key = tenant_key(gateway, "crash-worker")
+    start = answered(gateway)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: predict(gateway, key, photo(2)), range(12)))
     assert [a.status_code for a in answers] == [200] * 12
+    deadline = time.monotonic() + RESTART_S
+    while (counted := answered(gateway)) < start + 12:  # every worker has reported them
+        assert time.monotonic() < deadline, counted
     before = children(gateway.process.pid)
     engine = model_process(gateway)
-    victim = max(set(before) - {engine})  # a worker
+    serving = gateway.log().count(STARTED)
+    victim = max(set(before) - {engine}, key=cpu_seconds)  # the worker that answered most of them
     os.kill(victim, signal.SIGKILL)
     assert usage(gateway, "crash-worker")["inputs"] == 12  # every answered request was committed first
-    deadline = time.monotonic() + RESTART_S
     while len(now := children(gateway.process.pid)) < len(before) or victim in now:
         assert time.monotonic() < deadline, now
         time.sleep(0.2)  # polling for the replacement, not a timing assumption
@@ -287,6 +312,12 @@ def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server
     while predict(gateway, key, photo(2)).status_code != 200:  # served all the while, or once back
         assert time.monotonic() < deadline
     assert usage(gateway, "crash-worker")["inputs"] >= 13
+    # /metrics keeps the dead worker's counts: once the replacement serves (and reports its own,
+    # from zero, with each scrape it answers), the total never goes down whichever worker answers
+    while gateway.log().count(STARTED) == serving:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)  # polling for the replacement's start, not a timing assumption
+    assert all(answered(gateway) >= counted for _ in range(20))
 
 
 def queue_depth(server: Server, model: str) -> float:

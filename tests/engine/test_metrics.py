@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.engine.metrics import merged_exposition
+from service.engine.metrics import merged_exposition, retire
 
 
 def _process(requests: int, depth: float, seconds: list[float]) -> CollectorRegistry:
@@ -48,3 +48,29 @@ def test_a_gauge_only_workers_have_is_their_sum() -> None:
         Gauge("maas_in_flight", "", registry=registry).set(value)
         workers.append(list(registry.collect()))
     assert _samples(merged_exposition(engine.collect(), workers))[("maas_in_flight", ())] == 7
+
+
+def test_a_worker_that_went_away_leaves_its_counts_and_not_its_gauges() -> None:
+    engine = _process(requests=0, depth=1, seconds=[])
+    gone = _process(5, 0, [0.05, 0.5])
+    Gauge("maas_in_flight", "", registry=gone).set(3)
+    survivor, replacement = _process(4, 0, [2.0]), _process(1, 0, [0.05])
+    model = (("model", "m"),)
+
+    before = _samples(merged_exposition(engine.collect(), [list(gone.collect()), list(survivor.collect())]))
+    retired = retire([], gone.collect())
+    after = _samples(
+        merged_exposition(engine.collect(), [retired, list(survivor.collect()), list(replacement.collect())])
+    )
+
+    assert before[("maas_requests_total", model)] == 9
+    assert after[("maas_requests_total", model)] == 10  # never down: 5 kept + 4 + the new 1
+    assert after[("maas_request_seconds_count", model)] == 4
+    assert after[("maas_request_seconds_bucket", (("le", "0.1"), ("model", "m")))] == 2
+    assert ("maas_in_flight", ()) not in after  # the dead worker's in-flight gauge is gone
+    assert (
+        _samples(merged_exposition(engine.collect(), [retire(retired, _process(2, 0, []).collect())]))[
+            ("maas_requests_total", model)
+        ]
+        == 7
+    )
