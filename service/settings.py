@@ -15,7 +15,25 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_WORKERS = 256
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cpu_quota(root: Path = CGROUP) -> str | None:
+    """This process's CPU quota as cgroup v2's cpu.max says it ("<quota> <period>", or "max
+    <period>"): read from cgroup v2, else from cgroup v1's cpu controller (cpu.cfs_quota_us, -1 for
+    none, and cpu.cfs_period_us; older nodes and runtimes); None where neither is mounted."""
+    try:
+        return (root / "cpu.max").read_text(encoding="ascii")
+    except OSError:
+        pass
+    for controller in ("cpu", "cpu,cpuacct"):
+        try:
+            quota = (root / controller / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (root / controller / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        return f"{'max' if quota.startswith('-') else quota} {period}"
+    return None
 
 
 def usable_cores(affinity: int, cpu_max: str | None) -> int:
@@ -112,14 +130,10 @@ class Settings(BaseSettings):
     @property
     def resolved_workers(self) -> int:
         """The number of front-end workers: the setting, or for `auto` the cores this process may
-        use (its CPU affinity, lowered by a cgroup v2 CPU quota where one is set)."""
+        use (its CPU affinity, lowered by a cgroup CPU quota where one is set)."""
         if isinstance(self.workers, int):
             return self.workers
-        try:
-            quota: str | None = CGROUP_CPU_MAX.read_text(encoding="ascii")
-        except OSError:  # no cgroup v2 CPU controller here: no quota
-            quota = None
-        return min(usable_cores(len(os.sched_getaffinity(0)), quota), MAX_WORKERS)
+        return min(usable_cores(len(os.sched_getaffinity(0)), cpu_quota()), MAX_WORKERS)
 
     @property
     def resolved_database_url(self) -> str:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.cli import _parser, build_settings, main
-from service.settings import Settings, usable_cores
+from service.settings import Settings, cpu_quota, usable_cores
 from tests.conftest import REPO
 
 
@@ -123,3 +123,17 @@ def test_auto_workers_are_the_cores_allowed_lowered_by_a_cgroup_cpu_quota() -> N
     assert usable_cores(2, "800000 100000") == 2  # a quota above the CPUs allowed changes nothing
     assert usable_cores(1, None) == 1  # one core: one process, as before
     assert usable_cores(4, "garbage") == 4 and usable_cores(4, "") == 4
+
+
+def test_the_cpu_quota_is_read_from_cgroup_v2_or_else_v1(tmp_path: Path) -> None:
+    assert cpu_quota(tmp_path) is None  # neither mounted
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(64, cpu_quota(tmp_path / "v1")) == 2  # a 1.5-CPU limit on an older node
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cores(64, cpu_quota(tmp_path / "v1")) == 64  # no limit
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("300000 100000\n")
+    assert usable_cores(64, cpu_quota(tmp_path / "v2")) == 3
