@@ -26,7 +26,7 @@ from service.engine.client import RECONNECT_S, EngineClient, EngineGone
 from service.errors import LimiterUnavailable
 from service.serving.batching import Tally
 from service.serving.deadlines import before_deadline
-from service.serving.entries import ModelEntry, ModelStatus, Replica
+from service.serving.entries import ModelEntry, Replica
 from service.serving.fairqueue import Share
 from service.serving.inference import Inference
 from service.serving.inputs import RawInput
@@ -34,6 +34,7 @@ from service.serving.preprocess import STAGE, admitted, prepare_images
 from service.serving.registry import UNLOADED_REASON, ModelRegistry
 from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, TaskParams
 from service.serving.runtime.compiled import CompileState
+from service.serving.status import ModelStatus
 from service.tenancy.ratelimit import Bucket, Verdict
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from service.serving.fairqueue import ServiceClass
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import ModelAdapter
 from service.serving.runtime.base import InputKind
+from service.serving.status import ModelStatus
 
 if TYPE_CHECKING:
     from service.serving.runtime.lora_views import LoraHost
@@ -34,14 +34,6 @@ INPUT_KIND: dict[str, InputKind] = {
     "object-detection": "image",
     "image-segmentation": "image",
 }
-
-
-class ModelStatus(StrEnum):
-    NOT_LOADED = "not_loaded"
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADED = "unloaded"  # unloaded on purpose: registered, not resident until loaded again
-    UNAVAILABLE = "unavailable"
 
 
 @dataclass

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 from service.errors import ModelUnavailable
 from service.observability.metrics import Metrics
-from service.serving.entries import ModelEntry, ModelStatus, Replica
+from service.serving.entries import ModelEntry, Replica
 from service.serving.residency import LOADABLE
 from service.serving.runtime.lora_views import LoraHost, can_host, view_of
 from service.serving.runtime.multi_lora import LoraWeights, UnsupportedAdapter, read_lora
+from service.serving.status import ModelStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

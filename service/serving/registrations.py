@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -26,7 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.models import RegisteredModel
 from service.errors import Conflict, InvalidInput, NotFound
 from service.serving.manifests import ModelManifest, Price, parse_manifest
-from service.serving.registry import ModelRegistry, ModelStatus
+from service.serving.status import ModelStatus
+
+if TYPE_CHECKING:
+    from service.serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,12 @@ from service.serving.devices import (
     resolve_dtype,
     use_threads,
 )
-from service.serving.entries import INPUT_KIND, ModelEntry, ModelStatus, Replica
+from service.serving.entries import INPUT_KIND, ModelEntry, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.residency import Residency, device_budgets
 from service.serving.runtime import Output, SourceError, load_adapter
 from service.serving.runtime.sources import resolve_local_folder
+from service.serving.status import ModelStatus
 from service.tenancy.principal import Principal
 
 log = logging.getLogger(__name__)

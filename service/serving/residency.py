@@ -27,8 +27,9 @@ import torch
 from service.errors import DeadlineExceeded, ModelUnavailable
 from service.observability.metrics import Metrics
 from service.serving.devices import DevicePool
-from service.serving.entries import ModelEntry, ModelStatus
+from service.serving.entries import ModelEntry
 from service.serving.sizing import estimate_bytes
+from service.serving.status import ModelStatus
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.app import create_app
 from service.db.models import UsageEvent
 from service.serving import lora
-from service.serving.entries import ModelEntry, ModelStatus
+from service.serving.entries import ModelEntry
 from service.serving.registry import ModelRegistry
 from service.serving.residency import MB
+from service.serving.status import ModelStatus
 from service.settings import Settings
 from tests.api.test_residency import vit_bytes
 from tests.conftest import ADMIN_KEY, Gateway, image_bytes, write_manifest

@@ -320,6 +320,14 @@ def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server
     assert all(answered(gateway) >= counted for _ in range(20))
 
 
+def test_the_supervisor_does_not_load_torch(gateway: Server) -> None:
+    def maps(pid: int) -> str:
+        return Path(f"/proc/{pid}/maps").read_text()
+
+    assert "libtorch" in maps(model_process(gateway))  # where the models are
+    assert "libtorch" not in maps(gateway.process.pid)  # it only starts and watches the others
+
+
 def queue_depth(server: Server, model: str) -> float:
     with client(server) as http:
         metrics = http.get("/metrics").text

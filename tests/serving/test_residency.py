@@ -12,9 +12,10 @@ import torch
 
 from service.observability.metrics import Metrics
 from service.serving.devices import DevicePool
-from service.serving.entries import ModelEntry, ModelStatus, Replica
+from service.serving.entries import ModelEntry, Replica
 from service.serving.manifests import ModelManifest
 from service.serving.residency import Residency
+from service.serving.status import ModelStatus
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
 
