@@ -201,6 +201,7 @@ class Gateway:
             metrics=TrainingMetrics(metrics.registry),
         )
         batches = BatchStore(sessions, settings.data_dir)
+        quota = Quota(sessions)
         batch_runner = BatchRunner(
             batches,
             fine_tunes,
@@ -210,6 +211,7 @@ class Gateway:
             gate=gate,
             finder=finished,
             meter=meter,
+            quota=quota,
         )
         gateway = cls(
             settings=settings,
@@ -219,7 +221,7 @@ class Gateway:
             tenants=tenants,
             keys=keys,
             key_changes=key_changes,
-            quota=Quota(sessions),
+            quota=quota,
             limiter=limiter,
             buckets=buckets,
             pool=pool,

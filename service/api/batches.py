@@ -28,7 +28,7 @@ class BatchIn(BaseModel):
     input_file: Ref
 
 
-@router.post("", status_code=201, **s.documented(s.Batch, *s.AUTHENTICATED, 404, status=201))
+@router.post("", status_code=201, **s.documented(s.Batch, *s.AUTHENTICATED, 404, 429, status=201))
 def create_batch(
     body: BatchIn, caller: BatchSubmitter, batches: Batches, files: Store, gateway: App
 ) -> dict[str, Any]:
@@ -41,6 +41,7 @@ def create_batch(
         raise InvalidInput(f"input_file: {body.input_file!r} was uploaded for {file.purpose!r}, not 'batch'")
     if file.summary.get("format") == "zip" and entry.input_kind != "image":
         raise InvalidInput(f"input_file: a zip of images, but model {body.model!r} takes {entry.input_kind}")
+    gateway.quota.check(caller)  # 429 once the monthly quota is spent: a job's inputs count against it
     job = batches.create(tenant, caller.key_id, body.model, body.input_file, int(file.summary["inputs"]))
     gateway.batch_runner.notify()  # runs here at once if this replica runs jobs
     return describe_batch(job)

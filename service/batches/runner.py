@@ -11,7 +11,10 @@ on from there.
 
 Metering: a job is one usage event (kind `batch`, keyed by the job id), written in the
 transaction that ends it: its answered inputs at the model's batch price (cancelled jobs too, for
-what they processed); a job that failed as a whole is recorded at no charge.
+what they processed); a job that failed as a whole is recorded at no charge. The same answered
+inputs then count against the tenant's monthly quota, where it has one (a job is refused at
+creation once the quota is spent; one that started runs to its end). Rate limits do not apply:
+a job runs on the capacity interactive requests leave.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from service.serving.preprocess import PreprocessPool, prepare_features
 from service.serving.registry import ModelEntry, ModelFinder, ModelRegistry
 from service.serving.runtime.base import TaskParams
 from service.settings import Settings
+from service.tenancy.quota import Quota
 from service.training.datasets import DatasetLimits
 from service.training.store import FineTuneStore
 
@@ -65,6 +69,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         gate: PreprocessGate | None = None,
         finder: ModelFinder | None = None,
         meter: Meter | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -74,6 +79,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         self.gate = gate  # the process's admission to decoding: a job's inputs go in class batch
         self.finder = finder  # models fine-tuned on other replicas
         self.meter = meter  # None: not metered (tests of the runner alone)
+        self.quota = quota  # a job's answered inputs count against its tenant's monthly quota
         self.limits = InputLimits.of(settings)
         self.dataset_limits = DatasetLimits.of(settings)
         # called on the event loop after each committed progress: (job id, lines written)
@@ -153,8 +159,11 @@ class BatchRunner(ClaimLoop[BatchJob]):
         ended = await asyncio.to_thread(self.store.finish, job.id, self.owner, status, usage=usage, **values)
         if not ended:
             log.warning("batch %s: no longer this runner's; another replica ends it", job.id)
-        elif usage is not None and self.meter is not None:
+            return
+        if usage is not None and self.meter is not None:
             self.meter.counted(usage)
+        if self.quota is not None and status != "failed" and completed:
+            await asyncio.to_thread(self.quota.charge, job.tenant_id, completed, only_if_limited=True)
 
     async def _process(self, job: BatchJob, entry: ModelEntry) -> dict[str, Any]:
         """Run the job's inputs from its committed progress on; its progress and how it stopped

@@ -129,35 +129,27 @@ def release_cached_memory(device: torch.device) -> None:
 
 
 # A CPU replica's forward passes use all of torch's intra-op threads only when a pass on one
-# thread is long enough for its operations to be worth splitting and runs this much faster on all
-# of them (measured at load, see `intra_op_threads`).
-PARALLEL_MIN_PASS_S = 0.005
-PARALLEL_SPEEDUP = 1.15
+# thread takes at least this long (measured at load, see `intra_op_threads`).
+PARALLEL_MIN_PASS_S = 0.01
 
 
 def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int = 3) -> int:
-    """How many intra-op threads a CPU replica's forward passes should use: `most` when `forward`
-    (one warmed pass) takes at least PARALLEL_MIN_PASS_S on one thread and runs at least
-    PARALLEL_SPEEDUP times as fast on `most`, else 1. A small model gains nothing from parallel
-    kernels (handing each small operation to the threads costs about what it saves) while those
-    threads take cores that decoding and HTTP need (docs/serving.md, "Intra-op threads on a CPU").
-    The two settings are timed in turns, the best of `repeats` each, so that the machine's drift
-    falls on both; on the calling thread, whose setting is restored."""
+    """How many intra-op threads a CPU replica's forward passes should use: `most` (torch's
+    default) when `forward` (one representative pass) takes at least PARALLEL_MIN_PASS_S on one
+    thread (the best of `repeats`), else 1. A shorter pass is made of operations too small to split:
+    handing each to the threads costs about what it saves, while the threads take cores that
+    decoding and HTTP need (docs/serving.md, "Intra-op threads on a CPU"). The pass's length
+    rather than its speedup on more threads decides: on a busy machine the speedup reads low at
+    random, the length only ever high. Measured on the calling thread, whose setting is restored."""
     if most <= 1:
         return max(1, most)
-    timings: dict[int, list[float]] = {1: [], most: []}
     try:
-        for threads in timings:
-            use_threads(threads)
-            forward()  # the first pass at a thread count pays for starting the threads
-        for _ in range(repeats):
-            for threads, times in timings.items():
-                use_threads(threads)
-                times.append(_timed(forward))
+        use_threads(1)
+        forward()  # the first pass on one thread may pay for the switch
+        one = min(_timed(forward) for _ in range(repeats))
     finally:
         torch.set_num_threads(most)
-    one, all_ = min(timings[1]), min(timings[most])
-    return most if one >= PARALLEL_MIN_PASS_S and one >= PARALLEL_SPEEDUP * all_ else 1
+    return most if one >= PARALLEL_MIN_PASS_S else 1
 
 
 def use_threads(threads: int) -> None:

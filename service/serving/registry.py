@@ -253,8 +253,7 @@ class ModelRegistry:
         """The intra-op threads for a replica's forward passes (0: as the process has them)."""
         if device.type != "cpu" or not self.cpu_threads:
             return 0
-        sample = [adapter.preprocess(adapter.warmup_input())]
-        return intra_op_threads(lambda: adapter.predict(sample, top_k=1), self.cpu_threads)
+        return intra_op_threads(adapter.warmup, self.cpu_threads)  # its task's own representative pass
 
     def start_serving(self, entry: ModelEntry) -> None:
         """Start a batcher on each replica of a model just made ready."""

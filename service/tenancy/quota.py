@@ -15,7 +15,7 @@ from sqlalchemy import Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import QuotaUsage
+from service.db.models import QuotaUsage, Tenant
 from service.errors import RateLimited
 from service.tenancy.principal import Principal
 
@@ -60,10 +60,15 @@ class Quota:
                 retry_after_s=int((resets - now).total_seconds()) + 1,
             )
 
-    def charge(self, tenant_id: str, inputs: int) -> None:
-        """Add `inputs` to this month's count, atomically (one upsert)."""
+    def charge(self, tenant_id: str, inputs: int, *, only_if_limited: bool = False) -> None:
+        """Add `inputs` to this month's count, atomically (one upsert); with `only_if_limited`,
+        only where the tenant has a monthly quota (as requests are counted: only while one is set)."""
         month = month_of(self._now())
         with self._sessions.begin() as session:
+            if only_if_limited:
+                tenant = session.get(Tenant, tenant_id)
+                if tenant is None or tenant.monthly_quota_inputs is None:
+                    return
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = insert(QuotaUsage).values(tenant_id=tenant_id, month=month, inputs=inputs)

@@ -294,3 +294,32 @@ async def test_a_key_sees_and_deletes_only_the_files_its_scopes_use(batch_settin
             assert (await trainer.get(f"/v1/files/{batch_file}")).status_code == 403
             assert (await trainer.get(f"/v1/files/{dataset_file}")).status_code == 200  # still there
             assert (await inference.delete(f"/v1/files/{batch_file}")).status_code == 200
+
+
+async def test_a_jobs_answered_inputs_count_against_a_monthly_quota(batch_settings: Settings) -> None:
+    app = create_app(batch_settings)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app)
+        async with gateway.client() as admin:
+            limited, free = await tenant_key(admin, "limited"), await tenant_key(admin, "free")
+            quota = await admin.patch("/v1/admin/tenants/limited", json={"monthly_quota_inputs": 4})
+            assert quota.status_code == 200, quota.text
+            free_id = (await admin.get("/v1/admin/tenants/free")).json()["id"]
+        inputs = images(5)
+        inputs[2] = b"not an image at all"  # its error line is not counted
+        async with gateway.client(limited) as mine:
+            job = await create(mine, await upload(mine, jsonl(inputs)))  # within the quota when made
+            done = await wait_for(mine, job["id"], {"completed", "failed", "cancelled"})
+            assert done["status"] == "completed" and done["counts"]["completed"] == 4
+            spent = await mine.post(
+                "/v1/models/tiny-vit/predict", content=images(1)[0], headers={"Content-Type": "image/png"}
+            )
+            assert spent.status_code == 429 and "monthly quota" in spent.json()["error"]["message"]
+            again = await mine.post(
+                "/v1/batches", json={"model": "tiny-vit", "input_file": job["input_file"]}
+            )
+            assert again.status_code == 429 and int(again.headers["Retry-After"]) > 0
+        async with gateway.client(free) as theirs:  # no quota: nothing counted, as for requests
+            other = await create(theirs, await upload(theirs, jsonl(images(2))))
+            assert (await wait_for(theirs, other["id"], {"completed", "failed"}))["status"] == "completed"
+        assert app.state.gateway.quota.used(free_id) == 0

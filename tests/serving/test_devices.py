@@ -181,27 +181,25 @@ def _on_thread(call: Callable[[], int]) -> int:
         return pool.submit(call).result()
 
 
-def _pass(one_thread_s: float, *, splits: bool) -> Callable[[], None]:
-    """A forward pass that takes `one_thread_s` on one thread and, if it `splits`, that divided by
-    the threads it runs on (it reads the calling thread's setting, as torch's kernels do)."""
-    return lambda: time.sleep(one_thread_s / (torch.get_num_threads() if splits else 1))
+def _pass(one_thread_s: float) -> Callable[[], None]:
+    """A forward pass that takes `one_thread_s` on one thread and that divided by the threads it
+    runs on (it reads the calling thread's setting, as torch's kernels do)."""
+    return lambda: time.sleep(one_thread_s / torch.get_num_threads())
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
-def test_a_forward_pass_that_parallelises_gets_every_thread_and_one_that_does_not_gets_one() -> None:
+def test_a_long_forward_pass_gets_every_thread_and_a_short_one_gets_one() -> None:
     most = torch.get_num_threads()
 
-    assert intra_op_threads(_pass(0.02, splits=True), most) == most
-    assert intra_op_threads(_pass(0.02, splits=False), most) == 1  # no faster on more threads
-    assert intra_op_threads(_pass(0.001, splits=True), most) == 1  # too short to be worth splitting
+    assert intra_op_threads(_pass(0.03), most) == most
+    assert intra_op_threads(_pass(0.002), most) == 1  # too short to be worth splitting
     assert torch.get_num_threads() == most  # the caller's setting is back
-    assert intra_op_threads(_pass(0.02, splits=True), 1) == 1
+    assert intra_op_threads(_pass(0.03), 1) == 1
 
 
 def test_many_small_operations_keep_one_thread() -> None:
-    most = max(2, torch.get_num_threads())
     small = torch.randn(8)
-    assert intra_op_threads(lambda: [small + 1 for _ in range(50)], most) == 1
+    assert intra_op_threads(lambda: [small + 1 for _ in range(50)], max(2, torch.get_num_threads())) == 1
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
