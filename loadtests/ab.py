@@ -6,6 +6,8 @@ ratio B/A of the medians.
     python loadtests/ab.py --b MAAS_TORCH_THREADS=1
     python loadtests/ab.py --model deit-tiny --a MAAS_WORKERS=1 --b MAAS_WORKERS=2 --rounds 8
 
+Each window is `--duration` seconds (4) after `--warmup` (1); the batching is benchmark.py's.
+
 Settings are MAAS_* variables (repeatable); A and B differ only in them. Only the server under load
 does work: the other one sits idle between its windows.
 """
@@ -22,31 +24,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 from loadgen import build_request, run_closed_loop
-from servers import RunningServer, start_server
-from workload import MODELS, build_model, jpeg_bodies
+from servers import RunningServer, gateway_settings, start_server
+from workload import phase_model, phase_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    parser = phase_parser(__doc__)  # --duration is each window's, the batching benchmark.py's
+    parser.set_defaults(model="tiny", duration=4.0, warmup=1.0)
     parser.add_argument("--a", action="append", default=[], metavar="MAAS_NAME=VALUE")
     parser.add_argument("--b", action="append", default=[], metavar="MAAS_NAME=VALUE")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--window", type=float, default=4.0, help="measured seconds per window")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
     parser.add_argument("--rounds", type=int, default=6, help="windows per server")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "maas-bench-cache")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.settings = {
+        "A": gateway_settings(parser, args.a, "--a"),
+        "B": gateway_settings(parser, args.b, "--b"),
+    }
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    bodies = jpeg_bodies()
-    folder = build_model(MODELS[args.model], args.cache_dir)
-    settings = {"A": dict(s.split("=", 1) for s in args.a), "B": dict(s.split("=", 1) for s in args.b)}
-    print(f"{args.model}, concurrency {args.concurrency}, {args.rounds} x {args.window:g} s windows each")
+    folder, bodies = phase_model(args)
+    settings: dict[str, dict[str, str]] = args.settings
+    print(f"{args.model}, concurrency {args.concurrency}, {args.rounds} x {args.duration:g} s windows each")
     for side, env in settings.items():
         print(f"  {side}: {' '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'}")
     with tempfile.TemporaryDirectory(prefix="maas-ab-") as tmp:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                             server.predict_url,
                             requests,
                             concurrency=args.concurrency,
-                            duration_s=args.window,
+                            duration_s=args.duration,
                             warmup_s=args.warmup,
                         )
                     )

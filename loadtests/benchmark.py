@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 from loadgen import LoadResult, build_request, run_closed_loop
-from servers import SERVERS, ServerUnavailable, start_server
+from servers import SERVERS, ServerUnavailable, gateway_settings, start_server
 from workload import MODELS, RawLimit, build_model, jpeg_bodies, measure_raw_limit, weights_bytes
 
 
@@ -70,10 +70,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a gateway setting for the maas server, e.g. MAAS_PREPROCESS_PROCESSES=1 (repeatable)",
     )
     args = parser.parse_args(argv)
-    pairs = [item.partition("=") for item in args.maas_env]
-    if any(not name.startswith("MAAS_") or not sep for name, sep, _ in pairs):
-        parser.error("--maas-env takes MAAS_NAME=VALUE")
-    args.maas_env = {name: value for name, _, value in pairs}
+    args.maas_env = gateway_settings(parser, args.maas_env)
     if args.quick:
         args.models, args.concurrency = "tiny", "1,16"
         args.duration, args.warmup = min(args.duration, 4.0), min(args.warmup, 1.0)

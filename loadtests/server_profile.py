@@ -29,27 +29,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: sib
 
 import psutil
 from loadgen import build_request, run_closed_loop
-from servers import SERVERS, start_server
-from workload import MODELS, build_model, jpeg_bodies
+from servers import SERVERS, gateway_settings, start_server
+from workload import phase_model, phase_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = phase_parser(__doc__)  # --duration is the sampled seconds, the batching benchmark.py's
+    parser.set_defaults(model="tiny", duration=15.0, warmup=3.0)
     parser.add_argument("--server", default="maas", choices=SERVERS)
-    parser.add_argument("--model", default="tiny", choices=sorted(MODELS))
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=15.0, help="sampled seconds")
-    parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--top", type=int, default=18, help="functions shown per process and view")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "maas-bench-cache")
     parser.add_argument("--rate", type=int, default=100, help="samples per second per process")
     parser.add_argument("--collapsed", type=Path, help="also write every process's stacks here")
     parser.add_argument(
         "--maas-env", action="append", default=[], metavar="MAAS_NAME=VALUE", help="a gateway setting"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.maas_env = gateway_settings(parser, args.maas_env)
+    return args
 
 
 def _frame_name(frame: str) -> str:
@@ -111,9 +108,7 @@ def _record(pids: list[int], seconds: float, rate: int, folder: Path) -> dict[in
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    bodies = jpeg_bodies()
-    folder = build_model(MODELS[args.model], args.cache_dir)
-    maas_env = dict(item.split("=", 1) for item in args.maas_env)
+    folder, bodies = phase_model(args)
     with tempfile.TemporaryDirectory(prefix="maas-profile-") as tmp:
         work = Path(tmp)
         server = start_server(
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             bodies[0],
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
-            maas_env=maas_env,
+            maas_env=args.maas_env,
         )
         try:
             root = psutil.Process(server.process.pid)

@@ -8,6 +8,7 @@ measured request never pays for loading. Each process gets its own session, so s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -122,6 +123,17 @@ def _maas_command(
         "--log-level",
         "warning",
     ]
+
+
+def gateway_settings(
+    parser: argparse.ArgumentParser, items: list[str], flag: str = "--maas-env"
+) -> dict[str, str]:
+    """`MAAS_NAME=VALUE` items (a repeatable option) as the gateway's settings; `parser.error` on
+    anything else."""
+    pairs = [item.partition("=") for item in items]
+    if any(not name.startswith("MAAS_") or not sep for name, sep, _ in pairs):
+        parser.error(f"{flag} takes MAAS_NAME=VALUE")
+    return {name: value for name, _, value in pairs}
 
 
 def start_server(

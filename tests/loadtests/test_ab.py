@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_two_settings_take_turns_and_the_ratio_is_reported(tmp_path: Path) -> None:
-    command = [sys.executable, str(REPO / "loadtests" / "ab.py"), "--rounds", "2", "--window", "1"]
+    command = [sys.executable, str(REPO / "loadtests" / "ab.py"), "--rounds", "2", "--duration", "1"]
     command += ["--warmup", "0.5", "--concurrency", "2", "--cache-dir", str(tmp_path / "models")]
     command += ["--a", "MAAS_WORKERS=1", "--b", "MAAS_WORKERS=2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
