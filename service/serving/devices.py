@@ -142,11 +142,10 @@ def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int =
     rather than its speedup on more threads decides: on a busy machine the speedup reads low at
     random, the length only ever high. Measured on the calling thread, whose setting is restored."""
     if most <= 1:
-        return max(1, most)
+        return 1
     try:
         use_threads(1)
-        forward()  # the first pass on one thread may pay for the switch
-        one = min(_timed(forward) for _ in range(repeats))
+        one = min(_timed(forward) for _ in range(repeats))  # the best: a first pass's switch costs
     finally:
         torch.set_num_threads(most)
     return most if one >= PARALLEL_MIN_PASS_S else 1

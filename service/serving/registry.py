@@ -73,8 +73,8 @@ class ModelRegistry:
         tune_threads: bool = True,
     ) -> None:
         self.models_dir = models_dir
-        # CPU replicas' intra-op threads: all of torch's, or one where a forward pass gains nothing
-        # from them (measured at load); 0 when MAAS_TORCH_THREADS fixes them for every replica
+        # CPU replicas' intra-op threads: all of torch's, or one where a warm-up pass is too short to
+        # split (timed at load); 0 when MAAS_TORCH_THREADS fixes them for every replica
         self.cpu_threads = torch.get_num_threads() if tune_threads else 0
         self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
         self.batch_max_wait_s = batch_max_wait_s  # batch inputs held back on a CPU: at most this
@@ -345,7 +345,7 @@ class ModelRegistry:
 
 
 def _threads_note(replica: Replica) -> str:
-    """What `auto` chose and how many threads the forward passes run on, for the ready line."""
+    """How many intra-op threads a CPU replica's forward passes run on, for the ready line."""
     return f", {replica.threads} thread{'s' if replica.threads > 1 else ''}" if replica.threads else ""
 
 
