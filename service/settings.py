@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_WORKERS = 256
@@ -126,17 +126,6 @@ class Settings(BaseSettings):
         if isinstance(value, int) and not 1 <= value <= MAX_WORKERS:
             raise ValueError(f"MAAS_WORKERS is 1-{MAX_WORKERS} or auto")
         return value
-
-    @model_validator(mode="after")
-    def _batch_wait_within_lease(self) -> Settings:
-        # a job's progress (and its lease) is renewed as its lines are written: held back longer
-        # than its lease, another replica would take the job over while this one still runs it
-        if self.batch_max_wait_s >= self.batch_lease_s:
-            raise ValueError(
-                f"MAAS_BATCH_MAX_WAIT_S ({self.batch_max_wait_s:g}) must be below MAAS_BATCH_LEASE_S "
-                f"({self.batch_lease_s:g}): a job held back that long would lose its lease"
-            )
-        return self
 
     @property
     def resolved_workers(self) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -138,13 +137,3 @@ def test_the_cpu_quota_is_read_from_cgroup_v2_or_else_v1(tmp_path: Path) -> None
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "cpu.max").write_text("300000 100000\n")
     assert usable_cores(64, cpu_quota(tmp_path / "v2")) == 3
-
-
-def test_batch_inputs_are_never_held_back_past_their_jobs_lease(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAAS_BATCH_MAX_WAIT_S", "90")
-    with pytest.raises(
-        ValidationError, match=re.escape("MAAS_BATCH_MAX_WAIT_S (90) must be below MAAS_BATCH_LEASE_S (60)")
-    ):
-        Settings()
-    monkeypatch.setenv("MAAS_BATCH_LEASE_S", "120")
-    assert Settings().batch_max_wait_s == 90

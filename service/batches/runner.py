@@ -4,7 +4,8 @@ fill the room interactive inputs leave in a batch.
 
 At most `batch_in_flight` inputs of a job are queued at once, and its results are written in
 input order: a line is appended once it and every line before it are done. Every
-`batch_in_flight` lines the file is flushed and the progress (counts, bytes of the results file)
+`batch_in_flight` lines, and at least every second while it runs (also while its inputs wait
+for the device), the file is flushed and the progress (counts, bytes of the results file)
 committed with the job's lease; a gateway that stops hands the lease back, one that dies loses it
 after `batch_lease_s`, and the next runner cuts the file back to the committed progress and goes
 on from there.
@@ -31,7 +32,7 @@ import orjson
 
 from service.batches.inputs import BatchItem, read_batch_inputs
 from service.batches.store import BatchStore
-from service.db.leases import ClaimLoop
+from service.db.leases import ClaimLoop, heartbeat_every
 from service.db.models import BatchJob
 from service.errors import GatewayError, Overloaded
 from service.metering import Meter
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5  # classes per input in the results, as predict's default
 NO_DEADLINE_S = 24 * 3600.0  # a batch input waits for idle capacity as long as it takes
-HEARTBEAT_S = 1.0  # progress is committed at least this often while lines are written
 
 
 class BatchRunner(ClaimLoop[BatchJob]):
@@ -91,7 +91,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
         self._lanes = asyncio.Semaphore(settings.batch_preprocess_lanes)
 
     def cancel(self, job_id: str) -> None:
-        """Stop a job this replica runs after its next line (others learn of it on their heartbeat)."""
+        """Stop a job this replica runs at its next heartbeat (others learn of it on theirs)."""
         if self._event_loop is not None:
             self._event_loop.call_soon_threadsafe(self._cancelled.add, job_id)
 
@@ -191,6 +191,7 @@ class BatchRunner(ClaimLoop[BatchJob]):
             start,
         )
         in_flight = self.settings.batch_in_flight
+        every = heartbeat_every(self.settings.batch_lease_s)
         pending: deque[asyncio.Task[tuple[bytes, bool]]] = deque()
         exhausted, unsaved, saved_at, outcome = False, 0, time.monotonic(), "done"
         try:
@@ -204,27 +205,34 @@ class BatchRunner(ClaimLoop[BatchJob]):
                             pending.append(asyncio.create_task(self._line(entry, share, item, tally)))
                     if not pending:
                         break
-                    line, answered = await pending.popleft()
-                    out.write(line)
-                    progress["results_bytes"] += len(line)
-                    progress["completed" if answered else "failed"] += 1
-                    unsaved += 1
-                    if unsaved >= in_flight or not pending or time.monotonic() - saved_at > HEARTBEAT_S:
+                    # the next line, or the heartbeat's time: a job whose inputs are held back
+                    # (interactive load, a slow model) keeps its lease while it waits
+                    await asyncio.wait({pending[0]}, timeout=max(0.0, saved_at + every - time.monotonic()))
+                    if pending[0].done():
+                        line, answered = pending.popleft().result()
+                        out.write(line)
+                        progress["results_bytes"] += len(line)
+                        progress["completed" if answered else "failed"] += 1
+                        unsaved += 1
+                        if unsaved < in_flight and pending and time.monotonic() - saved_at < every:
+                            continue
+                    if unsaved:
                         out.flush()
                         os.fsync(out.fileno())
-                        progress["compute_us"] = job.compute_us + round(tally.compute_s * 1_000_000)
-                        state = await asyncio.to_thread(
-                            self.store.heartbeat, job.id, self.owner, self.settings.batch_lease_s, **progress
-                        )
-                        unsaved, saved_at = 0, time.monotonic()
+                    progress["compute_us"] = job.compute_us + round(tally.compute_s * 1_000_000)
+                    state = await asyncio.to_thread(
+                        self.store.heartbeat, job.id, self.owner, self.settings.batch_lease_s, **progress
+                    )
+                    if unsaved:
                         written = progress["completed"] + progress["failed"]
                         for listener in self.progress_listeners:
                             listener(job.id, written)
-                        if job.id in self._cancelled:
-                            state = "cancelled"
-                        if state != "ok" or self._stopping:
-                            outcome = state if state != "ok" else "stopping"
-                            break
+                    unsaved, saved_at = 0, time.monotonic()
+                    if job.id in self._cancelled:
+                        state = "cancelled"
+                    if state != "ok" or self._stopping:
+                        outcome = state if state != "ok" else "stopping"
+                        break
         finally:
             for task in pending:
                 task.cancel()  # their queued inputs are dropped before the device

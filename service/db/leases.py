@@ -27,7 +27,14 @@ from service.db.models import iso
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0  # how often an idle runner looks for jobs queued by other replicas
+HEARTBEAT_S = 1.0  # a running job's lease is renewed at least this often (and 3 times a lease)
 Job = TypeVar("Job")
+
+
+def heartbeat_every(lease_s: float) -> float:
+    """How often a runner renews a lease of `lease_s`: every second, or three times a lease where
+    that is shorter, so that one slow commit does not lose it."""
+    return min(HEARTBEAT_S, lease_s / 3)
 
 
 def claim(

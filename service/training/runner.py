@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from service.db.leases import ClaimLoop
+from service.db.leases import ClaimLoop, heartbeat_every
 from service.db.models import FineTuneJob
 from service.errors import ModelUnavailable
 from service.metering import Meter
@@ -103,7 +103,7 @@ class JobRunner(ClaimLoop[FineTuneJob]):
             await self.finished.discover(self.registry, job.tenant_id, job.base_model)
             work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
             while not work.done():
-                await asyncio.wait({work}, timeout=min(1.0, self.settings.fine_tune_lease_s / 3))
+                await asyncio.wait({work}, timeout=heartbeat_every(self.settings.fine_tune_lease_s))
                 if not work.done():
                     await self._heartbeat(job, control)
             name, metrics = await work

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +169,62 @@ async def test_cancel_stops_the_job_and_meters_the_inputs_it_processed(
     app = create_app(batch_settings)
     async with app.router.lifespan_context(app), Gateway(app).client() as http:
         await app.state.gateway.registry.preload_done.wait()  # the warm-up's forward pass is not the job's
-        gate.open.clear()
-        gate.entered.clear()
+        held = asyncio.Event()
+
+        def hold_the_model_after_the_first_lines(job_id: str, written: int) -> None:
+            if not held.is_set():  # its first lines are committed: the next inputs wait at the model
+                gate.open.clear()
+                gate.entered.clear()
+                held.set()
+
+        app.state.gateway.batch_runner.progress_listeners.append(hold_the_model_after_the_first_lines)
         job = await create(http, await upload(http, jsonl(images(8))))
         try:
-            assert await asyncio.to_thread(gate.entered.wait, DEADLINE_S)  # its first inputs hold the model
+            async with asyncio.timeout(DEADLINE_S):
+                await held.wait()
+            assert await asyncio.to_thread(gate.entered.wait, DEADLINE_S)
             cancelling = await http.post(f"/v1/batches/{job['id']}/cancel")
             assert cancelling.status_code == 200
+            # cancelled while its inputs wait at the model, not only once they come back
+            done = await wait_for(http, job["id"], {"completed", "failed", "cancelled"})
         finally:
             gate.open.set()
-        done = await wait_for(http, job["id"], {"completed", "failed", "cancelled"})
         assert done["status"] == "cancelled", done
         processed = done["counts"]["completed"]
         assert 0 < processed < 8 and done["counts"]["failed"] == 0
         assert [line["index"] for line in await results(http, job["id"])] == list(range(processed))
         [event] = batch_events(app)
         assert event.inputs == processed and event.amount_micro == processed * BATCH_MICRO
+
+
+async def test_a_job_held_back_longer_than_its_lease_keeps_it(
+    batch_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease_s = 1.5
+    gate = Gate()
+    gate.hold(ImageClassificationAdapter, monkeypatch)
+    app = create_app(batch_settings.model_copy(update={"batch_lease_s": lease_s}))
+    async with app.router.lifespan_context(app), Gateway(app).client() as http:
+        await app.state.gateway.registry.preload_done.wait()
+        store = app.state.gateway.batches
+        gate.open.clear()
+        gate.entered.clear()
+        job = await create(http, await upload(http, jsonl(images(4))))
+        try:
+            assert await asyncio.to_thread(gate.entered.wait, DEADLINE_S)  # its first inputs wait
+            first = store.get(None, job["id"])
+            assert first.lease_expires_at is not None and first.completed == 0
+            renewed_past = first.lease_expires_at + timedelta(seconds=lease_s)
+            async with asyncio.timeout(DEADLINE_S):  # renewed past the first lease's end
+                while (now := store.get(None, job["id"])).lease_expires_at <= renewed_past:
+                    await asyncio.sleep(0.05)
+            assert now.lease_owner == first.lease_owner and now.completed == 0  # with no line written
+            assert await asyncio.to_thread(store.claim, "another-replica", lease_s) is None
+        finally:
+            gate.open.set()
+        done = await wait_for(http, job["id"], {"completed", "failed", "cancelled"})
+        assert done["status"] == "completed" and done["counts"]["completed"] == 4, done
+        assert [line["index"] for line in await results(http, job["id"])] == [0, 1, 2, 3]
 
 
 async def test_a_job_resumes_where_it_stopped_after_a_restart(batch_settings: Settings) -> None:
