@@ -19,10 +19,14 @@ from service.errors import AuthenticationFailed, InvalidInput, RateLimited
 from service.gateway import Gateway
 from service.serving.registry import ModelRegistry
 from service.settings import Settings
+from service.tenancy.keystore import NOT_CACHED
 from service.tenancy.principal import Principal
 from service.tenancy.quota import Quota
 from service.tenancy.tenants import Tenants
 from service.training.store import FineTuneStore
+
+# Dependencies are `async def` wherever they do not block: FastAPI runs a plain `def` one on a
+# worker thread, a hand-off that costs more CPU than most of them do (three per predict call).
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -30,7 +34,11 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
-App = Annotated[Gateway, Depends(gateway_of)]
+async def _gateway(request: Request) -> Gateway:
+    return gateway_of(request)
+
+
+App = Annotated[Gateway, Depends(_gateway)]
 
 
 def bearer_token(request: Request) -> str:
@@ -49,23 +57,27 @@ def bearer_token(request: Request) -> str:
 BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def authenticate(
+async def authenticate(
     request: Request, gateway: App, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 ) -> Principal:
-    """The caller, or 401 (403 for a suspended tenant's key)."""
-    principal = gateway.keys.verify(bearer_token(request))
+    """The caller, or 401 (403 for a suspended tenant's key); the database is read off the event
+    loop, and only when the key's cached answer (at most a second old) is missing or stale."""
+    token = bearer_token(request)
+    principal = gateway.keys.verify_cached(token)
+    if principal is NOT_CACHED:
+        principal = await anyio.to_thread.run_sync(gateway.keys.verify, token)
     if principal is None:
         raise AuthenticationFailed("invalid API key")
     request.state.principal = principal  # for the access log (tenant, key id; never the key)
     return principal
 
 
-def _admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+async def _admin(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
     caller.require_scope("admin")
     return caller
 
 
-def _fine_tuner(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+async def _fine_tuner(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """The caller, if its key has the `fine_tune` scope (or `admin`), and belongs to a tenant."""
     caller.require_scope("fine_tune")
     if caller.tenant_id is None:
@@ -73,14 +85,14 @@ def _fine_tuner(caller: Annotated[Principal, Depends(authenticate)]) -> Principa
     return caller
 
 
-def _tenanted(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
+async def _tenanted(caller: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """The caller, if its key belongs to a tenant (files and jobs are a tenant's)."""
     if caller.tenant_id is None:
         raise InvalidInput("this key belongs to no tenant; files and jobs need one")
     return caller
 
 
-def _batch_submitter(caller: Annotated[Principal, Depends(_tenanted)]) -> Principal:
+async def _batch_submitter(caller: Annotated[Principal, Depends(_tenanted)]) -> Principal:
     """The caller, if its key has the `inference` scope (or `admin`), and belongs to a tenant."""
     caller.require_scope("inference")
     return caller
@@ -95,7 +107,7 @@ def tenant_of(caller: Principal) -> str:
 def _part(name: str) -> Any:
     """A dependency on one part of the container."""
 
-    def part(request: Request) -> Any:
+    async def part(request: Request) -> Any:
         return getattr(gateway_of(request), name)
 
     return Depends(part)

@@ -11,7 +11,7 @@ from service.bounds import text_problem
 from service.errors import InvalidRequest
 
 
-def plain_text_parameters(request: Request) -> None:
+async def plain_text_parameters(request: Request) -> None:
     """400 if a path or query parameter (its name or its value) holds a NUL byte or a lone surrogate."""
     found = (
         ("path", request.path_params.items()),

@@ -6,6 +6,7 @@ Keys live in the database as SHA-256 hashes (`DatabaseKeyStore`, with a short in
 
 from __future__ import annotations
 
+import enum
 import secrets
 import threading
 import time
@@ -42,6 +43,13 @@ class AdminKeyStore:
         return None
 
 
+class NotCached(enum.Enum):
+    """What `DatabaseKeyStore.verify_cached` answers for a key it would have to look up."""
+
+    NOT_CACHED = "not cached"
+
+
+NOT_CACHED = NotCached.NOT_CACHED
 CACHE_TTL_S = 1.0  # the longest a revoked key or suspended tenant can still get through
 LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
 
@@ -85,19 +93,33 @@ class DatabaseKeyStore:
         self._lock = threading.Lock()
 
     def verify(self, key: str) -> Principal | None:
-        if self._fallback is not None and (principal := self._fallback.verify(key)) is not None:
-            return principal
+        """The key's principal, or None; may look the key up in the database (blocking)."""
+        found = self.verify_cached(key)
+        if found is not NOT_CACHED:
+            return found
         digest = hash_key(key)
         with self._lock:
-            cached = self._cache.get(digest)
             generation = self._generation
+        cached = self._lookup(digest)
+        with self._lock:
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()  # crude, but bounded: a flood of random keys cannot grow it
+            if generation == self._generation:  # else it may predate a change: not kept
+                self._cache[digest] = cached
+        return self._answer(cached)
+
+    def verify_cached(self, key: str) -> Principal | NotCached | None:
+        """`verify` without the database: the answer where the cache (or the fallback) has it,
+        else `NOT_CACHED` (then `verify`, off the event loop). Never blocks."""
+        if self._fallback is not None and (principal := self._fallback.verify(key)) is not None:
+            return principal
+        with self._lock:
+            cached = self._cache.get(hash_key(key))
         if cached is None or self._clock() >= cached.until:
-            cached = self._lookup(digest)
-            with self._lock:
-                if len(self._cache) >= self._max_entries:
-                    self._cache.clear()  # crude, but bounded: a flood of random keys cannot grow it
-                if generation == self._generation:  # else it may predate a change: not kept
-                    self._cache[digest] = cached
+            return NOT_CACHED
+        return self._answer(cached)
+
+    def _answer(self, cached: _Cached) -> Principal | None:
         if cached.principal is None:
             return None
         if cached.expires_at is not None and self._now() >= cached.expires_at:

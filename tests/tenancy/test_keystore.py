@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import NotFound, PermissionDenied
 from service.tenancy.keys import generate_key
-from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
+from service.tenancy.keystore import NOT_CACHED, AdminKeyStore, DatabaseKeyStore
 from service.tenancy.principal import Principal
 from service.tenancy.tenants import Tenants
 
@@ -71,6 +71,32 @@ def test_forget_makes_a_change_hold_at_once(tenants: Tenants, store: DatabaseKey
     tenants.revoke_key(made.key)
     store.forget()
     assert store.verify(made.key) is None
+
+
+def test_the_non_blocking_check_answers_only_what_the_cache_holds(
+    tenants: Tenants, store: DatabaseKeyStore, clock: Clock, sessions: sessionmaker[Session]
+) -> None:
+    """The check the event loop makes (`verify_cached`) never reads the database: a key not
+    looked up within the last second is NOT_CACHED (the caller then looks it up off the loop),
+    and a cached revocation or suspension holds there as in `verify`."""
+    made, stranger = tenants.create_key("acme"), generate_key()
+    assert store.verify_cached(made.key) is NOT_CACHED
+    assert store.verify_cached(stranger) is NOT_CACHED
+    caller = store.verify(made.key)
+    assert caller is not None and store.verify_cached(made.key) == caller
+    assert store.verify(stranger) is None and store.verify_cached(stranger) is None
+    clock.now += 1.0
+    assert store.verify_cached(made.key) is NOT_CACHED  # stale: the database decides again
+    tenants.set_status("acme", "suspended")
+    store.forget()
+    assert store.verify_cached(made.key) is NOT_CACHED
+    with pytest.raises(PermissionDenied):
+        store.verify(made.key)
+    with pytest.raises(PermissionDenied):
+        store.verify_cached(made.key)
+    admin = AdminKeyStore("the-admin-key")
+    with_admin = DatabaseKeyStore(sessions, fallback=admin, clock=clock)
+    assert with_admin.verify_cached("the-admin-key") == admin.verify("the-admin-key")  # no lookup
 
 
 def test_a_suspended_tenant_gets_403_and_resuming_lets_it_back(
