@@ -227,9 +227,11 @@ class Gateway:
             pool=pool,
             registry=registry,
             preprocess=preprocess,
-            inference=(Inference if client is None else functools.partial(RemoteInference, client))(
-                registry, metrics, InputLimits.of(settings), preprocess, gate
-            ),
+            inference=(
+                Inference
+                if client is None
+                else functools.partial(RemoteInference, client, inline_pixels=settings.inline_decode_pixels)
+            )(registry, metrics, InputLimits.of(settings), preprocess, gate),
             meter=meter,
             writer=writer,
             fine_tunes=fine_tunes,

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
     preprocess_concurrency: int = Field(0, ge=0, le=1024)  # requests decoding at once, per process; 0: cores
+    inline_decode_pixels: int = Field(250_000, ge=0)  # a worker decodes this much on its event loop; 0: none
     header_timeout_s: float = Field(10.0, gt=0, le=3600)  # slow clients cannot hold a connection
     fair_queueing: bool = True  # tenants share a busy model's batches by weight; false: FIFO
     drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long to finish queued work

@@ -34,6 +34,7 @@ from service.serving.preprocess import STAGE, admitted, prepare_images
 from service.serving.registry import UNLOADED_REASON, ModelRegistry
 from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, TaskParams
 from service.serving.runtime.compiled import CompileState
+from service.serving.runtime.fast_images import ImagePlan
 from service.serving.status import ModelStatus
 from service.tenancy.ratelimit import Bucket, Verdict
 
@@ -111,9 +112,10 @@ class RemoteAdapter(ModelAdapter):
 class MirrorRegistry(ModelRegistry):
     """The registry of a front-end worker: every model listed, none loaded here."""
 
-    def __init__(self, client: EngineClient, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, client: EngineClient, *args: Any, inline_pixels: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client = client
+        self.inline_pixels = inline_pixels  # MAAS_INLINE_DECODE_PIXELS
 
     async def ensure_loaded(
         self, entry: ModelEntry, deadline: float | None = None, *, make_room: bool = True
@@ -188,9 +190,10 @@ def _complete(entry: ModelEntry) -> bool:
 class RemoteInference(Inference):
     """`Inference` in a front-end worker: inputs read, checked and decoded here, run there."""
 
-    def __init__(self, client: EngineClient, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, client: EngineClient, *args: Any, inline_pixels: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client = client
+        self.inline_pixels = inline_pixels  # MAAS_INLINE_DECODE_PIXELS
 
     @contextlib.contextmanager
     def arriving(self, entry: ModelEntry) -> Iterator[None]:
@@ -210,10 +213,24 @@ class RemoteInference(Inference):
         if processor is None or entry.input_kind != "image":
             return list(inputs)  # preprocessed in the model process
         async with admitted(self.gate, share, deadline):  # this worker's own admission
-            work = anyio.to_thread.run_sync(
-                prepare_images, processor, inputs, self.limits.image, deadline, abandon_on_cancel=True
-            )
-            arrays = await before_deadline(deadline, STAGE, work)
+            arrays: list[Any] = []
+            if self.inline_pixels and isinstance(processor, ImagePlan):
+                # small images on the event loop: handing them to a thread costs more CPU than
+                # decoding them (the worker has no core to spare for the thread anyway)
+                arrays = prepare_images(
+                    processor, inputs, self.limits.image, deadline, pixel_budget=self.inline_pixels
+                )
+            if len(arrays) < len(inputs):
+                work = anyio.to_thread.run_sync(
+                    prepare_images,
+                    processor,
+                    inputs,
+                    self.limits.image,
+                    deadline,
+                    arrays,
+                    abandon_on_cancel=True,
+                )
+                arrays = await before_deadline(deadline, STAGE, work)
         self.metrics.preprocessed.labels("worker").inc(len(arrays))
         return arrays
 

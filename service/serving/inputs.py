@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -327,12 +328,20 @@ def load_image(
     image: Image.Image, index: int, draft: Callable[[Image.Image], None] | None = None
 ) -> Image.Image:
     """The pixels of an image `open_image` checked, as RGB: 413 or 400 if they cannot be read."""
-    where = f"input {index}"
-    try:
+    with reading(index):
         if draft is not None:
             draft(image)
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy it
+
+
+@contextlib.contextmanager
+def reading(index: int) -> Iterator[None]:
+    """Input `index`'s pixels being read (or its decoding scale set): 413 when they are too many,
+    400 when they cannot be read."""
+    where = f"input {index}"
+    try:
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{where}: image has too many pixels ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

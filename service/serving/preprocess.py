@@ -30,7 +30,7 @@ import torch
 from service.serving.admission import PreprocessGate
 from service.serving.deadlines import before_deadline, check_deadline
 from service.serving.fairqueue import ANYONE, Share
-from service.serving.inputs import ImageLimits, RawInput, decode_image, load_image, open_image
+from service.serving.inputs import ImageLimits, RawInput, load_image, open_image, reading
 from service.serving.runtime.base import InputKind, ModelAdapter
 from service.serving.runtime.fast_images import ImagePlan
 from service.serving.runtime.images import processor_resized_size
@@ -67,17 +67,34 @@ def prepare_inputs(
 
 
 def prepare_images(
-    processor: Any, items: list[RawInput], limits: ImageLimits, deadline: float
+    processor: Any,
+    items: list[RawInput],
+    limits: ImageLimits,
+    deadline: float,
+    done: list[np.ndarray[Any, Any]] | None = None,
+    pixel_budget: int | None = None,
 ) -> list[np.ndarray[Any, Any]]:
     """In the worker: decode and preprocess each input in turn, as a thread would (the first bad
     one raises its 4xx error), with the fast path's plan (uint8) or the model's own processor,
-    holding one decoded image at a time."""
+    holding one decoded image at a time. `done`: the arrays of the first inputs, made already.
+
+    With `pixel_budget` (on the event loop, see `decode_inline`): stop before the image whose
+    decoding (at the scale its header and the plan's draft give) would take the pixels decoded
+    past the budget, and return the arrays made so far; the rest are for a thread."""
     resized = functools.partial(processor_resized_size, processor)
     plan = processor if isinstance(processor, ImagePlan) else None
-    arrays = []
-    for item in items:
+    arrays = [] if done is None else list(done)
+    for item in items[len(arrays) :]:
         check_deadline(deadline, f"preprocessing input {item.index}")
-        image = decode_image(item, limits, resized, plan.draft if plan is not None else None)
+        image = open_image(item, limits, resized)
+        if plan is not None:
+            with reading(item.index):
+                plan.draft(image)  # a JPEG's size is now the scale it decodes at
+        if pixel_budget is not None:
+            pixel_budget -= image.width * image.height
+            if pixel_budget < 0:
+                return arrays
+        image = load_image(image, item.index)
         if plan is not None:
             arrays.append(plan.pixels(image).numpy())
         else:

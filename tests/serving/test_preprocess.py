@@ -1,5 +1,6 @@
 """`prepare_inputs` and the preprocessing processes' own loop: the deadline is checked before each
-input, so a request past its deadline costs no more decoding."""
+input, so a request past its deadline costs no more decoding; a front-end worker's inline decoding
+stops before the image that would go past its pixel budget and a thread finishes the same work."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import io
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import DeadlineExceeded
+from service.errors import DeadlineExceeded, InvalidInput
 from service.serving.deadlines import parse_timeout_ms
 from service.serving.inputs import ImageLimits, RawInput
 from service.serving.preprocess import prepare_images, prepare_inputs
 from service.serving.runtime.base import ModelAdapter, Output
+from service.serving.runtime.fast_images import ImagePlan
 
 LIMITS = ImageLimits(max_pixels=1_000_000, max_aspect_ratio=32)
 
@@ -23,6 +26,16 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def jpeg(width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+PLAN = ImagePlan(resample=2, scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=(32, 32))
 
 
 class Recorder(ModelAdapter):
@@ -65,6 +78,29 @@ def test_a_passed_deadline_stops_the_preprocessing_process_too() -> None:
 
     with pytest.raises(DeadlineExceeded, match="input 0"):
         prepare_images(processor, [RawInput(0, png())], LIMITS, time.monotonic())
+
+
+def test_inline_decoding_stops_before_the_image_past_its_budget_and_a_thread_finishes_alike() -> None:
+    # 640x480 decodes at 1/8 scale for a 32x32 input (80x60 = 4,800 pixels); a PNG has no scale
+    small, wide = jpeg(640, 480, 0), png()
+    inputs = [RawInput(0, small), RawInput(1, small), RawInput(2, jpeg(480, 640, 1)), RawInput(3, wide)]
+    deadline = time.monotonic() + 60
+    whole = prepare_images(PLAN, inputs, LIMITS, deadline)  # as a thread does it all
+    assert [a.shape for a in whole] == [(1, 3, 32, 32)] * 4
+    inline = prepare_images(PLAN, inputs, LIMITS, deadline, pixel_budget=4_800 * 2)
+    assert len(inline) == 2  # the third image would take it past 9,600 decoded pixels
+    finished = prepare_images(PLAN, inputs, LIMITS, deadline, inline)
+    assert all(np.array_equal(a, b) for a, b in zip(finished, whole, strict=True))
+    assert len(prepare_images(PLAN, inputs, LIMITS, deadline, pixel_budget=4_800 * 3 + 64)) == 4
+    assert prepare_images(PLAN, inputs, LIMITS, deadline, pixel_budget=4_799) == []
+
+
+def test_inline_decoding_raises_the_first_bad_inputs_error_in_order() -> None:
+    whole = jpeg(640, 480, 2)
+    broken = whole[: len(whole) // 2]  # a header, then half of the pixels
+    inputs = [RawInput(0, jpeg(64, 64, 3)), RawInput(1, broken), RawInput(2, b"not an image")]
+    with pytest.raises(InvalidInput, match="input 1: image is truncated or corrupt"):
+        prepare_images(PLAN, inputs, LIMITS, time.monotonic() + 60, pixel_budget=250_000)
 
 
 @pytest.mark.parametrize(
