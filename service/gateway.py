@@ -130,7 +130,12 @@ class Gateway:
             slots=EngineSlots(client) if client is not None else None,
         )
 
-        if settings.torch_threads:
+        if client is not None:
+            # a front-end worker runs no forward pass: its torch steps are small, per image, and
+            # more intra-op threads would only spin on the cores the other processes need
+            # (DeiT-tiny served 1.19x as fast with the workers on one; docs/serving.md)
+            torch.set_num_threads(1)
+        elif settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         preprocess = None  # a worker decodes on its own threads: the workers are the processes
         if settings.preprocess_processes and client is None:
