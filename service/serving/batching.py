@@ -120,6 +120,11 @@ class Batcher:
     in_flight: int = 0  # inputs in the batches now on the device
     # batches on the device at once (the executor needs as many threads); 1: one after another
     pipeline: int = 1
+    # each batch takes about its lane's share of the inputs in hand (queued and running) rather
+    # than all it can (CPU lanes, side by side on separate cores: a batch costs what its size
+    # does, and one lane's long batch would leave the other idle under a closed loop; on a GPU
+    # one large batch costs about what a small one does, and the lanes only overlap copies)
+    spread: bool = False
     rate: ServiceRate = field(default_factory=ServiceRate)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -196,6 +201,7 @@ class Batcher:
             await self._wait_until_batch_closes()
             batch, stats = self._take_batch()
             if batch:
+                self.in_flight += len(batch)  # from now: the next batch's share counts them
                 task = asyncio.get_running_loop().create_task(self._run(batch, stats))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -239,6 +245,8 @@ class Batcher:
         batch: list[WorkItem] = []
         expired = cancelled = 0
         bounded = limit < self.max_batch_size  # then inputs cost about their sum: see `_classes_to_take`
+        if self.spread and self.pipeline > 1:  # a lane takes about its share of the inputs in hand
+            limit = min(limit, max(1, -(-(len(self.queue) + self.in_flight) // self.pipeline)))
         while self.queue and len(batch) < limit:
             classes = self._classes_to_take(bounded, batch)
             if not classes:
@@ -293,7 +301,6 @@ class Batcher:
         for item, waited in zip(batch, stats.queue_wait_s, strict=True):
             if item.tally is not None:
                 item.tally.queue_s = max(item.tally.queue_s, waited)
-        self.in_flight += len(batch)
         started = time.perf_counter()
         one_by_one = False
         try:

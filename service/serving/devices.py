@@ -151,6 +151,19 @@ def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int =
     return most if one >= PARALLEL_MIN_PASS_S else 1
 
 
+def cpu_lanes(threads: int, pipelined: bool) -> tuple[int, int]:
+    """A CPU replica's batches at once and the intra-op threads of each, from the threads its
+    passes are worth (`intra_op_threads`): a pipelined model (nothing shared between its batches)
+    whose passes are worth several threads runs that many batches at once on one thread each
+    instead. Passes side by side on separate cores lose nothing to handing each operation out
+    and waiting at its end, nor stall when another process takes one of the cores for a moment
+    (DeiT-tiny on 2 cores: 1.39x the throughput of one batch on 2 threads, docs/serving.md);
+    a lone request's pass is slower on one thread. Others: one batch on `threads`."""
+    if pipelined and threads > 1:
+        return threads, 1
+    return 1, threads
+
+
 def use_threads(threads: int) -> None:
     """Run the calling thread's torch operations on `threads` intra-op threads (0: leave them).
     Under OpenMP the setting is the calling thread's own: each replica's forward thread keeps its

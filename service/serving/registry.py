@@ -27,6 +27,7 @@ from service.serving import lora
 from service.serving.batching import BATCH_MAX_WAIT_S, Batcher
 from service.serving.devices import (
     DevicePool,
+    cpu_lanes,
     dtype_name,
     intra_op_threads,
     release_cached_memory,
@@ -227,6 +228,8 @@ class ModelRegistry:
                 threads = self._threads(adapter, device)
                 release_cached_memory(device)
                 depth = self.pool.pipeline_depth(device) if adapter.pipelined else 1
+                if device.type == "cpu":
+                    depth, threads = cpu_lanes(threads, adapter.pipelined)
                 executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
                 replicas.append(Replica(adapter, device, executor, pipeline=depth, threads=threads))
         except Exception as exc:  # any load failure leaves the model listed, with its reason
@@ -273,6 +276,7 @@ class ModelRegistry:
                 fair=self.fair_queueing,
                 batch_max_wait_s=self.batch_max_wait_s,
                 pipeline=replica.pipeline,
+                spread=replica.device.type == "cpu",
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)
@@ -345,8 +349,14 @@ class ModelRegistry:
 
 
 def _threads_note(replica: Replica) -> str:
-    """How many intra-op threads a CPU replica's forward passes run on, for the ready line."""
-    return f", {replica.threads} thread{'s' if replica.threads > 1 else ''}" if replica.threads else ""
+    """How many intra-op threads a CPU replica's forward passes run on (and how many batches at
+    once, where several), for the ready line."""
+    if not replica.threads:
+        return ""
+    threads = f"{replica.threads} thread{'s' if replica.threads > 1 else ''}"
+    if replica.device.type == "cpu" and replica.pipeline > 1:
+        return f", {replica.pipeline} batches at once on {threads} each"
+    return f", {threads}"
 
 
 def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:

@@ -249,6 +249,30 @@ async def test_after_a_failed_batch_each_input_is_charged_before_its_request_wak
     assert futures[0].result() == "OK1" and isinstance(futures[1].exception(), ValueError)
 
 
+@pytest.mark.parametrize(("spread", "sizes"), [(True, [4, 4]), (False, [8])])
+async def test_cpu_lanes_share_the_queue_between_them(spread: bool, sizes: list[int]) -> None:
+    """Two CPU lanes with eight inputs queued: four on each, side by side (without `spread`, as on
+    a GPU, one batch of eight)."""
+    together = threading.Barrier(len(sizes))  # passed only by as many batches at the same time
+
+    def model(features: list[Any], top_k: int) -> Sequence[Any]:
+        together.wait(timeout=30)
+        return [f.upper() for f in features]
+
+    pool = ThreadPoolExecutor(2)
+    stats: list[BatchStats] = []
+    batcher = Batcher(
+        model, pool, max_batch_size=8, max_delay_s=0, clock=FakeClock(), on_batch=stats.append,
+        pipeline=2, spread=spread,
+    )  # fmt: skip
+    futures = [batcher.submit(f"x{i}", top_k=1) for i in range(8)]
+    batcher.start()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 30) == [f"X{i}" for i in range(8)]
+    await batcher.close()
+    pool.shutdown(wait=True)
+    assert not together.broken and sorted(s.size for s in stats) == sizes
+
+
 async def test_with_a_pipeline_of_two_the_next_batch_runs_while_one_is_on_the_device() -> None:
     together = threading.Barrier(2)  # passed only by two batches in the model at the same time
 

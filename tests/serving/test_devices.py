@@ -13,6 +13,7 @@ import torch
 from service.serving.devices import (
     DevicePool,
     cpu_bfloat16_features,
+    cpu_lanes,
     dtype_name,
     dtype_reason,
     intra_op_threads,
@@ -174,6 +175,13 @@ def test_gpu_replicas_of_pixel_models_keep_two_batches_in_flight_and_cpu_ones_on
     assert ImageClassificationAdapter.pipelined and TorchImageClassifierAdapter.pipelined
     # a tokenizer (or a cache) serves one batch at a time
     assert not FeatureExtractionAdapter.pipelined and not ZeroShotImageClassificationAdapter.pipelined
+
+
+def test_a_pixel_model_worth_several_threads_runs_as_many_batches_side_by_side_on_one_each() -> None:
+    assert cpu_lanes(4, pipelined=True) == (4, 1)  # four batches at once, one thread each
+    assert cpu_lanes(4, pipelined=False) == (1, 4)  # a tokenizer serves one batch at a time
+    assert cpu_lanes(1, pipelined=True) == (1, 1)  # a short pass: one batch on one thread
+    assert cpu_lanes(0, pipelined=True) == (1, 0)  # MAAS_TORCH_THREADS set: as the process has them
 
 
 def _on_thread(call: Callable[[], int]) -> int:
