@@ -249,51 +249,42 @@ async def test_after_a_failed_batch_each_input_is_charged_before_its_request_wak
     assert futures[0].result() == "OK1" and isinstance(futures[1].exception(), ValueError)
 
 
+async def _two_lanes(
+    inputs: int, batches_at_once: int, *, tally: Tally | None = None, **batching: Any
+) -> list[BatchStats]:
+    """Run `inputs` queued inputs through a batcher of two lanes whose model lets a batch through
+    only with `batches_at_once` batches in it at the same time; each batch's stats."""
+    together = threading.Barrier(batches_at_once)
+
+    def model(features: list[Any], top_k: int) -> Sequence[Any]:
+        together.wait(timeout=30)
+        return [f.upper() for f in features]
+
+    pool = ThreadPoolExecutor(2)
+    stats: list[BatchStats] = []
+    batcher = Batcher(model, pool, clock=FakeClock(), on_batch=stats.append, pipeline=2, **batching)
+    futures = [batcher.submit(f"x{i}", top_k=1, tally=tally) for i in range(inputs)]
+    batcher.start()
+    assert await asyncio.wait_for(asyncio.gather(*futures), 30) == [f"X{i}" for i in range(inputs)]
+    await batcher.close()
+    pool.shutdown(wait=True)
+    assert not together.broken and batcher.in_flight == 0
+    return stats
+
+
 @pytest.mark.parametrize(("spread", "sizes"), [(True, [4, 4]), (False, [8])])
 async def test_cpu_lanes_share_the_queue_between_them(spread: bool, sizes: list[int]) -> None:
     """Two CPU lanes with eight inputs queued: four on each, side by side (without `spread`, as on
     a GPU, one batch of eight)."""
-    together = threading.Barrier(len(sizes))  # passed only by as many batches at the same time
-
-    def model(features: list[Any], top_k: int) -> Sequence[Any]:
-        together.wait(timeout=30)
-        return [f.upper() for f in features]
-
-    pool = ThreadPoolExecutor(2)
-    stats: list[BatchStats] = []
-    batcher = Batcher(
-        model, pool, max_batch_size=8, max_delay_s=0, clock=FakeClock(), on_batch=stats.append,
-        pipeline=2, spread=spread,
-    )  # fmt: skip
-    futures = [batcher.submit(f"x{i}", top_k=1) for i in range(8)]
-    batcher.start()
-    assert await asyncio.wait_for(asyncio.gather(*futures), 30) == [f"X{i}" for i in range(8)]
-    await batcher.close()
-    pool.shutdown(wait=True)
-    assert not together.broken and sorted(s.size for s in stats) == sizes
+    stats = await _two_lanes(8, len(sizes), max_batch_size=8, max_delay_s=0, spread=spread)
+    assert sorted(s.size for s in stats) == sizes
 
 
 async def test_with_a_pipeline_of_two_the_next_batch_runs_while_one_is_on_the_device() -> None:
-    together = threading.Barrier(2)  # passed only by two batches in the model at the same time
-
-    def model(features: list[Any], top_k: int) -> Sequence[Any]:
-        together.wait(timeout=30)
-        return [f.upper() for f in features]
-
-    pool = ThreadPoolExecutor(2)
-    stats: list[BatchStats] = []
-    batcher = Batcher(
-        model, pool, max_batch_size=2, max_delay_s=3600, clock=FakeClock(), on_batch=stats.append, pipeline=2
-    )
     tally = Tally()
-    futures = [batcher.submit(f"x{i}", top_k=1, tally=tally) for i in range(4)]
     started = time.perf_counter()
-    batcher.start()
-    assert await asyncio.wait_for(asyncio.gather(*futures), 30) == ["X0", "X1", "X2", "X3"]
+    stats = await _two_lanes(4, 2, tally=tally, max_batch_size=2, max_delay_s=3600)
     elapsed = time.perf_counter() - started
-    await batcher.close()
-    pool.shutdown(wait=True)
-    assert not together.broken and batcher.in_flight == 0
     # each batch is charged only the time it had the device to itself: never more than the wall clock
     assert [s.size for s in stats] == [2, 2]
     assert tally.compute_s == pytest.approx(sum(s.forward_s for s in stats))
