@@ -125,7 +125,10 @@ class Batcher:
     # does, and one lane's long batch would leave the other idle under a closed loop; on a GPU
     # one large batch costs about what a small one does, and the lanes only overlap copies)
     spread: bool = False
+    # one lane's inputs per second (a batch's inputs over its own duration): what bounds a
+    # contended batch's size; `served`: the batcher's, every lane together (for Retry-After)
     rate: ServiceRate = field(default_factory=ServiceRate)
+    served: ServiceRate = field(default_factory=ServiceRate)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
@@ -320,7 +323,8 @@ class Batcher:
         ended = time.perf_counter()
         stats.forward_s = ended - max(started, min(self._device_free_at, ended))  # its own device time
         self._device_free_at = max(self._device_free_at, ended)
-        self.rate.observe(len(batch), stats.forward_s)
+        self.rate.observe(len(batch), ended - started)
+        self.served.observe(len(batch), stats.forward_s)
         if not one_by_one:  # charged before resolving: the request reads its tally once woken
             _charge(batch, stats.forward_s / len(batch))
         if outputs is not None:

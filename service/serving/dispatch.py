@@ -19,7 +19,7 @@ MAX_RETRY_AFTER_S = 60
 
 def retry_after_s(queued: int, batchers: list[Batcher]) -> int:
     """Seconds until the queue should have room, from the replicas' measured service rate."""
-    rate = sum(b.rate.inputs_per_s or 0.0 for b in batchers)
+    rate = sum(b.served.inputs_per_s or 0.0 for b in batchers)
     if rate <= 0:
         return 1
     return max(1, min(MAX_RETRY_AFTER_S, math.ceil(queued / rate)))
