@@ -49,6 +49,7 @@ class Replica:
     lora: LoraHost | None = None
     shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
     threads: int = 0  # intra-op threads of its forward passes on a CPU (0: the process's setting)
+    alone_threads: int = 0  # a CPU lane's threads while its batch is the only one in hand (0: `threads`)
 
 
 @dataclass

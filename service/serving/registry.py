@@ -228,10 +228,13 @@ class ModelRegistry:
                 threads = self._threads(adapter, device)
                 release_cached_memory(device)
                 depth = self.pool.pipeline_depth(device) if adapter.pipelined else 1
+                alone = 0
                 if device.type == "cpu":
-                    depth, threads = cpu_lanes(threads, adapter.pipelined)
+                    alone, (depth, threads) = threads, cpu_lanes(threads, adapter.pipelined)
                 executor = ThreadPoolExecutor(depth, thread_name_prefix=f"maas-{entry.name}")
-                replicas.append(Replica(adapter, device, executor, pipeline=depth, threads=threads))
+                replicas.append(
+                    Replica(adapter, device, executor, pipeline=depth, threads=threads, alone_threads=alone)
+                )
         except Exception as exc:  # any load failure leaves the model listed, with its reason
             for replica in replicas:
                 if replica.executor is not None:
@@ -361,7 +364,11 @@ def _threads_note(replica: Replica) -> str:
 
 def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
     def run(features: list[Any], top_k: int) -> list[Output]:
-        use_threads(replica.threads)  # the forward thread's own setting (its replica's)
+        # the forward thread's own setting (its replica's); a CPU lane whose batch is the only
+        # one in hand takes every thread: a lone request is not slower for the lanes
+        batcher = replica.batcher
+        alone = batcher is not None and batcher.in_flight == len(features) and not batcher.queue
+        use_threads(replica.alone_threads if alone and replica.alone_threads else replica.threads)
         if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
             return replica.lora.predict(features, top_k=top_k)
         return replica.adapter.predict(features, top_k=top_k)

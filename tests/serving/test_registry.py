@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
+from service.serving.batching import Batcher
 from service.serving.devices import DevicePool
-from service.serving.registry import ModelRegistry, ModelStatus
+from service.serving.entries import Replica
+from service.serving.registry import ModelRegistry, ModelStatus, _predictor
 from tests.conftest import write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -80,3 +87,30 @@ async def test_metrics_record_load_time_and_readiness(registry: ModelRegistry) -
     assert 'maas_model_ready{model="tiny-vit"} 1.0' in text
     assert 'maas_model_ready{model="missing"} 0.0' in text
     assert 'maas_model_load_seconds{model="tiny-vit"}' in text
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two intra-op threads")
+async def test_a_cpu_lanes_lone_batch_takes_every_thread_and_side_by_side_ones_one_each() -> None:
+    most = torch.get_num_threads()
+    seen: list[int] = []
+    side_by_side = threading.Barrier(2)
+
+    class Recorder:
+        def predict(self, features: list[Any], *, top_k: int) -> list[Any]:
+            seen.append(torch.get_num_threads())  # what the forward pass would run on
+            if len(features) == 1 and features[0].startswith("pair"):
+                side_by_side.wait(timeout=30)
+            return list(features)
+
+    pool = ThreadPoolExecutor(2)
+    replica = Replica(Recorder(), torch.device("cpu"), pool, pipeline=2, threads=1, alone_threads=most)  # type: ignore[arg-type]
+    replica.batcher = Batcher(
+        _predictor(replica), pool, max_batch_size=1, max_delay_s=0, pipeline=2, spread=True
+    )
+    replica.batcher.start()
+    assert await replica.batcher.submit("lone", top_k=1) == "lone"
+    pair = [replica.batcher.submit(f"pair{i}", top_k=1) for i in range(2)]
+    assert await asyncio.wait_for(asyncio.gather(*pair), 30) == ["pair0", "pair1"]
+    await replica.batcher.close()
+    pool.shutdown(wait=True)
+    assert seen == [most, 1, 1]
