@@ -252,7 +252,9 @@ def test_sigterm_finishes_every_queued_request_before_exiting(
     """,
     )
     key = "mk_drain_test_key_000000000000000000"
-    env = {"MAAS_ADMIN_KEY": key, "MAAS_WORKERS": workers}
+    # one batch at a time (a second-long pass would otherwise run a batch per core at once,
+    # docs/serving.md "Intra-op threads on a CPU"), so that two requests queue behind the first
+    env = {"MAAS_ADMIN_KEY": key, "MAAS_WORKERS": workers, "MAAS_TORCH_THREADS": "1"}
     running = start_server(folder, tmp_path_factory.mktemp("drain") / "var", env=env)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
 
