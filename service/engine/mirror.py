@@ -112,10 +112,9 @@ class RemoteAdapter(ModelAdapter):
 class MirrorRegistry(ModelRegistry):
     """The registry of a front-end worker: every model listed, none loaded here."""
 
-    def __init__(self, client: EngineClient, *args: Any, inline_pixels: int = 0, **kwargs: Any) -> None:
+    def __init__(self, client: EngineClient, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client = client
-        self.inline_pixels = inline_pixels  # MAAS_INLINE_DECODE_PIXELS
 
     async def ensure_loaded(
         self, entry: ModelEntry, deadline: float | None = None, *, make_room: bool = True

@@ -157,8 +157,9 @@ def cpu_lanes(threads: int, pipelined: bool) -> tuple[int, int]:
     whose passes are worth several threads runs that many batches at once on one thread each
     instead. Passes side by side on separate cores lose nothing to handing each operation out
     and waiting at its end, nor stall when another process takes one of the cores for a moment
-    (DeiT-tiny on 2 cores: 1.39x the throughput of one batch on 2 threads, docs/serving.md);
-    a lone request's pass is slower on one thread. Others: one batch on `threads`."""
+    (DeiT-tiny on 2 cores: 1.37x the throughput of one batch on 2 threads, docs/serving.md).
+    A lane whose batch is the only one in hand still takes every thread (the registry's
+    `_predictor`), so a lone request is no slower. Others: one batch on `threads`."""
     if pipelined and threads > 1:
         return threads, 1
     return 1, threads

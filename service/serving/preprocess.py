@@ -78,9 +78,9 @@ def prepare_images(
     one raises its 4xx error), with the fast path's plan (uint8) or the model's own processor,
     holding one decoded image at a time. `done`: the arrays of the first inputs, made already.
 
-    With `pixel_budget` (on the event loop, see `decode_inline`): stop before the image whose
-    decoding (at the scale its header and the plan's draft give) would take the pixels decoded
-    past the budget, and return the arrays made so far; the rest are for a thread."""
+    With `pixel_budget` (on the event loop, see `RemoteInference.features`): stop before the
+    image whose decoding (at the scale its header and the plan's draft give) would take the
+    pixels decoded past the budget, and return the arrays made so far; the rest are for a thread."""
     resized = functools.partial(processor_resized_size, processor)
     plan = processor if isinstance(processor, ImagePlan) else None
     arrays = [] if done is None else list(done)
