@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,10 @@ class RawLimit:
     best_batch_size: int
     best_threads: int
     forward_ms_by_threads: dict[int, dict[int, float]]  # threads -> batch size -> ms per image
+    # forward passes only, one batch per core side by side on one thread each (as the gateway's
+    # CPU lanes run them), at the best one-thread batch size: what no server can pass in float32
+    lanes: int = 1
+    forward_only_images_per_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -140,6 +146,8 @@ def measure_raw_limit(
     pass is timed with torch's default thread count (what a server process gets unless it sets one)
     and with one thread, and the faster counts: on a busy 2-core machine one intra-op thread is often
     several times faster than two, which wait on each other whenever one is descheduled.
+    It also measures the forward-only limit with every core running a batch of its own
+    (`forward_lanes_limit`): above it no server goes, whatever it does with the images.
     """
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -177,7 +185,42 @@ def measure_raw_limit(
     threads, size = min(
         ((t, b) for t, row in by_threads.items() for b in row), key=lambda tb: by_threads[tb[0]][tb[1]]
     )
-    return RawLimit(preprocess_s * 1000, by_threads[threads][size], size, threads, by_threads)
+    lanes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    one_thread = by_threads[1]
+    lane_batch = sample.repeat(min(one_thread, key=one_thread.__getitem__), 1, 1, 1)
+    forward_only = forward_lanes_limit(model, lane_batch, lanes, 2 * min_s)
+    return RawLimit(
+        preprocess_s * 1000, by_threads[threads][size], size, threads, by_threads, lanes, forward_only
+    )
+
+
+def forward_lanes_limit(model: Any, batch: Any, lanes: int, min_s: float) -> float:
+    """Images per second of `lanes` threads each running `model` on `batch` over and over with
+    one intra-op thread (torch's thread count is per thread), after a warm-up pass each: the
+    forward-only limit of one model held once and run one batch per core."""
+    import torch
+
+    images = [0] * lanes
+    began, ended = [0.0] * lanes, [0.0] * lanes
+    together = threading.Barrier(lanes)  # every lane warm before any is timed
+
+    def lane(index: int) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            model(pixel_values=batch)
+            together.wait()
+            began[index] = time.perf_counter()
+            while time.perf_counter() - began[index] < min_s:
+                model(pixel_values=batch).logits.softmax(dim=-1).topk(5, dim=-1)
+                images[index] += len(batch)
+            ended[index] = time.perf_counter()
+
+    threads = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(images) / (max(ended) - min(began))
 
 
 def phase_parser(doc: str) -> argparse.ArgumentParser:
