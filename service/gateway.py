@@ -19,7 +19,7 @@ from service.batches.runner import BatchRunner
 from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.engine.client import EngineClient, EngineGone
-from service.engine.mirror import EngineBuckets, EngineSlots, MirrorRegistry, RemoteInference
+from service.engine.mirror import EngineSlots, MirrorRegistry, RemoteInference
 from service.errors import Conflict
 from service.metering import (
     INFERENCE,
@@ -48,6 +48,7 @@ from service.tenancy.keys import SCOPES
 from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
 from service.tenancy.quota import Quota
 from service.tenancy.ratelimit import Buckets, Limiter, LimitMetrics, build_buckets
+from service.tenancy.shared_buckets import RATE_LIMITS_FILE, SharedBuckets
 from service.tenancy.tenants import DEFAULT_TENANT, Tenants
 from service.training.finished import FinishedModels
 from service.training.metrics import TrainingMetrics
@@ -99,7 +100,8 @@ class Gateway:
 
         With `client`, a front-end worker's gateway (service/engine/): the same routes, keys,
         limits and metering, but its models run in the model process that `client` reaches (which
-        migrated the database, runs the jobs and keeps the rate-limit buckets unless Redis does)."""
+        migrated the database and runs the jobs; the workers share their rate-limit buckets in memory
+        unless Redis keeps them)."""
         redact_keys_in_logs()
         metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,8 @@ class Gateway:
             await key_changes.start(keys.forget)
         limit_metrics = LimitMetrics(metrics.registry)
         buckets: Buckets = build_buckets(settings, limit_metrics)
-        if client is not None and settings.redis_url is None:
-            buckets = EngineBuckets(client)  # one set of buckets for every worker
+        if client is not None and settings.redis_url is None:  # one set of buckets for every worker
+            buckets = SharedBuckets(client.path.with_name(RATE_LIMITS_FILE))
         limiter = Limiter(
             buckets,
             limit_metrics,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,6 @@ from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, Tas
 from service.serving.runtime.compiled import CompileState
 from service.serving.runtime.fast_images import ImagePlan
 from service.serving.status import ModelStatus
-from service.tenancy.ratelimit import Bucket, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -282,18 +281,3 @@ class EngineSlots:
 
     async def release(self, tenant: str) -> None:
         self.client.notify("release", tenant=tenant)
-
-
-class EngineBuckets:
-    """Rate-limit buckets kept in the model process, so that every worker draws from the same
-    ones (with `MAAS_REDIS_URL`, Redis keeps them instead, shared by every replica)."""
-
-    def __init__(self, client: EngineClient) -> None:
-        self.client = client
-
-    async def take(self, buckets: Sequence[Bucket]) -> Verdict:
-        verdict: Verdict = await _limits_call(self.client, "rate limiter", "take", buckets=list(buckets))
-        return verdict
-
-    async def close(self) -> None:
-        return None

@@ -1,5 +1,5 @@
 """The model process's end: it holds every model (once per device), their batchers, the job
-runners and the shared rate-limit buckets, and answers the front-end workers' calls (wire.py).
+runners and the tenants' in-flight counts, and answers the front-end workers' calls (wire.py).
 
 Each connection is one worker. A call runs as its own task, so a slow model does not hold up
 another's calls; a `Cancel` cancels that task (its queued inputs are dropped before the device);
@@ -30,7 +30,6 @@ from service.serving.fairqueue import Share
 from service.serving.inputs import RawInput
 from service.serving.preprocess import PreprocessPool
 from service.serving.runtime.base import TaskParams
-from service.tenancy.ratelimit import Bucket, Verdict
 
 if TYPE_CHECKING:
     from service.gateway import Gateway
@@ -204,9 +203,6 @@ class EngineServer:
 
     def _array(self, feature: Any) -> Any:
         return self.arenas.array(feature) if isinstance(feature, SharedArray) else feature
-
-    async def _take(self, worker: _Worker, buckets: list[Bucket]) -> Verdict:
-        return await self.gateway.buckets.take(buckets)
 
     async def _acquire(self, worker: _Worker, tenant: str, cap: int) -> bool:
         if not self.gateway.limiter.in_flight.enter(tenant, cap):

@@ -1,10 +1,11 @@
-"""Token buckets (in-process with an injected clock, and in a real Redis), the in-flight cap,
-and what happens when Redis is unreachable."""
+"""Token buckets (in-process and in shared memory with an injected clock, and in a real Redis), the
+in-flight cap, and what happens when Redis is unreachable."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ from service.tenancy.ratelimit import (
     RedisBuckets,
     decide,
 )
+from service.tenancy.shared_buckets import SharedBuckets
 from tests.conftest import redis_url_or_skip
 
 pytestmark = pytest.mark.anyio
@@ -34,9 +36,21 @@ class Clock:
         return self.now
 
 
-def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
+TakeNow = MemoryBuckets | SharedBuckets
+
+
+@pytest.fixture(params=["memory", "shared"])
+def make_buckets(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Clock], TakeNow]:
+    """One process's buckets, or the buckets several workers share (service/tenancy/shared_buckets.py):
+    the same answers either way."""
+    if request.param == "memory":
+        return MemoryBuckets
+    return lambda clock: SharedBuckets(tmp_path / "rate-limits", sets=4, clock=clock)
+
+
+def test_a_bucket_allows_its_burst_then_refills_at_its_rate(make_buckets: Callable[[Clock], TakeNow]) -> None:
     clock = Clock()
-    buckets = MemoryBuckets(clock)
+    buckets = make_buckets(clock)
     bucket = [Bucket("key:a", rate=2, burst=4)]
     verdicts = [buckets.take_now(bucket) for _ in range(5)]
     assert [v.allowed for v in verdicts] == [True, True, True, True, False]
@@ -51,9 +65,9 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
     assert buckets.take_now(bucket).remaining == 3  # refilled to the burst, not beyond
 
 
-def test_a_request_is_charged_to_every_bucket_or_to_none() -> None:
+def test_a_request_is_charged_to_every_bucket_or_to_none(make_buckets: Callable[[Clock], TakeNow]) -> None:
     clock = Clock()
-    buckets = MemoryBuckets(clock)
+    buckets = make_buckets(clock)
     key = Bucket("key:a", rate=1, burst=1)
     tenant = Bucket("tenant:t", rate=10, burst=10)
     assert buckets.take_now([key, tenant]).allowed
