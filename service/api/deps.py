@@ -134,9 +134,16 @@ class Admission:
     quota: Quota
     headers: dict[str, str]  # RateLimit-*: for routes that build their own Response
 
+    @property
+    def counts_quota(self) -> bool:
+        """Whether answers count against a monthly quota: only while one is set (usage for billing
+        is metering's job)."""
+        return self.caller.tenant_id is not None and self.caller.monthly_quota_inputs is not None
+
     async def charge(self, inputs: int) -> None:
-        # counted only while a quota is set: usage for billing is metering's job
-        if self.caller.tenant_id is not None and self.caller.monthly_quota_inputs is not None:
+        """Count `inputs` on the quota now, in a transaction of its own (a request not metered)."""
+        if self.counts_quota:
+            assert self.caller.tenant_id is not None
             await anyio.to_thread.run_sync(self.quota.charge, self.caller.tenant_id, inputs)
 
 
@@ -146,7 +153,7 @@ async def admit(request: Request, gateway: Gateway, caller: Principal) -> AsyncI
     until the block ends. The RateLimit-* headers go on the answer, error or not."""
     headers = await gateway.limiter.check_rate(caller)
     request.state.rate_limit_headers = headers
-    if caller.monthly_quota_inputs is not None:
+    if not gateway.quota.well_under(caller):  # else a count read within the second says so
         try:
             await anyio.to_thread.run_sync(gateway.quota.check, caller)
         except RateLimited:

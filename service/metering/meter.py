@@ -206,12 +206,15 @@ class Meter:
             render_error=render_error,
         )
 
-    async def record(self, usage: Usage | None, outcome: Outcome | None = None) -> None:
-        """Commit `usage` (and `outcome`) with the next group; 503 if that fails."""
+    async def record(
+        self, usage: Usage | None, outcome: Outcome | None = None, *, quota: bool = False
+    ) -> None:
+        """Commit `usage` (and `outcome`; with `quota`, its inputs on the tenant's monthly quota)
+        with the next group; 503 if that fails."""
         if not self.enabled:
             return
         try:
-            await self.writer.record(usage, outcome)
+            await self.writer.record(usage, outcome, quota=quota)
         except Exception as exc:
             self.metrics.write_failures.inc()
             raise UsageUnavailable("usage could not be recorded; the request was not billed") from exc

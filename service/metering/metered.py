@@ -55,6 +55,7 @@ class MeteredRequest:
         self._usage: Usage | None = None  # the answer's event, priced once (its cost is in the body)
         self._body: bytes | None = None
         self._repeat = False
+        self.counts_quota = False  # an answer's inputs go on the tenant's monthly quota with its event
 
     @property
     def metered(self) -> bool:
@@ -71,7 +72,8 @@ class MeteredRequest:
         if exc is None:
             assert self._status is not None, "a request ends in an answer, an error or the client gone"
             usage = self._usage or self._event(self._status)
-            await self.meter.record(usage, self._outcome(self._status, self._body))
+            quota = self.counts_quota and usage.status == 200
+            await self.meter.record(usage, self._outcome(self._status, self._body), quota=quota)
             return
         if not isinstance(exc, Exception):
             return  # cancelled (the server is stopping): nothing was answered

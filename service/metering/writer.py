@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from service.bounds import storable
 from service.db.models import Base, IdempotencyRecord, UsageEvent
 from service.metering.prices import INFERENCE, UnitPrice
 from service.redaction import redact
+from service.tenancy.quota import add_to_quota, month_of
 
 log = logging.getLogger(__name__)
 _EVENTS = Base.metadata.tables[UsageEvent.__tablename__]
@@ -102,6 +104,7 @@ class _Pending:
     usage: Usage | None
     outcome: Outcome | None
     future: asyncio.Future[None]
+    quota: bool = False  # the usage's inputs count against its tenant's monthly quota too
 
 
 @dataclass
@@ -132,13 +135,16 @@ class UsageWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="maas-usage-writer")
 
-    async def record(self, usage: Usage | None, outcome: Outcome | None = None) -> None:
+    async def record(
+        self, usage: Usage | None, outcome: Outcome | None = None, *, quota: bool = False
+    ) -> None:
         """Queue `usage` (and `outcome`) for the next group; return after its commit, or raise
-        what the commit raised."""
+        what the commit raised. With `quota`, its inputs are added to its tenant's monthly quota
+        count in the same transaction (service/tenancy/quota.py)."""
         if self._closing:
             raise RuntimeError("usage writer is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(usage, outcome, future))
+        self._pending.append(_Pending(usage, outcome, future, quota))
         if len(self._pending) >= self.max_group:
             self._full.set()
         self._wakeup.set()
@@ -209,6 +215,12 @@ class UsageWriter:
             for item in group:
                 if item.outcome is not None:
                     _settle(session, item.outcome)
+            counts: Counter[tuple[str, str]] = Counter()  # one upsert per tenant and month
+            for item in group:
+                if item.quota and item.usage is not None:
+                    counts[item.usage.tenant_id, month_of(item.usage.created_at)] += item.usage.inputs
+            for (tenant_id, month), inputs in sorted(counts.items()):  # one lock order for all writers
+                add_to_quota(session, tenant_id, month, inputs)
 
 
 def _refused_a_row(exc: Exception) -> bool:

@@ -1,13 +1,22 @@
 """Monthly quotas in inputs: checked before a request runs, charged after it succeeds.
 
 Months are calendar months in UTC. The count lives in the small `quota_usage` table (an atomic
-upsert per answered request), so every replica sharing the database sees the same total. A
-request that starts under the quota runs in full, so a tenant may end a month slightly over it.
+upsert per answered request, in the same commit as its usage event where the request is
+metered), so every replica sharing the database sees the same total. A request that starts under
+the quota runs in full, so a tenant may end a month slightly over it.
+
+Reading the count costs a database round trip per request, so a count read less than `FRESH_S`
+ago is trusted while it leaves more than `margin(quota)` (a tenth of the quota, at least
+`MARGIN_MIN` inputs): only then can a request be let in without a read, and a tenant can then
+overshoot by at most what it sends, beyond that margin, in the second after the read. Near the
+end of the quota (and for any quota of `MARGIN_MIN` inputs or fewer) every check reads the count,
+and a refusal always comes from a fresh read.
 Usage events and billing proper belong to metering, not here.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -30,14 +39,37 @@ def next_month(when: datetime) -> datetime:
     return datetime(year, month, 1, tzinfo=UTC)
 
 
+FRESH_S = 1.0  # a count read this recently may let a request in without a read
+MARGIN_MIN = 1000  # inputs: the least a trusted count must leave
+
+
+def margin(quota: int) -> int:
+    """What a trusted count must leave of `quota` to let a request in without a read."""
+    return max(quota // 10, MARGIN_MIN)
+
+
 class Quota:
     """Inputs used per tenant per month, in the database behind `sessions`."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        sessions: sessionmaker[Session],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._now = now
+        self._clock = clock
+        self._read: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, month) -> (used, read at)
+
+    def well_under(self, caller: Principal) -> bool:
+        """Whether a count read less than `FRESH_S` ago leaves more than the margin of the caller's
+        quota (no database read: see the module). False means: `check`."""
+        quota = caller.monthly_quota_inputs
+        if quota is None or caller.tenant_id is None:
+            return True
+        read = self._read.get((caller.tenant_id, month_of(self._now())))
+        return read is not None and self._clock() - read[1] < FRESH_S and quota - read[0] > margin(quota)
 
     def used(self, tenant_id: str, month: str | None = None) -> int:
         month = month or month_of(self._now())
@@ -53,7 +85,10 @@ class Quota:
         if quota is None or caller.tenant_id is None:
             return
         now = self._now()
-        if self.used(caller.tenant_id, month_of(now)) >= quota:
+        month = month_of(now)
+        used = self.used(caller.tenant_id, month)
+        self._read[caller.tenant_id, month] = (used, self._clock())
+        if used >= quota:
             resets = next_month(now)
             raise RateLimited(
                 f"monthly quota of {quota} inputs spent; resets on {resets:%Y-%m-%d}",
@@ -69,11 +104,16 @@ class Quota:
                 tenant = session.get(Tenant, tenant_id)
                 if tenant is None or tenant.monthly_quota_inputs is None:
                     return
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = insert(QuotaUsage).values(tenant_id=tenant_id, month=month, inputs=inputs)
-            upsert: Insert = statement.on_conflict_do_update(
-                index_elements=[QuotaUsage.tenant_id, QuotaUsage.month],
-                set_={"inputs": QuotaUsage.inputs + statement.excluded.inputs},
-            )
-            session.execute(upsert)
+            add_to_quota(session, tenant_id, month, inputs)
+
+
+def add_to_quota(session: Session, tenant_id: str, month: str, inputs: int) -> None:
+    """Add `inputs` to the tenant's count for `month` in `session`'s transaction (one upsert)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(QuotaUsage).values(tenant_id=tenant_id, month=month, inputs=inputs)
+    upsert: Insert = statement.on_conflict_do_update(
+        index_elements=[QuotaUsage.tenant_id, QuotaUsage.month],
+        set_={"inputs": QuotaUsage.inputs + statement.excluded.inputs},
+    )
+    session.execute(upsert)

@@ -1,6 +1,6 @@
 """Group commit: concurrent events go to the database in a few transactions, each event's
 future resolving only after its transaction commits; a row the database refuses fails its own
-event only."""
+event only; an answer's inputs go on its tenant's monthly quota in its event's commit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.models import IdempotencyRecord, UsageEvent
 from service.metering import Idempotency, Outcome, UnitPrice, Usage, UsageWriter
 from service.metering.idempotency import ClaimState
+from service.tenancy.quota import Quota
+from service.tenancy.tenants import Tenants
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +60,38 @@ async def test_the_flush_window_gathers_events_that_arrive_while_it_is_open(
     writer.start()
     await asyncio.gather(*(writer.record(usage(f"req_{i}")) for i in range(3)))
     assert writer.transactions == 1 and count(sessions) == 3
+    await writer.close()
+
+
+async def test_quota_counts_commit_with_their_events_one_upsert_per_group(
+    sessions: sessionmaker[Session],
+) -> None:
+    tenant = Tenants(sessions).create_tenant("acme", monthly_quota_inputs=1000).id
+    writer = UsageWriter(sessions, flush_s=10, max_group=40)  # the 40 events go as one group
+    writer.start()
+    counted = [
+        writer.record(replace(usage(f"req_{i}", inputs=i % 3 + 1), tenant_id=tenant), quota=True)
+        for i in range(30)
+    ]
+    uncounted = [writer.record(replace(usage(f"free_{i}", inputs=5), tenant_id=tenant)) for i in range(10)]
+    await asyncio.gather(*counted, *uncounted)
+    assert writer.transactions == 1 and count(sessions) == 40
+    assert Quota(sessions).used(tenant) == sum(i % 3 + 1 for i in range(30))  # 60: the counted ones
+    await writer.close()
+
+
+async def test_a_refused_event_puts_nothing_on_the_quota_and_its_group_still_counts(
+    sessions: sessionmaker[Session],
+) -> None:
+    tenant = Tenants(sessions).create_tenant("acme", monthly_quota_inputs=1000).id
+    writer = UsageWriter(sessions, flush_s=10, max_group=5)
+    writer.start()
+    await writer.record(replace(usage("req_taken"), tenant_id=tenant))
+    group = [usage("req_taken"), *(usage(f"req_{i}", inputs=2) for i in range(4))]  # one duplicate
+    group = [replace(u, tenant_id=tenant) for u in group]
+    results = await asyncio.gather(*(writer.record(u, quota=True) for u in group), return_exceptions=True)
+    assert isinstance(results[0], Exception) and not any(isinstance(r, Exception) for r in results[1:])
+    assert Quota(sessions).used(tenant) == 4 * 2  # the refused event put nothing on the quota
     await writer.close()
 
 
