@@ -22,6 +22,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loadgen import build_request, send_once
 
@@ -231,11 +232,12 @@ def _wait_ready(server: RunningServer, port: int, jpeg: bytes, timeout_s: float)
     raise ServerUnavailable(f"{server.name} not ready in {timeout_s:.0f}s ({last}):\n{server.log_tail()}")
 
 
-async def tenant_key(server: RunningServer, name: str) -> dict[str, str]:
-    """A new tenant `name` and a key of its own, made through the admin API: the key's headers."""
+async def tenant_key(server: RunningServer, name: str, **plan: Any) -> dict[str, str]:
+    """A new tenant `name` (with `plan`'s fields: `rate_limit_rps`, `max_concurrency`,
+    `monthly_quota_inputs`, …) and a key of its own, made through the admin API: the key's headers."""
     base = server.predict_url.split("/v1/")[0]
     for path, body in (
-        (f"{base}/v1/admin/tenants", {"name": name}),
+        (f"{base}/v1/admin/tenants", {"name": name, **plan}),
         (f"{base}/v1/admin/tenants/{name}/keys", {}),
     ):
         raw = build_request(

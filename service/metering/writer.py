@@ -215,12 +215,11 @@ class UsageWriter:
             for item in group:
                 if item.outcome is not None:
                     _settle(session, item.outcome)
-            counts: Counter[tuple[str, str]] = Counter()  # one upsert per tenant and month
+            counts: Counter[tuple[str, str]] = Counter()  # one row per tenant and month
             for item in group:
                 if item.quota and item.usage is not None:
                     counts[item.usage.tenant_id, month_of(item.usage.created_at)] += item.usage.inputs
-            for (tenant_id, month), inputs in sorted(counts.items()):  # one lock order for all writers
-                add_to_quota(session, tenant_id, month, inputs)
+            add_to_quota(session, counts)
 
 
 def _refused_a_row(exc: Exception) -> bool:

@@ -16,11 +16,12 @@ Usage events and billing proper belong to metering, not here.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import Insert, select
+from sqlalchemy import Insert, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -104,16 +105,25 @@ class Quota:
                 tenant = session.get(Tenant, tenant_id)
                 if tenant is None or tenant.monthly_quota_inputs is None:
                     return
-            add_to_quota(session, tenant_id, month, inputs)
+            add_to_quota(session, {(tenant_id, month): inputs})
 
 
-def add_to_quota(session: Session, tenant_id: str, month: str, inputs: int) -> None:
-    """Add `inputs` to the tenant's count for `month` in `session`'s transaction (one upsert)."""
-    dialect = session.get_bind().dialect.name
+def add_to_quota(session: Session, counts: Mapping[tuple[str, str], int]) -> None:
+    """Add each (tenant, month)'s inputs to its count, in `session`'s transaction: one upsert
+    statement for them all, in one order (tenant, month) for every writer."""
+    if counts:
+        rows = [{"tenant_id": t, "month": m, "inputs": n} for (t, m), n in sorted(counts.items())]
+        session.connection().execute(_upsert(session.get_bind().dialect.name), rows)
+
+
+@functools.cache
+def _upsert(dialect: str) -> Insert:
+    """The quota upsert for `dialect`, built once (building it cost more than running it)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(QuotaUsage).values(tenant_id=tenant_id, month=month, inputs=inputs)
-    upsert: Insert = statement.on_conflict_do_update(
+    statement = insert(QuotaUsage).values(
+        tenant_id=bindparam("tenant_id"), month=bindparam("month"), inputs=bindparam("inputs")
+    )
+    return statement.on_conflict_do_update(
         index_elements=[QuotaUsage.tenant_id, QuotaUsage.month],
         set_={"inputs": QuotaUsage.inputs + statement.excluded.inputs},
     )
-    session.execute(upsert)
