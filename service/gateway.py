@@ -19,7 +19,7 @@ from service.batches.runner import BatchRunner
 from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
 from service.engine.client import EngineClient, EngineGone
-from service.engine.mirror import EngineSlots, MirrorRegistry, RemoteInference
+from service.engine.mirror import MirrorRegistry, RemoteInference
 from service.errors import Conflict
 from service.metering import (
     INFERENCE,
@@ -48,7 +48,7 @@ from service.tenancy.keys import SCOPES
 from service.tenancy.keystore import AdminKeyStore, DatabaseKeyStore
 from service.tenancy.quota import Quota
 from service.tenancy.ratelimit import Buckets, Limiter, LimitMetrics, build_buckets
-from service.tenancy.shared_buckets import RATE_LIMITS_FILE, SharedBuckets
+from service.tenancy.shared_limits import shared_limits
 from service.tenancy.tenants import DEFAULT_TENANT, Tenants
 from service.training.finished import FinishedModels
 from service.training.metrics import TrainingMetrics
@@ -122,14 +122,21 @@ class Gateway:
             await key_changes.start(keys.forget)
         limit_metrics = LimitMetrics(metrics.registry)
         buckets: Buckets = build_buckets(settings, limit_metrics)
-        if client is not None and settings.redis_url is None:  # one set of buckets for every worker
-            buckets = SharedBuckets(client.path.with_name(RATE_LIMITS_FILE))
+        slots = None
+        if client is not None:  # one set of buckets (unless Redis keeps them) and of slots for every worker
+            shared, slots = shared_limits(
+                client.path.parent,
+                workers=settings.resolved_workers,
+                worker=client.worker,
+                buckets=settings.redis_url is None,
+            )
+            buckets = shared or buckets
         limiter = Limiter(
             buckets,
             limit_metrics,
             default_rps=settings.default_rate_limit_rps,
             burst_factor=settings.rate_limit_burst_factor,
-            slots=EngineSlots(client) if client is not None else None,
+            slots=slots,
         )
 
         if client is not None:

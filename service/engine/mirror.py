@@ -23,7 +23,6 @@ import anyio
 import torch
 
 from service.engine.client import RECONNECT_S, EngineClient, EngineGone
-from service.errors import LimiterUnavailable
 from service.serving.batching import Tally
 from service.serving.deadlines import before_deadline
 from service.serving.entries import ModelEntry, Replica
@@ -258,26 +257,3 @@ class RemoteInference(Inference):
         tally.compute_s += outcome.compute_s
         tally.queue_s = max(tally.queue_s, outcome.queue_s)
         return outcome.outputs
-
-
-async def _limits_call(client: EngineClient, what: str, op: str, **args: Any) -> Any:
-    """A limits call to the model process; 503 (`LimiterUnavailable`) while it restarts."""
-    try:
-        return await client.call(op, **args)
-    except EngineGone:
-        raise LimiterUnavailable(f"{what} unavailable (model process restarting); retry") from None
-
-
-class EngineSlots:
-    """A tenant's requests in flight counted in the model process, for every worker at once; a
-    worker that dies gives its slots back with its connection."""
-
-    def __init__(self, client: EngineClient) -> None:
-        self.client = client
-
-    async def acquire(self, tenant: str, cap: int) -> bool:
-        taken: bool = await _limits_call(self.client, "in-flight limit", "acquire", tenant=tenant, cap=cap)
-        return taken
-
-    async def release(self, tenant: str) -> None:
-        self.client.notify("release", tenant=tenant)

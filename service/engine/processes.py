@@ -37,6 +37,7 @@ from types import FrameType
 
 from service.observability.logs import configure_logging
 from service.settings import Settings
+from service.tenancy.shared_limits import shared_limits
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class _Supervisor:
         self.engine_ready: EventType = self.context.Event()
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
+        # made before the workers' arenas; the tenants' requests in flight per worker, for
+        # `forget_worker` (service/tenancy/shared_limits.py)
+        _, self.in_flight = shared_limits(
+            path.parent, workers=settings.resolved_workers, buckets=settings.redis_url is None
+        )
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +121,8 @@ class _Supervisor:
         self.engine = engine
 
     def _start_worker(self, index: int) -> None:
+        if self.in_flight is not None:
+            self.in_flight.forget_worker(index)  # a dead worker's requests hold no slot
         settings = self.settings.model_copy(
             update={
                 "port": self.port.getsockname()[1],  # the one MAAS_PORT 0 was given

@@ -1,5 +1,5 @@
 """The model process's end: it holds every model (once per device), their batchers, the job
-runners and the tenants' in-flight counts, and answers the front-end workers' calls (wire.py).
+runners, and answers the front-end workers' calls (wire.py).
 
 Each connection is one worker. A call runs as its own task, so a slow model does not hold up
 another's calls; a `Cancel` cancels that task (its queued inputs are dropped before the device);
@@ -46,7 +46,6 @@ class _Worker:
         self.arena: str | None = None  # its shared-memory arena's name, if it has one
         self.calls: dict[int, asyncio.Task[None]] = {}
         self.arriving: dict[str, int] = {}
-        self.slots: dict[str, int] = {}  # in-flight slots held, by tenant
 
 
 class EngineServer:
@@ -96,9 +95,6 @@ class EngineServer:
                 task.cancel()  # nobody is waiting for them: their queued inputs are dropped
             for name, count in worker.arriving.items():
                 self._arrive(worker, name, -count)
-            for tenant, held in worker.slots.items():
-                for _ in range(held):
-                    self._release(worker, tenant)
             writer.close()
 
     async def _answer(self, worker: _Worker, call: wire.Call) -> None:
@@ -124,8 +120,6 @@ class EngineServer:
             worker.arena = call.args.get("arena")
         elif call.op == "arrive":
             self._arrive(worker, str(call.args["model"]), int(call.args["delta"]))
-        elif call.op == "release":
-            self._release(worker, str(call.args["tenant"]))
         elif call.op == "metrics":
             self._families[worker] = call.args["families"]
 
@@ -203,17 +197,6 @@ class EngineServer:
 
     def _array(self, feature: Any) -> Any:
         return self.arenas.array(feature) if isinstance(feature, SharedArray) else feature
-
-    async def _acquire(self, worker: _Worker, tenant: str, cap: int) -> bool:
-        if not self.gateway.limiter.in_flight.enter(tenant, cap):
-            return False
-        worker.slots[tenant] = worker.slots.get(tenant, 0) + 1
-        return True
-
-    def _release(self, worker: _Worker, tenant: str) -> None:
-        if worker.slots.get(tenant, 0) > 0:
-            worker.slots[tenant] -= 1
-            self.gateway.limiter.in_flight.leave(tenant)
 
     async def _keys_changed(self, worker: _Worker, reason: str) -> None:
         """A key or tenant changed through `worker`: this process's key cache and every other

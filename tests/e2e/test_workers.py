@@ -12,6 +12,7 @@ the requests waiting on it with 503 at once (none hangs) and is started again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -318,6 +319,31 @@ def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server
         assert time.monotonic() < deadline
         time.sleep(0.2)  # polling for the replacement's start, not a timing assumption
     assert all(answered(gateway) >= counted for _ in range(20))
+
+
+def test_slots_held_by_killed_workers_are_given_back(gateway: Server) -> None:
+    key = tenant_key(gateway, "capped-crash", max_concurrency=1)
+    files = [("file", (f"{i}.jpg", photo(5), "image/jpeg")) for i in range(64)]
+
+    def slow_request() -> None:
+        with contextlib.suppress(httpx.TransportError), client(gateway, key) as http:
+            http.post("/v1/models/slow-vit/predict", files=files)  # cut off when its worker dies
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(slow_request)
+        deadline = time.monotonic() + RESTART_S
+        while predict(gateway, key, photo(2)).status_code != 429:  # until the slow one holds the slot
+            assert time.monotonic() < deadline
+        before = children(gateway.process.pid)
+        engine = model_process(gateway)
+        serving = gateway.log().count(STARTED)
+        for worker in set(before) - {engine}:  # whichever holds it: both workers die
+            os.kill(worker, signal.SIGKILL)
+    while gateway.log().count(STARTED) < serving + 2:  # both replacements serve
+        assert time.monotonic() < deadline
+        time.sleep(0.2)  # polling for the replacements' start, not a timing assumption
+    # the dead workers' slot came back: not 429 (the request they held is gone with them)
+    assert predict(gateway, key, photo(2)).status_code == 200
 
 
 def test_the_supervisor_does_not_load_torch(gateway: Server) -> None:

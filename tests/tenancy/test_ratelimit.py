@@ -22,7 +22,7 @@ from service.tenancy.ratelimit import (
     RedisBuckets,
     decide,
 )
-from service.tenancy.shared_buckets import SharedBuckets
+from service.tenancy.shared_limits import SharedBuckets
 from tests.conftest import redis_url_or_skip
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +41,7 @@ TakeNow = MemoryBuckets | SharedBuckets
 
 @pytest.fixture(params=["memory", "shared"])
 def make_buckets(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Clock], TakeNow]:
-    """One process's buckets, or the buckets several workers share (service/tenancy/shared_buckets.py):
+    """One process's buckets, or the buckets several workers share (service/tenancy/shared_limits.py):
     the same answers either way."""
     if request.param == "memory":
         return MemoryBuckets

@@ -1,9 +1,11 @@
-"""Rate-limit buckets shared in memory by a gateway's processes (service/tenancy/shared_buckets.py):
-exact across processes drawing at once, not stalled by a process killed mid-check, and a full
-table forgetting only the bucket closest to full."""
+"""Rate-limit buckets and in-flight caps shared in memory by a gateway's processes
+(service/tenancy/shared_limits.py): exact across processes drawing at once, not stalled by a
+process killed mid-check, a full table forgetting only the bucket closest to full, and a dead
+worker's slots given back."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import multiprocessing
 import os
@@ -13,8 +15,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import pytest
+
 from service.tenancy.ratelimit import Bucket, MemoryBuckets
-from service.tenancy.shared_buckets import WAYS, SharedBuckets
+from service.tenancy.shared_limits import WAYS, SharedBuckets, SharedSlots, shared_limits
 
 CONTEXT = multiprocessing.get_context("spawn")  # as the gateway starts its workers
 
@@ -103,3 +107,66 @@ def test_a_full_set_forgets_the_bucket_closest_to_full(tmp_path: Path) -> None:
     assert shared.take_now([Bucket("key:new", rate=1, burst=10)]).remaining == 9
     assert shared.take_now([buckets[0]]).remaining == 9  # forgotten: full again (it had 9)
     assert shared.take_now([buckets[-1]]).remaining == 10 - WAYS - 1  # kept
+
+
+def _hold(path: Path, worker: int, start: Barrier, tries: int, results: Connection) -> None:
+    """Worker `worker`'s part: take `tries` of the tenant's slots, keeping what it gets."""
+    slots = SharedSlots(path, workers=4, worker=worker)
+    start.wait()
+
+    async def take() -> int:
+        return sum([await slots.acquire("tenant_a", 500) for _ in range(tries)])
+
+    results.send(asyncio.run(take()))
+
+
+def test_workers_taking_slots_at_once_never_pass_the_cap_and_a_dead_ones_come_back(tmp_path: Path) -> None:
+    path = tmp_path / "in-flight"
+    start = CONTEXT.Barrier(4)
+    pipes = [CONTEXT.Pipe(duplex=False) for _ in range(4)]
+    processes = [
+        CONTEXT.Process(target=_hold, args=(path, worker, start, 500, sender))
+        for worker, (_, sender) in enumerate(pipes)
+    ]
+    for process in processes:
+        process.start()
+    held = [receiver.recv() for receiver, _ in pipes]
+    for process in processes:
+        process.join()
+    assert sum(held) == 500, held  # 2,000 tries at a cap of 500 from four processes at once
+
+    supervisor = SharedSlots(path, workers=4)
+    worker = max(range(4), key=held.__getitem__)
+    again = SharedSlots(path, workers=4, worker=worker)
+    assert not asyncio.run(again.acquire("tenant_a", 500))  # the processes exited holding them all
+    supervisor.forget_worker(worker)  # as the supervisor does before starting its replacement
+
+    async def retake() -> list[bool]:
+        return [await again.acquire("tenant_a", 500) for _ in range(held[worker] + 1)]
+
+    assert asyncio.run(retake()) == [True] * held[worker] + [False]
+
+
+def test_a_slot_given_back_is_free_for_the_next_request_and_other_tenants_count_apart(tmp_path: Path) -> None:
+    one = SharedSlots(tmp_path / "in-flight", workers=2, worker=0)
+    two = SharedSlots(tmp_path / "in-flight", workers=2, worker=1)
+
+    async def run() -> None:
+        assert await one.acquire("tenant_a", 2) and await two.acquire("tenant_a", 2)
+        assert not await one.acquire("tenant_a", 2)  # two in flight, one in each worker
+        assert await one.acquire("tenant_b", 1)  # another tenant's cap is its own
+        await two.release("tenant_a")
+        assert await one.acquire("tenant_a", 2)  # the slot worker 1 gave back
+        await two.release("tenant_a")  # worker 1 holds none now: nothing to give back
+        assert not await two.acquire("tenant_a", 2)
+
+    asyncio.run(run())
+
+
+def test_without_room_for_the_tables_each_worker_counts_alone_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert shared_limits(tmp_path / "gone", workers=2) == (None, None)  # the folder is not there
+    assert "each worker counts alone" in caplog.text
+    buckets, slots = shared_limits(tmp_path, workers=2, buckets=False)  # Redis keeps the buckets
+    assert buckets is None and isinstance(slots, SharedSlots)
