@@ -100,8 +100,8 @@ class Gateway:
 
         With `client`, a front-end worker's gateway (service/engine/): the same routes, keys,
         limits and metering, but its models run in the model process that `client` reaches (which
-        migrated the database and runs the jobs; the workers share their rate-limit buckets in memory
-        unless Redis keeps them)."""
+        migrated the database and runs the jobs; the workers share their rate-limit buckets, unless
+        Redis keeps them, and tenants' requests in flight in memory: service/tenancy/shared_limits.py)."""
         redact_keys_in_logs()
         metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
