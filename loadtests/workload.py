@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -185,7 +184,7 @@ def measure_raw_limit(
     threads, size = min(
         ((t, b) for t, row in by_threads.items() for b in row), key=lambda tb: by_threads[tb[0]][tb[1]]
     )
-    lanes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    lanes = default_threads  # as the gateway's CPU lanes: one per intra-op thread torch starts with
     one_thread = by_threads[1]
     lane_batch = sample.repeat(min(one_thread, key=one_thread.__getitem__), 1, 1, 1)
     forward_only = forward_lanes_limit(model, lane_batch, lanes, 2 * min_s)

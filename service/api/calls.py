@@ -67,11 +67,12 @@ class InferenceCall:
         return await self._charged(answer)
 
     async def _charged(self, answer: Answer | None) -> Answer | None:
-        if answer is not None and self.admission.counts_quota:
-            if self.metered.metered:  # in its usage event's commit: one group commit, not one each
-                self.metered.counts_quota = True
-            else:
-                await self.admission.charge(self.metered.tally.inputs)
+        if answer is None:
+            return None
+        if self.metered.metered:  # on the quota in its usage event's commit: one group commit, not one each
+            self.metered.counts_quota = self.admission.counts_quota
+        else:
+            await self.admission.charge(self.metered.tally.inputs)
         return answer
 
     def answer(self, body: dict[str, Any]) -> Response:

@@ -141,9 +141,9 @@ class Admission:
         return self.caller.tenant_id is not None and self.caller.monthly_quota_inputs is not None
 
     async def charge(self, inputs: int) -> None:
-        """Count `inputs` on the quota now, in a transaction of its own (a request not metered)."""
-        if self.counts_quota:
-            assert self.caller.tenant_id is not None
+        """Count `inputs` on the quota now, if one is set, in a transaction of its own (a request
+        not metered)."""
+        if self.caller.tenant_id is not None and self.counts_quota:
             await anyio.to_thread.run_sync(self.quota.charge, self.caller.tenant_id, inputs)
 
 

@@ -1,8 +1,9 @@
 """`maas serve` with `MAAS_WORKERS` > 1: a supervisor, one model process, N front-end workers.
 
     supervisor (this process: binds the port, starts and restarts the others, sequences the drain)
-      ├─ model process: every model once per device, batchers, job runners, rate-limit buckets
+      ├─ model process: every model once per device, batchers, job runners
       └─ worker 0..N-1: HTTP, keys, limits, metering, reading and decoding inputs, on the shared port
+         (rate-limit buckets and in-flight counts: tables in shared memory, made by the supervisor)
 
 Each worker listens on the port with its own socket (SO_REUSEPORT), so that the kernel spreads
 new connections evenly over the workers (on one shared socket, the worker that wakes first takes

@@ -4,8 +4,9 @@ Buckets live in this process (`MemoryBuckets`) or, with `MAAS_REDIS_URL`, in Red
 (`RedisBuckets`: one atomic Lua script per check, so every replica draws from the same bucket).
 When Redis cannot be reached the check fails open by default (the request goes through, a
 warning is logged and `maas_ratelimit_backend_errors_total` counts it); `MAAS_REDIS_FAIL_OPEN=false`
-answers 503 instead. The in-flight cap is counted per process (per gateway with several workers:
-the model process counts for all of them).
+answers 503 instead. With several front-end workers, one gateway's workers share their buckets
+(unless Redis keeps them) and the in-flight counts in memory (service/tenancy/shared_limits.py);
+else the in-flight cap is counted per process.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class Verdict:
         }
 
 
+def refilled(bucket: Bucket, tokens: float, at: float, now: float) -> float:
+    """`bucket`'s tokens at `now`, from `tokens` counted at `at`: refilled at its rate, up to its burst."""
+    return min(bucket.burst, tokens + max(0.0, now - at) * bucket.rate)
+
+
 def decide(buckets: Sequence[Bucket], tokens: Sequence[float]) -> tuple[Verdict, list[float]]:
     """Given each bucket's tokens now (refilled), take one from each if all have one: the verdict
     and the tokens to store. All or nothing, so a refused request costs no bucket anything."""
@@ -104,7 +110,7 @@ class MemoryBuckets:
             tokens = []
             for b in buckets:
                 held, at = self._state.get(b.name, (b.burst, now))
-                tokens.append(min(b.burst, held + max(0.0, now - at) * b.rate))
+                tokens.append(refilled(b, held, at, now))
             verdict, after = decide(buckets, tokens)
             for b, t in zip(buckets, after, strict=True):
                 self._state[b.name] = (t, now)
@@ -212,8 +218,8 @@ class InFlight:
 
 
 class Slots(Protocol):
-    """Where a tenant's requests in flight are counted: this process (`InFlight`), or the model
-    process that every worker of a gateway shares (service/engine/)."""
+    """Where a tenant's requests in flight are counted: this process (`InFlight`), or a table
+    in shared memory that every worker of a gateway maps (`SharedSlots`)."""
 
     async def acquire(self, tenant: str, cap: int) -> bool: ...
 

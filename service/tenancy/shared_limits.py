@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from service.tenancy.ratelimit import Bucket, Verdict, decide
+from service.tenancy.ratelimit import Bucket, Verdict, decide, refilled
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,7 @@ class SharedBuckets(_SharedTable):
             for bucket, key in zip(buckets, keys, strict=True):
                 slot, held = self._find(key, now)
                 slots.append(slot)
-                if held is None:  # not held: full
-                    tokens.append(bucket.burst)
-                else:
-                    left, at = held
-                    tokens.append(min(bucket.burst, left + max(0.0, now - at) * bucket.rate))
+                tokens.append(bucket.burst if held is None else refilled(bucket, *held, now))  # None: full
             verdict, after = decide(buckets, tokens)
             for bucket, key, slot, left in zip(buckets, keys, slots, after, strict=True):
                 self.write(slot, key, left, now, now + max(0.0, bucket.burst - left) / bucket.rate)
