@@ -36,6 +36,7 @@ from service.redaction import redact_keys_in_logs
 from service.serving.admission import PreprocessGate, preprocess_concurrency
 from service.serving.devices import DevicePool, used_bytes
 from service.serving.fairqueue import CLASSES
+from service.serving.host_memory import keep_freed_host_memory
 from service.serving.inference import Inference
 from service.serving.inputs import InputLimits
 from service.serving.preprocess import PreprocessPool
@@ -146,6 +147,8 @@ class Gateway:
             torch.set_num_threads(1)
         elif settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        if client is None and settings.host_memory_reuse:  # before the models' first passes
+            keep_freed_host_memory()
         preprocess = None  # a worker decodes on its own threads: the workers are the processes
         if settings.preprocess_processes and client is None:
             preprocess = PreprocessPool(settings.preprocess_processes)
