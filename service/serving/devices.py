@@ -5,15 +5,20 @@ Inference replicas are placed here; the fine-tuning runner will lease devices fr
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -143,11 +148,8 @@ def intra_op_threads(forward: Callable[[], object], most: int, *, repeats: int =
     random, the length only ever high. Measured on the calling thread, whose setting is restored."""
     if most <= 1:
         return 1
-    try:
-        use_threads(1)
+    with one_thread():
         one = min(_timed(forward) for _ in range(repeats))  # the best: a first pass's switch costs
-    finally:
-        torch.set_num_threads(most)
     return most if one >= PARALLEL_MIN_PASS_S else 1
 
 
@@ -171,6 +173,76 @@ def use_threads(threads: int) -> None:
     replica's."""
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """The calling thread's torch operations on one intra-op thread within, as before after."""
+    before = torch.get_num_threads()
+    use_threads(1)
+    try:
+        yield
+    finally:
+        use_threads(before)
+
+
+class Cores:
+    """A process's CPU cores as permits, handed out first come, first served: a CPU pass on k
+    intra-op threads holds k of them (at most all). Two lanes' passes run side by side, but a
+    lane's lone batch on every thread waits for the other lane's pass to end, and holds the
+    others back until it ends, rather than running 3 threads on 2 cores, where OpenMP's
+    threads wait on a descheduled one at every parallel region's end."""
+
+    def __init__(self, count: int) -> None:
+        self.count = max(count, 1)
+        self.free = self.count
+        self.line: collections.deque[object] = collections.deque()
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, wanted: int) -> Iterator[None]:
+        wanted = min(max(wanted, 1), self.count)
+        turn = object()
+        with self.changed:
+            self.line.append(turn)
+            self.changed.wait_for(lambda: self.line[0] is turn and self.free >= wanted)
+            self.line.popleft()
+            self.free -= wanted
+            self.changed.notify_all()  # the next in line may fit beside it
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.free += wanted
+                self.changed.notify_all()
+
+
+CORES = Cores(torch.get_num_threads())
+
+# The process's one thread for CPU passes on more than one intra-op thread. Under GNU OpenMP
+# (torch's CPU builds) every thread that runs a parallel pass keeps a team of threads of its own,
+# and once the teams hold more threads than there are cores, libgomp no longer spins between the
+# parallel regions of a pass but sleeps and wakes at each: DeiT-tiny's pass at batch 1 on 2
+# threads took 30.6 ms beside a second team against 13.7 ms alone (one thread: 20 ms). So such
+# passes, of every replica, take turns on this thread, and every other thread runs torch on one
+# (docs/serving.md, "Intra-op threads on a CPU").
+_wide = ThreadPoolExecutor(1, thread_name_prefix="maas-wide")
+
+
+def on_threads(threads: int, call: Callable[[], T]) -> T:
+    """`call()`, a CPU pass, with torch on `threads` intra-op threads once it holds as many of
+    the process's `CORES`: on the calling thread where that is one (0: as the thread has them),
+    on the process's one wide thread where it is more (the calling thread waits)."""
+    with CORES.held(threads):
+        if threads <= 1:
+            use_threads(threads)
+            return call()
+        return _wide.submit(_wide_call, threads, call).result()
+
+
+def _wide_call(threads: int, call: Callable[[], T]) -> T:
+    use_threads(threads)
+    return call()
 
 
 def _timed(call: Callable[[], object]) -> float:

@@ -30,6 +30,8 @@ from service.serving.devices import (
     cpu_lanes,
     dtype_name,
     intra_op_threads,
+    on_threads,
+    one_thread,
     release_cached_memory,
     resolve_dtype,
     use_threads,
@@ -75,8 +77,9 @@ class ModelRegistry:
     ) -> None:
         self.models_dir = models_dir
         # CPU replicas' intra-op threads: all of torch's, or one where a warm-up pass is too short to
-        # split (timed at load); 0 when MAAS_TORCH_THREADS fixes them for every replica
-        self.cpu_threads = torch.get_num_threads() if tune_threads else 0
+        # split (timed at load); with MAAS_TORCH_THREADS, what it fixes for every replica
+        self.cpu_threads = torch.get_num_threads()
+        self.tune_threads = tune_threads
         self.fair_queueing = fair_queueing  # False: each model's queue is first in, first out
         self.batch_max_wait_s = batch_max_wait_s  # batch inputs held back on a CPU: at most this
         self.pool = pool
@@ -209,7 +212,12 @@ class ModelRegistry:
 
     def load_replicas(self, entry: ModelEntry, devices: Sequence[torch.device]) -> None:
         """Load one replica of `entry` on each of `devices` (in a worker thread): `ready`, or
-        `unavailable` with the reason."""
+        `unavailable` with the reason. Torch runs on one intra-op thread meanwhile: a parallel
+        pass here would leave this thread a team of OpenMP threads of its own (`on_threads`)."""
+        with one_thread():
+            self._load_replicas(entry, devices)
+
+    def _load_replicas(self, entry: ModelEntry, devices: Sequence[torch.device]) -> None:
         assert entry.manifest is not None
         manifest = entry.manifest
         started = time.perf_counter()
@@ -257,8 +265,10 @@ class ModelRegistry:
 
     def _threads(self, adapter: Any, device: torch.device) -> int:
         """The intra-op threads for a replica's forward passes (0: as the process has them)."""
-        if device.type != "cpu" or not self.cpu_threads:
+        if device.type != "cpu":
             return 0
+        if not self.tune_threads:
+            return self.cpu_threads
         return intra_op_threads(adapter.warmup, self.cpu_threads)  # its task's own representative pass
 
     def start_serving(self, entry: ModelEntry) -> None:
@@ -363,15 +373,20 @@ def _threads_note(replica: Replica) -> str:
 
 
 def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
-    def run(features: list[Any], top_k: int) -> list[Output]:
-        # the forward thread's own setting (its replica's); a CPU lane whose batch is the only
-        # one in hand takes every thread: a lone request is not slower for the lanes
-        batcher = replica.batcher
-        alone = batcher is not None and batcher.in_flight == len(features) and not batcher.queue
-        use_threads(replica.alone_threads if alone and replica.alone_threads else replica.threads)
+    def predict(features: list[Any], top_k: int) -> list[Output]:
         if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
             return replica.lora.predict(features, top_k=top_k)
         return replica.adapter.predict(features, top_k=top_k)
+
+    def run(features: list[Any], top_k: int) -> list[Output]:
+        # a CPU lane's batch alone in hand takes every thread: a lone request is no slower
+        batcher = replica.batcher
+        alone = batcher is not None and batcher.in_flight == len(features) and not batcher.queue
+        threads = replica.alone_threads if alone and replica.alone_threads else replica.threads
+        if replica.device.type != "cpu":
+            use_threads(threads)
+            return predict(features, top_k)
+        return on_threads(threads, lambda: predict(features, top_k))
 
     return run
 

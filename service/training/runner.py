@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -101,7 +102,12 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         try:
             # a base fine-tuned by another replica after this one started: registered before training
             await self.finished.discover(self.registry, job.tenant_id, job.base_model)
-            work = asyncio.create_task(asyncio.to_thread(self._train, job, device, control))
+            # on a thread of its own, which ends with the job: a thread that ran torch on several
+            # intra-op threads keeps an OpenMP team, and a second team slows the inference passes'
+            # (service/serving/devices.py, `on_threads`)
+            own = ThreadPoolExecutor(1, thread_name_prefix="maas-train")
+            work = asyncio.get_running_loop().run_in_executor(own, self._train, job, device, control)
+            own.shutdown(wait=False)  # the thread exits once the job is done
             while not work.done():
                 await asyncio.wait({work}, timeout=heartbeat_every(self.settings.fine_tune_lease_s))
                 if not work.done():
