@@ -29,6 +29,7 @@ import torch
 
 from service.serving.admission import PreprocessGate
 from service.serving.deadlines import before_deadline, check_deadline
+from service.serving.devices import use_threads
 from service.serving.fairqueue import ANYONE, Share
 from service.serving.inputs import ImageLimits, RawInput, load_image, open_image, reading
 from service.serving.runtime.base import InputKind, ModelAdapter
@@ -48,6 +49,7 @@ def prepare_inputs(
 ) -> list[Any]:
     """Decode and preprocess every input, in order (on a worker thread): the first bad input fails
     the request with its 4xx, and a passed `deadline` with 504 before the next input starts."""
+    use_threads(1)  # per input and small; a parallel op would leave this thread an OpenMP team (`on_threads`)
     features: list[Any] = []
     for item in inputs:
         check_deadline(deadline, f"preprocessing input {item.index}")
