@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             cpu_used = {
                 p.pid: sum(p.cpu_times()[:2]) - cpu_before[p.pid] for p in processes if p.is_running()
             }
+            # OS threads after the load: a model process's OpenMP helpers show here, one team per
+            # thread that ran a parallel op (one team is the aim: docs/serving.md, intra-op threads)
+            threads = {p.pid: p.num_threads() for p in processes if p.is_running()}
         finally:
             server.stop()
         print(f"{args.server} {args.model} c={args.concurrency}: {throughput:.1f} img/s while sampled")
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             per_image = 1000 * seconds / max(1.0, throughput * args.duration)
             print(
                 f"\n[{pid}] {names[pid]}: {seconds / args.duration:.2f} cores sampled busy "
-                f"(~{cores:.2f} by the OS over load), {per_image:.2f} ms of CPU per image"
+                f"(~{cores:.2f} by the OS over load), {per_image:.2f} ms of CPU per image, "
+                f"{threads.get(pid, 0)} threads"
             )
             for title, counts in (("own", own), ("incl", inclusive)):
                 for name, count in counts.most_common(args.top):
