@@ -235,12 +235,11 @@ def on_threads(threads: int, call: Callable[[], T]) -> T:
     on the process's one wide thread where it is more (the calling thread waits)."""
     with CORES.held(threads):
         if threads <= 1:
-            use_threads(threads)
-            return call()
-        return _wide.submit(_wide_call, threads, call).result()
+            return _with_threads(threads, call)
+        return _wide.submit(_with_threads, threads, call).result()
 
 
-def _wide_call(threads: int, call: Callable[[], T]) -> T:
+def _with_threads(threads: int, call: Callable[[], T]) -> T:
     use_threads(threads)
     return call()
 
