@@ -6,7 +6,7 @@ measures the p50/p95 of sequential single-image predictions on `digits-vit` whil
 else runs, then again while a fine-tuning job (digits, from scratch) trains, and prints both
 as JSON. Run from the repository root:
 
-    python scripts/fine_tune_latency.py --requests 300
+    python scripts/fine_tune_latency.py --requests 300 [--env MAAS_FINE_TUNE_THREADS=2]
 """
 
 from __future__ import annotations
@@ -56,7 +56,15 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="MAAS_X=VALUE",
+        help="a setting of the server (repeatable)",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.env)
 
     root = Path(tempfile.mkdtemp(prefix="maas-ft-latency-"))
     base = save_untrained_digits_vit(root / "scratch-vit")
@@ -68,7 +76,7 @@ def main() -> None:
         "digits-vit",
         f"name: digits-vit\ntask: image-classification\nsource: {REPO / 'models/digits-vit'}\n",
     )
-    server = start_server(models, root / "var", env={"MAAS_ADMIN_KEY": ADMIN})
+    server = start_server(models, root / "var", env={**settings, "MAAS_ADMIN_KEY": ADMIN})
     try:
         auth = {"Authorization": f"Bearer {ADMIN}"}
         with httpx.Client(base_url=server.base_url, headers=auth, timeout=60) as http:

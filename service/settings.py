@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     max_dataset_uncompressed_bytes: int = Field(1024 * 1024 * 1024, gt=0)  # zip bombs stop here
     max_dataset_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # one entry, uncompressed
     min_images_per_label: int = Field(5, ge=1)
-    fine_tune_threads: int = Field(1, ge=1, le=256)  # torch CPU threads of the training thread
+    fine_tune_threads: int = Field(1, ge=1, le=256)  # torch CPU threads (cores held) of a training step
     fine_tune_runner: bool = True  # run jobs in this process (off: an API-only replica)
     fine_tune_max_yield_s: float = Field(10.0, ge=0)  # a step at least this often under load; 0: none
     fine_tune_lease_s: float = Field(60.0, gt=0)  # a job whose replica stops heartbeating is taken over

@@ -102,9 +102,8 @@ class JobRunner(ClaimLoop[FineTuneJob]):
         try:
             # a base fine-tuned by another replica after this one started: registered before training
             await self.finished.discover(self.registry, job.tenant_id, job.base_model)
-            # on a thread of its own, which ends with the job: a thread that ran torch on several
-            # intra-op threads keeps an OpenMP team, and a second team slows the inference passes'
-            # (service/serving/devices.py, `on_threads`)
+            # on a thread of its own, which ends with the job (its CPU steps hold their cores and
+            # take turns with the inference passes: trainer._computed)
             own = ThreadPoolExecutor(1, thread_name_prefix="maas-train")
             work = asyncio.get_running_loop().run_in_executor(own, self._train, job, device, control)
             own.shutdown(wait=False)  # the thread exits once the job is done

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from service.serving.devices import on_threads, use_threads
 from service.serving.runtime.classifiers import classifier_class, encode, load_classifier, load_preprocessor
 
 CHECKPOINT = "checkpoint.pt"
@@ -34,6 +35,8 @@ LORA_TARGETS = ["q_proj", "v_proj", "query", "value"]  # attention query/value (
 HEAD = "classifier"  # trained in full next to the adapter (PEFT's modules_to_save)
 EVAL_BATCH = 64
 WARMUP = 0.05  # of all steps: the learning rate rises linearly, then decays linearly to 0
+
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
@@ -58,7 +61,7 @@ class Control:
 
     pending: Callable[[], int] = lambda: 0  # inputs waiting for the device; train only while 0
     max_yield_s: float = 0.0  # take a step anyway after waiting this long (0: wait as long as it takes)
-    cpu_threads: int = 1  # torch threads of the training thread (per thread: inference keeps its own)
+    cpu_threads: int = 1  # torch threads (and cores held) of each step on a CPU
     observer: StepObserver | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
@@ -198,6 +201,18 @@ def _evaluate(
     return loss_sum / n, correct / n
 
 
+def _computed(device: torch.device, threads: int, call: Callable[[], T]) -> tuple[T, float]:
+    """`call()`'s result and the seconds it computed. On a CPU it first holds `threads` of the
+    process's cores and runs where inference passes on as many threads run, taking turns with
+    them (`on_threads`: no second OpenMP team); the wait for the cores is not device time."""
+
+    def run() -> tuple[T, float]:
+        started = time.perf_counter()
+        return call(), time.perf_counter() - started
+
+    return on_threads(threads, run) if device.type == "cpu" else run()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -224,8 +239,7 @@ def train(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
-        # OpenMP's thread count is per calling thread: the inference workers' threads keep theirs
-        torch.set_num_threads(control.cpu_threads)
+        use_threads(1)  # loading and encoding on this thread: a team of its own would be a second
     model, processor = load_base(base_folder, data.labels, task)
     if method == "lora":
         model = with_lora(model, params)
@@ -264,18 +278,24 @@ def train(
             control.check()
             control.yield_to_inference()
             control.check()
-            started = time.perf_counter()
             index = order[step * params.batch_size : (step + 1) * params.batch_size]
-            loss = model(**_rows(train_x, index, device), labels=train_y[index].to(device)).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(index)
-            control.stepped(time.perf_counter() - started, len(index))
-        started = time.perf_counter()
-        val_loss, val_accuracy = _evaluate(model, val_x, val_y, device)
-        control.device_seconds += time.perf_counter() - started
+
+            def take_step(index: torch.Tensor = index) -> float:
+                loss = model(**_rows(train_x, index, device), labels=train_y[index].to(device)).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                return float(loss.detach())
+
+            loss, seconds = _computed(device, control.cpu_threads, take_step)
+            loss_sum += loss * len(index)
+            control.stepped(seconds, len(index))
+        evaluated, seconds = _computed(
+            device, control.cpu_threads, lambda: _evaluate(model, val_x, val_y, device)
+        )
+        val_loss, val_accuracy = evaluated
+        control.device_seconds += seconds
         report = EpochReport(epoch + 1, loss_sum / max(1, len(train_y)), val_loss, val_accuracy)
         history.append(report.__dict__)
         _save_checkpoint(

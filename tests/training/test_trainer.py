@@ -4,6 +4,8 @@ and stops at the next step when interrupted."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,8 @@ from service.training.trainer import (
     train,
 )
 from tests.training.zips import COLOURS, png
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def data(per_label: int = 6) -> TrainingData:
@@ -177,3 +181,53 @@ def test_the_same_loop_learns_text_and_saves_its_tokenizer(
     saved = AutoConfig.from_pretrained(tmp_path / "out")
     assert saved.id2label == {0: "negative", 1: "positive"}
     assert AutoTokenizer.from_pretrained(tmp_path / "out").tokenize("alice") == ["alice"]
+
+
+# A process whose inference passes on 2 intra-op threads made the OpenMP team (the wide thread's);
+# then a fine-tune on 2 threads runs on the main thread, counting, after each epoch, the threads
+# Python did not start (OpenMP's helpers) the process has gained since; prints the largest count.
+_TRAIN_BESIDE_INFERENCE = """
+import os, sys, threading
+from pathlib import Path
+import torch
+from service.serving.devices import on_threads
+from service.training.trainer import Control, Hyperparameters, train
+from tests.training.test_trainer import data
+
+torch.set_num_threads(2)
+weights = torch.rand(512, 512)
+for _ in range(20):
+    on_threads(2, lambda: weights @ weights)
+def native():
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+before = native()
+gained = []
+work = Path(sys.argv[2])
+train(
+    base_folder=Path(sys.argv[1]),
+    data=data(),
+    params=Hyperparameters(epochs=2, learning_rate=0.01, batch_size=4),
+    device=torch.device("cpu"),
+    work_dir=work / "work",
+    output_dir=work / "out",
+    control=Control(cpu_threads=2),
+    on_epoch=lambda report: gained.append(native() - before),
+)
+print(max(gained))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_a_fine_tune_on_several_threads_adds_no_openmp_team(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    """Its steps take turns with the inference passes on the process's one team: a second team
+    would make lone inference passes on several threads twice as slow while the job runs."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TRAIN_BESIDE_INFERENCE, str(tiny_vit_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == 0
