@@ -116,6 +116,9 @@ class Batcher:
     # requests for this model being read or decoded right now; None: unknown, always wait
     arriving: Callable[[], int] | None = None
     fair: bool = True  # False: first in, first out within each class (MAAS_FAIR_QUEUEING=false)
+    # when a batch called at a perf_counter() reading started computing, read on its thread after
+    # it ran (a CPU pass may first wait for its cores: devices.computing_since); charged from then
+    computing_since: Callable[[float], float] = lambda called: called
     queue: FairQueue[WorkItem] = field(init=False)
     in_flight: int = 0  # inputs in the batches now on the device
     # batches on the device at once (the executor needs as many threads); 1: one after another
@@ -307,9 +310,9 @@ class Batcher:
         started = time.perf_counter()
         one_by_one = False
         try:
-            outputs = await loop.run_in_executor(self.executor, self._checked_run, features, top_k)
+            outputs, computing = await loop.run_in_executor(self.executor, self._checked_run, features, top_k)
         except Exception as exc:
-            outputs = None
+            outputs, computing = None, started
             if len(batch) == 1:
                 _resolve(batch[0], error=exc)
             else:
@@ -321,9 +324,9 @@ class Batcher:
         finally:
             self.in_flight -= len(batch)
         ended = time.perf_counter()
-        stats.forward_s = ended - max(started, min(self._device_free_at, ended))  # its own device time
+        stats.forward_s = ended - max(computing, min(self._device_free_at, ended))  # its own device time
         self._device_free_at = max(self._device_free_at, ended)
-        self.rate.observe(len(batch), ended - started)
+        self.rate.observe(len(batch), ended - computing)
         self.served.observe(len(batch), stats.forward_s)
         if not one_by_one:  # charged before resolving: the request reads its tally once woken
             _charge(batch, stats.forward_s / len(batch))
@@ -339,23 +342,26 @@ class Batcher:
         for item in batch:
             if item.future.done():
                 continue
-            started = time.perf_counter()
+            computing = time.perf_counter()
             output: Any = None
             error: Exception | None = None
             try:
-                [output] = await loop.run_in_executor(
+                outputs, computing = await loop.run_in_executor(
                     self.executor, self._checked_run, [item.features], item.top_k
                 )
+                output = outputs[0]
             except Exception as exc:
                 error = exc
-            _charge([item], failed_s / len(batch) + time.perf_counter() - started)
+            _charge([item], failed_s / len(batch) + time.perf_counter() - computing)
             _resolve(item, output=output, error=error)
 
-    def _checked_run(self, features: list[Any], top_k: int) -> Sequence[Any]:
+    def _checked_run(self, features: list[Any], top_k: int) -> tuple[Sequence[Any], float]:
+        """The batch's outputs, and when it started computing."""
+        called = time.perf_counter()
         outputs = self.run_batch(features, top_k)
         if len(outputs) != len(features):
             raise RuntimeError(f"{self.name}: {len(outputs)} outputs for {len(features)} inputs")
-        return outputs
+        return outputs, self.computing_since(called)
 
 
 def _charge(items: list[WorkItem], seconds_each: float) -> None:

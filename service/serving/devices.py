@@ -161,7 +161,7 @@ def cpu_lanes(threads: int, pipelined: bool) -> tuple[int, int]:
     and waiting at its end, nor stall when another process takes one of the cores for a moment
     (DeiT-tiny on 2 cores: 1.37x the throughput of one batch on 2 threads, docs/serving.md).
     A lane whose batch is the only one in hand still takes every thread (the registry's
-    `_predictor`), so a lone request is no slower. Others: one batch on `threads`."""
+    `Replica.run_batch`), so a lone request is no slower. Others: one batch on `threads`."""
     if pipelined and threads > 1:
         return threads, 1
     return 1, threads
@@ -229,14 +229,25 @@ CORES = Cores(torch.get_num_threads())
 _wide = ThreadPoolExecutor(1, thread_name_prefix="maas-wide")
 
 
+_passes = threading.local()  # `began`: when the thread's latest CPU pass got its cores
+
+
 def on_threads(threads: int, call: Callable[[], T]) -> T:
     """`call()`, a CPU pass, with torch on `threads` intra-op threads once it holds as many of
     the process's `CORES`: on the calling thread where that is one (0: as the thread has them),
     on the process's one wide thread where it is more (the calling thread waits)."""
     with CORES.held(threads):
+        _passes.began = time.perf_counter()
         if threads <= 1:
             return _with_threads(threads, call)
         return _wide.submit(_with_threads, threads, call).result()
+
+
+def computing_since(called: float) -> float:
+    """When the calling thread's work begun at `called` (a `time.perf_counter()` reading) started
+    computing: the moment its CPU pass got its cores (`on_threads`), `called` where it ran none
+    (a GPU's batch). The wait for the cores is not the pass's device time."""
+    return max(called, getattr(_passes, "began", called))
 
 
 def _with_threads(threads: int, call: Callable[[], T]) -> T:

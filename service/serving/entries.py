@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from service.serving.batching import Batcher
-from service.serving.devices import dtype_name
+from service.serving.devices import dtype_name, on_threads, use_threads
 from service.serving.fairqueue import ServiceClass
 from service.serving.manifests import ModelManifest
-from service.serving.runtime import ModelAdapter
+from service.serving.runtime import ModelAdapter, Output
 from service.serving.runtime.base import InputKind
 from service.serving.status import ModelStatus
 
@@ -50,6 +50,23 @@ class Replica:
     shared: bool = False  # a LoRA adapter's: the batcher and thread are its base replica's
     threads: int = 0  # intra-op threads of its forward passes on a CPU (0: the process's setting)
     alone_threads: int = 0  # a CPU lane's threads while its batch is the only one in hand (0: `threads`)
+
+    def run_batch(self, features: list[Any], top_k: int) -> list[Output]:
+        """One forward pass over `features` on this replica's thread (a CPU pass on its intra-op
+        threads once it holds as many cores: `on_threads`)."""
+        # a CPU lane's batch alone in hand takes every thread: a lone request is no slower
+        batcher = self.batcher
+        alone = batcher is not None and batcher.in_flight == len(features) and not batcher.queue
+        threads = self.alone_threads if alone and self.alone_threads else self.threads
+        if self.device.type != "cpu":
+            use_threads(threads)
+            return self._predict(features, top_k)
+        return on_threads(threads, lambda: self._predict(features, top_k))
+
+    def _predict(self, features: list[Any], top_k: int) -> list[Output]:
+        if self.lora is not None:  # its LoRA adapters' inputs may share the batch
+            return self.lora.predict(features, top_k=top_k)
+        return self.adapter.predict(features, top_k=top_k)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -27,19 +27,18 @@ from service.serving import lora
 from service.serving.batching import BATCH_MAX_WAIT_S, Batcher
 from service.serving.devices import (
     DevicePool,
+    computing_since,
     cpu_lanes,
     dtype_name,
     intra_op_threads,
-    on_threads,
     one_thread,
     release_cached_memory,
     resolve_dtype,
-    use_threads,
 )
 from service.serving.entries import INPUT_KIND, ModelEntry, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.residency import Residency, device_budgets
-from service.serving.runtime import Output, SourceError, load_adapter
+from service.serving.runtime import SourceError, load_adapter
 from service.serving.runtime.sources import resolve_local_folder
 from service.serving.status import ModelStatus
 from service.tenancy.principal import Principal
@@ -278,7 +277,7 @@ class ModelRegistry:
         for replica in entry.replicas:
             assert replica.executor is not None  # a replica loaded in this process
             replica.batcher = Batcher(
-                run_batch=_predictor(replica),
+                run_batch=replica.run_batch,
                 executor=replica.executor,
                 max_batch_size=batching.max_batch_size,
                 max_delay_s=batching.max_delay_ms / 1000,
@@ -290,6 +289,7 @@ class ModelRegistry:
                 batch_max_wait_s=self.batch_max_wait_s,
                 pipeline=replica.pipeline,
                 spread=replica.device.type == "cpu",
+                computing_since=computing_since,
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)
@@ -370,25 +370,6 @@ def _threads_note(replica: Replica) -> str:
     if replica.device.type == "cpu" and replica.pipeline > 1:
         return f", {replica.pipeline} batches at once on {threads} each"
     return f", {threads}"
-
-
-def _predictor(replica: Replica) -> Callable[[list[Any], int], list[Output]]:
-    def predict(features: list[Any], top_k: int) -> list[Output]:
-        if replica.lora is not None:  # its LoRA adapters' inputs may share the batch
-            return replica.lora.predict(features, top_k=top_k)
-        return replica.adapter.predict(features, top_k=top_k)
-
-    def run(features: list[Any], top_k: int) -> list[Output]:
-        # a CPU lane's batch alone in hand takes every thread: a lone request is no slower
-        batcher = replica.batcher
-        alone = batcher is not None and batcher.in_flight == len(features) and not batcher.queue
-        threads = replica.alone_threads if alone and replica.alone_threads else replica.threads
-        if replica.device.type != "cpu":
-            use_threads(threads)
-            return predict(features, top_k)
-        return on_threads(threads, lambda: predict(features, top_k))
-
-    return run
 
 
 def _local_folder(entry: ModelEntry | None) -> Path | None:

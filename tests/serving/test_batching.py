@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import torch
 
 from service.errors import DeadlineExceeded
 from service.serving.batching import Batcher, BatchStats, Tally
+from service.serving.devices import CORES, computing_since, on_threads
+from tests.serving.test_cores import _until
 
 pytestmark = pytest.mark.anyio
 
@@ -289,3 +292,37 @@ async def test_with_a_pipeline_of_two_the_next_batch_runs_while_one_is_on_the_de
     assert [s.size for s in stats] == [2, 2]
     assert tally.compute_s == pytest.approx(sum(s.forward_s for s in stats))
     assert tally.compute_s <= elapsed
+
+
+async def test_a_cpu_pass_is_charged_from_when_it_got_its_cores_not_while_it_waited(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A lane's pass that waits for the cores another pass holds (a lone batch on every thread)
+    is charged its own computing only: the wait is not device time the tenant used."""
+    weights = torch.rand(256, 256)
+    released: list[float] = []
+
+    def wide_pass() -> None:
+        with CORES.held(CORES.count):
+            _until(lambda: len(CORES.line) == 1)  # the lane's pass waits in line for the cores
+            for _ in range(200):  # a real pass on every core, while the lane waits
+                weights @ weights
+            released.append(time.perf_counter())
+
+    def lane(features: list[Any], top_k: int) -> Sequence[Any]:
+        return on_threads(1, lambda: [f.upper() for f in features])
+
+    tally = Tally()
+    batcher = Batcher(
+        lane, executor, max_batch_size=1, max_delay_s=0, clock=FakeClock(), computing_since=computing_since
+    )
+    holder = threading.Thread(target=wide_pass)
+    holder.start()
+    _until(lambda: CORES.free == 0)
+    future = batcher.submit("a", top_k=1, tally=tally)
+    batcher.start()
+    assert await asyncio.wait_for(future, 30) == "A"
+    answered = time.perf_counter()
+    holder.join()
+    await batcher.close()
+    assert 0 < tally.compute_s <= answered - released[0]

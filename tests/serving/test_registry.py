@@ -16,7 +16,7 @@ from service.observability.metrics import Metrics
 from service.serving.batching import Batcher
 from service.serving.devices import DevicePool
 from service.serving.entries import Replica
-from service.serving.registry import ModelRegistry, ModelStatus, _predictor
+from service.serving.registry import ModelRegistry, ModelStatus
 from tests.conftest import write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,7 @@ async def test_a_cpu_lanes_lone_batch_takes_every_thread_and_side_by_side_ones_o
     pool = ThreadPoolExecutor(2)
     replica = Replica(Recorder(), torch.device("cpu"), pool, pipeline=2, threads=1, alone_threads=most)  # type: ignore[arg-type]
     replica.batcher = Batcher(
-        _predictor(replica), pool, max_batch_size=1, max_delay_s=0, pipeline=2, spread=True
+        replica.run_batch, pool, max_batch_size=1, max_delay_s=0, pipeline=2, spread=True
     )
     replica.batcher.start()
     assert await replica.batcher.submit("lone", top_k=1) == "lone"
