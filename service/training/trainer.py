@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from service.serving.devices import on_threads, use_threads
 from service.serving.runtime.classifiers import classifier_class, encode, load_classifier, load_preprocessor
@@ -253,6 +252,9 @@ def train(
     steps_per_epoch = math.ceil(len(train_y) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     warmup = math.ceil(total_steps * WARMUP)
+    # here, not at the top: its module imports PEFT, 134 MiB in every process that imports the app
+    from transformers import get_linear_schedule_with_warmup
+
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)  # type: ignore[no-untyped-call]
 
     checkpoint_path = work_dir / CHECKPOINT

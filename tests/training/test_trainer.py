@@ -194,6 +194,8 @@ from service.serving.devices import on_threads
 from service.training.trainer import Control, Hyperparameters, train
 from tests.training.test_trainer import data
 
+import transformers.optimization  # what train() imports, first: it starts a (non-OpenMP) thread
+
 torch.set_num_threads(2)
 weights = torch.rand(512, 512)
 for _ in range(20):
