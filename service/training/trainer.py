@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from service.serving.devices import on_threads, use_threads
+from service.serving.devices import computing_since, on_threads, use_threads
 from service.serving.runtime.classifiers import classifier_class, encode, load_classifier, load_preprocessor
 
 CHECKPOINT = "checkpoint.pt"
@@ -204,12 +204,9 @@ def _computed(device: torch.device, threads: int, call: Callable[[], T]) -> tupl
     """`call()`'s result and the seconds it computed. On a CPU it first holds `threads` of the
     process's cores and runs where inference passes on as many threads run, taking turns with
     them (`on_threads`: no second OpenMP team); the wait for the cores is not device time."""
-
-    def run() -> tuple[T, float]:
-        started = time.perf_counter()
-        return call(), time.perf_counter() - started
-
-    return on_threads(threads, run) if device.type == "cpu" else run()
+    called = time.perf_counter()
+    result = on_threads(threads, call) if device.type == "cpu" else call()
+    return result, time.perf_counter() - computing_since(called)
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
