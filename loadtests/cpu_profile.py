@@ -79,7 +79,9 @@ class CpuProfile:
             self.gpu_samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
 
     def report(self, top_threads: int = 3) -> dict[str, Any]:
-        """Each process seen at both ends: CPU percent, RSS, its busiest threads' CPU percent."""
+        """Each process seen at both ends: CPU percent, RSS, its OS threads at the end (a model
+        process's OpenMP helpers show there: one team per thread that ran a parallel CPU op) and
+        its busiest threads' CPU percent."""
         rows = []
         for pid, (cpu_end, threads_end) in self.end.items():
             if pid not in self.start:
@@ -95,6 +97,7 @@ class CpuProfile:
                     "role": self.names.get(pid, "child"),
                     "cpu_percent": round(100 * (cpu_end - cpu_start) / self.seconds, 1),
                     "rss_mb": self.rss_mb.get(pid),
+                    "threads": len(threads_end),
                     "busiest_threads_percent": [round(b, 1) for b in busy[:top_threads]],
                 }
             )

@@ -35,6 +35,7 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
         assert level["concurrency"] == 4 and level["errors"] == 0 and level["throughput"] > 0
         roles = [p["role"] for p in level["profile"]["processes"]]  # where the CPU time went
         assert "load generator" in roles and len(roles) >= 1 + processes, roles
+        assert all(p["threads"] >= 1 for p in level["profile"]["processes"])  # OpenMP teams show here
     assert results["forward"]["best"][served]["images_per_s"] > 0
     summary = results["summary"]
     assert summary["forward_limit"]["dtype"] == served
