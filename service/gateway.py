@@ -149,6 +149,11 @@ class Gateway:
             torch.set_num_threads(settings.torch_threads)
         if client is None and settings.host_memory_reuse:  # before the models' first passes
             keep_freed_host_memory()
+        if client is None:
+            # the pipelines, once, before models load on several threads: two threads' first
+            # imports of transformers' lazy modules can meet in an import cycle, where one gets a
+            # module half made ("cannot import name 'pipeline' from 'transformers'")
+            import transformers.pipelines  # noqa: F401
         preprocess = None  # a worker decodes on its own threads: the workers are the processes
         if settings.preprocess_processes and client is None:
             preprocess = PreprocessPool(settings.preprocess_processes)
