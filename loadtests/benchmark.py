@@ -7,11 +7,12 @@
 For each model (ViTs built from `ViTConfig`, see workload.py) it measures the raw limit in-process
 (JPEG decode + image processor per image, plus the forward pass per image at the best batch size)
 and its forward-only limit (no images at all: one batch per core side by side, one thread each,
-which no server can pass in the same dtype), then starts each server as a separate process with
-the same model and batch settings, drives it with the closed-loop load generator at each
-concurrency, and prints throughput, p50/p90/p99 latency, errors and the shares of both limits.
-A server that cannot be installed or started is reported and
-skipped. The Markdown table at the end is the one recorded in docs/serving.md.
+which no server can pass in the same dtype with the same Linear kernels: on a CPU where the
+gateway packs its float32 Linear layers for oneDNN, so does this limit), then starts each server
+as a separate process with the same model and batch settings, drives it with the closed-loop
+load generator at each concurrency, and prints throughput, p50/p90/p99 latency, errors and the
+shares of both limits. A server that cannot be installed or started is reported and skipped.
+The Markdown table at the end is the one recorded in docs/serving.md.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def markdown(rows: list[Row], raws: dict[str, RawLimit]) -> str:
             f"| | | | | 100 % | {100 * raw.images_per_s / forward:.0f} % |"
         )
         lines.append(
-            f"| {model} | forward-only limit ({raw.lanes} batches side by side, 1 thr each) | | "
+            f"| {model} | forward-only limit ({raw.lanes} batches side by side, 1 thr each"
+            f"{', Linear packed for oneDNN' if raw.onednn_linear else ''}) | | "
             f"{forward:.1f} | | | | | {100 * forward / raw.images_per_s:.0f} % | 100 % |"
         )
         for r in rows:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: sib
 
 from cpu_profile import CpuProfile
 from loadgen import build_request, run_closed_loop
-from servers import BENCH_KEY, RunningServer, ServerUnavailable, start_server
+from servers import BENCH_KEY, RunningServer, ServerUnavailable, gateway_settings, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
 
 GPU_BATCH_SIZES = (1, 16, 64, 128, 256)
@@ -59,7 +59,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--compile", action="store_true", help="also the gateway with compile: true")
     parser.add_argument("--no-litserve", action="store_true", help="skip LitServe even where installed")
-    parser.add_argument("--maas-env", action="append", default=[], help="KEY=VALUE for the gateway")
+    parser.add_argument(
+        "--maas-env", action="append", default=[], metavar="MAAS_NAME=VALUE", help="a gateway setting"
+    )
     parser.add_argument(
         "--workers",
         default="",
@@ -79,7 +81,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_batch_size = args.max_batch_size or (8 if quick else 128)
     args.batch_sizes = QUICK_BATCH_SIZES if quick else GPU_BATCH_SIZES
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    args.env = dict(item.split("=", 1) for item in args.maas_env)
+    args.env = gateway_settings(parser, args.maas_env)
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     return args
 

@@ -111,9 +111,12 @@ class RawLimit:
     best_threads: int
     forward_ms_by_threads: dict[int, dict[int, float]]  # threads -> batch size -> ms per image
     # forward passes only, one batch per core side by side on one thread each (as the gateway's
-    # CPU lanes run them), at the best one-thread batch size: what no server can pass in float32
+    # CPU lanes run them), at the best one-thread batch size, with the Linear layers the gateway
+    # picks at default settings (packed for oneDNN on a non-Intel CPU with AVX-512): the ceiling
+    # for the gateway in float32
     lanes: int = 1
     forward_only_images_per_s: float = 0.0
+    onednn_linear: bool = False  # whether the forward-only limit ran on Linear layers packed for oneDNN
 
     @property
     def images_per_s(self) -> float:
@@ -187,10 +190,22 @@ def measure_raw_limit(
     lanes = default_threads  # as the gateway's CPU lanes: one per intra-op thread torch starts with
     one_thread = by_threads[1]
     lane_batch = sample.repeat(min(one_thread, key=one_thread.__getitem__), 1, 1, 1)
+    packed = pack_as_the_gateway(model)
     forward_only = forward_lanes_limit(model, lane_batch, lanes, 2 * min_s)
     return RawLimit(
-        preprocess_s * 1000, by_threads[threads][size], size, threads, by_threads, lanes, forward_only
+        preprocess_s * 1000, by_threads[threads][size], size, threads, by_threads, lanes, forward_only, packed
     )
+
+
+def pack_as_the_gateway(model: Any) -> bool:
+    """Pack `model`'s encoder Linear layers for oneDNN where the gateway does at default settings
+    (MAAS_CPU_LINEAR=auto, service/serving/runtime/cpu_linear.py): the forward-only limit stays a
+    ceiling for the gateway. Whether it did."""
+    from service.serving.runtime.cpu_linear import onednn_wanted, pack_linears
+
+    if not onednn_wanted("auto")[0]:
+        return False
+    return bool(pack_linears(model.base_model).layers)
 
 
 def forward_lanes_limit(model: Any, batch: Any, lanes: int, min_s: float) -> float:

@@ -6,7 +6,7 @@ measures the p50/p95 of sequential single-image predictions on `digits-vit` whil
 else runs, then again while a fine-tuning job (digits, from scratch) trains, and prints both
 as JSON. Run from the repository root:
 
-    python scripts/fine_tune_latency.py --requests 300 [--env MAAS_FINE_TUNE_THREADS=2]
+    python scripts/fine_tune_latency.py --requests 300 [--maas-env MAAS_FINE_TUNE_THREADS=2]
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "loadtests"))  # the load tests' siblings import flat
+
+from servers import gateway_settings  # noqa: E402
 
 from tests.conftest import write_manifest  # noqa: E402
 from tests.e2e.conftest import start_server  # noqa: E402
@@ -57,14 +60,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument(
-        "--env",
+        "--maas-env",
         action="append",
         default=[],
-        metavar="MAAS_X=VALUE",
+        metavar="MAAS_NAME=VALUE",
         help="a setting of the server (repeatable)",
     )
     args = parser.parse_args()
-    settings = dict(item.split("=", 1) for item in args.env)
+    settings = gateway_settings(parser, args.maas_env)
 
     root = Path(tempfile.mkdtemp(prefix="maas-ft-latency-"))
     base = save_untrained_digits_vit(root / "scratch-vit")

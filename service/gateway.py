@@ -173,6 +173,7 @@ class Gateway:
             batch_max_wait_s=settings.batch_max_wait_s,
             memory_mb=settings.device_memory_mb,
             tune_threads=not settings.torch_threads,
+            cpu_linear=settings.cpu_linear,
         )
         registry.discover()
         finished.register_all(registry)  # fine-tuned models survive restarts

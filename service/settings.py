@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     worker_shared_memory_mb: float = Field(32.0, ge=0, le=65536)  # each worker's arena for pixels; 0: none
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
+    # float32 Linear layers on a CPU: oneDNN with packed weights, or torch's default (MKL on x86)
+    cpu_linear: Literal["auto", "onednn", "default"] = "auto"
     host_memory_reuse: bool = True  # the model process keeps freed blocks (glibc malloc) for the next pass
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
     preprocess_concurrency: int = Field(0, ge=0, le=1024)  # requests decoding at once, per process; 0: cores

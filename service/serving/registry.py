@@ -39,6 +39,7 @@ from service.serving.entries import INPUT_KIND, ModelEntry, Replica
 from service.serving.manifests import Batching, ManifestFile, ModelManifest, Price, discover_manifests
 from service.serving.residency import Residency, device_budgets
 from service.serving.runtime import SourceError, load_adapter
+from service.serving.runtime.cpu_linear import CpuLinear
 from service.serving.runtime.sources import resolve_local_folder
 from service.serving.status import ModelStatus
 from service.tenancy.principal import Principal
@@ -73,6 +74,7 @@ class ModelRegistry:
         batch_max_wait_s: float = BATCH_MAX_WAIT_S,
         memory_mb: float | None = None,
         tune_threads: bool = True,
+        cpu_linear: CpuLinear = "auto",
     ) -> None:
         self.models_dir = models_dir
         # CPU replicas' intra-op threads: all of torch's, or one where a warm-up pass is too short to
@@ -84,6 +86,7 @@ class ModelRegistry:
         self.pool = pool
         self.metrics = metrics
         self.hub_timeout_s = hub_timeout_s
+        self.cpu_linear = cpu_linear  # float32 Linear layers on a CPU (runtime/cpu_linear.py)
         self.finder = finder
         self.entries: dict[str, ModelEntry] = {}
         self.preload_done = asyncio.Event()
@@ -230,6 +233,7 @@ class ModelRegistry:
                     device,
                     dtype,
                     hub_timeout_s=self.hub_timeout_s,
+                    cpu_linear=self.cpu_linear,
                 )
                 adapter.warmup()
                 threads = self._threads(adapter, device)

@@ -28,6 +28,7 @@ from service.errors import DeadlineExceeded, ModelUnavailable
 from service.observability.metrics import Metrics
 from service.serving.devices import DevicePool
 from service.serving.entries import ModelEntry
+from service.serving.runtime.cpu_linear import model_of
 from service.serving.sizing import estimate_bytes
 from service.serving.status import ModelStatus
 
@@ -88,12 +89,12 @@ def loaded_bytes(entry: ModelEntry) -> int:
     files are not on disk (a hub id)."""
     if not entry.replicas:
         return 0
-    adapter: Any = entry.replicas[0].adapter
-    module = getattr(adapter, "model", None) or getattr(getattr(adapter, "pipe", None), "model", None)
-    if not isinstance(module, torch.nn.Module):
+    module = model_of(entry.replicas[0].adapter)
+    if module is None:
         return 0
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in tensors}.values())
+    # a tensor packed for oneDNN (runtime/cpu_linear.py) has no data pointer: it counts by identity
+    tensors = {id(t) if t.is_mkldnn else t.data_ptr(): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from service.serving.devices import dtype_reason
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import Classification, ModelAdapter, Output
+from service.serving.runtime.cpu_linear import CpuLinear, onednn_wanted, pack_checked
 from service.serving.runtime.sources import SourceError, resolve_source
 
 __all__ = ["Classification", "ModelAdapter", "Output", "SourceError", "load_adapter"]
@@ -24,9 +25,11 @@ def load_adapter(
     dtype: torch.dtype,
     *,
     hub_timeout_s: float = 3.0,
+    cpu_linear: CpuLinear = "auto",
 ) -> ModelAdapter:
-    """Load one replica of `manifest` on `device` (compiled where it says `compile: true`); raises
-    with a readable reason on failure."""
+    """Load one replica of `manifest` on `device` (compiled where it says `compile: true`; an
+    eager float32 replica on a CPU with its Linear layers as `cpu_linear` says, see
+    runtime/cpu_linear.py); raises with a readable reason on failure."""
     log.info("model %s on %s: %s", manifest.name, device, dtype_reason(manifest.dtype, dtype, device))
     source = resolve_source(manifest.source, manifest_dir, hub_timeout_s=hub_timeout_s)
     adapter: ModelAdapter
@@ -43,4 +46,11 @@ def load_adapter(
         adapter = load_transformers_adapter(manifest, source, device, dtype, base=base)
     if manifest.compile:
         adapter.compile(manifest.batching.max_batch_size, name=manifest.name)
+    compiled = adapter.compile_state is not None and adapter.compile_state.active
+    if device.type == "cpu" and dtype is torch.float32 and not compiled:
+        packed, reason = onednn_wanted(cpu_linear)
+        if packed:
+            layers = pack_checked(adapter, adapter.warmup, name=manifest.name)
+            reason = f"{reason} ({layers} layers)" if layers else "torch's default (no layer packed)"
+        log.info("model %s: float32 Linear layers: %s", manifest.name, reason)
     return adapter

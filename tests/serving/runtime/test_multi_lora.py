@@ -14,6 +14,7 @@ from PIL import Image
 from service.serving.manifests import ModelManifest
 from service.serving.runtime import load_adapter
 from service.serving.runtime.base import Classification, ModelAdapter
+from service.serving.runtime.cpu_linear import CpuLinear
 from service.serving.runtime.lora_views import LoraHost, view_of
 from service.serving.runtime.multi_lora import LoraInput, UnsupportedAdapter, read_lora
 from tests.lora_adapters import save_lora_adapter
@@ -56,13 +57,18 @@ def mixed_against_merged(
     inputs: list[Any],
     dtype: torch.dtype = torch.float32,
     tolerance: float = 1e-5,
+    cpu_linear: CpuLinear = "auto",
 ) -> None:
-    base = load_adapter(manifest(task, base_dir), base_dir, CPU, dtype)
+    """The base's Linear layers as `cpu_linear` says (runtime/cpu_linear.py); the merged copies
+    with torch's default ones."""
+    base = load_adapter(manifest(task, base_dir), base_dir, CPU, dtype, cpu_linear=cpu_linear)
     merged: dict[str | None, ModelAdapter] = {
-        None: load_adapter(manifest(task, base_dir), base_dir, CPU, dtype)
+        None: load_adapter(manifest(task, base_dir), base_dir, CPU, dtype, cpu_linear="default")
     }
     for name, folder in folders.items():
-        merged[name] = load_adapter(manifest(task, folder, base_dir), folder, CPU, dtype)
+        merged[name] = load_adapter(
+            manifest(task, folder, base_dir), folder, CPU, dtype, cpu_linear="default"
+        )
     host = LoraHost(base, "classifier")  # type: ignore[arg-type]
     for name, folder in folders.items():
         host.add(name, read_lora(folder))
@@ -84,15 +90,26 @@ def mixed_against_merged(
         assert_same(output, merged[view.name].predict([feature], top_k=5)[0], tolerance)
 
 
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance", "cpu_linear"),
+    [
+        (torch.float32, 1e-5, "default"),
+        (torch.float32, 1e-5, "onednn"),  # the base's encoder packed for oneDNN, banks over it
+        (torch.bfloat16, 2e-2, "auto"),
+    ],
+)
 def test_a_mixed_image_batch_equals_each_adapter_merged(
-    tiny_vit_dir: Path, tmp_path: Path, dtype: torch.dtype, tolerance: float
+    tiny_vit_dir: Path, tmp_path: Path, dtype: torch.dtype, tolerance: float, cpu_linear: CpuLinear
 ) -> None:
+    if cpu_linear == "onednn" and not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        pytest.skip("this torch is built without oneDNN")
     folders = {
         name: save_lora_adapter(tiny_vit_dir, tmp_path / name, labels, seed=n, rank=rank)
         for n, (name, (labels, rank)) in enumerate(ADAPTERS.items())
     }
-    mixed_against_merged("image-classification", tiny_vit_dir, folders, images(), dtype, tolerance)
+    mixed_against_merged(
+        "image-classification", tiny_vit_dir, folders, images(), dtype, tolerance, cpu_linear
+    )
 
 
 def test_a_mixed_text_batch_equals_each_adapter_merged(
