@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: sib
 
 from loadgen import LoadResult, build_request, run_closed_loop
 from servers import SERVERS, ServerUnavailable, gateway_settings, start_server
-from workload import MODELS, RawLimit, build_model, jpeg_bodies, measure_raw_limit, weights_bytes
+from workload import MODELS, RawLimit, build_model, cpu_name, jpeg_bodies, measure_raw_limit, weights_bytes
 
 
 @dataclass
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     print(
-        f"maas-gateway benchmark: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"maas-gateway benchmark: {platform.node()}, {os.cpu_count()} CPUs ({cpu_name()}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
     print(
         f"batching: max_batch_size {args.max_batch_size}, max_delay_ms {args.max_delay_ms}; "
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "machine": {
                 "cpus": os.cpu_count(),
+                "cpu": cpu_name(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             },

@@ -9,7 +9,9 @@ Random weights are fine: speed does not depend on what the weights say. The mode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -101,6 +103,20 @@ def jpeg_bodies(count: int = 12, seed: int = 0) -> list[bytes]:
     return bodies
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the instruction set torch's kernels use (`AVX512`, `AVX2`...): this
+    project's machines of one kind are not always the same CPU, and numbers move with it."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+        for line in info:
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 @dataclass(frozen=True)
 class RawLimit:
     """The most images per second this machine can push through the model, without any serving."""
@@ -112,7 +128,7 @@ class RawLimit:
     forward_ms_by_threads: dict[int, dict[int, float]]  # threads -> batch size -> ms per image
     # forward passes only, one batch per core side by side on one thread each (as the gateway's
     # CPU lanes run them), at the best one-thread batch size, with the Linear layers the gateway
-    # picks at default settings (packed for oneDNN on a non-Intel CPU with AVX-512): the ceiling
+    # picks at default settings (packed for oneDNN on a CPU with AVX-512): the ceiling
     # for the gateway in float32
     lanes: int = 1
     forward_only_images_per_s: float = 0.0

@@ -204,6 +204,7 @@ class Model:
     owned_by: str | None = None
     created: int | None = None  # Unix time (OpenAI's `Model.created`)
     compile: JSON | None = None  # manifest `compile: true`: active, batch_sizes, reason, seconds
+    cpu_linear: JSON | None = None  # a float32 model on a CPU: kernels, packed_layers, reason
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
 

@@ -77,6 +77,14 @@ class CompileInfo(BaseModel):
     seconds: float | None = Field(description="How long compiling every batch size took.")
 
 
+class CpuLinearInfo(BaseModel):
+    kernels: Literal["onednn", "default"] = Field(
+        description="oneDNN with weights packed at load, or torch's default (MKL on x86)."
+    )
+    packed_layers: int = Field(description="How many Linear layers are packed for oneDNN.")
+    reason: str = Field(description="Why (MAAS_CPU_LINEAR and this CPU).")
+
+
 class ModelInfo(BaseModel):
     id: str
     object: Literal["model"]
@@ -99,6 +107,9 @@ class ModelInfo(BaseModel):
     labels: int | None
     load_seconds: float | None
     compile: CompileInfo | None = Field(description="Manifest `compile: true`: what it became.")
+    cpu_linear: CpuLinearInfo | None = Field(
+        None, description="A loaded float32 model on a CPU, not compiled: what runs its Linear layers."
+    )
     owned_by: Literal["system", "tenant"]
 
 

@@ -33,6 +33,7 @@ from service.serving.preprocess import STAGE, admitted, prepare_images
 from service.serving.registry import UNLOADED_REASON, ModelRegistry
 from service.serving.runtime.base import InputKind, ModelAdapter, OutputKey, TaskParams
 from service.serving.runtime.compiled import CompileState
+from service.serving.runtime.cpu_linear import LinearKernels
 from service.serving.runtime.fast_images import ImagePlan
 from service.serving.status import ModelStatus
 
@@ -55,6 +56,7 @@ class ModelInfo:
     embedding_size: int | None = None
     processor: Any = None  # the image preprocessing recipe the worker runs; None: the model process does
     compile_state: CompileState | None = None  # manifest `compile: true`: what became of it
+    linear_kernels: LinearKernels | None = None  # an eager float32 model on a CPU: its Linear layers
     complete: bool = False  # False: a status only (from `statuses`), without the processor
 
 
@@ -75,6 +77,7 @@ class RemoteAdapter(ModelAdapter):
         self.info, self.name, self.client = info, name, client
         self.image_processor = info.processor
         self.compile_state = info.compile_state
+        self.linear_kernels = info.linear_kernels
         # the task's shape, per instance: a worker has one class for every task
         self.input_kind = info.input_kind  # type: ignore[misc]
         self.output_key = info.output_key  # type: ignore[misc]

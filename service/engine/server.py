@@ -239,6 +239,7 @@ def info_of(entry: ModelEntry, *, complete: bool) -> ModelInfo:
         num_labels=adapter.num_labels,
         embedding_size=adapter.embedding_size,
         compile_state=adapter.compile_state,
+        linear_kernels=adapter.linear_kernels,
         processor=PreprocessPool.processor_of(adapter) if complete else None,
         complete=complete,
     )

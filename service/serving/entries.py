@@ -182,6 +182,9 @@ class ModelEntry:
             "labels": self.num_labels,
             "load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
             "compile": self.compile_info(),
+            "cpu_linear": self.adapter.linear_kernels.describe()
+            if self.replicas and self.adapter.linear_kernels
+            else None,
             "owned_by": "tenant" if self.owner else "system",  # fine-tuned models are their tenant's
         }
 

@@ -182,6 +182,8 @@ def test_whichever_worker_answers_a_model_detail_shows_it_as_loaded(gateway: Ser
             ready = http.get("/v2/models/tiny-vit/ready")
         assert (detail["status"], detail["devices"]) == ("ready", ["cpu"]), detail
         assert detail["dtype"] in ("float32", "bfloat16"), detail  # resolved, not the manifest's "auto"
+        # what runs a float32 model's Linear layers crosses from the model process too
+        assert (detail["cpu_linear"] is not None) == (detail["dtype"] == "float32"), detail
         assert ready.status_code == 200, ready.text
         assert listed["tiny-vit"] == detail
 

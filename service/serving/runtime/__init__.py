@@ -10,7 +10,7 @@ import torch
 from service.serving.devices import dtype_reason
 from service.serving.manifests import ModelManifest
 from service.serving.runtime.base import Classification, ModelAdapter, Output
-from service.serving.runtime.cpu_linear import CpuLinear, onednn_wanted, pack_checked
+from service.serving.runtime.cpu_linear import CpuLinear, LinearKernels, onednn_wanted, pack_checked
 from service.serving.runtime.sources import SourceError, resolve_source
 
 __all__ = ["Classification", "ModelAdapter", "Output", "SourceError", "load_adapter"]
@@ -48,9 +48,10 @@ def load_adapter(
         adapter.compile(manifest.batching.max_batch_size, name=manifest.name)
     compiled = adapter.compile_state is not None and adapter.compile_state.active
     if device.type == "cpu" and dtype is torch.float32 and not compiled:
-        packed, reason = onednn_wanted(cpu_linear)
-        if packed:
-            layers = pack_checked(adapter, adapter.warmup, name=manifest.name)
-            reason = f"{reason} ({layers} layers)" if layers else "torch's default (no layer packed)"
-        log.info("model %s: float32 Linear layers: %s", manifest.name, reason)
+        wanted, reason = onednn_wanted(cpu_linear)
+        layers = pack_checked(adapter, adapter.warmup, name=manifest.name) if wanted else 0
+        if wanted and not layers:
+            reason = "torch's default: no layer could be packed for oneDNN"
+        adapter.linear_kernels = LinearKernels("onednn" if layers else "default", layers, reason)
+        log.info("model %s: float32 Linear layers: %s (%d packed)", manifest.name, reason, layers)
     return adapter

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from service.serving.runtime.compiled import CompileState
+from service.serving.runtime.cpu_linear import LinearKernels
 
 InputKind = Literal["image", "text"]
 
@@ -64,6 +65,7 @@ class ModelAdapter(abc.ABC):
         self.device = device
         self.dtype = dtype
         self.compile_state: CompileState | None = None  # set by `compile` (manifest `compile: true`)
+        self.linear_kernels: LinearKernels | None = None  # an eager float32 replica on a CPU: set at load
 
     def compile(self, max_batch_size: int, *, name: str) -> None:
         """Compile the forward pass for batches up to `max_batch_size` (see runtime/compiled.py),

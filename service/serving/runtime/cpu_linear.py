@@ -1,16 +1,18 @@
 """float32 Linear layers on a CPU through oneDNN with weights packed once (`MAAS_CPU_LINEAR`).
 
-torch runs a float32 `nn.Linear` on an x86 CPU through MKL's sgemm, which takes its AVX-512
-kernels only on Intel CPUs: on an AMD CPU with AVX-512 (EPYC Zen 4 and later) oneDNN's are
-faster, and faster still with the weight reordered once into oneDNN's blocked layout instead of
-on every call. That is what torch.compile's CPU backend does to a frozen graph's Linear layers
-(`mkldnn._reorder_linear_weight`, `mkldnn._linear_pointwise`); here it is done to an eager
-model, in place, so that the weights are still held once.
+torch runs a float32 `nn.Linear` on an x86 CPU through MKL's sgemm, which lays the weight out
+for its kernels again on every call (and takes its AVX-512 kernels only on Intel CPUs). oneDNN
+with the weight reordered once, at load, into its blocked layout does not: on CPUs with AVX-512
+a ViT's forward pass runs a few per cent faster (docs/serving.md). torch.compile's CPU backend
+does the same to a frozen graph's Linear layers (`mkldnn._reorder_linear_weight`,
+`mkldnn._linear_pointwise`); here it is done to an eager model, in place, so that the weights
+are still held once.
 
 Only the layers under the model's `base_model` (the encoder of a classifier) are packed: a
 classifier's head stays a plain Linear, which the LoRA banks read. A packed layer is still an
 `nn.Linear` (a LoRA bank wraps it and calls it). A model that reads a packed weight other than
-through its layer's forward fails its check pass: its layers are put back as they were.
+through its layer's forward fails its check pass: its layers are put back as they were. A packed
+model cannot be deep-copied (torch does not clone a packed tensor): copy a model before packing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import logging
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -28,37 +29,33 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 CpuLinear = Literal["auto", "onednn", "default"]
-CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_vendor(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's vendor as the kernel reports it (`GenuineIntel`, `AuthenticAMD`...); "" if unknown."""
-    try:
-        with cpuinfo.open(encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
+@dataclass(frozen=True)
+class LinearKernels:
+    """What a float32 replica on a CPU runs its Linear layers on (the model's detail shows it)."""
+
+    kernels: Literal["onednn", "default"]
+    packed_layers: int
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"kernels": self.kernels, "packed_layers": self.packed_layers, "reason": self.reason}
 
 
-def onednn_wanted(
-    choice: CpuLinear, *, vendor: str | None = None, capability: str | None = None
-) -> tuple[bool, str]:
-    """Whether float32 Linear layers on this CPU go through oneDNN, and why. `auto`: on a CPU
-    with AVX-512 that is not Intel's (where MKL does use AVX-512, and measures as fast)."""
+def onednn_wanted(choice: CpuLinear, *, capability: str | None = None) -> tuple[bool, str]:
+    """Whether float32 Linear layers on this CPU go through oneDNN, and why. `auto`: on a CPU with
+    AVX-512 (measured faster there on an Intel Xeon and an AMD EPYC; not measured on others)."""
     if choice == "default":
         return False, "torch's default (MAAS_CPU_LINEAR=default)"
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return False, "torch's default: this torch is built without oneDNN"
     if choice == "onednn":
         return True, "oneDNN, packed (MAAS_CPU_LINEAR=onednn)"
-    vendor = vendor if vendor is not None else cpu_vendor()
     capability = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
-    if capability.startswith("AVX512") and vendor not in ("", "GenuineIntel"):
-        return True, f"oneDNN, packed: {vendor} with {capability}, where MKL leaves AVX-512 unused"
-    return False, f"torch's default ({vendor or 'unknown vendor'}, {capability})"
+    if capability.startswith("AVX512"):
+        return True, f"oneDNN, packed: this CPU has {capability}"
+    return False, f"torch's default: this CPU has {capability}, where oneDNN was not measured faster"
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
