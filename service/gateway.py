@@ -15,6 +15,7 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import heap
 from service.batches.runner import BatchRunner
 from service.batches.store import BatchStore
 from service.db import check_connection, create_db_engine, session_factory, upgrade
@@ -267,7 +268,7 @@ class Gateway:
             client=client,
         )
         writer.start()
-        gateway._preload = asyncio.create_task(registry.preload(), name="maas-preload")
+        gateway._preload = asyncio.create_task(gateway._preload_and_settle(), name="maas-preload")
         model_sync.start()
         if settings.fine_tune_runner and client is None:
             runner.start()
@@ -311,6 +312,11 @@ class Gateway:
                 merged: bytes = await self.client.call("metrics", families=self.metrics.families())
                 return merged
         return self.metrics.render()
+
+    async def _preload_and_settle(self) -> None:
+        """The preload; then, the process started and its models loaded, its heap settled."""
+        await self.registry.preload()
+        heap.settle()
 
     async def _push_metrics(self) -> None:
         """A worker's metrics, sent to the model process every few seconds, so that a scrape that

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # float32 Linear layers on a CPU: oneDNN with packed weights, or torch's default (MKL on x86)
     cpu_linear: Literal["auto", "onednn", "default"] = "auto"
     host_memory_reuse: bool = True  # the model process keeps freed blocks (glibc malloc) for the next pass
+    gc_freeze: bool = True  # each `maas serve` process freezes its long-lived objects (service/heap.py)
     preprocess_processes: int = Field(0, ge=0, le=64)  # image decode/preprocess processes; 0: threads
     preprocess_concurrency: int = Field(0, ge=0, le=1024)  # requests decoding at once, per process; 0: cores
     inline_decode_pixels: int = Field(250_000, ge=0)  # a worker decodes this much on its event loop; 0: none

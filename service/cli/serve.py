@@ -8,6 +8,7 @@ import logging
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from service import heap
 from service.cli.header_timeout import header_timeout_protocol
 from service.observability.logs import configure_logging
 from service.settings import Settings
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
     configure_logging(settings.log_level, settings.log_format)
+    if settings.gc_freeze:
+        heap.manage()  # each process of this gateway, spawned ones too (they call it again)
     workers = settings.resolved_workers
     log.info(
         "MAAS_WORKERS=%s: %s",

@@ -36,6 +36,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
 
+from service import heap
 from service.observability.logs import configure_logging
 from service.settings import Settings
 from service.tenancy.shared_limits import shared_limits
@@ -168,6 +169,8 @@ def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
     """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
+    if settings.gc_freeze:
+        heap.manage()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
     asyncio.run(_engine(settings, path, ready))
     _exit_now(0)
@@ -220,6 +223,8 @@ def run_worker(settings: Settings, index: int, path: Path) -> None:
     """Front-end worker `index`: the HTTP gateway on its own socket on the port, models at `path`."""
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
+    if settings.gc_freeze:
+        heap.manage()
     from service.app import create_app
     from service.cli.serve import server
     from service.engine.client import EngineAddress

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from service import heap
 from service.errors import ModelUnavailable, NotFound
 from service.observability.metrics import Metrics
 from service.serving import lora
@@ -330,6 +331,7 @@ class ModelRegistry:
     async def drop_replicas(self, entry: ModelEntry, reason: str) -> None:
         """`unload` for a caller holding `entry.load_lock`: `unloaded`, with `reason`."""
         await self._release(entry)
+        heap.settle()  # its modules are found and freed even where a cycle holds them
         entry.status, entry.reason, entry.load_seconds = ModelStatus.UNLOADED, reason, None
         self.metrics.registered(entry.name, entry.owner)
         self.residency.wake()  # its room is free
