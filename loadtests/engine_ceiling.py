@@ -49,6 +49,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="connections, as front-end workers")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight, over all clients")
     parser.add_argument("--devices", default="cpu", help="the gateway's --devices")
+    parser.add_argument("--dtype", default="float32", help="the manifest's dtype (auto: float16 on CUDA)")
     parser.add_argument("--tenants", type=int, default=8, help="tenants the calls are spread over")
     parser.add_argument(
         "--maas-env", action="append", default=[], metavar="MAAS_NAME=VALUE", help="a gateway setting"
@@ -58,23 +59,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def engine_socket(root_pid: int, timeout_s: float = 30.0) -> Path:
-    """The Unix socket the model process among `root_pid`'s descendants listens on."""
+def find_engine(root_pid: int, timeout_s: float = 30.0) -> tuple[psutil.Process, Path]:
+    """The model process among `root_pid`'s descendants, and the Unix socket it listens on."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for child in psutil.Process(root_pid).children(recursive=True):
             for connection in child.net_connections(kind="unix"):
                 if str(connection.laddr).endswith("engine.sock"):
-                    return Path(connection.laddr)
+                    return child, Path(connection.laddr)
         time.sleep(0.2)  # the model process is still starting: polling, not timing
     raise SystemExit("no model process found: is MAAS_WORKERS above 1?")
-
-
-def engine_process(root_pid: int, path: Path) -> psutil.Process:
-    for child in psutil.Process(root_pid).children(recursive=True):
-        if any(str(c.laddr) == str(path) for c in child.net_connections(kind="unix")):
-            return child
-    raise SystemExit("the model process went away")
 
 
 async def _pixels(client: EngineClient, jpeg: bytes) -> Any:
@@ -86,10 +80,33 @@ async def _pixels(client: EngineClient, jpeg: bytes) -> Any:
     return plan.pixels(image.convert("RGB")).numpy()
 
 
-async def _drive(
-    args: argparse.Namespace, path: Path, jpeg: bytes, process: psutil.Process
+def drive_engine(
+    root_pid: int,
+    jpeg: bytes,
+    *,
+    clients: int,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    tenants: int = 8,
 ) -> dict[str, Any]:
-    clients = [EngineClient(path, worker=100 + i, shared_bytes=16 << 20) for i in range(args.clients)]
+    """The model process among `root_pid`'s descendants driven as `clients` front-end workers
+    would drive it, `concurrency` one-image calls of `jpeg` in flight: calls/s, p50, p99, its CPU."""
+    process, path = find_engine(root_pid)
+    return asyncio.run(_drive(path, jpeg, process, clients, concurrency, duration_s, warmup_s, tenants))
+
+
+async def _drive(
+    path: Path,
+    jpeg: bytes,
+    process: psutil.Process,
+    clients_count: int,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    tenants: int,
+) -> dict[str, Any]:
+    clients = [EngineClient(path, worker=100 + i, shared_bytes=16 << 20) for i in range(clients_count)]
     for client in clients:
         await client.start(timeout_s=30)
     pixels = await _pixels(clients[0], jpeg)
@@ -99,7 +116,7 @@ async def _drive(
 
     async def loop(index: int) -> None:
         client = clients[index % len(clients)]
-        share = Share(tenant=f"tenant-{index % args.tenants}")
+        share = Share(tenant=f"tenant-{index % tenants}")
         while not stop:
             started = time.perf_counter()
             client.notify("arrive", model=MODEL, delta=1)
@@ -117,12 +134,12 @@ async def _drive(
             if recording:
                 latencies.append(time.perf_counter() - started)
 
-    loops = [asyncio.create_task(loop(i)) for i in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)  # unmeasured: batch sizes settle
+    loops = [asyncio.create_task(loop(i)) for i in range(concurrency)]
+    await asyncio.sleep(warmup_s)  # unmeasured: batch sizes settle
     me = psutil.Process()
     engine_cpu, own_cpu, began = _cpu(process), _cpu(me), time.perf_counter()
     recording = True
-    await asyncio.sleep(args.duration)  # the measured window
+    await asyncio.sleep(duration_s)  # the measured window
     recording = False
     seconds = time.perf_counter() - began
     engine_used, own_used = _cpu(process) - engine_cpu, _cpu(me) - own_cpu
@@ -133,13 +150,14 @@ async def _drive(
     answered = len(latencies)
     ordered = sorted(latencies)
     return {
-        "calls_per_s": answered / seconds,
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[int(0.99 * (answered - 1))],
-        "engine_cores": engine_used / seconds,
-        "engine_ms_per_input": 1000 * engine_used / answered,
-        "driver_cores": own_used / seconds,
-        "answered": answered,
+        "clients": clients_count,
+        "concurrency": concurrency,
+        "calls_per_s": round(answered / seconds, 1),
+        "p50_ms": round(1000 * statistics.median(ordered), 2),
+        "p99_ms": round(1000 * ordered[int(0.99 * (answered - 1))], 2),
+        "engine_cores": round(engine_used / seconds, 2),
+        "engine_ms_per_input": round(1000 * engine_used / answered, 3),
+        "driver_cores": round(own_used / seconds, 2),
     }
 
 
@@ -161,11 +179,19 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
             devices=args.devices,
+            dtype=args.dtype,
             maas_env=env,
         )
         try:
-            path = engine_socket(server.process.pid)
-            result = asyncio.run(_drive(args, path, jpegs[0], engine_process(server.process.pid, path)))
+            result = drive_engine(
+                server.process.pid,
+                jpegs[0],
+                clients=args.clients,
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                tenants=args.tenants,
+            )
         finally:
             server.stop()
     print(

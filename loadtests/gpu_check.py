@@ -17,6 +17,9 @@ Steps, each printed as it ends:
    on CUDA), driven closed-loop over HTTP at each concurrency (default 64 and 256): throughput,
    p50 and p99, the device memory it reports, and the share of the forward-only limit in its dtype
    at the best batch size; with `--compile`, the same again with `compile: true` in the manifest;
+   with `MAAS_WORKERS` above 1, then its model process alone, without HTTP (engine_ceiling.py: one
+   connection per worker sending what workers send, at the highest concurrency): the ceiling the
+   workers meet, with the model process's CPU per input;
 5. LitServe on the same device in the same dtype (when installed: the `bench` extra), same
    batching and concurrency, and the gateway's throughput over LitServe's.
 
@@ -41,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 from cpu_profile import CpuProfile
+from engine_ceiling import drive_engine
 from loadgen import build_request, run_closed_loop
 from servers import BENCH_KEY, RunningServer, ServerUnavailable, gateway_settings, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
@@ -305,13 +309,26 @@ def gateway(
         base_url = server.predict_url.split("/v1/", 1)[0]
         described = _get_json(f"{base_url}/v1/models/bench")
         ready_s = round(time.perf_counter() - started, 1)
+        levels = drive(server, bodies, args)
+        alone = None
+        if workers is not None and workers > 1:  # the model process's own ceiling, HTTP aside
+            alone = drive_engine(
+                server.process.pid,
+                bodies[0],
+                clients=workers,
+                concurrency=max(args.levels),
+                duration_s=args.duration,
+                warmup_s=min(3.0, args.duration),
+            )
+            print(f"  model process alone: {alone}", flush=True)
         return {
             "workers": workers,
             "compile": described.get("compile"),
             "dtype": described.get("dtype"),
             "devices": described.get("devices"),
             "ready_s": ready_s,
-            "levels": drive(server, bodies, args),
+            "levels": levels,
+            "model_process_alone": alone,
             "device_memory_mib": _device_memory(base_url),
         }
     finally:
@@ -345,10 +362,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"forward_limit": {"dtype": served, **best_by_dtype.get(served, {})}}
     for run in runs:
         best = max(level["throughput"] for level in results[run]["levels"])
+        alone = results[run].get("model_process_alone")
         summary[run] = {
             "best_throughput": best,
             "share_of_forward_limit": round(best / limit, 3) if limit else None,
             "over_litserve": round(best / lit_best, 2) if lit_best else None,
+            "model_process_alone_share": round(alone["calls_per_s"] / limit, 3) if alone and limit else None,
         }
     summary["litserve_best_throughput"] = lit_best
     return summary

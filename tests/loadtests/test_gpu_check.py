@@ -40,5 +40,9 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
     summary = results["summary"]
     assert summary["forward_limit"]["dtype"] == served
     assert summary["gateway_workers_2"]["share_of_forward_limit"] > 0
+    alone = results["gateway_workers_2"]["model_process_alone"]  # its ceiling, HTTP aside
+    assert alone["clients"] == 2 and alone["concurrency"] == 4 and alone["calls_per_s"] > 0
+    assert alone["engine_ms_per_input"] > 0 and summary["gateway_workers_2"]["model_process_alone_share"] > 0
+    assert results["gateway_workers_1"]["model_process_alone"] is None  # one process: no model process
     assert "litserve" in results  # measured where installed, else the reason it was skipped
     assert "levels" in results["litserve"] or "skipped" in results["litserve"]
