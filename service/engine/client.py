@@ -98,9 +98,7 @@ class EngineClient:
         """Send a notice (no reply) if connected; dropped otherwise (the model process that comes
         back starts from a clean slate)."""
         if self._writer is not None and self._connected.is_set():
-            call = wire.Call(next(self._ids), op, args, reply=False)
-            task = asyncio.ensure_future(wire.send(self._writer, call))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            wire.post(self._writer, wire.Call(next(self._ids), op, args, reply=False))
 
     async def _keep_connected(self) -> None:
         while not self._closing:

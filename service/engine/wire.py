@@ -3,11 +3,11 @@
 One Unix socket connection per front-end worker carries every call, multiplexed by id: a `Call`
 goes to the model process, a `Reply` (a value or an error) comes back, and a `Cancel` tells it
 that the caller left (a client hung up): its inputs still queued are dropped before the device.
-Frames are a 4-byte length and a pickle (protocol 5) of the message. The uint8 pixels a worker
-decoded cross through its shared-memory arena (shared.py), and only their place crosses here;
-where they do not fit, numpy arrays cross as one copy of their bytes, never as lists of floats. The
-socket lives in a private folder (mode 0700) of the user running the gateway; nothing else
-connects to it.
+Frames are a 4-byte length and a pickle (protocol 5) of the message, each written at once. The
+uint8 pixels a worker decoded cross through its shared-memory arena (shared.py), and only their
+place crosses here; where they do not fit, numpy arrays cross as one copy of their bytes, never as
+lists of floats. The socket lives in a private folder (mode 0700) of the user running the gateway;
+nothing else connects to it.
 """
 
 from __future__ import annotations
@@ -85,10 +85,16 @@ def _error_classes() -> dict[str, type[GatewayError]]:
     return found
 
 
-async def send(writer: asyncio.StreamWriter, message: Message) -> None:
+def post(writer: asyncio.StreamWriter, message: Message) -> None:
+    """Write `message` on `writer` now, one frame in one write, without waiting for the
+    connection's buffer (a notice: no task of its own)."""
     payload = pickle.dumps(message, protocol=5)
-    writer.write(_LENGTH.pack(len(payload)))
-    writer.write(payload)
+    writer.write(_LENGTH.pack(len(payload)) + payload)
+
+
+async def send(writer: asyncio.StreamWriter, message: Message) -> None:
+    """`post`, then wait while the connection's buffer is full (ConnectionError once it is lost)."""
+    post(writer, message)
     await writer.drain()
 
 

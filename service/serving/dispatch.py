@@ -87,7 +87,8 @@ async def infer(
     try:
         with entry.inputs_in_flight(len(futures)):
             async with asyncio.timeout(timeout):
-                outputs = await asyncio.gather(*futures)
+                # one input (most requests): its future itself, without a gathering one around it
+                outputs = await asyncio.gather(*futures) if len(futures) > 1 else [await futures[0]]
     except TimeoutError:
         raise DeadlineExceeded(
             f"no answer within the request's deadline ({len(features)} input(s) for {entry.name!r})"
