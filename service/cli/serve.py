@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGINT/SIGTERM; then stop accepting, finish queued work, exit."""
     configure_logging(settings.log_level, settings.log_format)
-    if settings.gc_freeze:
-        heap.manage()  # each process of this gateway, spawned ones too (they call it again)
     workers = settings.resolved_workers
     log.info(
         "MAAS_WORKERS=%s: %s",
@@ -38,6 +36,8 @@ def serve(settings: Settings) -> None:
         return
     from service.app import create_app
 
+    if settings.gc_freeze:  # one process (with several, the model process and each worker do it)
+        heap.manage()
     server(settings, create_app(settings)).run()
 
 

@@ -276,7 +276,8 @@ class ModelRegistry:
         return intra_op_threads(adapter.warmup, self.cpu_threads)  # its task's own representative pass
 
     def start_serving(self, entry: ModelEntry) -> None:
-        """Start a batcher on each replica of a model just made ready."""
+        """Start a batcher on each replica of a model just made ready; then settle the heap,
+        where the model's modules now live (the preload settles once, when it ends)."""
         assert entry.manifest is not None
         batching = entry.manifest.batching
         for replica in entry.replicas:
@@ -298,6 +299,8 @@ class ModelRegistry:
             )
             replica.batcher.start()
             self.pool.attach(replica.device, replica.batcher)
+        if self.preload_done.is_set():
+            heap.settle()
 
     def add_registered(self, manifest: ModelManifest, version: datetime, created: datetime) -> ModelEntry:
         """List a model registered through the admin API (not loaded yet). Its relative paths are

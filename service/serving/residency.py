@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import torch
 
-from service import heap
 from service.errors import DeadlineExceeded, ModelUnavailable
 from service.observability.metrics import Metrics
 from service.serving.devices import DevicePool
@@ -243,7 +242,6 @@ class Residency:
             if entry.status is ModelStatus.READY:
                 self.models.start_serving(entry)
                 self.touch(entry)
-                heap.settle()  # the model's modules live as long as it stays loaded
 
     @contextlib.asynccontextmanager
     async def _room(
