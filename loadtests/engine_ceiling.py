@@ -14,6 +14,9 @@ second, their p50 and p99, and the CPU the model process used per input, as the 
 event loop, its forward threads, its metering: everything), against the driver's own. On a CPU
 the driver competes with the model process for the cores: the CPU per input is the number to
 compare between versions; the rate is the ceiling only where the driver has cores to spare.
+`--drivers N` spreads the clients over N driver processes, for a machine where one driver's event
+loop would be the bound (a GPU server's 16 cores); `--profile FILE` records the model process over
+the measured window with py-spy, where installed (collapsed stacks, one root per thread).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import multiprocessing
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # and the gatew
 
 import psutil
 from PIL import Image
+from server_profile import record
 from servers import gateway_settings, start_server
 from workload import phase_model, phase_parser
 
@@ -51,6 +57,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", default="cpu", help="the gateway's --devices")
     parser.add_argument("--dtype", default="float32", help="the manifest's dtype (auto: float16 on CUDA)")
     parser.add_argument("--tenants", type=int, default=8, help="tenants the calls are spread over")
+    parser.add_argument("--drivers", type=int, default=1, help="driver processes the clients are spread over")
+    parser.add_argument("--profile", type=Path, help="py-spy's record of the model process, into this file")
     parser.add_argument(
         "--maas-env", action="append", default=[], metavar="MAAS_NAME=VALUE", help="a gateway setting"
     )
@@ -89,35 +97,115 @@ def drive_engine(
     duration_s: float,
     warmup_s: float,
     tenants: int = 8,
+    drivers: int = 1,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """The model process among `root_pid`'s descendants driven as `clients` front-end workers
-    would drive it, `concurrency` one-image calls of `jpeg` in flight: calls/s, p50, p99, its CPU."""
+    would drive it, `concurrency` one-image calls of `jpeg` in flight, from `drivers` processes
+    (one driver's event loop can be the bound on a machine with cores to spare): calls/s, p50,
+    p99, its CPU. With `profile`, py-spy (where installed) records the model process over the
+    measured window into that file, as collapsed stacks per thread."""
     process, path = find_engine(root_pid)
-    return asyncio.run(_drive(path, jpeg, process, clients, concurrency, duration_s, warmup_s, tenants))
+    context = multiprocessing.get_context("spawn")  # the caller may hold CUDA or threads
+    ready, results = context.Queue(), context.Queue()
+    starts = [context.Queue() for _ in range(drivers)]
+    children = [
+        context.Process(
+            target=_driver,
+            args=(path, jpeg, index, clients, drivers, concurrency, tenants, ready, starts[index], results),
+            daemon=True,
+        )
+        for index in range(drivers)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for _ in children:
+            ready.get(timeout=120)  # connected, pixels in hand
+        begin = time.time() + 0.2 + warmup_s
+        window = (begin, begin + duration_s)
+        for start in starts:
+            start.put(window)
+        time.sleep(max(0.0, begin - time.time()))  # a load test's timed window, not a wait for state
+        engine_cpu = _cpu(process)
+        recorder = record_profile(process.pid, duration_s, profile) if profile else None
+        time.sleep(max(0.0, window[1] - time.time()))
+        engine_used = _cpu(process) - engine_cpu
+        reports = [results.get(timeout=120) for _ in children]
+        if recorder is not None:
+            recorder.wait(timeout=60)
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+    latencies = sorted(latency for report in reports for latency in report["latencies"])
+    answered = len(latencies)
+    return {
+        "clients": clients,
+        "drivers": drivers,
+        "concurrency": concurrency,
+        "calls_per_s": round(answered / duration_s, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 2),
+        "p99_ms": round(1000 * latencies[int(0.99 * (answered - 1))], 2),
+        "engine_cores": round(engine_used / duration_s, 2),
+        "engine_ms_per_input": round(1000 * engine_used / answered, 3),
+        "driver_cores": round(sum(report["cpu"] for report in reports) / duration_s, 2),
+        **({"profile": str(profile)} if profile else {}),
+    }
+
+
+def record_profile(pid: int, duration_s: float, into: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording `pid` for `duration_s` into `into` (collapsed stacks, one root per thread),
+    or None (said on stderr) where py-spy is not installed."""
+    try:
+        return record(pid, duration_s, 250, into, threads=True)
+    except FileNotFoundError:
+        print("py-spy is not installed: no profile recorded", file=sys.stderr)
+        return None
+
+
+def _driver(
+    path: Path,
+    jpeg: bytes,
+    index: int,
+    clients: int,
+    drivers: int,
+    concurrency: int,
+    tenants: int,
+    ready: Any,
+    start: Any,
+    results: Any,
+) -> None:
+    """One driver process: its share of the clients and of the calls in flight."""
+    own_clients = len(range(index, clients, drivers)) or 1
+    own_calls = len(range(index, concurrency, drivers)) or 1
+    results.put(asyncio.run(_drive(path, jpeg, index, own_clients, own_calls, tenants, ready, start)))
 
 
 async def _drive(
     path: Path,
     jpeg: bytes,
-    process: psutil.Process,
+    index: int,
     clients_count: int,
     concurrency: int,
-    duration_s: float,
-    warmup_s: float,
     tenants: int,
+    ready: Any,
+    start: Any,
 ) -> dict[str, Any]:
-    clients = [EngineClient(path, worker=100 + i, shared_bytes=16 << 20) for i in range(clients_count)]
+    first = 100 + 1000 * index  # worker numbers distinct across drivers
+    clients = [EngineClient(path, worker=first + i, shared_bytes=16 << 20) for i in range(clients_count)]
     for client in clients:
         await client.start(timeout_s=30)
     pixels = await _pixels(clients[0], jpeg)
+    ready.put(index)
+    began, ended = start.get()  # the measured window, in wall-clock seconds shared by the drivers
     latencies: list[float] = []
-    recording = False
-    stop = False
 
-    async def loop(index: int) -> None:
-        client = clients[index % len(clients)]
-        share = Share(tenant=f"tenant-{index % tenants}")
-        while not stop:
+    async def loop(number: int) -> None:
+        client = clients[number % len(clients)]
+        share = Share(tenant=f"tenant-{number % tenants}")
+        while time.time() < ended:
             started = time.perf_counter()
             client.notify("arrive", model=MODEL, delta=1)
             with client.crossing([pixels]) as features:
@@ -131,34 +219,19 @@ async def _drive(
                     share=share,
                     arrived=True,
                 )
-            if recording:
+            if began <= time.time() < ended:  # answered inside the window
                 latencies.append(time.perf_counter() - started)
 
-    loops = [asyncio.create_task(loop(i)) for i in range(concurrency)]
-    await asyncio.sleep(warmup_s)  # unmeasured: batch sizes settle
     me = psutil.Process()
-    engine_cpu, own_cpu, began = _cpu(process), _cpu(me), time.perf_counter()
-    recording = True
-    await asyncio.sleep(duration_s)  # the measured window
-    recording = False
-    seconds = time.perf_counter() - began
-    engine_used, own_used = _cpu(process) - engine_cpu, _cpu(me) - own_cpu
-    stop = True
+    loops = [asyncio.create_task(loop(number)) for number in range(concurrency)]
+    await asyncio.sleep(max(0.0, began - time.time()))  # unmeasured warm-up: batch sizes settle
+    own_cpu = _cpu(me)
+    await asyncio.sleep(max(0.0, ended - time.time()))
+    own_used = _cpu(me) - own_cpu
     await asyncio.gather(*loops)
     for client in clients:
         await client.close()
-    answered = len(latencies)
-    ordered = sorted(latencies)
-    return {
-        "clients": clients_count,
-        "concurrency": concurrency,
-        "calls_per_s": round(answered / seconds, 1),
-        "p50_ms": round(1000 * statistics.median(ordered), 2),
-        "p99_ms": round(1000 * ordered[int(0.99 * (answered - 1))], 2),
-        "engine_cores": round(engine_used / seconds, 2),
-        "engine_ms_per_input": round(1000 * engine_used / answered, 3),
-        "driver_cores": round(own_used / seconds, 2),
-    }
+    return {"latencies": latencies, "cpu": own_used}
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -191,11 +264,14 @@ def main(argv: list[str] | None = None) -> None:
                 duration_s=args.duration,
                 warmup_s=args.warmup,
                 tenants=args.tenants,
+                drivers=args.drivers,
+                profile=args.profile,
             )
         finally:
             server.stop()
     print(
-        f"{args.model} on {args.devices}, {args.clients} clients, {args.concurrency} calls in flight, "
+        f"{args.model} on {args.devices}, {args.clients} clients ({args.drivers} driver processes), "
+        f"{args.concurrency} calls in flight, "
         f"{args.duration:.0f} s: {result['calls_per_s']:.1f} calls/s (one image each), "
         f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms; model process "
         f"{result['engine_cores']:.2f} cores, {result['engine_ms_per_input']:.3f} ms of CPU per input; "

@@ -34,6 +34,8 @@ import argparse
 import asyncio
 import io
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 from cpu_profile import CpuProfile
-from engine_ceiling import drive_engine
+from engine_ceiling import drive_engine, find_engine, record_profile
 from loadgen import build_request, run_closed_loop
 from servers import BENCH_KEY, RunningServer, ServerUnavailable, gateway_settings, start_server
 from workload import MODELS, _timed_loop, build_model, jpeg_bodies
@@ -77,6 +79,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model, concurrency 4, 3 s: a dry run")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "maas-bench")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument(
+        "--drivers",
+        type=int,
+        default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+        help="processes driving the model process alone (default: a quarter of the cores, 1 to 4)",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        help="py-spy records of the model process (highest concurrency, and alone) into this folder",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.model = args.model or ("tiny" if quick else "vit-base")
@@ -238,12 +251,18 @@ def _device_memory(base_url: str) -> dict[str, float]:
     }
 
 
-def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Closed-loop HTTP load at each concurrency: throughput, p50, p99, errors."""
+def drive(
+    server: RunningServer, bodies: list[bytes], args: argparse.Namespace, profile: Path | None = None
+) -> list[dict[str, Any]]:
+    """Closed-loop HTTP load at each concurrency: throughput, p50, p99, errors. With `profile`,
+    py-spy records the model process (the server itself with one process) over the highest one."""
     requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
     levels = []
     for concurrency in args.levels:
-        with CpuProfile(server.process.pid) as profile:  # warm-up included
+        recorder: subprocess.Popen[bytes] | None = None
+        with CpuProfile(server.process.pid) as profile_cpu:  # warm-up included
+            if profile is not None and concurrency == max(args.levels):
+                recorder = record_profile(_model_process(server), args.duration, profile)
             result = asyncio.run(
                 run_closed_loop(
                     server.predict_url,
@@ -253,6 +272,8 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
                     warmup_s=min(3.0, args.duration),
                 )
             )
+        if recorder is not None:
+            recorder.wait(timeout=60)
         level = {
             "concurrency": concurrency,
             "throughput": round(result.throughput, 1),
@@ -260,11 +281,19 @@ def drive(server: RunningServer, bodies: list[bytes], args: argparse.Namespace) 
             "p99_ms": round(result.percentile_ms(99), 2),
             "errors": result.errors,
             "error_samples": result.error_samples,
-            "profile": profile.report(),
+            "profile": profile_cpu.report(),
         }
         print(f"  {server.name} c={concurrency}: {level}", flush=True)
         levels.append(level)
     return levels
+
+
+def _model_process(server: RunningServer) -> int:
+    """The pid of the process that runs `server`'s model: its model process where it has one."""
+    try:
+        return find_engine(server.process.pid, timeout_s=0.5)[0].pid
+    except SystemExit:  # one process: the gateway itself
+        return server.process.pid
 
 
 def _start(
@@ -309,7 +338,9 @@ def gateway(
         base_url = server.predict_url.split("/v1/", 1)[0]
         described = _get_json(f"{base_url}/v1/models/bench")
         ready_s = round(time.perf_counter() - started, 1)
-        levels = drive(server, bodies, args)
+        spy = args.profile_dir
+        tag = f"workers{workers or 1}{'-compiled' if compile else ''}"
+        levels = drive(server, bodies, args, spy / f"{tag}-http.txt" if spy else None)
         alone = None
         if workers is not None and workers > 1:  # the model process's own ceiling, HTTP aside
             alone = drive_engine(
@@ -319,6 +350,8 @@ def gateway(
                 concurrency=max(args.levels),
                 duration_s=args.duration,
                 warmup_s=min(3.0, args.duration),
+                drivers=args.drivers,
+                profile=spy / f"{tag}-alone.txt" if spy else None,
             )
             print(f"  model process alone: {alone}", flush=True)
         return {
@@ -397,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             folder, bodies, device, sorted({*dtypes, expected}), args, expected
         )
         print(f"forward-only: {results['forward']}", flush=True)
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="maas-gpu-") as work:
         for workers in args.workers or [None]:
             name = "gateway" if workers is None else f"gateway_workers_{workers}"

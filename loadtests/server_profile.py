@@ -80,30 +80,20 @@ def summarise(collapsed: str) -> tuple[int, collections.Counter[str], collection
     return total, own, inclusive
 
 
-def _record(pids: list[int], seconds: float, rate: int, folder: Path) -> dict[int, subprocess.Popen[bytes]]:
+def record(
+    pid: int, seconds: float, rate: int, output: Path, *, threads: bool = False
+) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` for `seconds` into `output` as collapsed stacks (with `threads`, one
+    root per OS thread). Raises FileNotFoundError where py-spy is not installed."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return {
-        pid: subprocess.Popen(
-            [
-                py_spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(seconds)),
-                "--rate",
-                str(rate),
-                "--format",
-                "raw",
-                "--nonblocking",
-                "--output",
-                str(folder / f"{pid}.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for pid in pids
-    }
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    command += ["--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(output)]
+    command += ["--threads"] if threads else []
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _record(pids: list[int], seconds: float, rate: int, folder: Path) -> dict[int, subprocess.Popen[bytes]]:
+    return {pid: record(pid, seconds, rate, folder / f"{pid}.txt") for pid in pids}
 
 
 def main(argv: list[str] | None = None) -> int:

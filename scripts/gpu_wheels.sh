@@ -2,7 +2,8 @@
 # Download, into .whl/, the gateway's dependencies that the lent GPU machines lack (they have
 # Python 3.12 with torch, transformers, numpy, Pillow, prometheus-client, PyYAML, httpx and
 # scikit-image, but not FastAPI, LitServe and the rest), at the versions of the local set-up
-# (MAAS_VENV, default .venv), as cp312 manylinux wheels: about 10 MB.
+# (MAAS_VENV, default .venv; py-spy at its newest where the set-up lacks it), as cp312 manylinux
+# wheels: about 20 MB.
 #
 #   scripts/gpu_wheels.sh
 #
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MAAS_VENV:-.venv}
-PACKAGES=(fastapi fastapi-offline uvicorn httptools orjson python-multipart pydantic pydantic-settings SQLAlchemy alembic redis litserve)
+PACKAGES=(fastapi fastapi-offline uvicorn httptools orjson python-multipart pydantic pydantic-settings SQLAlchemy alembic redis litserve py-spy)
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 "$VENV/bin/python" -m pip freeze --exclude-editable | grep -v '^-e ' > "$constraints"
@@ -20,5 +21,6 @@ rm -rf .whl
 "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
     --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_5_x86_64 \
     --constraint "$constraints" -d .whl "${PACKAGES[@]}"
 du -sh .whl
