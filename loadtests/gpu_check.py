@@ -8,7 +8,9 @@ Steps, each printed as it ends:
 1. the device: name, memory, whether bfloat16 is supported;
 2. precision: the model (ViT-B/16 built from `ViTConfig`, see workload.py) on real JPEGs in float32
    and in float16 (and bfloat16 where supported): the largest difference of the softmax
-   probabilities from float32, and whether the top-1 and top-5 labels agree;
+   probabilities from float32, and whether the top-1 and top-5 labels agree; and the same for the
+   gateway's preprocessing with JPEGs decoded on the GPU (nvJPEG, `gpu_jpeg_decode: true`, where
+   torchvision is installed) against the CPU's decode;
 3. the forward-only limit: images/s of the forward pass alone (the batch already on the device,
    `torch.cuda.synchronize` around it) for each dtype at each batch size, and the best; with
    `--compile` also the torch.compile'd forward in the gateway's dtype at the best batch size;
@@ -164,6 +166,39 @@ def precision(folder: Path, bodies: list[bytes], device: Any, dtypes: list[str])
             f"top{k}_agreement": float((other.topk(k, dim=-1).indices == topk).all(-1).float().mean()),
         }
     return report
+
+
+def gpu_decode_agreement(folder: Path, bodies: list[bytes], device: Any) -> dict[str, Any]:
+    """The model's answers with JPEGs decoded on the device (nvJPEG: a manifest's
+    `gpu_jpeg_decode: true`) against its answers with the CPU's decode (the default), on the same
+    real photos through the gateway's own preprocessing, in float32."""
+    import torch
+
+    from service.serving.inputs import ImageLimits, RawInput
+    from service.serving.manifests import ModelManifest
+    from service.serving.preprocess import prepare_inputs
+    from service.serving.runtime import load_adapter
+
+    limits = ImageLimits(max_pixels=10**8, max_aspect_ratio=32)
+    inputs = [RawInput(i, body) for i, body in enumerate(bodies)]
+    answers = []
+    for on_device in (False, True):
+        manifest = ModelManifest.model_validate(
+            {"name": "bench", "task": "image-classification", "source": str(folder), "dtype": "float32"}
+            | {"gpu_jpeg_decode": on_device}
+        )
+        adapter: Any = load_adapter(manifest, folder, device, torch.float32)
+        if on_device and adapter.jpeg_decoder is None:
+            return {"skipped": adapter.jpeg_decoding}
+        features = prepare_inputs(adapter, "image", inputs, limits, deadline=float("inf"))
+        scores = adapter.predict(features, top_k=adapter.num_labels)  # every class: no near-tie ranking
+        answers.append([{c.label: c.score for c in answer} for answer in scores])
+    pairs = list(zip(*answers, strict=True))  # (CPU decode, GPU decode) per image
+    return {
+        "images": len(bodies),
+        "max_abs_probability_diff": max(abs(cpu[label] - gpu[label]) for cpu, gpu in pairs for label in cpu),
+        "top1_agreement": sum(max(c, key=c.get) == max(g, key=g.get) for c, g in pairs) / len(pairs),
+    }
 
 
 def forward_limit(
@@ -426,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.gateway_only:
         results["precision"] = precision(folder, bodies, device, dtypes)
         print(f"precision against float32: {results['precision']}", flush=True)
+        results["gpu_jpeg_decode"] = gpu_decode_agreement(folder, bodies, device)
+        print(f"nvJPEG against the CPU's decode: {results['gpu_jpeg_decode']}", flush=True)
         results["forward"] = forward_limit(
             folder, bodies, device, sorted({*dtypes, expected}), args, expected
         )

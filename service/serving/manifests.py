@@ -106,6 +106,9 @@ class ModelManifest(BaseModel):
     # (where the model's processor is a standard resize/crop/rescale/normalise); exact = always
     # the model's own processor on the CPU
     preprocessing: Literal["fast", "exact"] = "fast"
+    # image models with fast preprocessing on a CUDA device, with torchvision installed (the `gpu`
+    # extra): complete baseline JPEGs decoded there by nvJPEG, whose pixels differ from libjpeg's
+    gpu_jpeg_decode: bool = False
     # image classification and image feature extraction: the forward pass compiled with
     # torch.compile at load, for batch sizes bucketed to powers of two (runtime/compiled.py)
     compile: bool = False

@@ -37,6 +37,7 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
         assert "load generator" in roles and len(roles) >= 1 + processes, roles
         assert all(p["threads"] >= 1 for p in level["profile"]["processes"])  # OpenMP teams show here
     assert results["forward"]["best"][served]["images_per_s"] > 0
+    assert "CUDA" in results["gpu_jpeg_decode"]["skipped"]  # nvJPEG's agreement: measured on a GPU only
     summary = results["summary"]
     assert summary["forward_limit"]["dtype"] == served
     assert summary["gateway_workers_2"]["share_of_forward_limit"] > 0

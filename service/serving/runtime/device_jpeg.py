@@ -50,10 +50,15 @@ def torchvision_decode(jpegs: list[torch.Tensor], device: torch.device) -> list[
     return decoded
 
 
-def device_decoder(plan: ImagePlan | None, device: torch.device) -> tuple[JpegDecoder | None, str]:
-    """A decoder for `plan` on `device`, or None; and why, for the load log."""
+def device_decoder(
+    plan: ImagePlan | None, device: torch.device, *, wanted: bool
+) -> tuple[JpegDecoder | None, str]:
+    """A decoder for `plan` on `device` where the manifest asks for one (`wanted`), or None; and
+    why, for the load log."""
     if plan is None:
         return None, "the model's own image processor decodes on the CPU"
+    if not wanted:
+        return None, "JPEGs decoded on the CPU (gpu_jpeg_decode: true in the manifest decodes them on a GPU)"
     if device.type != "cuda":
         return None, "JPEGs decoded on the CPU (GPU decode needs a CUDA device)"
     if importlib.util.find_spec("torchvision") is None:

@@ -62,9 +62,14 @@ class ImageAdapter(ModelAdapter):
         # the fast image path where the model's processor is a standard one, else the processor
         self.plan = ImagePlan.of_processor(pipe.image_processor) if fast else None
         self.normalizer = Normalizer(self.plan, device, dtype) if self.plan is not None else None
-        # on a CUDA device with torchvision: JPEGs decoded there (nvJPEG), else on the CPU
-        self.jpeg_decoder, self.jpeg_decoding = device_decoder(self.plan, device)
+        # JPEGs decoded on the CPU unless `decode_jpegs_on_device` says otherwise
+        self.jpeg_decoder, self.jpeg_decoding = device_decoder(self.plan, device, wanted=False)
         self.forward: Forward = self.model_forward  # compiled by `compile`
+
+    def decode_jpegs_on_device(self, wanted: bool) -> None:
+        """JPEGs decoded on the device (nvJPEG) where `wanted`, the device is CUDA and torchvision
+        is installed; else on the CPU. The reason is in `jpeg_decoding`, for the load log."""
+        self.jpeg_decoder, self.jpeg_decoding = device_decoder(self.plan, self.device, wanted=wanted)
 
     def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's output tensor for a pixel batch (its first dimension the batch's)."""

@@ -191,6 +191,7 @@ def load_transformers_adapter(
             pipe, device, dtype, pooling=manifest.pooling, normalize=manifest.normalize
         )
     if isinstance(adapter, ImageAdapter):
+        adapter.decode_jpegs_on_device(manifest.gpu_jpeg_decode)
         how = "fast (uint8, normalised on the device)" if adapter.plan else "the model's image processor"
         log.info("model %s: image preprocessing: %s; %s", manifest.name, how, adapter.jpeg_decoding)
     return adapter

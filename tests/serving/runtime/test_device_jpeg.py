@@ -50,13 +50,21 @@ def pillow_decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch
     return decoded
 
 
-def test_on_the_cpu_jpegs_decode_on_the_cpu_as_before(tiny_vit_dir: Path) -> None:
+@pytest.mark.parametrize("asked", [False, True], ids=["by-default", "asked-for"])
+def test_on_the_cpu_jpegs_decode_on_the_cpu_as_before(tiny_vit_dir: Path, asked: bool) -> None:
     manifest = ModelManifest.model_validate(
-        {"name": "tiny", "task": "image-classification", "source": str(tiny_vit_dir), "dtype": "float32"}
+        {
+            "name": "tiny",
+            "task": "image-classification",
+            "source": str(tiny_vit_dir),
+            "dtype": "float32",
+            **({"gpu_jpeg_decode": True} if asked else {}),
+        }
     )
     adapter = load_adapter(manifest, tiny_vit_dir, CPU, torch.float32)
     assert adapter.jpeg_decoder is None  # type: ignore[attr-defined]
-    assert "CUDA" in adapter.jpeg_decoding  # type: ignore[attr-defined]
+    # the load log says why: off unless the manifest asks; asked for, it needs a CUDA device
+    assert ("CUDA" if asked else "gpu_jpeg_decode: true") in adapter.jpeg_decoding  # type: ignore[attr-defined]
     inputs = [RawInput(0, photo(97, 61, "JPEG")), RawInput(1, photo(40, 130, "PNG"))]
     features = prepare_inputs(adapter, "image", inputs, LIMITS, deadline=float("inf"))
     assert all(isinstance(f, torch.Tensor) and f.dtype is torch.uint8 for f in features)
@@ -65,7 +73,7 @@ def test_on_the_cpu_jpegs_decode_on_the_cpu_as_before(tiny_vit_dir: Path) -> Non
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed")
 def test_without_torchvision_a_gpu_replica_decodes_on_the_cpu() -> None:
-    decoder, why = device_decoder(FIXED_SIZE, torch.device("cuda", 0))
+    decoder, why = device_decoder(FIXED_SIZE, torch.device("cuda", 0), wanted=True)
     assert decoder is None
     assert "torchvision" in why and "`gpu` extra" in why
 
@@ -132,14 +140,18 @@ def test_a_corrupt_jpeg_fails_its_own_input_with_a_400() -> None:
 )
 def test_on_a_gpu_nvjpeg_gives_the_cpu_paths_pixels(plan: ImagePlan) -> None:
     gpu = torch.device("cuda", 0)
-    decoder, why = device_decoder(plan, gpu)
+    decoder, why = device_decoder(plan, gpu, wanted=True)
     assert decoder is not None, why
     jpegs = [photo(*size, "JPEG", seed=i) for i, size in enumerate([(97, 61), (640, 480), (40, 130)])]
     decoded = decoder.batch([decoder.encoded(data, i) for i, data in enumerate(jpegs)])
+    differences = []
     for data, pixels in zip(jpegs, decoded, strict=True):
         expected = plan.pixels(decode_image(RawInput(0, data), LIMITS))
         difference = (pixels.cpu().int() - expected.int()).abs()
-        assert difference.float().mean() < 1.0 and difference.max() <= 16  # two decoders' IDCTs differ
+        mean = round(difference.float().mean().item(), 2)
+        differences.append((tuple(expected.shape), mean, difference.max().item()))
+    # two decoders' IDCTs and chroma upsampling differ; on an H100 (2026-12-05) this failed: mean 4.8
+    assert all(mean < 1.0 and largest <= 16 for _, mean, largest in differences), differences
 
 
 def test_a_batch_of_device_decoded_jpegs_and_cpu_pixels_answers_as_the_cpu_path(tiny_vit_dir: Path) -> None:
