@@ -65,6 +65,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="measured seconds per concurrency (default 10)")
     parser.add_argument("--max-batch-size", type=int, help="the gateway's and LitServe's (default 128)")
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--also-max-batch-size",
+        default="",
+        help="also the gateway (with the most --workers) at these max_batch_size values, comma-separated",
+    )
     parser.add_argument("--compile", action="store_true", help="also the gateway with compile: true")
     parser.add_argument("--no-litserve", action="store_true", help="skip LitServe even where installed")
     parser.add_argument(
@@ -102,6 +107,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.env = gateway_settings(parser, args.maas_env)
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    args.also_max_batch_size = [int(s) for s in args.also_max_batch_size.split(",") if s.strip()]
     return args
 
 
@@ -332,15 +338,21 @@ def _model_process(server: RunningServer) -> int:
 
 
 def _start(
-    name: str, folder: Path, bodies: list[bytes], args: argparse.Namespace, work: Path, **options: Any
+    name: str,
+    folder: Path,
+    bodies: list[bytes],
+    args: argparse.Namespace,
+    work: Path,
+    max_batch_size: int | None = None,
+    **options: Any,
 ) -> RunningServer:
-    """Server `name` on the device, with the check's batching."""
+    """Server `name` on the device, with the check's batching (`max_batch_size` in its place)."""
     return start_server(
         name,
         folder,
         work,
         bodies[0],
-        max_batch_size=args.max_batch_size,
+        max_batch_size=max_batch_size or args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
         devices=args.device,
         **options,
@@ -355,6 +367,7 @@ def gateway(
     *,
     compile: bool,
     workers: int | None,
+    max_batch_size: int | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     server = _start(
@@ -363,6 +376,7 @@ def gateway(
         bodies,
         args,
         work,
+        max_batch_size,
         dtype="auto",
         maas_env={**args.env, **({"MAAS_WORKERS": str(workers)} if workers else {})},
         max_queue=max(256, 4 * max(args.levels)),  # room for every client twice over: no 503s
@@ -375,6 +389,7 @@ def gateway(
         ready_s = round(time.perf_counter() - started, 1)
         spy = args.profile_dir
         tag = f"workers{workers or 1}{'-compiled' if compile else ''}"
+        tag += f"-batch{max_batch_size}" if max_batch_size else ""
         levels = drive(server, bodies, args, spy / f"{tag}-http.txt" if spy else None)
         alone = None
         if workers is not None and workers > 1:  # the model process's own ceiling, HTTP aside
@@ -391,6 +406,7 @@ def gateway(
             print(f"  model process alone: {alone}", flush=True)
         return {
             "workers": workers,
+            "max_batch_size": max_batch_size or args.max_batch_size,
             "compile": described.get("compile"),
             "dtype": described.get("dtype"),
             "devices": described.get("devices"),
@@ -478,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             compiled = gateway(folder, bodies, args, Path(work) / "compiled", compile=True, workers=most)
             results["gateway_compiled"] = compiled
             print(f"compile: {compiled['compile']}", flush=True)
+        for size in args.also_max_batch_size:  # with the most workers asked for
+            most = max(args.workers, default=None)
+            name = f"gateway_workers_{most or 1}_batch_{size}"
+            results[name] = gateway(
+                folder, bodies, args, Path(work) / name, compile=False, workers=most, max_batch_size=size
+            )
         results["litserve"] = litserve(folder, bodies, args, Path(work) / "litserve", expected)
     results["summary"] = summarize(results)
     results["seconds"] = round(time.perf_counter() - started, 1)

@@ -24,6 +24,7 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
     command = [sys.executable, str(REPO / "loadtests" / "gpu_check.py"), "--device", "cpu", "--quick"]
     command += ["--duration", "1", "--cache-dir", str(tmp_path / "models"), "--json", str(report)]
     command += ["--workers", "1,2"]  # one process, then a model process and two front-end workers
+    command += ["--also-max-batch-size", "4"]  # and two workers with smaller batches
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -44,6 +45,10 @@ def test_the_gpu_check_runs_in_cpu_mode(tmp_path: Path) -> None:
     alone = results["gateway_workers_2"]["model_process_alone"]  # its ceiling, HTTP aside
     assert alone["clients"] == 2 and alone["concurrency"] == 4 and alone["calls_per_s"] > 0
     assert alone["engine_ms_per_input"] > 0 and summary["gateway_workers_2"]["model_process_alone_share"] > 0
+    smaller = results["gateway_workers_2_batch_4"]
+    assert smaller["max_batch_size"] == 4 and results["gateway_workers_2"]["max_batch_size"] == 8
+    assert smaller["levels"][0]["throughput"] > 0
+    assert summary["gateway_workers_2_batch_4"]["best_throughput"] == smaller["levels"][0]["throughput"]
     assert results["gateway_workers_1"]["model_process_alone"] is None  # one process: no model process
     assert "litserve" in results  # measured where installed, else the reason it was skipped
     assert "levels" in results["litserve"] or "skipped" in results["litserve"]
