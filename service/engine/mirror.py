@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import torch
 
+from service.engine import wire
 from service.engine.client import RECONNECT_S, EngineClient, EngineGone
 from service.serving.batching import Tally
 from service.serving.deadlines import before_deadline
@@ -58,15 +59,6 @@ class ModelInfo:
     compile_state: CompileState | None = None  # manifest `compile: true`: what became of it
     linear_kernels: LinearKernels | None = None  # an eager float32 model on a CPU: its Linear layers
     complete: bool = False  # False: a status only (from `statuses`), without the processor
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The outputs of one call's inputs, in order, and what they cost (for metering)."""
-
-    outputs: list[Any]
-    compute_s: float
-    queue_s: float
 
 
 class RemoteAdapter(ModelAdapter):
@@ -247,7 +239,7 @@ class RemoteInference(Inference):
         share: Share,
     ) -> list[Any]:
         with self.client.crossing(features) as crossing:  # pixels through shared memory
-            outcome: Outcome = await self.client.call(
+            outcome: wire.Outcome = await self.client.call(
                 "infer",
                 model=entry.name,
                 features=crossing,

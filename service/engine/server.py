@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from service.engine import wire
 from service.engine.metrics import merged_exposition, retire
-from service.engine.mirror import ModelInfo, Outcome
+from service.engine.mirror import ModelInfo
 from service.engine.shared import ArenaReader, SharedArray
 from service.errors import GatewayError
 from service.serving.batching import Tally
@@ -178,7 +178,7 @@ class EngineServer:
         deadline: float,
         share: Share,
         arrived: bool,
-    ) -> Outcome:
+    ) -> wire.Outcome:
         inference, registry = self.gateway.inference, self.gateway.registry
         with contextlib.ExitStack() as held:
             with self._arrived(worker, model, arrived):  # queued (or failed) by the end of this block
@@ -193,7 +193,7 @@ class EngineServer:
             outputs = await inference.queue(
                 entry, adapter, features, params, top_k=top_k, deadline=deadline, tally=tally, share=share
             )
-        return Outcome(outputs, tally.compute_s, tally.queue_s)
+        return wire.Outcome(outputs, tally.compute_s, tally.queue_s)
 
     def _array(self, feature: Any) -> Any:
         return self.arenas.array(feature) if isinstance(feature, SharedArray) else feature

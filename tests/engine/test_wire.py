@@ -1,5 +1,6 @@
-"""What crosses between a front-end worker and the model process: pixels bit-exact, errors as
-their own class with their headers, a cancelled call cancelled on the other side."""
+"""What crosses between a front-end worker and the model process: pixels bit-exact, a request's
+own messages compact and equal, errors as their own class with their headers, a cancelled call
+cancelled on the other side."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 
 from service.engine import wire
 from service.engine.client import EngineClient, EngineGone
+from service.engine.shared import SharedArray
 from service.errors import Overloaded
+from service.serving.fairqueue import ServiceClass, Share
+from service.serving.runtime.base import Classification, TaskParams
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +41,50 @@ async def test_pixels_cross_bit_exact() -> None:
     (crossed,) = got.args["features"]
     assert crossed.dtype == np.uint8 and crossed.shape == pixels.shape
     assert crossed.tobytes() == pixels.tobytes()
+    for writer in (writer_a, writer_b):
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_requests_own_messages_cross_compact_and_come_back_equal() -> None:
+    """An arrival notice, `infer` with pixels in shared memory and a ranked answer cross as
+    tuples of plain values (smaller, faster to pickle) and arrive as the same messages; a call
+    with anything else in it crosses whole."""
+    _, writer_a, reader_b, writer_b = await _pair()
+    pixels = SharedArray("worker-3.arena", 4096, (1, 3, 224, 224), "uint8")
+    infer_args = {
+        "model": "vit",
+        "features": [pixels, pixels],
+        "params": TaskParams(candidate_labels=("cat", "dog"), threshold=0.25),
+        "top_k": 5,
+        "deadline": 1234.5,
+        "share": Share("tenant-a", 2.0, ServiceClass.BATCH),
+        "arrived": True,
+    }
+    ranked = wire.Outcome([[Classification("cat", 0.75), Classification("dog", 0.25)], []], 0.002, 0.001)
+    compacted = [
+        wire.Call(1, "arrive", {"model": "vit", "delta": -1}, reply=False),
+        wire.Call(2, "infer", infer_args),
+        wire.Reply(2, ranked),
+    ]
+    whole = [
+        wire.Call(3, "infer", {**infer_args, "features": [np.zeros((1, 3, 2, 2), np.uint8)]}),  # no arena
+        wire.Call(4, "infer", {**infer_args, "extra": 1}),  # an argument the compact frame has no place for
+        wire.Reply(5, wire.Outcome([[0.5, 0.25]], 0.0, 0.0)),  # an embedding, not a ranking
+        wire.Reply(6, failure=wire.Failure.of(Overloaded("full", retry_after_s=1))),
+    ]
+    for message in compacted:
+        assert type(wire.compact(message)) is tuple
+    for message in whole:
+        assert wire.compact(message) is message
+    for message in compacted + whole:
+        wire.post(writer_a, message)
+        got = await wire.receive(reader_b)
+        if isinstance(message, wire.Call) and isinstance(message.args.get("features", [None])[0], np.ndarray):
+            sent, crossed = message.args["features"][0], got.args["features"][0]  # type: ignore[union-attr]
+            assert crossed.tobytes() == sent.tobytes()
+        else:
+            assert got == message
     for writer in (writer_a, writer_b):
         writer.close()
         await writer.wait_closed()
