@@ -91,7 +91,7 @@ Message = Call | Reply | Cancel
 
 # compact frames: a tag, then the message's values (see `compact`)
 _INFER, _ARRIVE, _RANKED = 1, 2, 3
-_INFER_ARGS = ("model", "features", "params", "top_k", "deadline", "share", "arrived")
+_INFER_ARGS = frozenset({"model", "features", "params", "top_k", "deadline", "share", "arrived"})
 _PARAMS = tuple(f.name for f in fields(TaskParams))
 _SHARED = tuple(f.name for f in fields(SharedArray))
 _CLASSES = {service_class.value: service_class for service_class in ServiceClass}  # faster than the call
@@ -107,7 +107,7 @@ def compact(message: Message) -> Message | tuple[Any, ...]:
         args = call.args
         if call.op == "arrive" and not call.reply and len(args) == 2:
             return (_ARRIVE, call.id, args["model"], args["delta"])
-        if call.op == "infer" and call.reply and tuple(args) == _INFER_ARGS:
+        if call.op == "infer" and call.reply and args.keys() == _INFER_ARGS:
             features, params, share = args["features"], args["params"], args["share"]
             in_arenas = all(type(feature) is SharedArray for feature in features)
             if type(params) is TaskParams and type(share) is Share and in_arenas:

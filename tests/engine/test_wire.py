@@ -65,10 +65,11 @@ async def test_a_requests_own_messages_cross_compact_and_come_back_equal() -> No
     compacted = [
         wire.Call(1, "arrive", {"model": "vit", "delta": -1}, reply=False),
         wire.Call(2, "infer", infer_args),
+        wire.Call(3, "infer", dict(reversed(infer_args.items()))),  # the arguments in any order
         wire.Reply(2, ranked),
     ]
     whole = [
-        wire.Call(3, "infer", {**infer_args, "features": [np.zeros((1, 3, 2, 2), np.uint8)]}),  # no arena
+        wire.Call(8, "infer", {**infer_args, "features": [np.zeros((1, 3, 2, 2), np.uint8)]}),  # no arena
         wire.Call(4, "infer", {**infer_args, "extra": 1}),  # an argument the compact frame has no place for
         wire.Reply(5, wire.Outcome([[0.5, 0.25]], 0.0, 0.0)),  # an embedding, not a ranking
         wire.Reply(6, failure=wire.Failure.of(Overloaded("full", retry_after_s=1))),
