@@ -128,7 +128,7 @@ def drive_engine(
             start.put(window)
         time.sleep(max(0.0, begin - time.time()))  # a load test's timed window, not a wait for state
         engine_cpu = _cpu(process)
-        recorder = record_profile(process.pid, duration_s, profile) if profile else None
+        recorder = record_profile(process.pid, profile, duration_s) if profile else None
         time.sleep(max(0.0, window[1] - time.time()))
         engine_used = _cpu(process) - engine_cpu
         reports = [results.get(timeout=120) for _ in children]
@@ -155,7 +155,7 @@ def drive_engine(
     }
 
 
-def record_profile(pid: int, duration_s: float, into: Path) -> subprocess.Popen[bytes] | None:
+def record_profile(pid: int, into: Path, duration_s: float) -> subprocess.Popen[bytes] | None:
     """py-spy recording `pid` for `duration_s` into `into` (collapsed stacks, one root per thread),
     or None (said on stderr) where py-spy is not installed."""
     try:

@@ -293,17 +293,20 @@ def _device_memory(base_url: str) -> dict[str, float]:
 
 
 def drive(
-    server: RunningServer, bodies: list[bytes], args: argparse.Namespace, profile: Path | None = None
+    server: RunningServer,
+    bodies: list[bytes],
+    args: argparse.Namespace,
+    profile: tuple[int, Path] | None = None,
 ) -> list[dict[str, Any]]:
-    """Closed-loop HTTP load at each concurrency: throughput, p50, p99, errors. With `profile`,
-    py-spy records the model process (the server itself with one process) over the highest one."""
+    """Closed-loop HTTP load at each concurrency: throughput, p50, p99, errors. With `profile`
+    (a pid and a file), py-spy records that process over the highest concurrency."""
     requests = [build_request(server.predict_url, body, headers=server.headers) for body in bodies]
     levels = []
     for concurrency in args.levels:
         recorder: subprocess.Popen[bytes] | None = None
         with CpuProfile(server.process.pid) as profile_cpu:  # warm-up included
             if profile is not None and concurrency == max(args.levels):
-                recorder = record_profile(_model_process(server), args.duration, profile)
+                recorder = record_profile(*profile, args.duration)
             result = asyncio.run(
                 run_closed_loop(
                     server.predict_url,
@@ -327,14 +330,6 @@ def drive(
         print(f"  {server.name} c={concurrency}: {level}", flush=True)
         levels.append(level)
     return levels
-
-
-def _model_process(server: RunningServer) -> int:
-    """The pid of the process that runs `server`'s model: its model process where it has one."""
-    try:
-        return find_engine(server.process.pid, timeout_s=0.5)[0].pid
-    except SystemExit:  # one process: the gateway itself
-        return server.process.pid
 
 
 def _start(
@@ -390,9 +385,14 @@ def gateway(
         spy = args.profile_dir
         tag = f"workers{workers or 1}{'-compiled' if compile else ''}"
         tag += f"-batch{max_batch_size}" if max_batch_size else ""
-        levels = drive(server, bodies, args, spy / f"{tag}-http.txt" if spy else None)
+        several = workers is not None and workers > 1  # a model process apart from the workers
+        http_profile = None
+        if spy:  # the process that runs the model: its model process, or the one gateway process
+            runs_model = find_engine(server.process.pid)[0].pid if several else server.process.pid
+            http_profile = (runs_model, spy / f"{tag}-http.txt")
+        levels = drive(server, bodies, args, http_profile)
         alone = None
-        if workers is not None and workers > 1:  # the model process's own ceiling, HTTP aside
+        if several:  # the model process's own ceiling, HTTP aside
             alone = drive_engine(
                 server.process.pid,
                 bodies[0],
