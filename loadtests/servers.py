@@ -90,6 +90,7 @@ def _maas_command(
     dtype: str = "float32",
     max_queue: int = 256,
     compile: bool = False,
+    log_level: str = "warning",
 ) -> list[str]:
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def _maas_command(
         "--devices",
         devices,
         "--log-level",
-        "warning",
+        log_level,
     ]
 
 
@@ -151,10 +152,12 @@ def start_server(
     maas_env: dict[str, str] | None = None,
     max_queue: int = 256,
     compile: bool = False,
+    log_level: str = "warning",
 ) -> RunningServer:
     """Start server `name` for the model in `model_dir`; returns once it has answered one prediction.
     `maas_env` adds gateway settings (MAAS_*) to the gateway's environment; `max_queue` and
-    `compile` go to its manifest. LitServe runs on `devices` (its first) in `dtype` too."""
+    `compile` go to its manifest, `log_level` to its command line. LitServe runs on `devices` (its
+    first) in `dtype` too."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     batching = ["--max-batch-size", str(max_batch_size), "--max-delay-ms", str(max_delay_ms)]
@@ -171,6 +174,7 @@ def start_server(
             dtype=dtype,
             max_queue=max_queue,
             compile=compile,
+            log_level=log_level,
         )
         env.update(maas_env or {})
         env["MAAS_ADMIN_KEY"] = BENCH_KEY

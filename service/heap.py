@@ -11,6 +11,11 @@ It works only in a process that manages its heap (`manage`: `maas serve`'s proce
 `MAAS_GC_FREEZE` on), where it runs once the process has started and after a model is loaded or
 freed, when a pause of one collection is expected anyway. Elsewhere (a test that runs the gateway
 inside its own process) it does nothing.
+
+A front-end worker is forked from a template that froze its imports (service/engine/template.py):
+there, what it inherited stays frozen, and is never collected again, so that its pages stay shared
+with the template's. A worker holds no model's weights, only preprocessing recipes, so nothing
+large is ever freed among them.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ import time
 log = logging.getLogger(__name__)
 
 _managed = False
+_inherited = False  # objects frozen before a fork stay frozen
 
 
-def manage() -> None:
-    """From now on this process's `settle` freezes its heap (call once, at the process's start)."""
-    global _managed
+def manage(*, inherited: bool = False) -> None:
+    """From now on this process's `settle` freezes its heap (call once, at the process's start);
+    `inherited`: it was forked with a frozen heap, which `settle` leaves frozen."""
+    global _managed, _inherited
     _managed = True
+    _inherited = inherited
 
 
 def settle() -> None:
@@ -36,7 +44,8 @@ def settle() -> None:
     if not _managed:
         return
     started = time.perf_counter()
-    gc.unfreeze()
+    if not _inherited:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     log.debug(

@@ -8,7 +8,10 @@
 Each worker listens on the port with its own socket (SO_REUSEPORT), so that the kernel spreads
 new connections evenly over the workers (on one shared socket, the worker that wakes first takes
 most of a burst of connections, and keeps them: a benchmark's 16 keep-alive connections all
-landed on one of two workers). The supervisor holds the port (bound, not listening). A worker
+landed on one of two workers). The supervisor holds the port (bound, not listening). Workers are
+forked from a template process that imported what they run once (multiprocessing's fork server,
+service/engine/template.py), so they share its memory and start in a fraction of a second; the
+model process is spawned (a fresh interpreter: nothing of another process's torch state). A worker
 reaches the model process over a Unix socket in a private temporary folder (wire.py). A process
 that dies is started again: a worker's requests in flight are lost with it (their usage events
 committed before each answer went out are not), a model process's queued calls answer 503 in the
@@ -31,10 +34,12 @@ import socket
 import sys
 import tempfile
 from multiprocessing.connection import wait
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from service import heap
 from service.observability.logs import configure_logging
@@ -73,6 +78,7 @@ class _Supervisor:
         self.port = port  # held, so that the port stays this gateway's while workers come and go
         self.path = path
         self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
+        self.worker_context = _worker_context(settings.worker_template)
         self.engine: BaseProcess | None = None
         self.engine_ready: EventType = self.context.Event()
         self.workers: dict[int, BaseProcess] = {}
@@ -133,7 +139,7 @@ class _Supervisor:
                 "batch_runner": False,
             }
         )
-        worker = self.context.Process(
+        worker = self.worker_context.Process(
             target=run_worker, args=(settings, index, self.path), name=f"maas-worker-{index}"
         )
         worker.start()
@@ -159,10 +165,37 @@ def _signal(process: BaseProcess, sig: int) -> None:
             os.kill(process.pid, sig)
 
 
+def _worker_context(template: bool) -> ForkServerContext | SpawnContext:
+    """Forks of the workers' template (service/engine/template.py) where it is asked for and the
+    platform has a fork server, else spawned interpreters. The template is started with the first
+    worker, by the supervisor, which itself never imports torch."""
+    if not template or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["service.engine.template"])
+    return context
+
+
 def _die_with_parent() -> None:
-    """On Linux, this process gets SIGTERM when the supervisor dies (even by SIGKILL)."""
+    """On Linux, this process gets SIGTERM when its parent dies (even by SIGKILL): the supervisor,
+    or for a worker the template, which exits when the supervisor does (`_leave_template`)."""
+    parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _leave_template() -> None:
+    """Let go of the fork server's lifeline, which its children inherit so that it outlives them
+    all: a worker's template then exits when the supervisor does, and the worker with it."""
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver  # private: multiprocessing offers no public way
+    if server._forkserver_alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
 
 
 def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
@@ -221,10 +254,14 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_worker(settings: Settings, index: int, path: Path) -> None:
     """Front-end worker `index`: the HTTP gateway on its own socket on the port, models at `path`."""
+    forked = "service.engine.template" in sys.modules  # else this worker imports the app itself
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
+    if forked:
+        _leave_template()
     if settings.gc_freeze:
-        heap.manage()
+        heap.manage(inherited=forked)
+    log.info("worker %d (pid %d) %s", index, os.getpid(), "forked" if forked else "spawned")
     from service.app import create_app
     from service.cli.serve import server
     from service.engine.client import EngineAddress

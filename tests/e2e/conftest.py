@@ -147,3 +147,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2e_models_dir: Path) -> It
     running = start_server(e2e_models_dir, tmp_path_factory.mktemp("e2e") / "var")
     yield running
     running.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (its children, theirs, ...)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # gone already
+        return []
+    return [p for child in children for p in (child, *descendants(child))]

@@ -18,20 +18,11 @@ from sqlalchemy import create_engine, select
 
 from service.db.models import UsageEvent
 from tests.conftest import ADMIN_KEY, image_bytes, write_tiny_vit
-from tests.e2e.conftest import start_server
+from tests.e2e.conftest import descendants, start_server
 
 pytestmark = pytest.mark.e2e
 WORKERS = 8
 KILL_AFTER = 150  # answered requests before the kill: load is well under way, whatever the machine
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (its children, theirs, ...)."""
-    try:
-        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:  # gone already
-        return []
-    return [p for child in children for p in (child, *descendants(child))]
 
 
 def kill_every_process(pid: int) -> None:

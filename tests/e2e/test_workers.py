@@ -7,7 +7,9 @@ an Idempotency-Key retry is billed once whichever worker takes it; one rate limi
 the workers; a key revoked or a tenant suspended through one worker is refused by every worker
 at once; a monthly quota holds across them; a deadline that passes in the model process's queue
 is a 504; a killed worker loses no metered answer and is replaced; a killed model process fails
-the requests waiting on it with 503 at once (none hangs) and is started again.
+the requests waiting on it with 503 at once (none hangs) and is started again; the workers,
+forked from one template, share its memory; a supervisor killed outright takes every process with
+it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import io
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +32,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes, write_manifest, write_tiny_vit
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, descendants, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +133,14 @@ def cpu_seconds(pid: int) -> float:
     """The CPU time process `pid` has used (user + system, /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workers(server: Server) -> dict[int, int]:
+    """The workers now serving (index: pid), as their start-up lines in the log name them: they are
+    the template's children, not the supervisor's (service/engine/template.py)."""
+    started = {int(index): int(pid) for index, pid in re.findall(r"worker (\d+) \(pid (\d+)\)", server.log())}
+    assert started, server.log()[-2000:]
+    return started
 
 
 def model_process(server: Server) -> int:
@@ -302,16 +314,17 @@ def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server
     deadline = time.monotonic() + RESTART_S
     while (counted := answered(gateway)) < start + 12:  # every worker has reported them
         assert time.monotonic() < deadline, counted
-    before = children(gateway.process.pid)
+    before = workers(gateway)
     engine = model_process(gateway)
     serving = gateway.log().count(STARTED)
-    victim = max(set(before) - {engine}, key=cpu_seconds)  # the worker that answered most of them
+    index, victim = max(before.items(), key=lambda worker: cpu_seconds(worker[1]))  # answered most
     os.kill(victim, signal.SIGKILL)
     assert usage(gateway, "crash-worker")["inputs"] == 12  # every answered request was committed first
-    while len(now := children(gateway.process.pid)) < len(before) or victim in now:
+    while (now := workers(gateway))[index] == victim:
         assert time.monotonic() < deadline, now
         time.sleep(0.2)  # polling for the replacement, not a timing assumption
-    assert engine in now  # the model process was not touched
+    assert now == {**before, index: now[index]}  # the other worker was not touched
+    assert engine in children(gateway.process.pid)  # nor the model process
     while predict(gateway, key, photo(2)).status_code != 200:  # served all the while, or once back
         assert time.monotonic() < deadline
     assert usage(gateway, "crash-worker")["inputs"] >= 13
@@ -338,10 +351,8 @@ def test_slots_held_by_killed_workers_are_given_back(gateway: Server) -> None:
             assert time.monotonic() < deadline
             if holder.done():  # it met this probe holding the slot (its 429), or it ended: again
                 holder = pool.submit(slow_request)
-        before = children(gateway.process.pid)
-        engine = model_process(gateway)
         serving = gateway.log().count(STARTED)
-        for worker in set(before) - {engine}:  # whichever holds it: both workers die
+        for worker in workers(gateway).values():  # whichever holds it: both workers die
             os.kill(worker, signal.SIGKILL)
     while gateway.log().count(STARTED) < serving + 2:  # both replacements serve
         assert time.monotonic() < deadline
@@ -350,12 +361,57 @@ def test_slots_held_by_killed_workers_are_given_back(gateway: Server) -> None:
     assert predict(gateway, key, photo(2)).status_code == 200
 
 
+def private_mib(pid: int) -> float:
+    """Memory that process `pid` alone holds (USS: its private pages, /proc/PID/smaps_rollup)."""
+    fields = dict(line.split()[:2] for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return (int(fields["Private_Clean:"]) + int(fields["Private_Dirty:"])) / 1024
+
+
+def test_workers_share_what_they_import_instead_of_each_holding_it(gateway: Server) -> None:
+    with ThreadPoolExecutor(4) as pool:  # both workers have served
+        answers = pool.map(lambda seed: predict(gateway, ADMIN, photo(seed)), range(16))
+        assert {answer.status_code for answer in answers} == {200}
+    # what importing the app alone costs a fresh interpreter, as a spawned worker paid it
+    with subprocess.Popen(
+        [sys.executable, "-c", "import service.app; print(flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as fresh:
+        assert fresh.stdout is not None and fresh.stdout.readline() == "\n"  # imported
+        alone = private_mib(fresh.pid)
+        fresh.communicate("\n", timeout=60)
+    assert len(re.findall(r"worker \d+ \(pid \d+\) forked", gateway.log())) >= 2
+    for pid in workers(gateway).values():
+        assert private_mib(pid) < alone / 2, (private_mib(pid), alone)
+
+
 def test_the_supervisor_does_not_load_torch(gateway: Server) -> None:
     def maps(pid: int) -> str:
         return Path(f"/proc/{pid}/maps").read_text()
 
     assert "libtorch" in maps(model_process(gateway))  # where the models are
     assert "libtorch" not in maps(gateway.process.pid)  # it only starts and watches the others
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead and not yet reaped by its new parent, does not)."""
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def test_a_supervisor_killed_outright_leaves_no_process_behind(models: Path, tmp_path: Path) -> None:
+    env = {"MAAS_WORKERS": "2", "MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
+    server = start_server(models, tmp_path / "data", env=env)
+    left = set(descendants(server.process.pid))
+    assert {model_process(server), *workers(server).values()} <= left  # and the workers' template
+    server.process.kill()  # SIGKILL: no drain, nothing to tell the others
+    server.process.wait()
+    deadline = time.monotonic() + RESTART_S
+    while left := {pid for pid in left if running(pid)}:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)  # polling for the orphans' exit, not a timing assumption
 
 
 def queue_depth(server: Server, model: str) -> float:
