@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     # >1: that many front-end worker processes + a model process; auto: one per usable core
     workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     worker_shared_memory_mb: float = Field(32.0, ge=0, le=65536)  # each worker's arena for pixels; 0: none
-    worker_template: bool = True  # workers forked from one process that imported the app; false: spawned
+    process_template: bool = True  # model process and workers forked from one that imported the app
     torch_threads: int = Field(0, ge=0)  # intra-op threads for forward passes; 0 = torch's default
     # float32 Linear layers on a CPU: oneDNN with packed weights, or torch's default (MKL on x86)
     cpu_linear: Literal["auto", "onednn", "default"] = "auto"

@@ -8,10 +8,10 @@
 Each worker listens on the port with its own socket (SO_REUSEPORT), so that the kernel spreads
 new connections evenly over the workers (on one shared socket, the worker that wakes first takes
 most of a burst of connections, and keeps them: a benchmark's 16 keep-alive connections all
-landed on one of two workers). The supervisor holds the port (bound, not listening). Workers are
-forked from a template process that imported what they run once (multiprocessing's fork server,
-service/engine/template.py), so they share its memory and start in a fraction of a second; the
-model process is spawned (a fresh interpreter: nothing of another process's torch state). A worker
+landed on one of two workers). The supervisor holds the port (bound, not listening). The model
+process and the workers are forked from a template process that imported what they run once
+(multiprocessing's fork server, service/engine/template.py), so they share its memory and start
+without importing anything. A worker
 reaches the model process over a Unix socket in a private temporary folder (wire.py). A process
 that dies is started again: a worker's requests in flight are lost with it (their usage events
 committed before each answer went out are not), a model process's queued calls answer 503 in the
@@ -77,8 +77,7 @@ class _Supervisor:
         self.settings = settings
         self.port = port  # held, so that the port stays this gateway's while workers come and go
         self.path = path
-        self.context = multiprocessing.get_context("spawn")  # no forked torch or event-loop state
-        self.worker_context = _worker_context(settings.worker_template)
+        self.context = _context(settings.process_template)
         self.engine: BaseProcess | None = None
         self.engine_ready: EventType = self.context.Event()
         self.workers: dict[int, BaseProcess] = {}
@@ -139,7 +138,7 @@ class _Supervisor:
                 "batch_runner": False,
             }
         )
-        worker = self.worker_context.Process(
+        worker = self.context.Process(
             target=run_worker, args=(settings, index, self.path), name=f"maas-worker-{index}"
         )
         worker.start()
@@ -165,10 +164,10 @@ def _signal(process: BaseProcess, sig: int) -> None:
             os.kill(process.pid, sig)
 
 
-def _worker_context(template: bool) -> ForkServerContext | SpawnContext:
-    """Forks of the workers' template (service/engine/template.py) where it is asked for and the
-    platform has a fork server, else spawned interpreters. The template is started with the first
-    worker, by the supervisor, which itself never imports torch."""
+def _context(template: bool) -> ForkServerContext | SpawnContext:
+    """Forks of the template (service/engine/template.py) where it is asked for and the platform
+    has a fork server, else spawned interpreters. The template is started with the model process,
+    by the supervisor, which itself never imports torch."""
     if not template or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -178,7 +177,7 @@ def _worker_context(template: bool) -> ForkServerContext | SpawnContext:
 
 def _die_with_parent() -> None:
     """On Linux, this process gets SIGTERM when its parent dies (even by SIGKILL): the supervisor,
-    or for a worker the template, which exits when the supervisor does (`_leave_template`)."""
+    or the template, which exits when the supervisor does (`_leave_template`)."""
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -188,7 +187,7 @@ def _die_with_parent() -> None:
 
 def _leave_template() -> None:
     """Let go of the fork server's lifeline, which its children inherit so that it outlives them
-    all: a worker's template then exits when the supervisor does, and the worker with it."""
+    all: the template then exits when the supervisor does, and its children with it."""
     from multiprocessing import forkserver
 
     server: Any = forkserver._forkserver  # private: multiprocessing offers no public way
@@ -198,12 +197,31 @@ def _leave_template() -> None:
         server._forkserver_alive_fd = None
 
 
-def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
-    """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
+def _started(settings: Settings) -> bool:
+    """A child's first steps (its logs; its death with its parent; the template's lifeline let go
+    of), and whether it is a fork of the template (else it imports the app itself)."""
+    forked = "service.engine.template" in sys.modules
     configure_logging(settings.log_level, settings.log_format)
     _die_with_parent()
+    if forked:
+        _leave_template()
+    return forked
+
+
+def _cuda_lost_in_fork() -> bool:
+    """Whether this fork cannot use CUDA (its parent had initialised it: the template never should)."""
+    import torch
+
+    return bool(torch.cuda._is_in_bad_fork())
+
+
+def run_engine(settings: Settings, path: Path, ready: EventType) -> None:
+    """The model process: the whole gateway without HTTP, serving the workers' calls at `path`."""
+    if _started(settings) and _cuda_lost_in_fork():
+        log.error("CUDA was initialised in the template before the fork; set MAAS_PROCESS_TEMPLATE=false")
+        _exit_now(1)
     if settings.gc_freeze:
-        heap.manage()
+        heap.manage()  # not `inherited`: a model unloaded must be found and freed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor drains the workers first
     asyncio.run(_engine(settings, path, ready))
     _exit_now(0)
@@ -254,11 +272,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_worker(settings: Settings, index: int, path: Path) -> None:
     """Front-end worker `index`: the HTTP gateway on its own socket on the port, models at `path`."""
-    forked = "service.engine.template" in sys.modules  # else this worker imports the app itself
-    configure_logging(settings.log_level, settings.log_format)
-    _die_with_parent()
-    if forked:
-        _leave_template()
+    forked = _started(settings)
     if settings.gc_freeze:
         heap.manage(inherited=forked)
     log.info("worker %d (pid %d) %s", index, os.getpid(), "forked" if forked else "spawned")

@@ -116,16 +116,6 @@ def tenant_key(server: Server, tenant: str, **limits: float) -> str:
     return key
 
 
-def children(pid: int) -> dict[int, str]:
-    """The supervisor's live child processes (pid: role), the multiprocessing resource tracker left out."""
-    found = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
-        if "resource_tracker" not in cmdline:
-            found[int(child)] = cmdline
-    return found
-
-
 STARTED = "Application startup complete"  # uvicorn's line: a worker is serving
 
 
@@ -324,7 +314,7 @@ def test_a_killed_worker_loses_no_metered_answer_and_is_replaced(gateway: Server
         assert time.monotonic() < deadline, now
         time.sleep(0.2)  # polling for the replacement, not a timing assumption
     assert now == {**before, index: now[index]}  # the other worker was not touched
-    assert engine in children(gateway.process.pid)  # nor the model process
+    assert running(engine) and model_process(gateway) == engine  # nor the model process
     while predict(gateway, key, photo(2)).status_code != 200:  # served all the while, or once back
         assert time.monotonic() < deadline
     assert usage(gateway, "crash-worker")["inputs"] >= 13
@@ -405,7 +395,7 @@ def test_a_supervisor_killed_outright_leaves_no_process_behind(models: Path, tmp
     env = {"MAAS_WORKERS": "2", "MAAS_ADMIN_KEY": ADMIN, "MAAS_TORCH_THREADS": "1"}
     server = start_server(models, tmp_path / "data", env=env)
     left = set(descendants(server.process.pid))
-    assert {model_process(server), *workers(server).values()} <= left  # and the workers' template
+    assert {model_process(server), *workers(server).values()} <= left  # and the template
     server.process.kill()  # SIGKILL: no drain, nothing to tell the others
     server.process.wait()
     deadline = time.monotonic() + RESTART_S
@@ -449,5 +439,5 @@ def test_a_killed_model_process_fails_the_waiting_requests_with_503_and_comes_ba
         assert answer.status_code == 503, answer.text
         assert time.monotonic() < deadline
         time.sleep(0.2)  # polling for the model process to come back, not a timing assumption
-    assert engine not in children(gateway.process.pid)
+    assert not running(engine) and model_process(gateway) != engine
     assert usage(gateway, "crash-model")["inputs"] >= 1

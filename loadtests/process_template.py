@@ -1,16 +1,18 @@
-"""What the front-end workers cost: each process's memory after serving, the time from `maas serve`
-to its first answer, and the time a killed worker takes to serve again; with the workers forked
-from their template (`MAAS_WORKER_TEMPLATE=true`, the default) and spawned (`false`), in turns.
+"""What `maas serve`'s processes cost, forked from their template (`MAAS_PROCESS_TEMPLATE=true`,
+the default) or spawned (`false`), in turns: each process's memory after serving, the time from
+`maas serve` to its first answer, and the time a killed worker, then a killed model process, take
+to serve again.
 
-    python loadtests/worker_memory.py
-    python loadtests/worker_memory.py --model tiny --workers 4 --rounds 3
+    python loadtests/process_template.py
+    python loadtests/process_template.py --model tiny --workers 6 --rounds 3
 
 Each round starts a gateway with `--workers` workers per setting, drives it for `--duration`
 seconds at concurrency 16 so that every worker has served, then reads every process's memory from
 /proc/PID/smaps_rollup (Linux): USS, the pages only that process holds, and PSS, its share of the
 pages it shares (the PSS of all processes adds up to what the gateway holds in all). Then it kills
-one worker (SIGKILL) and times until its replacement serves (uvicorn's start-up line). Starts are
-noisy: the medians of the rounds are reported.
+one worker (SIGKILL) and times until its replacement serves (uvicorn's start-up line), and kills
+the model process and times until a prediction is answered again (the model loaded and warmed up
+anew). Starts are noisy: the medians of the rounds are reported.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: siblings import flat
 
 import psutil
-from loadgen import build_request, run_closed_loop
+from loadgen import build_request, run_closed_loop, send_once
 from servers import RunningServer, start_server
 from workload import phase_model, phase_parser
 
-SETTINGS = {"template": "true", "spawned": "false"}  # MAAS_WORKER_TEMPLATE
+SETTINGS = {"template": "true", "spawned": "false"}  # MAAS_PROCESS_TEMPLATE
 STARTED = "Application startup complete"  # uvicorn's line: a worker is serving
 
 
@@ -60,7 +62,7 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 def roles(server: RunningServer) -> dict[int, str]:
     """Every process of the gateway (pid: role): the supervisor, the model process, the workers
-    (as their start-up lines name them), the workers' template, multiprocessing's helpers."""
+    (as their start-up lines name them), the template, multiprocessing's helpers."""
     log = server.log_path.read_text(errors="replace")
     workers = {int(pid): f"worker {index}" for index, pid in re.findall(r"worker (\d+) \(pid (\d+)\)", log)}
     engine = re.findall(r"model process \(pid (\d+)\) ready", log)
@@ -88,8 +90,18 @@ def _wait_for(server: RunningServer, count: int, timeout_s: float = 240.0) -> fl
     return time.monotonic() - started
 
 
+def _answered_again(server: RunningServer, request: bytes, timeout_s: float = 240.0) -> float:
+    """Seconds until a prediction is answered 200 again (503 while the model process is away)."""
+    started = time.monotonic()
+    while asyncio.run(send_once(server.predict_url, request)).status != 200:
+        if time.monotonic() - started > timeout_s or server.process.poll() is not None:
+            raise SystemExit(f"the model process did not come back:\n{server.log_tail()}")
+        time.sleep(0.02)  # polling for the model process, not a timing assumption
+    return time.monotonic() - started
+
+
 def one_round(args: argparse.Namespace, folder: Path, bodies: list[bytes], template: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="maas-worker-memory-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="maas-process-template-") as tmp:
         started = time.monotonic()
         server = start_server(
             "maas",
@@ -98,7 +110,7 @@ def one_round(args: argparse.Namespace, folder: Path, bodies: list[bytes], templ
             bodies[0],
             max_batch_size=args.max_batch_size,
             max_delay_ms=args.max_delay_ms,
-            maas_env={"MAAS_WORKERS": str(args.workers), "MAAS_WORKER_TEMPLATE": template},
+            maas_env={"MAAS_WORKERS": str(args.workers), "MAAS_PROCESS_TEMPLATE": template},
             log_level="info",  # the processes' start-up lines name them
         )
         try:
@@ -121,11 +133,15 @@ def one_round(args: argparse.Namespace, folder: Path, bodies: list[bytes], templ
             victim = next(pid for pid, p in processes.items() if p["role"] == "worker 0")
             os.kill(victim, signal.SIGKILL)
             restart_s = _wait_for(server, serving + 1)
+            engine = next(pid for pid, p in processes.items() if p["role"] == "model process")
+            os.kill(engine, signal.SIGKILL)
+            engine_back_s = _answered_again(server, requests[0])
         finally:
             server.stop()
     return {
         "first_answer_s": first_answer_s,
         "restart_s": restart_s,
+        "engine_back_s": engine_back_s,
         "throughput": load.throughput,
         "worker_uss": statistics.median(p["uss"] for p in workers),
         "worker_pss": statistics.median(p["pss"] for p in workers),
@@ -146,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds[name].append(result)
             print(
                 f"round {round_} {name:8s} first answer {result['first_answer_s']:5.1f} s, "
-                f"worker back {result['restart_s']:5.2f} s, worker USS {result['worker_uss']:6.1f} MiB, "
+                f"worker back {result['restart_s']:5.2f} s, "
+                f"model process back {result['engine_back_s']:5.1f} s, "
+                f"worker USS {result['worker_uss']:6.1f} MiB, "
                 f"PSS {result['worker_pss']:6.1f}, gateway PSS {result['total_pss']:7.1f} MiB, "
                 f"{result['throughput']:.1f} img/s"
             )
@@ -156,19 +174,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"RSS {process['rss']:7.1f} MiB"
                 )
     print(
-        "\n| workers | first answer, s | killed worker back, s | worker USS, MiB | worker PSS, MiB "
-        "| gateway PSS, MiB | img/s |"
+        "\n| processes | first answer, s | killed worker back, s | killed model process back, s "
+        "| worker USS, MiB | worker PSS, MiB | gateway PSS, MiB | img/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, results in rounds.items():
         cells = [
             statistics.median(r[key] for r in results)
-            for key in ("first_answer_s", "restart_s", "worker_uss", "worker_pss", "total_pss", "throughput")
+            for key in (
+                "first_answer_s",
+                "restart_s",
+                "engine_back_s",
+                "worker_uss",
+                "worker_pss",
+                "total_pss",
+                "throughput",
+            )
         ]
-        label = f"{name} (MAAS_WORKER_TEMPLATE={SETTINGS[name]})"
+        label = f"{name} (MAAS_PROCESS_TEMPLATE={SETTINGS[name]})"
         print(
-            f"| {label} | {cells[0]:.1f} | {cells[1]:.2f} | {cells[2]:.0f} | {cells[3]:.0f} "
-            f"| {cells[4]:.0f} | {cells[5]:.1f} |"
+            f"| {label} | {cells[0]:.1f} | {cells[1]:.2f} | {cells[2]:.1f} | {cells[3]:.0f} | {cells[4]:.0f} "
+            f"| {cells[5]:.0f} | {cells[6]:.1f} |"
         )
     if args.json:
         args.json.write_text(
