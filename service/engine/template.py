@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 
+import transformers.pipelines  # noqa: F401  # the model process's, before any model loads (gateway.py)
+
 import service.app
 import service.cli.serve
 import service.engine.client
