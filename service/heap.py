@@ -15,7 +15,8 @@ inside its own process) it does nothing.
 A front-end worker is forked from a template that froze its imports (service/engine/template.py):
 there, what it inherited stays frozen, and is never collected again, so that its pages stay shared
 with the template's. A worker holds no model's weights, only preprocessing recipes, so nothing
-large is ever freed among them.
+large is ever freed among them. The model process, a fork of the same template, unfreezes them
+like everything else: a model it unloads must be found and freed.
 """
 
 from __future__ import annotations
