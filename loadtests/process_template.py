@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,23 +81,15 @@ def roles(server: RunningServer) -> dict[int, str]:
     return found
 
 
-def _wait_for(server: RunningServer, count: int, timeout_s: float = 240.0) -> float:
-    """Seconds until the log holds `count` worker start-up lines."""
+def _seconds_until(
+    server: RunningServer, done: Callable[[], bool], what: str, timeout_s: float = 240.0
+) -> float:
+    """Seconds until `done()` holds, polled; `what` names it if it never does."""
     started = time.monotonic()
-    while server.log_path.read_text(errors="replace").count(STARTED) < count:
+    while not done():
         if time.monotonic() - started > timeout_s or server.process.poll() is not None:
-            raise SystemExit(f"no worker came back:\n{server.log_tail()}")
-        time.sleep(0.02)  # polling the log for the replacement, not a timing assumption
-    return time.monotonic() - started
-
-
-def _answered_again(server: RunningServer, request: bytes, timeout_s: float = 240.0) -> float:
-    """Seconds until a prediction is answered 200 again (503 while the model process is away)."""
-    started = time.monotonic()
-    while asyncio.run(send_once(server.predict_url, request)).status != 200:
-        if time.monotonic() - started > timeout_s or server.process.poll() is not None:
-            raise SystemExit(f"the model process did not come back:\n{server.log_tail()}")
-        time.sleep(0.02)  # polling for the model process, not a timing assumption
+            raise SystemExit(f"{what} did not come back:\n{server.log_tail()}")
+        time.sleep(0.02)  # polling for the replacement, not a timing assumption
     return time.monotonic() - started
 
 
@@ -132,10 +125,18 @@ def one_round(args: argparse.Namespace, folder: Path, bodies: list[bytes], templ
             serving = server.log_path.read_text(errors="replace").count(STARTED)
             victim = next(pid for pid, p in processes.items() if p["role"] == "worker 0")
             os.kill(victim, signal.SIGKILL)
-            restart_s = _wait_for(server, serving + 1)
+            restart_s = _seconds_until(  # its replacement's start-up line
+                server,
+                lambda: server.log_path.read_text(errors="replace").count(STARTED) > serving,
+                "a worker",
+            )
             engine = next(pid for pid, p in processes.items() if p["role"] == "model process")
             os.kill(engine, signal.SIGKILL)
-            engine_back_s = _answered_again(server, requests[0])
+            engine_back_s = _seconds_until(  # answered 200 again (503 while it is away)
+                server,
+                lambda: asyncio.run(send_once(server.predict_url, requests[0])).status == 200,
+                "the model process",
+            )
         finally:
             server.stop()
     return {

@@ -133,6 +133,13 @@ def workers(server: Server) -> dict[int, int]:
     return started
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead and not yet reaped by its new parent, does not)."""
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
 def model_process(server: Server) -> int:
     """The model process now serving, as its start-up line in the log names it."""
     started = re.findall(r"model process \(pid (\d+)\) ready", server.log())
@@ -382,13 +389,6 @@ def test_the_supervisor_does_not_load_torch(gateway: Server) -> None:
 
     assert "libtorch" in maps(model_process(gateway))  # where the models are
     assert "libtorch" not in maps(gateway.process.pid)  # it only starts and watches the others
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie, dead and not yet reaped by its new parent, does not)."""
-    with contextlib.suppress(FileNotFoundError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
 
 
 def test_a_supervisor_killed_outright_leaves_no_process_behind(models: Path, tmp_path: Path) -> None:
